@@ -1,0 +1,86 @@
+"""Batch iterators: the one interface through which the Solver sees data.
+
+A loader is an iterable of ``(X, y)`` batches already on the active backend:
+``X`` is ``(B, D)`` float (normalised), ``y`` is ``(B,)`` int64. It has
+
+- ``len(loader)``: batches per epoch;
+- ``loader.num_samples``: samples per epoch;
+- ``loader.set_epoch(e)``: fixes the order of the next ``iter()`` as a pure
+  function of ``(seed, e)``, so a resumed run sees the same batches as an
+  uninterrupted one (no random state needs to be saved);
+- ``loader.close()``.
+
+``ArrayLoader`` serves in-memory arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of ``epoch``: a permutation of ``range(n)`` from ``(seed, epoch)``."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+class ArrayLoader:
+    """Mini-batches from in-memory arrays, drawn without replacement, reshuffled every epoch.
+
+    X: (N, ...) any numeric dtype; flattened to (N, D) per batch.
+    y: (N,) integer labels.
+    mean, std: optional per-feature or per-channel normalisation applied on the device
+        (``(x - mean) / std``); broadcastable to one sample's shape.
+    The arrays are moved to the active device once (uint8 stays uint8 there,
+    converted per batch).
+    """
+
+    def __init__(self, X, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, mean=None, std=None, dtype=np.float32):
+        if len(X) != len(y):
+            raise ValueError(f"y: expected {len(X)} labels (one per row of X), got {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        self.X = backend.to_device(X)
+        self.y = backend.to_device(np.asarray(backend.to_numpy(y)).astype(np.int64))
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.dtype = np.dtype(dtype)
+        xp = backend.xp()
+        self.mean = None if mean is None else xp.asarray(mean, dtype=self.dtype)
+        self.inv_std = None if std is None else (1.0 / xp.asarray(std, dtype=self.dtype))
+        self.num_samples = len(self.y)
+        self._epoch = 0
+
+    def __len__(self):
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def set_epoch(self, epoch: int):
+        self._epoch = int(epoch)
+
+    def _prepare(self, xb):
+        xb = xb.astype(self.dtype)  # always a fresh array: the batch may be a view of X
+        if self.mean is not None:
+            xb -= self.mean
+        if self.inv_std is not None:
+            xb *= self.inv_std
+        return xb.reshape(len(xb), -1)
+
+    def __iter__(self):
+        n, b = self.num_samples, self.batch_size
+        order = epoch_permutation(n, self.seed, self._epoch) if self.shuffle else None
+        if order is not None:
+            order = backend.to_device(order)
+        for i in range(len(self)):
+            sl = slice(i * b, min((i + 1) * b, n))
+            if order is None:
+                yield self._prepare(self.X[sl]), self.y[sl]
+            else:
+                idx = order[sl]
+                yield self._prepare(self.X[idx]), self.y[idx]
+
+    def close(self):
+        pass

@@ -1,0 +1,224 @@
+"""FullyConnectedNet: a thin holder of parameters that calls the layer kernels in order.
+
+Architecture: ``[linear - relu - (dropout)] x (L-1) - linear - softmax``.
+Model files are ``.npz`` archives of plain arrays plus one JSON description
+(stored as a uint8 array), read with ``allow_pickle=False``: loading a model
+from someone else cannot run code, and a GPU-trained model loads without CuPy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import backend
+from .layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
+                     relu_backward, relu_forward, softmax_loss)
+
+MODEL_FORMAT = "gpunet-model"
+MODEL_VERSION = 1
+
+
+class FullyConnectedNet:
+    """Fully connected classifier.
+
+    hidden_dims: sizes of the hidden layers, e.g. [512, 256].
+    input_dim: D, features per sample (3072 for CIFAR-10, 2304 for FER2013).
+    num_classes: C.
+    dropout: drop probability p of every hidden layer (0 disables dropout).
+    reg: L2 strength; the loss adds ``0.5 * reg * sum(W**2)`` over all weights.
+    weight_scale: std of the initial weights; None means He initialisation
+        (std = sqrt(2 / fan_in)).
+    dtype: float32 (default) or float64 (gradient checks).
+    seed: seeds initialisation and the dropout generator.
+    """
+
+    def __init__(self, hidden_dims, input_dim=3072, num_classes=10, dropout=0.0, reg=0.0,
+                 weight_scale=None, dtype=np.float32, seed=None):
+        hidden_dims = [int(h) for h in hidden_dims]
+        if any(h < 1 for h in hidden_dims):
+            raise ValueError(f"hidden_dims: expected positive sizes, got {hidden_dims}")
+        if int(input_dim) < 1 or int(num_classes) < 2:
+            raise ValueError(f"input_dim/num_classes: expected >= 1 / >= 2, got {input_dim}/{num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a drop probability in [0, 1), got {dropout}")
+        if reg < 0:
+            raise ValueError(f"reg: expected >= 0, got {reg}")
+        self.hidden_dims = hidden_dims
+        self.input_dim = int(input_dim)
+        self.num_classes = int(num_classes)
+        self.dropout = float(dropout)
+        self.reg = float(reg)
+        self.dtype = np.dtype(dtype)
+        self.num_layers = len(hidden_dims) + 1
+        self.meta = {}  # preprocessing and provenance carried into the model file
+        init_rng = np.random.default_rng(seed)
+        dims = [self.input_dim] + hidden_dims + [self.num_classes]
+        params = {}
+        for i in range(self.num_layers):
+            std = weight_scale if weight_scale is not None else np.sqrt(2.0 / dims[i])
+            params[f"W{i + 1}"] = (init_rng.standard_normal((dims[i], dims[i + 1])) * std).astype(self.dtype)
+            params[f"b{i + 1}"] = np.zeros(dims[i + 1], dtype=self.dtype)
+        self.params = {k: backend.to_device(v) for k, v in params.items()}
+        self.rng = backend.default_rng(seed)  # dropout masks; the Solver resets it per epoch
+        self._buffers = {}
+
+    # ------------------------------------------------------------------ compute
+    def _buf(self, key, shape):
+        """A reusable work array (the pool stays steady after the first step)."""
+        b = self._buffers.get((key, shape))
+        if b is None:
+            xp = backend.get_array_module(self.params["W1"])
+            b = self._buffers[(key, shape)] = xp.empty(shape, dtype=self.dtype)
+        return b
+
+    def _check_input(self, X, y):
+        D = int(np.prod(X.shape[1:])) if X.ndim > 1 else -1
+        if D != self.input_dim:
+            raise ValueError(f"X: expected {self.input_dim} features per sample, got shape {tuple(X.shape)}")
+        if y is not None and tuple(y.shape) != (X.shape[0],):
+            raise ValueError(f"y: expected shape ({X.shape[0]},) (one label per sample), got {tuple(y.shape)}")
+
+    def loss(self, X, y=None):
+        """Class scores, or the loss and gradients.
+
+        X: (N, D) or (N, d1, ...) on the model's backend; y: (N,) int labels or None.
+        Returns scores (N, C) when y is None (test mode, no dropout); otherwise
+        ``(loss, grads)`` with grads shaped like ``self.params`` (training mode).
+        """
+        self._check_input(X, y)
+        train = y is not None
+        N = X.shape[0]
+        X = X.reshape(N, -1)
+        if X.dtype != self.dtype:
+            X = X.astype(self.dtype)
+        p, L = self.params, self.num_layers
+        acts, masks = [X], []
+        h = X
+        for i in range(1, L):
+            h = linear_forward(h, p[f"W{i}"], p[f"b{i}"], out=self._buf(f"h{i}", (N, p[f"W{i}"].shape[1])))
+            relu_forward(h, out=h)  # in place: the backward only needs where h > 0
+            if train and self.dropout:
+                h, mask = dropout_forward(h, self.dropout, True, self.rng)
+                masks.append(mask)
+            acts.append(h)
+        scores = linear_forward(h, p[f"W{L}"], p[f"b{L}"])
+        if not train:
+            return scores
+
+        loss, dout = softmax_loss(scores, y)
+        if self.reg:
+            loss = loss + self.dtype.type(0.5 * self.reg) * sum((p[f"W{i}"] ** 2).sum() for i in range(1, L + 1))
+        grads = {}
+        for i in range(L, 0, -1):
+            W = p[f"W{i}"]
+            dout, dW, db = linear_backward(dout, acts[i - 1], W, p[f"b{i}"], need_dx=i > 1)
+            if self.reg:
+                dW += self.dtype.type(self.reg) * W
+            grads[f"W{i}"], grads[f"b{i}"] = dW, db
+            if i > 1:
+                if self.dropout:
+                    dout = dropout_backward(dout, masks[i - 2], self.dropout, True)
+                relu_backward(dout, acts[i - 1], out=dout)
+        return loss, grads
+
+    def predict(self, X, batch_size=1024):
+        """Predicted labels (N,) on the model's backend, in batches of ``batch_size``."""
+        xp = backend.get_array_module(self.params["W1"])
+        out = [self.loss(X[i:i + batch_size]).argmax(axis=1) for i in range(0, X.shape[0], batch_size)]
+        return xp.concatenate(out) if out else xp.zeros(0, dtype=np.int64)
+
+    # ------------------------------------------------------------- placement
+    def to(self, name: str):
+        """Move the parameters to backend ``name`` (``numpy`` or ``cupy``); returns self."""
+        self.params = {k: backend.to_backend(v, name) for k, v in self.params.items()}
+        self._buffers = {}
+        xp = backend.get_array_module(self.params["W1"])
+        self.rng = xp.random.default_rng() if xp is not np else np.random.default_rng()
+        return self
+
+    def get_params(self) -> dict:
+        """A NumPy copy of every parameter."""
+        return {k: backend.to_numpy(v).copy() for k, v in self.params.items()}
+
+    def set_params(self, params: dict):
+        """Copy arrays (NumPy or CuPy) into the parameters, keeping their backend."""
+        for k, v in params.items():
+            if k not in self.params or tuple(v.shape) != tuple(self.params[k].shape):
+                raise ValueError(f"set_params: parameter {k!r} with shape {tuple(v.shape)} does not fit this model")
+            xp = backend.get_array_module(self.params[k])
+            self.params[k][...] = xp.asarray(backend.to_numpy(v) if xp is np else v)
+
+    # ----------------------------------------------------------- persistence
+    def config(self) -> dict:
+        return {"hidden_dims": self.hidden_dims, "input_dim": self.input_dim,
+                "num_classes": self.num_classes, "dropout": self.dropout, "reg": self.reg,
+                "dtype": self.dtype.name}
+
+    def save(self, path):
+        """Write the model (architecture, parameters, ``self.meta``) to ``path`` atomically."""
+        desc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": self.config(), "meta": self.meta}
+        arrays = self.get_params()
+        arrays["__meta__"] = np.frombuffer(json.dumps(desc).encode("utf-8"), dtype=np.uint8)
+        atomic_savez(path, arrays)
+        return path
+
+
+def atomic_savez(path, arrays: dict):
+    """``np.savez`` to a temporary name in the same folder, then rename over ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_npz(path, what="model") -> tuple[dict, dict]:
+    """Arrays and JSON description of a gpunet ``.npz`` file; ValueError naming the file if it is not one."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such {what} file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a gpunet {what} file (expected an .npz archive: {e})") from None
+    if "__meta__" not in arrays:
+        raise ValueError(f"{path}: not a gpunet {what} file (no __meta__ entry)")
+    try:
+        desc = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: corrupt description in __meta__ ({e})") from None
+    return arrays, desc
+
+
+def load_model(path) -> FullyConnectedNet:
+    """Load a model saved by ``FullyConnectedNet.save`` onto the active backend."""
+    arrays, desc = read_npz(path)
+    if desc.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: expected format {MODEL_FORMAT!r}, found {desc.get('format')!r}")
+    if desc.get("version", 0) > MODEL_VERSION:
+        raise ValueError(f"{path}: model format version {desc['version']} is newer than this gpunet "
+                         f"({MODEL_VERSION}); upgrade gpunet")
+    cfg = dict(desc["config"])
+    model = FullyConnectedNet(cfg["hidden_dims"], input_dim=cfg["input_dim"],
+                              num_classes=cfg["num_classes"], dropout=cfg.get("dropout", 0.0),
+                              reg=cfg.get("reg", 0.0), dtype=np.dtype(cfg.get("dtype", "float32")))
+    missing = sorted(set(model.params) - set(arrays))
+    if missing:
+        raise ValueError(f"{path}: missing parameter(s) {missing}")
+    try:
+        model.set_params({k: arrays[k] for k in model.params})
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    model.meta = desc.get("meta", {})
+    return model
