@@ -99,8 +99,10 @@ def adam(w, dw, cfg, state, lr):
     m += w.dtype.type(1 - b1) * dw
     v *= w.dtype.type(b2)
     v += w.dtype.type(1 - b2) * dw * dw
-    step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-    w -= w.dtype.type(step) * m / (xp.sqrt(v) + w.dtype.type(cfg.epsilon))
+    # w -= lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
+    denom = xp.sqrt(v) * w.dtype.type(1 / math.sqrt(1 - b2 ** t))
+    denom += w.dtype.type(cfg.epsilon)
+    w -= w.dtype.type(lr / (1 - b1 ** t)) * m / denom
 
 
 UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "momentum": sgd_momentum,

@@ -1,0 +1,233 @@
+"""Inference with a trained model: over an HDF5 split, or over a folder of images.
+
+The model file carries its own preprocessing in ``model.meta`` (see
+``gpunet.preprocess``), so a model path and the inputs are all that is needed.
+
+- ``evaluate(model, data, split)`` -> ``(y_true, y_pred)`` for an HDF5 split;
+- ``predict_folder(folder, model)`` -> ``(files, labels, probs)`` for images;
+- ``test_fer_model(folder, model)`` -> FER2013 labels, the coursework entry point.
+
+Image folders: every file whose name ends in an image extension
+(``data_prep.images.IMAGE_EXTENSIONS``) is read, in lexicographic order of file
+name; other files (``notes.txt``) and hidden files are skipped; a file with an
+image extension that cannot be decoded is an error naming it. Colour images
+are converted to grey for a one-channel model, and images of another size are
+centre-cropped and resized to the model's image shape (as ``gpunet-prep --resize``).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+
+import numpy as np
+
+from . import backend
+from .model import FullyConnectedNet, load_model
+from .preprocess import check_meta, feature_rows, normalize
+
+log = logging.getLogger("gpunet")
+
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def resolve_model(model) -> tuple[FullyConnectedNet, str]:
+    """``(model, name)``: load ``model`` when it is a path; ``name`` is used in errors."""
+    if isinstance(model, FullyConnectedNet):
+        return model, "model"
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), os.fspath(model)
+    raise TypeError(f"model: expected a FullyConnectedNet or a model file path, got {type(model).__name__}")
+
+
+def model_meta(model: FullyConnectedNet, where: str = "model") -> dict:
+    """The model's checked preprocessing meta; ValueError naming ``where`` when it has none
+    or when its image shape does not give the model's ``input_dim``."""
+    meta = check_meta(model.meta, where)
+    if int(np.prod(meta["image_shape"])) != model.input_dim:
+        raise ValueError(f"{where}: meta image_shape {meta['image_shape']} does not give the "
+                         f"model's input_dim {model.input_dim}")
+    names = meta.get("class_names")
+    if names is not None and len(names) != model.num_classes:
+        raise ValueError(f"{where}: meta lists {len(names)} class names for a model of "
+                         f"{model.num_classes} classes")
+    return meta
+
+
+def _model_xp(model):
+    return backend.get_array_module(model.params["W1"])
+
+
+def _on(x, xp):
+    """``x`` moved to array module ``xp``."""
+    return backend.to_numpy(x) if xp is np else xp.asarray(x)
+
+
+def softmax(scores):
+    """Row-wise softmax of (N, C) scores, on their array module, numerically stable."""
+    xp = backend.get_array_module(scores)
+    e = xp.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- HDF5 splits
+
+def check_data_fits(model, meta, file_meta, where_model, where_data):
+    """ValueError naming both files when the data's images or classes do not fit the model."""
+    shape = tuple(int(s) for s in file_meta["image_shape"])
+    expected = tuple(meta["image_shape"]) if meta else None
+    if (expected is not None and shape != expected) or int(np.prod(shape)) != model.input_dim:
+        want = expected if expected is not None else f"{model.input_dim} features"
+        raise ValueError(f"{where_data}: images of shape {shape} do not fit model {where_model}, "
+                         f"which expects {want}")
+    names = file_meta.get("class_names")
+    if names is not None and len(names) != model.num_classes:
+        raise ValueError(f"{where_data}: {len(names)} classes {list(names)} do not fit model "
+                         f"{where_model}, which has {model.num_classes} classes")
+    if names is not None and meta and meta.get("class_names") and list(names) != list(meta["class_names"]):
+        log.warning("%s: class names %s differ from the model's %s", where_data, list(names),
+                    meta["class_names"])
+
+
+def evaluate(model, data, split: str = "test", batch_size: int = 1024):
+    """Run ``model`` over one split; return ``(y_true, y_pred)``, (N,) int64 each on the
+    model's array module.
+
+    model: a FullyConnectedNet or a model file path. data: a gpunet HDF5 path (read in
+    batches with ``H5Loader``, normalised with the model's meta, or with the file's
+    own mean/std when the model has no meta), or any loader yielding model-ready
+    ``(X (B, D), y (B,))`` batches (then ``split`` is ignored).
+    """
+    from .data import H5Loader
+
+    model, where = resolve_model(model)
+    xp = _model_xp(model)
+    loader, own = data, False
+    if isinstance(data, (str, os.PathLike)):
+        meta = model_meta(model, where) if model.meta else None
+        if meta is None:
+            log.warning("%s: no preprocessing meta; normalising with %s's own mean/std", where, data)
+        loader = H5Loader(data, split, batch_size=batch_size, shuffle=False, normalize=meta is None)
+        own = True
+    try:
+        rows = None
+        if own:
+            file_meta = dict(loader.meta, image_shape=loader.sample_shape)
+            check_data_fits(model, meta, file_meta, where, os.fspath(data))
+            rows = feature_rows(meta, model.dtype, xp) if meta else None
+        ys, ps = [], []
+        for X, y in loader:
+            X = _on(X, xp)
+            if rows is not None:
+                X = normalize(X, meta, model.dtype, xp, rows)
+            ps.append(model.loss(X).argmax(axis=1).astype(np.int64))
+            ys.append(_on(y, xp).astype(np.int64))
+    finally:
+        if own:
+            loader.close()
+    if not ys:
+        raise ValueError(f"{os.fspath(data) if own else 'data'}: split {split!r} holds no samples")
+    return xp.concatenate(ys), xp.concatenate(ps)
+
+
+# --------------------------------------------------------------------------- image folders
+
+def list_image_files(folder) -> list:
+    """Image files directly in ``folder``, lexicographic by name; ValueError when there are none."""
+    from data_prep.errors import PrepError
+    from data_prep.images import IMAGE_EXTENSIONS, list_images
+
+    try:
+        files = list_images(folder)
+    except PrepError as e:
+        raise ValueError(str(e)) from None
+    if not files:
+        raise ValueError(f"{os.fspath(folder)}: no image files (expected names ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def load_images(paths, image_shape) -> np.ndarray:
+    """uint8 (N, C, H, W) for ``image_shape`` [C, H, W] (C = 1 grey, 3 RGB), resizing as needed;
+    ValueError naming the first file that is not a readable image."""
+    from data_prep.errors import PrepError
+    from data_prep.images import load_image
+
+    c, h, w = (int(s) for s in image_shape)
+    if c not in (1, 3):
+        raise ValueError(f"image_shape: expected 1 (grey) or 3 (RGB) channels, got {c}")
+    out = np.empty((len(paths), c, h, w), np.uint8)
+    for i, p in enumerate(paths):
+        try:
+            img = load_image(p, shape=(h, w), resize=True, grayscale=c == 1)
+        except PrepError as e:
+            raise ValueError(str(e)) from None
+        out[i] = img[None] if c == 1 else img.transpose(2, 0, 1)
+    return out
+
+
+def predict_folder(img_folder, model, batch_size: int = 256):
+    """Classify every image in ``img_folder``.
+
+    model: a FullyConnectedNet with meta, or a model file path.
+    Returns ``(files, labels, probs)``: file names (lexicographic), (N,) int64 predicted
+    labels and (N, C) float32 softmax probabilities, both NumPy. Images are read and
+    classified ``batch_size`` at a time, so memory stays bounded for large folders.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+    model, where = resolve_model(model)
+    meta = model_meta(model, where)
+    paths = list_image_files(img_folder)
+    xp = _model_xp(model)
+    rows = feature_rows(meta, model.dtype, xp)
+    labels, probs = [], []
+    for a in range(0, len(paths), batch_size):
+        x = load_images(paths[a:a + batch_size], meta["image_shape"])      # (B, C, H, W) uint8
+        scores = model.loss(normalize(x, meta, model.dtype, xp, rows))     # (B, C)
+        labels.append(backend.to_numpy(scores.argmax(axis=1)).astype(np.int64))
+        probs.append(backend.to_numpy(softmax(scores)).astype(np.float32))
+    return [p.name for p in paths], np.concatenate(labels), np.concatenate(probs)
+
+
+def test_fer_model(img_folder, model) -> np.ndarray:
+    """Predicted FER2013 labels (0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise,
+    6 neutral) of the face images in ``img_folder``, in lexicographic file-name order.
+
+    img_folder: folder of face images (48x48 grey; colour and other sizes are converted).
+    model: a model file path, or a loaded FullyConnectedNet, trained on FER2013.
+    Returns a NumPy int64 vector (N,).
+    """
+    model, where = resolve_model(model)
+    meta = model_meta(model, where)
+    names = [n.lower() for n in meta.get("class_names") or []]
+    if model.num_classes != len(FER2013_CLASSES) or (names and names != list(FER2013_CLASSES)):
+        raise ValueError(f"{where}: expected a FER2013 model with classes {list(FER2013_CLASSES)}, "
+                         f"found {model.num_classes} classes {meta.get('class_names')}")
+    return predict_folder(img_folder, model)[1]
+
+
+test_fer_model.__test__ = False  # not a pytest test despite its name
+
+
+def write_predictions_csv(out, files, labels, probs, class_names, decimals: int = 6):
+    """Write ``file,label,class_name,p_<class>...`` rows to ``out``: a path (written
+    atomically) or None for standard output."""
+    from data_prep.atomic import atomic_output
+    from data_prep.errors import PrepError
+
+    def write(f):
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["file", "label", "class_name"] + [f"p_{n}" for n in class_names])
+        for name, label, p in zip(files, labels, probs):
+            w.writerow([name, int(label), class_names[int(label)]] + [f"{v:.{decimals}f}" for v in p])
+
+    if out is None or os.fspath(out) == "-":
+        write(sys.stdout)
+        return
+    try:
+        with atomic_output(out, force=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            write(f)
+    except PrepError as e:
+        raise ValueError(str(e)) from None

@@ -1,0 +1,90 @@
+"""The preprocessing contract between prepared data, trained models and inference.
+
+A trained model's ``model.meta`` holds ``mean``, ``std`` ((C,) floats, pixel units
+0..255, per channel over the training split), ``image_shape`` ([C, H, W]),
+``class_names`` and ``dataset``. An input image batch, uint8 ``(N, C, H, W)``, is
+normalised per channel, ``(x - mean[c]) / std[c]``, and flattened C-major to
+``(N, C*H*W)`` float32: exactly what ``gpunet.data.H5Loader`` serves in training.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import backend
+
+META_KEYS = ("mean", "std", "image_shape", "class_names", "dataset")
+
+
+def check_meta(meta, where: str = "model") -> dict:
+    """Validate preprocessing ``meta``; return it with plain-Python values.
+
+    where: how to name the owner in errors (e.g. the model file's path).
+    Raises ValueError when mean/std/image_shape are missing or inconsistent.
+    """
+    if not isinstance(meta, dict) or any(meta.get(k) is None for k in ("mean", "std", "image_shape")):
+        have = sorted(k for k, v in (meta or {}).items() if v is not None) if isinstance(meta, dict) else meta
+        raise ValueError(f"{where}: expected preprocessing meta with mean, std and image_shape "
+                         f"(saved by gpunet-train), found {have or 'none'}")
+    shape = [int(s) for s in np.atleast_1d(meta["image_shape"])]
+    mean = [float(v) for v in np.atleast_1d(meta["mean"])]
+    std = [float(v) for v in np.atleast_1d(meta["std"])]
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"{where}: expected meta image_shape [C, H, W], found {shape}")
+    c = shape[0]
+    if len(mean) != c or len(std) != c or not all(s > 0 for s in std):
+        raise ValueError(f"{where}: expected meta mean and std of {c} value(s) with std > 0 "
+                         f"(one per channel of image_shape {shape}), found mean={mean}, std={std}")
+    out = dict(meta)
+    out.update(mean=mean, std=std, image_shape=shape)
+    if meta.get("class_names") is not None:
+        out["class_names"] = [str(n) for n in meta["class_names"]]
+    return out
+
+
+def feature_rows(meta, dtype=np.float32, xp=None):
+    """``(mean_row, inv_std_row)``: (D,) arrays on ``xp`` (default: the active backend),
+    the per-channel statistics repeated over each channel's H*W pixels."""
+    xp = xp or backend.xp()
+    c, h, w = meta["image_shape"]
+    mean = np.repeat(np.asarray(meta["mean"], np.float64), h * w)
+    inv_std = np.repeat(1.0 / np.asarray(meta["std"], np.float64), h * w)
+    return xp.asarray(mean, dtype=dtype), xp.asarray(inv_std, dtype=dtype)
+
+
+def normalize(x, meta, dtype=np.float32, xp=None, rows=None):
+    """Normalise a batch for a model.
+
+    x: uint8 (or float pixel values) ``(N, C, H, W)`` or already flat ``(N, C*H*W)``,
+        NumPy or CuPy; meta: preprocessing dict (see ``check_meta``).
+    xp: array module to compute on (default: the active backend); rows: a cached
+        ``feature_rows(meta, dtype, xp)`` to skip rebuilding it per batch.
+    Returns ``(N, C*H*W)`` of ``dtype`` on ``xp``.
+    """
+    xp = xp or backend.xp()
+    c, h, w = (int(s) for s in meta["image_shape"])
+    d = c * h * w
+    if x.ndim == 4 and tuple(x.shape[1:]) != (c, h, w) or x.ndim == 2 and x.shape[1] != d \
+            or x.ndim not in (2, 4):
+        raise ValueError(f"x: expected images of shape (N, {c}, {h}, {w}) or (N, {d}), "
+                         f"got {tuple(x.shape)}")
+    x = backend.to_numpy(x) if xp is np else xp.asarray(x)
+    mean_row, inv_std_row = rows if rows is not None else feature_rows(meta, dtype, xp)
+    out = x.reshape(len(x), d).astype(dtype)   # a fresh array: safe to update in place
+    out -= mean_row
+    out *= inv_std_row
+    return out
+
+
+def preprocess_meta_from_h5(path) -> dict:
+    """The preprocessing meta (mean, std, image_shape, class_names, dataset) of a
+    gpunet HDF5 file, ready to store in ``model.meta``. ValueError naming the file
+    when it is not an HDF5 file or lacks the attributes."""
+    from .data import read_meta  # imported here: keeps ``import gpunet.preprocess`` light
+
+    m = read_meta(path)
+    missing = [k for k in ("mean", "std", "image_shape", "class_names") if m.get(k) is None]
+    if missing:
+        raise ValueError(f"{os.fspath(path)}: expected root attribute(s) {missing} of a gpunet HDF5 file")
+    return check_meta({k: m[k] for k in META_KEYS}, os.fspath(path))

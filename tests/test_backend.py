@@ -1,0 +1,97 @@
+"""The backend switch: the only door to cupy, explicit choices, clear errors."""
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpunet import backend
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _imports_cupy(path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "cupy" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "cupy":
+            return True
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
+                and str(node.args[0].value).split(".")[0] == "cupy":
+            return True
+    return False
+
+
+def test_only_backend_imports_cupy():
+    files = [p for d in ("gpunet", "data_prep", "scripts") for p in (ROOT / d).rglob("*.py")]
+    assert len(files) > 5
+    offenders = [str(p.relative_to(ROOT)) for p in files if _imports_cupy(p)]
+    assert offenders == ["gpunet/backend.py"]
+
+
+def test_the_checker_catches_an_import(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("def f():\n    import cupy as cp\n")
+    assert _imports_cupy(f)
+    f.write_text("import importlib\nimportlib.import_module('cupy')\n")
+    assert _imports_cupy(f)
+
+
+@pytest.mark.parametrize("alias", ["numpy", "cpu", "NumPy"])
+def test_numpy_aliases(alias):
+    prev = backend.name()
+    try:
+        assert backend.use(alias) == "numpy"
+        assert backend.xp() is np
+    finally:
+        backend.use(prev)
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="backend: expected one of .* got 'tpu'"):
+        backend.use("tpu")
+
+
+def test_asking_for_gpu_without_one_is_an_error():
+    if backend.gpu_available():
+        pytest.skip("a GPU is usable here")
+    prev = backend.name()
+    with pytest.raises(backend.BackendError, match="backend 'cupy' requested but"):
+        backend.use("gpu")
+    assert backend.name() == prev  # nothing changed, no silent fall-back
+
+
+def test_auto_logs_its_choice_and_reason(caplog):
+    prev = backend.name()
+    try:
+        with caplog.at_level("INFO", logger="gpunet"):
+            chosen = backend.use("auto")
+        assert chosen == ("cupy" if backend.gpu_available() else "numpy")
+        assert any("auto" in r.getMessage() for r in caplog.records)
+    finally:
+        backend.use(prev)
+
+
+def test_environment_variable_chooses_backend():
+    code = "from gpunet import backend; print(backend.name())"
+    env = dict(os.environ, GPUNET_BACKEND="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "numpy"
+    env["GPUNET_BACKEND"] = "nonsense"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "got 'nonsense'" in bad.stderr
+
+
+def test_move_helpers_round_trip(xp):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    d = backend.to_device(a)
+    assert backend.get_array_module(d) is xp
+    back = backend.to_numpy(d)
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, a)
+    assert backend.to_device(a, dtype=np.float64).dtype == np.float64

@@ -1,0 +1,360 @@
+"""Tests of gpunet.data: ArrayLoader, the HDF5 loader and its file checks.
+
+Test files are written here with h5py in the layout the prep tools write. Every
+sample has a unique label ``y = id`` and random pixels, so a batch can be checked
+against the source array independently (exactly once, pairing of x and y, values).
+"""
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from gpunet import backend, data
+from gpunet.data import ArrayLoader, H5Loader, epoch_permutation, open_split, read_meta
+
+N, SHAPE, CHUNK = 1000, (3, 4, 5), 64          # 16 chunks, the last one partial (40 rows)
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def xb(request):
+    """Run the test body on each backend; CuPy skips when no GPU is usable."""
+    if request.param == "cupy" and not backend.gpu_available():
+        pytest.skip(f"CuPy backend not testable here: {backend.gpu_unavailable_reason()}")
+    previous = backend.name()
+    backend.use(request.param)
+    yield request.param
+    backend.use(previous)
+
+
+@pytest.fixture
+def numpy_backend():
+    previous = backend.name()
+    backend.use("numpy")
+    yield
+    backend.use(previous)
+
+
+def write_h5(path, n=N, shape=SHAPE, chunk=CHUNK, seed=0, splits=("train",), **attrs):
+    """A gpunet HDF5 file; returns {split: raw (n, C, H, W) uint8}; labels are sample ids."""
+    raws = {}
+    with h5py.File(path, "w") as f:
+        for i, split in enumerate(splits):
+            raw = np.random.default_rng([seed, i]).integers(0, 256, (n,) + shape, dtype=np.uint8)
+            g = f.create_group(split)
+            g.create_dataset("x", data=raw, chunks=(chunk,) + shape)
+            g.create_dataset("y", data=np.arange(n, dtype=np.int64), chunks=(chunk,))
+            raws[split] = raw
+        train = raws[splits[0]].astype(np.float64)
+        f.attrs["mean"] = attrs.get("mean", train.mean(axis=(0, 2, 3)))
+        f.attrs["std"] = attrs.get("std", train.std(axis=(0, 2, 3)))
+        f.attrs["class_names"] = ["a", "b", "c"]
+        f.attrs["image_shape"] = shape
+        f.attrs["format_version"] = 1
+        f.attrs["dataset"] = "synthetic"
+    return raws
+
+
+@pytest.fixture
+def h5file(tmp_path):
+    path = tmp_path / "d.h5"
+    raws = write_h5(path, splits=("train", "test"))
+    return path, raws
+
+
+def epoch(loader, e=None):
+    """All batches of one epoch as numpy: list of (X, y)."""
+    if e is not None:
+        loader.set_epoch(e)
+    return [(backend.to_numpy(X), backend.to_numpy(y)) for X, y in loader]
+
+
+def normalised(raw, ids):
+    """Independent reference: (x - mean[c]) / std[c] in float64, flattened to (B, D)."""
+    r = raw.astype(np.float64)
+    mean, std = r.mean(axis=(0, 2, 3)), r.std(axis=(0, 2, 3))
+    return ((r[ids] - mean[:, None, None]) / std[:, None, None]).reshape(len(ids), -1)
+
+
+# ---------------------------------------------------------------- epoch order
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_each_sample_once_and_values_normalised(xb, h5file, preload):
+    path, raws = h5file
+    with H5Loader(path, batch_size=64, preload=preload, buffer_chunks=4) as ld:
+        assert (len(ld), ld.num_samples, ld.preloaded) == (16, N, preload)
+        batches = epoch(ld)
+    assert len(batches) == 16
+    assert [len(y) for _, y in batches] == [64] * 15 + [40]
+    X = np.concatenate([x for x, _ in batches])
+    y = np.concatenate([y for _, y in batches])
+    assert X.dtype == np.float32 and X.shape == (N, 60) and y.dtype == np.int64
+    np.testing.assert_array_equal(np.sort(y), np.arange(N))
+    np.testing.assert_allclose(X, normalised(raws["train"], y), rtol=1e-5, atol=1e-5)
+
+
+def test_orders_depend_on_seed_and_epoch_only(h5file, numpy_backend):
+    path, _ = h5file
+    ys = lambda ld, e: np.concatenate([y for _, y in epoch(ld, e)])  # noqa: E731
+    with H5Loader(path, batch_size=50, seed=3, preload=False) as a, \
+            H5Loader(path, batch_size=50, seed=3, preload=False) as b, \
+            H5Loader(path, batch_size=50, seed=4, preload=False) as c:
+        a0, a1 = ys(a, 0), ys(a, 1)
+        assert not np.array_equal(a0, a1)
+        np.testing.assert_array_equal(a0, ys(b, 0))
+        np.testing.assert_array_equal(a1, ys(b, 1))
+        np.testing.assert_array_equal(a0, ys(a, 0))           # set_epoch back replays it
+        assert not np.array_equal(a0, ys(c, 0))
+        np.testing.assert_array_equal(a0, a.order(0))
+
+
+def test_shuffle_false_is_file_order(xb, h5file):
+    path, raws = h5file
+    with H5Loader(path, split="test", batch_size=300, shuffle=False, preload=False) as ld:
+        batches = epoch(ld, 5)
+    y = np.concatenate([y for _, y in batches])
+    np.testing.assert_array_equal(y, np.arange(N))
+    assert [len(y) for _, y in batches] == [300, 300, 300, 100]
+    # values of a non-train split still use the train statistics stored in the file
+    r = raws["test"].astype(np.float64)
+    t = raws["train"].astype(np.float64)
+    ref = ((r - t.mean(axis=(0, 2, 3))[:, None, None]) / t.std(axis=(0, 2, 3))[:, None, None]).reshape(N, -1)
+    np.testing.assert_allclose(np.concatenate([x for x, _ in batches]), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shuffle,drop_last", [(True, False), (True, True), (False, True)])
+def test_preload_and_streaming_give_the_same_batches(xb, h5file, shuffle, drop_last):
+    path, _ = h5file
+    kw = dict(batch_size=48, shuffle=shuffle, drop_last=drop_last, seed=7)
+    with H5Loader(path, preload=True, **kw) as p, H5Loader(path, preload=False, prefetch=1, **kw) as s:
+        for e in (0, 1):
+            bp, bs = epoch(p, e), epoch(s, e)
+            assert len(bp) == len(bs) == len(p)
+            for (xp_, yp), (xs, ys) in zip(bp, bs):
+                np.testing.assert_array_equal(yp, ys)
+                np.testing.assert_array_equal(xp_, xs)
+
+
+def test_drop_last_both_ways(h5file, numpy_backend):
+    path, _ = h5file
+    with H5Loader(path, batch_size=64, drop_last=True, preload=False) as ld:
+        b = epoch(ld)
+        assert len(ld) == len(b) == 15 and all(len(y) == 64 for _, y in b)
+        assert len(np.unique(np.concatenate([y for _, y in b]))) == 960
+    with H5Loader(path, batch_size=64, drop_last=False, preload=False) as ld:
+        b = epoch(ld)
+        assert len(ld) == len(b) == 16 and len(b[-1][1]) == 40
+
+
+def test_shuffle_buffer_mixes_chunks(h5file, numpy_backend):
+    path, _ = h5file
+    with H5Loader(path, batch_size=64, buffer_chunks=4, preload=False) as ld:
+        y0 = epoch(ld, 0)[0][1]
+    chunks = np.unique(y0 // CHUNK)
+    assert 1 < len(chunks) <= 4                       # drawn from several chunks of one window
+    assert not np.array_equal(np.sort(y0), y0)        # and mixed inside the batch
+    # the window order itself is shuffled: the first window is not simply chunks 0..3
+    plan = data.epoch_plan(N, CHUNK, 4, 0, 0)
+    assert len(plan) == 4 and sorted(np.concatenate([c for c, _ in plan])) == list(range(16))
+    assert any(set(c) != set(range(4 * i, 4 * i + 4)) for i, (c, _) in enumerate(plan))
+
+
+def test_default_window_and_auto_preload(h5file, numpy_backend):
+    path, _ = h5file
+    with H5Loader(path) as ld:                        # tiny file: auto preloads, 16-chunk window
+        assert ld.preloaded and ld.buffer_chunks == 16 and ld.chunk == CHUNK
+
+
+# ---------------------------------------------------------------- augmentation
+
+def test_augmentation_off_by_default_is_identity(h5file, numpy_backend):
+    path, _ = h5file
+    with H5Loader(path, batch_size=100, preload=False) as a, \
+            H5Loader(path, batch_size=100, preload=False, augment={"flip": False, "crop_pad": 0}) as b:
+        assert a.augment is None and b.augment is None
+        for (xa, ya), (xb_, yb) in zip(epoch(a), epoch(b)):
+            np.testing.assert_array_equal(ya, yb)
+            np.testing.assert_array_equal(xa, xb_)
+
+
+def test_flip_mirrors_exactly(xb, h5file):
+    path, _ = h5file
+    with H5Loader(path, batch_size=100, augment={"flip": True}, preload=False) as a, \
+            H5Loader(path, batch_size=100, preload=False) as plain:
+        flips = []
+        for (xa, ya), (xp_, yp) in zip(epoch(a, 2), epoch(plain, 2)):
+            np.testing.assert_array_equal(ya, yp)
+            img_a, img_p = xa.reshape((-1,) + SHAPE), xp_.reshape((-1,) + SHAPE)
+            same = (img_a == img_p).all(axis=(1, 2, 3))
+            mirrored = (img_a == img_p[..., ::-1]).all(axis=(1, 2, 3))
+            assert (same | mirrored).all()
+            flips.append(mirrored & ~same)
+        frac = np.concatenate(flips).mean()
+        assert 0.4 < frac < 0.6
+        again = np.concatenate([x for x, _ in epoch(a, 2)])
+        np.testing.assert_array_equal(again, np.concatenate([x for x, _ in epoch(a, 2)]))
+
+
+def test_crop_keeps_shape_and_is_a_shifted_window(h5file, numpy_backend):
+    path, _ = h5file
+    p = 2
+    with H5Loader(path, batch_size=50, augment={"crop_pad": p}, preload=False) as a, \
+            H5Loader(path, batch_size=50, preload=False) as plain:
+        (xa, _), (xp_, _) = epoch(a)[0], epoch(plain)[0]
+    assert xa.shape == xp_.shape == (50, 60)
+    img_a, img_p = xa.reshape((-1,) + SHAPE), xp_.reshape((-1,) + SHAPE)
+    padded = np.pad(img_p, ((0, 0), (0, 0), (p, p), (p, p)))
+    shifted = 0
+    for i in range(50):
+        offsets = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                   if np.array_equal(img_a[i], padded[i, :, dy:dy + 4, dx:dx + 5])]
+        assert offsets, f"sample {i} is not a {2 * p}-padded crop of its image"
+        shifted += (p, p) not in offsets
+    assert shifted > 25
+
+
+@pytest.mark.parametrize("bad", [{"flip": "yes"}, {"crop_pad": -1}, {"crop_pad": 1.5}, {"rotate": 10}, "flip"])
+def test_bad_augment_options(h5file, numpy_backend, bad):
+    path, _ = h5file
+    with pytest.raises(ValueError, match="augment"):
+        H5Loader(path, augment=bad)
+
+
+# ---------------------------------------------------------------- files, threads, errors
+
+def test_read_meta(h5file):
+    path, _ = h5file
+    m = read_meta(path)
+    assert m["class_names"] == ["a", "b", "c"] and m["image_shape"] == SHAPE
+    assert m["counts"] == {"train": N, "test": N} and m["format_version"] == 1
+    assert m["mean"].shape == (3,) and m["dataset"] == "synthetic"
+
+
+def test_two_loaders_read_the_same_file_concurrently(h5file, numpy_backend):
+    path, _ = h5file
+    with open_split(path, "train", batch_size=100, preload=False) as a, \
+            open_split(path, "train", batch_size=100, preload=False, seed=1) as b, \
+            h5py.File(path, "r", locking=False) as third:
+        ya, yb = [], []
+        for (_, y1), (_, y2) in zip(a, b):           # both workers running at once
+            ya.append(y1)
+            yb.append(y2)
+        assert third["train/x"].shape[0] == N
+    for ys in (ya, yb):
+        np.testing.assert_array_equal(np.sort(np.concatenate(ys)), np.arange(N))
+
+
+def _wait_threads(count, timeout=5.0):
+    t0 = time.monotonic()
+    while threading.active_count() > count and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    return threading.active_count()
+
+
+def test_closing_mid_epoch_stops_the_thread(h5file, numpy_backend):
+    path, _ = h5file
+    before = threading.active_count()
+    ld = H5Loader(path, batch_size=10, preload=False, prefetch=2)
+    it = iter(ld)
+    next(it), next(it)
+    assert threading.active_count() == before + 1
+    ld.close()
+    assert _wait_threads(before) == before
+    ld.close()                                        # idempotent
+    # leaving a with block by an exception, mid-epoch, stops it too
+    with pytest.raises(KeyboardInterrupt):
+        with H5Loader(path, batch_size=10, preload=False) as ld:
+            for i, _ in enumerate(ld):
+                if i == 3:
+                    raise KeyboardInterrupt
+    assert _wait_threads(before) == before
+    # and a new epoch while one is unfinished replaces its thread
+    with H5Loader(path, batch_size=10, preload=False) as ld:
+        next(iter(ld))
+        assert len(epoch(ld)) == 100
+        assert _wait_threads(before + 1) <= before + 1
+    assert _wait_threads(before) == before
+
+
+def test_missing_file_and_split(tmp_path, h5file):
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        H5Loader(tmp_path / "nope.h5")
+    path, _ = h5file
+    with pytest.raises(ValueError, match=r"d\.h5.*'val'.*expected a group /val.*\['test', 'train'\]"):
+        H5Loader(path, split="val")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="text.h5.*expected an HDF5 file"):
+        H5Loader(tmp_path / "text.h5")
+
+
+def _write_raw(path, x, y, **attrs):
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train/x", data=x)
+        f.create_dataset("train/y", data=y)
+        f.attrs["mean"] = attrs.get("mean", [127.0])
+        f.attrs["std"] = attrs.get("std", [64.0])
+
+
+@pytest.mark.parametrize("x,y,match", [
+    (np.zeros((10, 1, 2, 2), np.float32), np.arange(10), r"expected /train/x uint8.*found float32"),
+    (np.zeros((10, 4), np.uint8), np.arange(10), r"shape \(N, C, H, W\), found uint8 of shape \(10, 4\)"),
+    (np.zeros((10, 1, 2, 2), np.uint8), np.arange(9), r"expected /train/y integer of shape \(10,\).*\(9,\)"),
+    (np.zeros((10, 1, 2, 2), np.uint8), np.zeros(10, np.float64), r"/train/y integer.*found float64"),
+])
+def test_wrong_layout(tmp_path, numpy_backend, x, y, match):
+    path = tmp_path / "bad.h5"
+    _write_raw(path, x, y)
+    with pytest.raises(ValueError, match=r"bad\.h5: split 'train': .*" + match):
+        H5Loader(path)
+
+
+def test_bad_normalisation_attrs(tmp_path, numpy_backend):
+    path = tmp_path / "bad.h5"
+    _write_raw(path, np.zeros((10, 3, 2, 2), np.uint8), np.arange(10), mean=[1.0], std=[2.0])
+    with pytest.raises(ValueError, match=r"bad\.h5: expected root attrs mean, std of shape \(3,\)"):
+        H5Loader(path)
+    H5Loader(path, normalize=False).close()           # raw pixel values need no attrs
+
+
+def test_unnormalised_and_float64(h5file, numpy_backend):
+    path, raws = h5file
+    with H5Loader(path, batch_size=100, normalize=False, dtype=np.float64, preload=False) as ld:
+        X, y = epoch(ld)[0]
+    assert X.dtype == np.float64
+    np.testing.assert_array_equal(X, raws["train"][y].reshape(100, -1))
+
+
+def test_contiguous_dataset_is_read_in_virtual_chunks(tmp_path, numpy_backend):
+    path = tmp_path / "contig.h5"
+    x = np.random.default_rng(1).integers(0, 256, (600, 1, 3, 3), dtype=np.uint8)
+    _write_raw(path, x, np.arange(600))
+    with H5Loader(path, batch_size=128, preload=False) as ld:
+        assert ld.chunk == data._DEFAULT_CHUNK
+        y = np.concatenate([y for _, y in epoch(ld)])
+    np.testing.assert_array_equal(np.sort(y), np.arange(600))
+
+
+# ---------------------------------------------------------------- ArrayLoader
+
+def test_epoch_permutation_is_a_pure_function():
+    p = epoch_permutation(50, 1, 2)
+    np.testing.assert_array_equal(np.sort(p), np.arange(50))
+    np.testing.assert_array_equal(p, epoch_permutation(50, 1, 2))
+    assert not np.array_equal(p, epoch_permutation(50, 1, 3))
+
+
+def test_array_loader_basics(xb):
+    raw = np.random.default_rng(2).integers(0, 256, (103, 3, 2, 2), dtype=np.uint8)
+    mean, std = np.array([100.0, 120.0, 140.0]), np.array([50.0, 60.0, 70.0])
+    ld = ArrayLoader(raw, np.arange(103), batch_size=10, seed=5,
+                     mean=mean[:, None, None], std=std[:, None, None])
+    assert len(ld) == 11 and ld.num_samples == 103
+    b = epoch(ld, 1)
+    y = np.concatenate([y for _, y in b])
+    np.testing.assert_array_equal(y, epoch_permutation(103, 5, 1)[:103])
+    ref = ((raw[y] - mean[:, None, None]) / std[:, None, None]).reshape(103, -1)
+    np.testing.assert_allclose(np.concatenate([x for x, _ in b]), ref, rtol=1e-5, atol=1e-5)
+    assert len(ArrayLoader(raw, np.arange(103), batch_size=10, drop_last=True)) == 10
+    with pytest.raises(ValueError, match="expected 103 labels"):
+        ArrayLoader(raw, np.arange(5))

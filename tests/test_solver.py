@@ -1,0 +1,145 @@
+"""The Solver: sampling, histories, best-parameter restore, early stopping, checkpoints, resume."""
+import json
+
+import numpy as np
+import pytest
+
+from gpunet import FullyConnectedNet, Solver, TrainingDiverged, backend
+from gpunet.data import ArrayLoader
+
+
+def _data(n=120, d=10, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((c, d)) * 2
+    y = rng.integers(0, c, n)
+    X = (centers[y] + rng.standard_normal((n, d))).astype(np.float32)
+    return {"X_train": X[:90], "y_train": y[:90], "X_val": X[90:], "y_val": y[90:]}
+
+
+def _solver(tmp_path=None, data=None, **kw):
+    model = FullyConnectedNet([16, 16], input_dim=10, num_classes=3, dropout=0.2, seed=0)
+    opts = dict(update_rule="adam", optim_config={"learning_rate": 3e-3}, batch_size=16, num_epochs=4,
+                verbose=False, seed=5)
+    if tmp_path is not None:
+        opts["checkpoint_name"] = str(tmp_path / "run")
+    opts.update(kw)
+    return Solver(model, data or _data(), **opts)
+
+
+def test_array_loader_draws_without_replacement_and_reshuffles(xp):
+    X = np.arange(50, dtype=np.float32)[:, None]
+    loader = ArrayLoader(X, np.arange(50), batch_size=8, seed=1)
+    orders = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        seen = np.concatenate([backend.to_numpy(yb) for _, yb in loader])
+        assert sorted(seen.tolist()) == list(range(50))  # each sample exactly once
+        orders.append(seen)
+    assert not np.array_equal(orders[0], orders[1])
+    loader.set_epoch(0)
+    again = np.concatenate([backend.to_numpy(yb) for _, yb in loader])
+    np.testing.assert_array_equal(again, orders[0])  # same seed and epoch: same order
+    assert len(loader) == 7
+    assert len(ArrayLoader(X, np.arange(50), batch_size=8, drop_last=True)) == 6
+
+
+def test_histories_and_best_params_restored(xp):
+    solver = _solver(num_epochs=5).train()
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 5
+    assert len(solver.loss_history) == 5 * 6  # 90 samples, batches of 16
+    best = int(np.argmax(solver.val_acc_history))
+    assert solver.best_epoch == best
+    assert solver.check_accuracy(solver.val_loader) == pytest.approx(solver.val_acc_history[best])
+    assert solver.val_acc_history[best] > 0.6  # the blobs are easy
+
+
+def test_early_stopping(xp):
+    # a learning rate of ~0 never improves after the first epoch
+    solver = _solver(num_epochs=20, patience=2, optim_config={"learning_rate": 1e-12}).train()
+    assert solver.stopped_early
+    assert len(solver.val_acc_history) == 3
+
+
+def test_checkpoint_history_and_resume_equal_uninterrupted(xp, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = _solver(tmp_path / "a", num_epochs=4).train()
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(solver, epoch):
+        if epoch == 1:
+            raise Interrupt
+
+    first = _solver(tmp_path / "b", num_epochs=4, on_epoch_end=stop_after_two)
+    with pytest.raises(Interrupt):
+        first.train()
+    ckpt = tmp_path / "b" / "run.ckpt.npz"
+    assert ckpt.exists() and not list((tmp_path / "b").glob(".tmp-*"))
+    hist = json.loads((tmp_path / "b" / "run.history.json").read_text())
+    assert hist["epochs_done"] == 2 and len(hist["val_acc"]) == 2
+
+    resumed = _solver(tmp_path / "b", num_epochs=4, resume=True)
+    assert resumed.epoch == 2
+    resumed.train()
+    for k in full.model.params:
+        np.testing.assert_array_equal(backend.to_numpy(resumed.model.params[k]),
+                                      backend.to_numpy(full.model.params[k]))
+    assert resumed.val_acc_history == full.val_acc_history
+    assert resumed.loss_history == pytest.approx(full.loss_history, rel=0, abs=0)
+
+
+def test_resume_refuses_another_seed(tmp_path):
+    _solver(tmp_path, num_epochs=1).train()
+    with pytest.raises(ValueError, match="seed 5, not 6"):
+        _solver(tmp_path, num_epochs=2, seed=6, resume=True)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(xp, tmp_path):
+    solver = _solver(tmp_path, num_epochs=3, update_rule="sgd", optim_config={"learning_rate": 1e-2})
+    solver.train()
+    before = (tmp_path / "run.ckpt.npz").read_bytes()
+    solver.num_epochs = 5
+    solver.optimizer.config.learning_rate = 1e30  # diverges at once
+    with pytest.raises(TrainingDiverged, match=r"loss became .* at epoch 4.*lower the learning rate"):
+        solver.train()
+    assert (tmp_path / "run.ckpt.npz").read_bytes() == before  # last good checkpoint untouched
+    assert all(np.isfinite(backend.to_numpy(p)).all() for p in solver.model.params.values())
+
+
+def test_accepts_batch_iterators(xp):
+    d = _data()
+    loaders = {"train": ArrayLoader(d["X_train"], d["y_train"], 16, seed=0),
+               "val": ArrayLoader(d["X_val"], d["y_val"], 64, shuffle=False)}
+    solver = _solver(data=loaders, num_epochs=3).train()
+    assert len(solver.val_acc_history) == 3 and solver.best_val_acc > 0.5
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(update_rule="sgdd"), "update_rule"),
+    (dict(optim_config={"lr": 1}), "optim_config"),
+    (dict(schedule="linear"), "schedule"),
+    (dict(bogus=1), r"unrecognized option\(s\) \['bogus'\]"),
+    (dict(patience=0), "patience"),
+])
+def test_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _solver(**kw)
+
+
+def test_bad_labels():
+    d = _data()
+    d["y_train"] = d["y_train"].copy()
+    d["y_train"][3] = 7
+    with pytest.raises(ValueError, match=r"y_train: expected labels in \[0, 3\)"):
+        _solver(data=d)
+    d = _data()
+    d["y_val"] = d["y_val"][:-1]
+    with pytest.raises(ValueError, match="y_val: expected 30 labels, got 29"):
+        _solver(data=d)
+
+
+def test_lr_decay_is_the_coursework_exponential_schedule():
+    solver = _solver(num_epochs=3, lr_decay=0.5, update_rule="sgd", optim_config={"learning_rate": 0.1}).train()
+    assert solver.lr_history == pytest.approx([0.1, 0.05, 0.025])
