@@ -92,7 +92,8 @@ def _python_batch(tree: SourceTree, name: str) -> tuple:
     except PrepError:
         raise
     except Exception as e:  # a damaged pickle raises nearly anything
-        raise PrepError(f"{where}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+        raise PrepError(f"{where}: not a readable CIFAR-10 batch "
+                        f"({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):
         raise PrepError(f"{where}: expected a dict with data and labels, found {type(d).__name__}")
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
@@ -133,7 +134,8 @@ def _python_names(tree: SourceTree) -> list:
         names = meta.get(b"label_names", meta.get("label_names"))
         names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
     except Exception as e:
-        raise PrepError(f"{where}: expected a dict with label_names ({type(e).__name__}: {e})") from None
+        raise PrepError(f"{where}: expected a dict with label_names "
+                        f"({type(e).__name__}: {e})") from None
     return _check_names(where, names)
 
 

@@ -12,12 +12,3 @@ from __future__ import annotations
 class PrepError(Exception):
     """A conversion cannot go on because of its input; ``str(e)`` is the user-facing line."""
 
-
-def at(where: str, entry: str | None, message: str) -> PrepError:
-    """``PrepError("<where>: <entry>: <message>")``, leaving out an empty entry.
-
-    where: the source as the user named it (file or folder); entry: a member,
-    ``line N``, or None.
-    """
-    parts = [str(where)] + ([str(entry)] if entry else []) + [message]
-    return PrepError(": ".join(parts[:-1]) + ": " + parts[-1])

@@ -120,7 +120,9 @@ def read_coursework(tree: SourceTree, resize: bool, notes: list) -> dict:
         where = f"{lf} line {n}"
         if len(parts) != 2:
             raise PrepError(f"{where}: expected '<folder>/<image>,<label>', found {line.strip()!r}")
-        name = parts[0].replace("\\", "/").lstrip("./")
+        name = parts[0].replace("\\", "/")
+        while name.startswith("./"):
+            name = name[2:]
         path = by_lower.get(name.lower())
         if path is None:
             raise PrepError(f"{where}: {name}: no such image in {tree.label}")

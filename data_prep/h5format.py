@@ -39,16 +39,19 @@ def chunk_rows(sample_bytes: int, n: int) -> int:
 
 
 def channel_stats(x: np.ndarray) -> tuple:
-    """Per-channel mean and (population) std of uint8 x: (N, C, H, W), as float64 (C,),
-    from exact integer histograms, so no float copy of x is made."""
-    levels = np.arange(256, dtype=np.float64)
-    mean, std = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-    for c in range(x.shape[1]):
-        hist = np.bincount(x[:, c].reshape(-1), minlength=256).astype(np.float64)
-        n = hist.sum()
-        mean[c] = hist @ levels / n
-        std[c] = math.sqrt(max(hist @ (levels - mean[c]) ** 2 / n, 0.0))
-    return mean, std
+    """Per-channel mean and (population) std of uint8 x: (N, C, H, W), as float64 (C,).
+
+    Sums of values and of squares are exact integers (float64 holds them exactly up to
+    2**53, far above 255**2 * 1e9 pixels), taken over blocks of rows to bound memory.
+    """
+    s1 = x.sum(axis=(0, 2, 3), dtype=np.int64).astype(np.float64)
+    s2 = np.zeros(x.shape[1])
+    for i in range(0, len(x), 1024):
+        block = x[i:i + 1024].astype(np.float64)
+        s2 += np.einsum("nchw,nchw->c", block, block)
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s1 / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
 
 
 def write(path, data: SourceData, *, dataset: str, source: str, command: str,
@@ -64,7 +67,7 @@ def write(path, data: SourceData, *, dataset: str, source: str, command: str,
     with h5py.File(path, "w") as f:
         for name in names:
             split = data.splits[name]
-            n, k = len(split.y), chunk_rows(int(np.prod(image_shape)), len(split.y))
+            k = chunk_rows(int(np.prod(image_shape)), len(split.y))
             g = f.create_group(name)
             g.create_dataset("x", data=split.x, chunks=(k,) + image_shape, compression=compress)
             g.create_dataset("y", data=split.y.astype(np.int64), chunks=(k,), compression=compress)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .errors import PrepError
 from .images import decode_image
-from .splits import Split, stack_split
+from .splits import stack_split
 from .trees import SourceTree
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val",

@@ -37,7 +37,8 @@ def decode_image(data: bytes, name: str, shape: tuple[int, int] = (48, 48), *,
     """
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im)
+            if im.info.get("exif"):  # only photos carry an orientation; skip the parse otherwise
+                im = ImageOps.exif_transpose(im)
             im = im.convert("L" if grayscale else "RGB")
     except Exception as e:  # Pillow raises many types for bad data
         raise PrepError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None

@@ -74,6 +74,15 @@ class SourceTree:
         """The view of one folder of this tree."""
         return _SubTree(self, folder)
 
+    def close(self) -> None:
+        """Release open files and buffers."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class _SubTree(SourceTree):
     def __init__(self, parent: SourceTree, folder: str):
@@ -130,8 +139,8 @@ class TarTree(SourceTree):
         name = "(start of archive)"
         try:
             with open(self.path, "rb") as raw, \
-                    tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True,
-                         desc=f"reading {self.path.name}", disable=not progress, leave=False) as bar, \
+                    tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True, leave=False,
+                         desc=f"reading {self.path.name}", disable=not progress) as bar, \
                     tarfile.open(fileobj=raw, mode="r:*") as tf:
                 for m in tf:
                     name = m.name
@@ -164,6 +173,9 @@ class TarTree(SourceTree):
 
     def fingerprint(self):
         return file_digests(self.path)
+
+    def close(self):
+        self._files.clear()
 
 
 class ZipTree(SourceTree):
@@ -199,6 +211,9 @@ class ZipTree(SourceTree):
 
     def fingerprint(self):
         return file_digests(self.path)
+
+    def close(self):
+        self._zip.close()
 
 
 def is_archive_name(path) -> bool:

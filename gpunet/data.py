@@ -310,7 +310,7 @@ class _Prefetcher:
         return None
 
     def _read_window(self, chunks):
-        """Read ``chunks`` (sorted, runs merged) into the window buffer; return slot of each chunk."""
+        """Read whole ``chunks`` (sorted, consecutive ones in one read) into the window buffer."""
         ld, k, n = self.ld, self.ld.chunk, self.ld.num_samples
         chunks = np.sort(chunks)
         runs = np.split(np.arange(len(chunks)), np.flatnonzero(np.diff(chunks) != 1) + 1)
@@ -468,6 +468,8 @@ class H5Loader:
 
     def __iter__(self):
         self._stop_run()  # a new epoch supersedes an unfinished one
+        if not self.preloaded and self._file is None:
+            raise ValueError(f"{self.path}: split {self.split!r}: the loader is closed")
         if self.preloaded:
             source = self._preloaded_batches(self.order())
         elif backend.name() == "cupy":

@@ -41,9 +41,11 @@ def resolve_model(model) -> tuple[FullyConnectedNet, str]:
     raise TypeError(f"model: expected a FullyConnectedNet or a model file path, got {type(model).__name__}")
 
 
-def model_meta(model: FullyConnectedNet, where: str = "model") -> dict:
+def model_meta(model: FullyConnectedNet, where: str = "model", required: bool = True):
     """The model's checked preprocessing meta; ValueError naming ``where`` when it has none
-    or when its image shape does not give the model's ``input_dim``."""
+    (or None when not ``required``) or when its image shape does not give ``input_dim``."""
+    if not required and any((model.meta or {}).get(k) is None for k in ("mean", "std", "image_shape")):
+        return None
     meta = check_meta(model.meta, where)
     if int(np.prod(meta["image_shape"])) != model.input_dim:
         raise ValueError(f"{where}: meta image_shape {meta['image_shape']} does not give the "
@@ -105,7 +107,7 @@ def evaluate(model, data, split: str = "test", batch_size: int = 1024):
     xp = _model_xp(model)
     loader, own = data, False
     if isinstance(data, (str, os.PathLike)):
-        meta = model_meta(model, where) if model.meta else None
+        meta = model_meta(model, where, required=False)
         if meta is None:
             log.warning("%s: no preprocessing meta; normalising with %s's own mean/std", where, data)
         loader = H5Loader(data, split, batch_size=batch_size, shuffle=False, normalize=meta is None)

@@ -1,0 +1,83 @@
+"""``gpunet-prep``: convert CIFAR-10 or FER2013 to HDF5, or describe a converted file.
+
+    gpunet-prep cifar10 SRC -o OUT.h5 [--val-size N] [--seed S] [--force] ...
+    gpunet-prep cifar10 --download -o OUT.h5 [--cache-dir DIR]
+    gpunet-prep fer2013 SRC -o OUT.h5 [--val-size N] [--resize] ...
+    gpunet-prep info OUT.h5 [--json]
+
+Bad input prints ``error: <file>: <entry>: <problem>`` and exits with status 1
+(2 for bad usage, 130 when interrupted), without a traceback unless --debug.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .errors import PrepError
+from .h5format import read_info
+from .pipeline import convert
+from .report import format_info, summary_line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = argparse.ArgumentParser(prog="gpunet-prep", parents=[common],
+                                description="Convert image datasets to gpunet's HDF5 layout.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, default_val in (("cifar10", "1000"), ("fer2013", "none")):
+        s = sub.add_parser(name, parents=[common], help=f"convert {name}")
+        s.add_argument("src", nargs="?", help="source file, folder or archive")
+        s.add_argument("-o", "--output", required=True, help="the .h5 file to write")
+        s.add_argument("--val-size", type=int, default=None,
+                       help=f"validation samples carved from train when the source has "
+                            f"none (default {default_val})")
+        s.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
+        s.add_argument("--force", action="store_true", help="overwrite an existing output")
+        s.add_argument("--resize", action="store_true",
+                       help="scale images of another size instead of failing")
+        s.add_argument("--compress", choices=("gzip", "lzf"), default=None,
+                       help="compress the datasets (default: none, fastest to read)")
+        if name == "cifar10":
+            s.add_argument("--download", action="store_true",
+                           help="download the official python tarball (instead of SRC)")
+            s.add_argument("--cache-dir", default=None,
+                           help="download folder (default $GPUNET_CACHE or ~/.cache/gpunet)")
+    s = sub.add_parser("info", parents=[common], help="describe a converted file")
+    s.add_argument("path", help="a .h5 file written by gpunet-prep")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            info = read_info(args.path)
+            print(json.dumps(info, indent=2) if args.json else format_info(info))
+            return 0
+        start = time.perf_counter()
+        out = convert(args.command, args.src, args.output, val_size=args.val_size,
+                      seed=args.seed, force=args.force, resize=args.resize,
+                      download=getattr(args, "download", False),
+                      cache_dir=getattr(args, "cache_dir", None), compress=args.compress,
+                      command=" ".join(["gpunet-prep"] + argv))
+        info = read_info(out)
+        print(summary_line(info, time.perf_counter() - start))
+        for note in info["notes"]:
+            print(f"note: {note}")
+        return 0
+    except (PrepError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted: no output written", file=sys.stderr)
+        return 130

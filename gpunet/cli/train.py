@@ -1,0 +1,111 @@
+"""gpunet-train: find or convert a dataset, train a fully connected net, evaluate, write a run folder.
+
+    gpunet-train cifar10 --source ../shared/datasets/cifar-10-python.tar.gz
+    gpunet-train fer2013 --hidden 1024 512 --epochs 30 --out runs/fer
+    gpunet-train --resume runs/fer        # continue an interrupted run
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .. import runs
+from ..solver import TrainingDiverged
+from .common import UserError, add_common_args, run, setup
+
+# Flags that map one-to-one onto TrainConfig fields (dest -> field).
+CONFIG_FLAGS = ("hidden", "dropout", "reg", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                "step_size", "gamma", "min_lr_ratio", "warmup_epochs", "batch_size", "epochs", "patience",
+                "seed", "augment", "crop_pad")
+
+
+def add_model_args(p: argparse.ArgumentParser):
+    """The training-recipe flags (shared with gpunet-tune); every default is None = 'from the recipe'."""
+    g = p.add_argument_group("recipe (defaults: the dataset's recipe, then --config)")
+    g.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer sizes, e.g. 1024 512")
+    g.add_argument("--dropout", type=float, help="drop probability of the hidden layers")
+    g.add_argument("--reg", type=float, help="L2 regularisation strength")
+    g.add_argument("--optimizer", choices=runs.OPTIMIZERS, help="update rule")
+    g.add_argument("--lr", type=float, help="base learning rate")
+    g.add_argument("--momentum", type=float, help="momentum (sgd_momentum, nesterov)")
+    g.add_argument("--weight-decay", type=float, help="decoupled weight decay")
+    g.add_argument("--schedule", choices=runs.SCHEDULES, help="learning-rate schedule")
+    g.add_argument("--step-size", type=int, help="step schedule: epochs between drops")
+    g.add_argument("--gamma", type=float, help="step/exponential schedule: decay factor")
+    g.add_argument("--min-lr-ratio", type=float, help="cosine schedule: final lr / base lr")
+    g.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs")
+    g.add_argument("--batch-size", type=int, help="mini-batch size")
+    g.add_argument("--epochs", type=int, help="training epochs")
+    g.add_argument("--patience", type=int, help="early stopping: epochs without val improvement")
+    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips of training images")
+    g.add_argument("--crop-pad", type=int, help="random crops after padding by this many pixels")
+    g.add_argument("--config", metavar="FILE.json", help="load settings from a JSON (or YAML) file")
+
+
+def add_data_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None, help="folder of prepared <dataset>.h5 files "
+                   "(default: $GPUNET_DATA or ./data)")
+    g.add_argument("--source", metavar="PATH", help="source to convert when <data-dir>/<dataset>.h5 is missing "
+                   "(default: look in the data folder and ../shared/datasets)")
+    g.add_argument("--download", action="store_true", help="CIFAR-10 only: download the source")
+
+
+def overrides(args) -> dict:
+    return {k: getattr(args, k, None) for k in CONFIG_FLAGS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpunet-train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", nargs="?", choices=runs.DATASETS, help="which dataset (not with --resume)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip curves.png and confusion.png")
+    add_data_args(p)
+    add_model_args(p)
+    add_common_args(p)
+    return p
+
+
+def _body(args):
+    setup(args)
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    if args.resume:
+        given = [k for k, v in overrides(args).items() if v is not None] + [
+            k for k in ("dataset", "config", "source", "out") if getattr(args, k)]
+        if given:
+            raise UserError(f"--resume takes its settings from {args.resume}/config.json; "
+                            f"drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+        cfg, run_dir = runs.load_config(args.resume), args.resume
+    else:
+        cfg = runs.resolve_config(args.dataset, args.config, overrides(args))
+        cfg.data = runs.find_data(cfg.dataset, args.data_dir, args.source, args.download, say=say)
+        run_dir = args.out or f"runs/{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    say(f"run folder: {run_dir}")
+    try:
+        metrics = runs.train_run(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet,
+                                 plots=args.plots, say=say)
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with  gpunet-train --resume {run_dir}", file=sys.stderr)
+        raise
+    except TrainingDiverged as e:
+        raise UserError(f"{e} (run folder {run_dir})") from None
+    print(runs.format_summary(metrics))
+    print(f"results in {run_dir}/ (model.npz, metrics.json, history.json"
+          f"{', curves.png, confusion.png' if args.plots else ''})")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.dataset and not args.resume and not args.config:
+        build_parser().error("name a dataset (cifar10 or fer2013), or --resume RUN_DIR")
+    return run(_body, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

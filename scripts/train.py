@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Same as `gpunet-train`, runnable from a checkout without installing: python scripts/train.py --help"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from gpunet.cli.train import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

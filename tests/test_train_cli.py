@@ -1,0 +1,179 @@
+"""gpunet-train end to end on a tiny HDF5 file written here with h5py."""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from gpunet import backend, runs
+from gpunet.cli import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["a", "b", "c"]
+FAST = ["--hidden", "16", "--epochs", "3", "--batch-size", "20", "--backend", "numpy", "-q", "--no-plots"]
+
+
+def write_h5(path, n=(120, 40, 40), shape=(3, 4, 4), classes=CLASSES, seed=0, splits=("train", "val", "test")):
+    """A tiny gpunet HDF5 file: class k has brighter channel k % C, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        for split, m in zip(splits, n):
+            y = rng.integers(0, len(classes), m)
+            x = rng.integers(0, 150, (m,) + shape)
+            x[np.arange(m), y % shape[0]] += 100
+            f.create_dataset(f"{split}/x", data=x.astype(np.uint8), chunks=(16,) + shape)
+            f.create_dataset(f"{split}/y", data=y.astype(np.int64))
+        f.attrs["class_names"] = classes
+        f.attrs["mean"] = np.full(shape[0], 110.0)
+        f.attrs["std"] = np.full(shape[0], 50.0)
+        f.attrs["image_shape"] = list(shape)
+        f.attrs["dataset"] = "cifar10"
+    return str(path)
+
+
+def reference_predictions(model_path, h5_path, split):
+    """Predictions computed independently of gpunet: NumPy matmuls on the saved parameters."""
+    with np.load(model_path) as z:
+        params = {k: z[k].astype(np.float64) for k in z.files if k != "__meta__"}
+        meta = json.loads(z["__meta__"].tobytes())["meta"]
+    with h5py.File(h5_path, "r") as f:
+        x, y = f[split]["x"][...].astype(np.float64), f[split]["y"][...]
+    x = (x - np.reshape(meta["mean"], (1, -1, 1, 1))) / np.reshape(meta["std"], (1, -1, 1, 1))
+    h = x.reshape(len(x), -1)
+    L = len([k for k in params if k.startswith("W")])
+    for i in range(1, L + 1):
+        h = h @ params[f"W{i}"] + params[f"b{i}"]
+        if i < L:
+            h = np.maximum(h, 0)
+    return y, h.argmax(axis=1)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    write_h5(d / "cifar10.h5")
+    return d
+
+
+def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = train.main(["cifar10", "--data-dir", str(data_dir), "--out", str(out), "--lr", "3e-3", *FAST[:-1]])
+    assert rc == 0
+    assert "test accuracy" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert runs.TrainConfig.from_dict(cfg).to_dict() == cfg            # round-trips
+    assert cfg["hidden"] == [16] and cfg["lr"] == 3e-3 and cfg["epochs"] == 3 and cfg["optimizer"] == "adam"
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["val_acc"]) == len(hist["train_acc"]) == len(hist["lr"]) == 3
+    assert len(hist["loss"]) == 3 * 6                                     # 120 / 20 batches per epoch
+    assert all(np.isfinite(hist["train_acc"]))
+    m = json.loads((out / "metrics.json").read_text())
+    y, pred = reference_predictions(out / "model.npz", data_dir / "cifar10.h5", "test")
+    assert m["split"] == "test" and m["accuracy"] == pytest.approx((y == pred).mean())
+    cm = np.zeros((3, 3), int)
+    np.add.at(cm, (y, pred), 1)
+    assert m["report"]["confusion_matrix"] == cm.tolist()
+    assert len(m["report"]["per_class"]) == 3 and "f1" in m["report"]["macro_avg"]
+    assert m["backend"] == "numpy" and m["train_time_s"] > 0
+    assert m["accuracy"] > 0.6                                            # it learned something
+    for png in ("curves.png", "confusion.png"):
+        with Image.open(out / png) as im:
+            im.verify()
+            assert im.format == "PNG"
+
+
+def test_config_file_and_flag_precedence(data_dir, tmp_path):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"hidden": [8, 8], "dropout": 0.1, "epochs": 2, "optimizer": "nesterov"}))
+    cfg = runs.resolve_config("cifar10", conf, {"dropout": 0.3})
+    assert cfg.hidden == [8, 8] and cfg.dropout == 0.3 and cfg.optimizer == "nesterov" and cfg.epochs == 2
+    assert cfg.schedule == runs.RECIPES["cifar10"]["schedule"]
+    out = tmp_path / "run"
+    assert train.main(["cifar10", "--config", str(conf), "--data-dir", str(data_dir), "--out", str(out),
+                       "--backend", "numpy", "-q", "--no-plots", "--batch-size", "40", "--schedule", "step"]) == 0
+    saved = runs.load_config(out)
+    assert saved.hidden == [8, 8] and saved.schedule == "step" and saved.batch_size == 40
+
+
+def test_no_test_split_reports_val(tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    write_h5(d / "fer2013.h5", n=(60, 30), splits=("train", "val"))
+    out = tmp_path / "run"
+    assert train.main(["fer2013", "--data-dir", str(d), "--out", str(out), *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] == "val" and not m["test_split_present"] and "val_accuracy" in m
+    assert "no test split" in capsys.readouterr().out
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    args = ["cifar10", "--data-dir", str(data_dir), *FAST, "--epochs", "4", "--dropout", "0.3", "--augment"]
+    assert train.main([*args, "--out", str(tmp_path / "full")]) == 0
+
+    real = runs.train_run
+
+    def interrupted(cfg, run_dir, **kw):  # Ctrl-C after the second epoch
+        def hook(solver, epoch):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        return real(cfg, run_dir, **{**kw, "on_epoch_end": hook})
+
+    monkeypatch.setattr(runs, "train_run", interrupted)
+    part = tmp_path / "part"
+    assert train.main([*args, "--out", str(part)]) == 130
+    assert (part / "config.json").exists() and (part / "solver.ckpt.npz").exists()
+    assert not (part / "metrics.json").exists()
+    monkeypatch.setattr(runs, "train_run", real)
+    assert train.main(["--resume", str(part), "--backend", "numpy", "-q", "--no-plots"]) == 0
+
+    full_m, part_m = (np.load(p / "model.npz") for p in (tmp_path / "full", part))
+    for k in ("W1", "b1", "W2", "b2"):
+        np.testing.assert_array_equal(full_m[k], part_m[k])
+    h_full, h_part = (json.loads((p / "history.json").read_text()) for p in (tmp_path / "full", part))
+    assert h_full["val_acc"] == h_part["val_acc"] and len(h_part["loss"]) == len(h_full["loss"])
+
+
+def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "shared_dataset_dirs", lambda: [tmp_path / "nowhere"])
+    with pytest.raises(FileNotFoundError, match="cifar10.h5: no such file.*--download"):
+        runs.find_data("cifar10", tmp_path)
+    with pytest.raises(ValueError, match="cannot be downloaded"):
+        runs.find_data("fer2013", tmp_path, download=True)
+    with pytest.raises(FileNotFoundError, match="missing.tar.gz: no such file"):
+        runs.find_data("cifar10", tmp_path, source=str(tmp_path / "missing.tar.gz"))
+    src = tmp_path / "cifar-10-python.tar.gz"
+    src.write_bytes(b"")
+    assert runs.find_source("cifar10", tmp_path) == src
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["cifar10", "--optimizer", "adagrad"], "invalid choice"),
+    (["cifar10", "--schedule", "linear"], "invalid choice"),
+    (["cifar10", "--dropout", "1.5"], "dropout: expected"),
+    (["cifar10", "--data-dir", "{tmp}/empty"], "cifar10.h5: no such file"),
+    (["cifar10", "--data-dir", "{tmp}/bad"], "bad/cifar10.h5: expected an HDF5 file"),
+    (["cifar10", "--config", "{tmp}/bad.json"], "bad.json: not valid JSON"),
+])
+def test_user_errors_are_one_line(tmp_path, argv, needle):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cifar10.h5").write_text("not hdf5")
+    (tmp_path / "bad.json").write_text("{oops")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_DATA": str(tmp_path / "empty"),
+           "GPUNET_SHARED_DATASETS": ""}
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *argv, "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert p.returncode != 0
+    assert needle in p.stderr.strip().splitlines()[-1] and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(("error:", "gpunet-train: error:"))
+
+
+def test_script_wrapper_help():
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "--resume" in p.stdout
