@@ -22,6 +22,7 @@ def atomic_output(out, force: bool = False):
     when the block ends normally, delete it when the block raises (KeyboardInterrupt too)."""
     out = Path(out)
     check_output(out, force)
+    created = [p for p in reversed(out.absolute().parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -30,4 +31,9 @@ def atomic_output(out, force: bool = False):
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        for folder in reversed(created):  # the folders this call made, deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise

@@ -16,10 +16,12 @@ Samples keep batch order; the test batch becomes ``test``.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 
 from . import safe_pickle
+from .download import CIFAR10_FILE, CIFAR10_MD5
 from .errors import PrepError
 from .image_tree import has_split_folders, read_image_tree
 from .splits import SourceData, Split
@@ -47,7 +49,16 @@ def layout(tree: SourceTree):
 def read(src, *, resize: bool = False, progress: bool = False) -> SourceData:
     """Read any CIFAR-10 source into train and test Splits (x: (N, 3, 32, 32) uint8)."""
     tree = open_tree(src, progress)
-    root = None if tree is None else find_root(tree, lambda t: layout(t) is not None)
+    if tree is None:
+        raise PrepError(f"{src}: expected the CIFAR-10 python or binary release (tarball or "
+                        "cifar-10-batches-py/ or -bin/ folder) or a train/<class>/*.png tree, "
+                        "found a file of another kind")
+    with tree:
+        return _read_tree(tree, src, resize, progress)
+
+
+def _read_tree(tree: SourceTree, src, resize: bool, progress: bool) -> SourceData:
+    root = find_root(tree, lambda t: layout(t) is not None)
     if root is None:
         raise PrepError(f"{src}: expected the CIFAR-10 python or binary release (tarball or "
                         "cifar-10-batches-py/ or -bin/ folder) or a train/<class>/*.png tree, "
@@ -66,7 +77,11 @@ def read(src, *, resize: bool = False, progress: bool = False) -> SourceData:
                       f"data_batch_1..5{suffix}")
         test = Split(*batch(root, TEST_BATCH + suffix), TEST_BATCH + suffix)
         splits = {"train": train, "test": test}
-    return SourceData(splits, names, root.fingerprint())
+    fingerprint, notes = root.fingerprint(), []
+    if Path(src).name == CIFAR10_FILE and fingerprint.get("md5") not in (None, CIFAR10_MD5):
+        notes.append(f"md5 {fingerprint['md5']} is not the official release's {CIFAR10_MD5}; "
+                     "converted anyway (checksums recorded)")
+    return SourceData(splits, names, fingerprint, notes)
 
 
 def _need(tree: SourceTree, name: str) -> bytes:

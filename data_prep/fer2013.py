@@ -71,25 +71,37 @@ def read(src, *, resize: bool = False, progress: bool = False) -> SourceData:
         fingerprint = file_digests(src)
     else:
         tree = open_tree(src, progress)
-        root = None if tree is None else find_root(tree, lambda t: layout(t) is not None)
-        if root is None:
-            raise PrepError(f"{src}: expected fer2013.csv, icml_face_data.csv, a train/<class>/ "
-                            "image tree or Train/ + labels_public.txt (folder, zip or tar), "
-                            "found none of them")
-        kind = layout(root)
-        if kind == "csv":
-            member = _csv_member(root)
-            text = root.read(member).decode("utf-8-sig", errors="strict")
-            splits = read_csv(io.StringIO(text, newline=""), root.where(member), progress)
-        elif kind == "images":
-            splits = read_image_tree(root, list(CLASS_NAMES), IMAGE_SHAPE, resize=resize,
-                                     router=route, progress=progress)
-        else:
-            splits = read_coursework(root, resize, notes)
-        fingerprint = root.fingerprint()
+        if tree is None:
+            raise PrepError(f"{src}: expected fer2013.csv, icml_face_data.csv, a folder or a "
+                            "zip/tar archive, found a file of another kind")
+        with tree:
+            splits, fingerprint = _read_tree(tree, src, resize, progress, notes)
     if "test" not in splits:
         notes.append("the source has no test images (PrivateTest): no test split")
     return SourceData(splits, list(CLASS_NAMES), fingerprint, notes)
+
+
+def _read_tree(tree: SourceTree, src, resize: bool, progress: bool, notes: list) -> tuple:
+    """(splits, fingerprint) of a folder or archive."""
+    root = find_root(tree, lambda t: layout(t) is not None)
+    if root is None:
+        raise PrepError(f"{src}: expected fer2013.csv, icml_face_data.csv, a train/<class>/ "
+                        "image tree or Train/ + labels_public.txt (folder, zip or tar), "
+                        "found none of them")
+    kind = layout(root)
+    if kind == "csv":
+        member = _csv_member(root)
+        try:
+            text = root.read(member).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise PrepError(f"{root.where(member)}: not a text file ({e})") from None
+        splits = read_csv(io.StringIO(text, newline=""), root.where(member), progress)
+    elif kind == "images":
+        splits = read_image_tree(root, list(CLASS_NAMES), IMAGE_SHAPE, resize=resize,
+                                 router=route, progress=progress)
+    else:
+        splits = read_coursework(root, resize, notes)
+    return splits, root.fingerprint()
 
 
 def _parse_label(text: str, where: str) -> int:

@@ -190,6 +190,14 @@ class ZipTree(SourceTree):
             raise PrepError(f"{self.label}: corrupt or truncated zip archive "
                             f"({type(e).__name__}: {e})") from None
         self._members = {}
+        try:
+            self._check(infos)
+        except PrepError:
+            self._zip.close()
+            raise
+        self._paths = sorted(self._members)
+
+    def _check(self, infos) -> None:
         for info in infos:
             rel = safe_member_name(self.label, info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
@@ -197,7 +205,6 @@ class ZipTree(SourceTree):
                                 "allowed; refusing to read this archive")
             if not info.is_dir() and rel and not is_junk(rel):
                 self._members[rel] = info
-        self._paths = sorted(self._members)
 
     def paths(self):
         return self._paths

@@ -7,7 +7,7 @@ skip work nobody consumes; the rule itself is the same few lines either way.
 """
 from __future__ import annotations
 
-from . import backend
+from . import backend, kernels
 
 _default_rngs = {}  # one unseeded generator per backend, created once, never reseeded
 
@@ -19,8 +19,8 @@ def _rng_for(xp):
     return _default_rngs[key]
 
 
-def linear_forward(X, W, b, out=None):
-    """Affine map ``X @ W + b``.
+def linear_forward(X, W, b, out=None, relu=False):
+    """Affine map ``X @ W + b`` (``relu=True``: followed by ReLU, fused into one pass).
 
     X: (N, d1, ..., dk), flattened to (N, D); W: (D, M); b: (M,). Returns (N, M).
     """
@@ -30,8 +30,7 @@ def linear_forward(X, W, b, out=None):
                          f"got {X2.shape[1]}")
     xp = backend.get_array_module(X2)
     out = xp.matmul(X2, W, out=out)
-    out += b
-    return out
+    return kernels.bias_relu_(out, b) if relu else kernels.bias_add_(out, b)
 
 
 def linear_backward(dout, X, W, b, need_dx=True, out=None):
@@ -85,9 +84,8 @@ def dropout_forward(X, p=0.5, train=True, rng=None):
         return X, None
     xp = backend.get_array_module(X)
     rng = rng if rng is not None else _rng_for(xp)
-    u = rng.random(X.shape, dtype=xp.float32)
-    # (u >= p) * scale in X's dtype; float32 throughout (no float64 upcast).
-    mask = xp.greater_equal(u, p, out=None).astype(X.dtype)
+    # keep-mask * scale in X's dtype (no float64 upcast); the mask comes from cheap random bits
+    mask = kernels.keep_mask(rng, X.shape, p).astype(X.dtype)
     mask *= X.dtype.type(1.0 / (1.0 - p))
     return X * mask, mask
 
@@ -115,6 +113,8 @@ def softmax_loss(logits, y):
     if xp.__name__ == "numpy" and N and (y.min() < 0 or y.max() >= C):
         bad = y[(y < 0) | (y >= C)][0]
         raise ValueError(f"y: expected labels in [0, {C}), got {bad}")
+    if backend.is_device_array(logits) and N:
+        return kernels.softmax_xent(logits, y)  # the same rule in one fused kernel
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = xp.exp(shifted)
     sums = exp.sum(axis=1, keepdims=True)

@@ -14,9 +14,8 @@ import zipfile
 
 import numpy as np
 
-from . import backend
-from .layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
-                     relu_backward, relu_forward, softmax_loss)
+from . import backend, kernels
+from .layers import linear_backward, linear_forward, softmax_loss
 
 MODEL_FORMAT = "gpunet-model"
 MODEL_VERSION = 1
@@ -88,6 +87,7 @@ class FullyConnectedNet:
         X: (N, D) or (N, d1, ...) on the model's backend; y: (N,) int labels or None.
         Returns scores (N, C) when y is None (test mode, no dropout); otherwise
         ``(loss, grads)`` with grads shaped like ``self.params`` (training mode).
+        The gradients are new arrays on every call; activations live in reused buffers.
         """
         self._check_input(X, y)
         train = y is not None
@@ -96,33 +96,36 @@ class FullyConnectedNet:
         if X.dtype != self.dtype:
             X = X.astype(self.dtype)
         p, L = self.params, self.num_layers
-        acts, masks = [X], []
+        drop = self.dropout if train else 0.0
+        acts = [X]                      # acts[i]: input of layer i + 1, (N, dims[i])
         h = X
         for i in range(1, L):
-            h = linear_forward(h, p[f"W{i}"], p[f"b{i}"], out=self._buf(f"h{i}", (N, p[f"W{i}"].shape[1])))
-            relu_forward(h, out=h)  # in place: the backward only needs where h > 0
-            if train and self.dropout:
-                h, mask = dropout_forward(h, self.dropout, True, self.rng)
-                masks.append(mask)
+            W = p[f"W{i}"]
+            h = linear_forward(h, W, p[f"b{i}"], out=self._buf(f"a{i}", (N, W.shape[1])), relu=True)
+            if drop:
+                kernels.dropout_(h, drop, self.rng)  # in place: the backward needs only h > 0
             acts.append(h)
-        scores = linear_forward(h, p[f"W{L}"], p[f"b{L}"])
+        W = p[f"W{L}"]
+        scores = linear_forward(h, W, p[f"b{L}"], out=self._buf("scores", (N, W.shape[1])) if train else None)
         if not train:
             return scores
 
         loss, dout = softmax_loss(scores, y)
         if self.reg:
             loss = loss + self.dtype.type(0.5 * self.reg) * sum((p[f"W{i}"] ** 2).sum() for i in range(1, L + 1))
+        scale = 1.0 / (1.0 - drop)
         grads = {}
         for i in range(L, 0, -1):
             W = p[f"W{i}"]
-            dout, dW, db = linear_backward(dout, acts[i - 1], W, p[f"b{i}"], need_dx=i > 1)
+            dx_buf = self._buf(f"d{i - 1}", acts[i - 1].shape) if i > 1 else None
+            dout, dW, db = linear_backward(dout, acts[i - 1], W, p[f"b{i}"], need_dx=i > 1,
+                                           out=(dx_buf, None, None))
             if self.reg:
                 dW += self.dtype.type(self.reg) * W
             grads[f"W{i}"], grads[f"b{i}"] = dW, db
             if i > 1:
-                if self.dropout:
-                    dout = dropout_backward(dout, masks[i - 2], self.dropout, True)
-                relu_backward(dout, acts[i - 1], out=dout)
+                # ReLU and dropout backward in one pass: acts[i-1] > 0 exactly where a unit passed both
+                kernels.relu_backward_(dout, acts[i - 1], scale)
         return loss, grads
 
     def predict(self, X, batch_size=1024):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from . import backend
+from . import backend, kernels
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _decay(w, cfg, lr):
 def sgd(w, dw, cfg, state, lr):
     """Vanilla SGD: ``w -= lr * dw``."""
     _decay(w, cfg, lr)
-    w -= w.dtype.type(lr) * dw
+    kernels.sgd_(w, dw, lr)
 
 
 def sgd_momentum(w, dw, cfg, state, lr):
@@ -63,13 +63,7 @@ def sgd_momentum(w, dw, cfg, state, lr):
     v = state.get("velocity")
     if v is None:
         v = state["velocity"] = xp.zeros_like(w)
-    mu, lr = w.dtype.type(cfg.momentum), w.dtype.type(lr)
-    v *= mu
-    v -= lr * dw
-    if cfg.nesterov:
-        w += mu * v - lr * dw
-    else:
-        w += v
+    kernels.sgd_momentum_(w, dw, v, cfg.momentum, lr, cfg.nesterov)  # one pass over w, dw, v
 
 
 def rmsprop(w, dw, cfg, state, lr):
@@ -79,10 +73,7 @@ def rmsprop(w, dw, cfg, state, lr):
     c = state.get("cache")
     if c is None:
         c = state["cache"] = xp.zeros_like(w)
-    r = w.dtype.type(cfg.decay_rate)
-    c *= r
-    c += (1 - r) * dw * dw
-    w -= w.dtype.type(lr) * dw / (xp.sqrt(c) + w.dtype.type(cfg.epsilon))
+    kernels.rmsprop_(w, dw, c, cfg.decay_rate, lr, cfg.epsilon)
 
 
 def adam(w, dw, cfg, state, lr):
@@ -95,14 +86,8 @@ def adam(w, dw, cfg, state, lr):
     state["t"] += 1
     t = state["t"]
     b1, b2 = cfg.beta1, cfg.beta2
-    m *= w.dtype.type(b1)
-    m += w.dtype.type(1 - b1) * dw
-    v *= w.dtype.type(b2)
-    v += w.dtype.type(1 - b2) * dw * dw
     # w -= lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
-    denom = xp.sqrt(v) * w.dtype.type(1 / math.sqrt(1 - b2 ** t))
-    denom += w.dtype.type(cfg.epsilon)
-    w -= w.dtype.type(lr / (1 - b1 ** t)) * m / denom
+    kernels.adam_(w, dw, m, v, b1, b2, lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t), cfg.epsilon)
 
 
 UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "momentum": sgd_momentum,

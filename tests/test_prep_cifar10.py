@@ -61,6 +61,7 @@ def test_python_tarball_records_checksums(tmp_path, batches):
     assert a["source"] == "cifar-10-python.tar.gz"
     assert a["source_sha256"] == hashlib.sha256(raw).hexdigest()
     assert a["source_md5"] == hashlib.md5(raw).hexdigest()  # never rejected for its md5
+    assert any("not the official" in n for n in data_prep.info(out)["notes"])
 
 
 def test_folder_sha256_changes_with_content(tmp_path, batches):

@@ -213,6 +213,18 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, exc):
     assert folder_listing(tmp_path) == before
 
 
+def test_failed_write_removes_folders_it_made(tmp_path, monkeypatch):
+    src = write_fer_csv(tmp_path / "fer2013.csv", fer_rows(6))
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(h5format, "write", interrupted)
+    before = folder_listing(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        data_prep.convert("fer2013", src, tmp_path / "new" / "deeper" / "out.h5")
+    assert folder_listing(tmp_path) == before
+
+
 def test_cli_error_is_one_line_exit_1(tmp_path, capsys):
     src = csv_with(tmp_path, (4, lambda l: "9" + l[1:]))
     rc = cli.main(["fer2013", str(src), "-o", str(tmp_path / "o.h5")])

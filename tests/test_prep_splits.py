@@ -7,12 +7,9 @@ from data_prep.splits import Split, carve_validation, stratified_counts
 
 
 def make_train(counts, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.permutation(np.repeat(np.arange(len(counts)), counts))
-    x = np.zeros((len(y), 1, 2, 2), np.uint8)
-    x.reshape(len(y), -1)[:, :] = np.arange(len(y))[:, None] % 256
-    ids = np.arange(len(y))
-    return Split(x, y, "Training"), ids
+    """A shuffled train Split whose x holds each sample's original position."""
+    y = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+    return Split(np.arange(len(y), dtype=np.int64).reshape(-1, 1, 1, 1), y, "Training")
 
 
 def test_proportions_sum_and_rounding():
@@ -24,10 +21,7 @@ def test_proportions_sum_and_rounding():
 
 def test_carve_properties():
     counts = [400, 50, 300, 250]
-    train, _ = make_train(counts)
-    # tag each sample by its position so identity survives the split
-    tags = np.arange(len(train.y))
-    train = Split(tags.astype(np.int64).reshape(-1, 1, 1, 1), train.y, "Training")
+    train = make_train(counts)
     rest, val = carve_validation(train, 100, seed=7, num_classes=4)
     np.testing.assert_array_equal(np.bincount(val.y, minlength=4), [40, 5, 30, 25])
     a, b = rest.x.ravel(), val.x.ravel()
@@ -45,6 +39,6 @@ def test_carve_properties():
 
 @pytest.mark.parametrize("n", [0, 1000, 5000])
 def test_bad_sizes(n):
-    train, _ = make_train([500, 500])
+    train = make_train([500, 500])
     with pytest.raises(PrepError, match="val-size"):
         carve_validation(train, n, 0, 2)

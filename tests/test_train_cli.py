@@ -25,7 +25,7 @@ def write_h5(path, n=(120, 40, 40), shape=(3, 4, 4), classes=CLASSES, seed=0, sp
             y = rng.integers(0, len(classes), m)
             x = rng.integers(0, 150, (m,) + shape)
             x[np.arange(m), y % shape[0]] += 100
-            f.create_dataset(f"{split}/x", data=x.astype(np.uint8), chunks=(16,) + shape)
+            f.create_dataset(f"{split}/x", data=x.astype(np.uint8), chunks=(min(16, m),) + shape)
             f.create_dataset(f"{split}/y", data=y.astype(np.int64))
         f.attrs["class_names"] = classes
         f.attrs["mean"] = np.full(shape[0], 110.0)
@@ -149,6 +149,25 @@ def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
     src = tmp_path / "cifar-10-python.tar.gz"
     src.write_bytes(b"")
     assert runs.find_source("cifar10", tmp_path) == src
+
+    import data_prep
+    calls = []
+
+    def fake_convert(dataset, source, out, **kw):
+        calls.append((dataset, source, out, kw.get("download")))
+        return write_h5(out)
+
+    monkeypatch.setattr(data_prep, "convert", fake_convert)
+    monkeypatch.setattr(runs, "shared_dataset_dirs", lambda: [tmp_path])  # like ../shared/datasets
+    out = runs.find_data("cifar10", tmp_path / "d")                      # found beside, converted
+    assert out == str(tmp_path / "d" / "cifar10.h5") and calls == [("cifar10", str(src), out, False)]
+    assert runs.find_data("cifar10", tmp_path / "d", source=str(src)) == out and len(calls) == 1  # reused
+
+    def failing(*a, **kw):
+        raise data_prep.PrepError(f"{src}: not a gzip archive")
+    monkeypatch.setattr(data_prep, "convert", failing)
+    with pytest.raises(ValueError, match="not a gzip archive"):
+        runs.find_data("cifar10", tmp_path / "e")
 
 
 @pytest.mark.parametrize("argv, needle", [
