@@ -388,7 +388,7 @@ class H5Loader:
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.drop_last, self.prefetch = bool(drop_last), int(prefetch)
         self.augment = _check_augment(augment)
-        self._epoch, self._run, self._file, self._copy_stream = 0, None, None, None
+        self._epoch, self._run, self._file, self._copy_stream, self._closed = 0, None, None, None, False
         self._file = _open_h5(self.path)
         try:
             self._setup(normalize, preload, buffer_chunks)
@@ -468,7 +468,7 @@ class H5Loader:
 
     def __iter__(self):
         self._stop_run()  # a new epoch supersedes an unfinished one
-        if not self.preloaded and self._file is None:
+        if self._closed:
             raise ValueError(f"{self.path}: split {self.split!r}: the loader is closed")
         if self.preloaded:
             source = self._preloaded_batches(self.order())
@@ -576,8 +576,10 @@ class H5Loader:
             self._end_run(self._run)
 
     def close(self):
-        """Stop the background reader and close the file (idempotent)."""
+        """Stop the background reader, close the file, free a preloaded split (idempotent)."""
+        self._closed = True
         self._stop_run()
+        self._X = self._Y = None
         f, self._file = getattr(self, "_file", None), None
         if f is not None and f.id.valid:
             f.close()

@@ -262,6 +262,8 @@ def test_closing_mid_epoch_stops_the_thread(h5file, numpy_backend):
     ld.close()
     assert _wait_threads(before) == before
     ld.close()                                        # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        iter(ld)
     # leaving a with block by an exception, mid-epoch, stops it too
     with pytest.raises(KeyboardInterrupt):
         with H5Loader(path, batch_size=10, preload=False) as ld:

@@ -82,6 +82,14 @@ def machine_info() -> dict:
     return info
 
 
+def _loadavg():
+    """1-minute load average (other processes on the machine make every figure noisier)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _blas_name() -> str:
     try:
         cfg = np.show_config(mode="dicts")
@@ -346,6 +354,7 @@ def _body(args) -> int:
     info = machine_info()
     info["threads"] = args.threads
     info["tf32"] = bool(args.tf32)
+    info["loadavg_start"] = _loadavg()
     results = []
     for net in args.nets:
         for batch in args.batch_sizes:
@@ -355,10 +364,12 @@ def _body(args) -> int:
                 print(f"{net} batch {batch}: gpunet {r['gpunet_train']:,.0f}/s"
                       + (f", torch {r['torch_train']:,.0f}/s ({r['train_ratio']:.2f}x)" if "torch_train" in r else "")
                       + f", gemm bound {r['gemm_bound']:,.0f}/s", file=sys.stderr, flush=True)
+    info["loadavg_end"] = _loadavg()
     command = "gpunet-bench " + " ".join(sys.argv[1:])
     print(f"machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads, backend {info['backend']}"
           + (f" ({info.get('gpu')})" if "gpu" in info else "")
-          + f", numpy {info['numpy']} ({info['blas']}), torch {info['torch']}, tf32 {info['tf32']}")
+          + f", numpy {info['numpy']} ({info['blas']}), torch {info['torch']}, tf32 {info['tf32']}, "
+          f"load average {info['loadavg_start']} -> {info['loadavg_end']}")
     print(format_table(results, args.torch))
     if args.json:
         tmp = f"{args.json}.tmp-{os.getpid()}"
