@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from gpunet import backend, data
+from gpunet import backend, data, h5data
 from gpunet.data import ArrayLoader, H5Loader, epoch_permutation, open_split, read_meta
 
 N, SHAPE, CHUNK = 1000, (3, 4, 5), 64          # 16 chunks, the last one partial (40 rows)
@@ -332,7 +332,7 @@ def test_contiguous_dataset_is_read_in_virtual_chunks(tmp_path, numpy_backend):
     x = np.random.default_rng(1).integers(0, 256, (600, 1, 3, 3), dtype=np.uint8)
     _write_raw(path, x, np.arange(600))
     with H5Loader(path, batch_size=128, preload=False) as ld:
-        assert ld.chunk == data._DEFAULT_CHUNK
+        assert ld.chunk == h5data._DEFAULT_CHUNK
         y = np.concatenate([y for _, y in epoch(ld)])
     np.testing.assert_array_equal(np.sort(y), np.arange(600))
 
