@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import numpy
 
@@ -124,6 +125,8 @@ def xp():
 
 def get_array_module(*arrays):
     """The array module (numpy or cupy) the given arrays live in."""
+    if _cupy is None and not _probed and "cupy" in sys.modules:
+        _probe_cupy(_device)  # the caller made CuPy arrays before gpunet chose a backend
     if _cupy is not None:
         return _cupy.get_array_module(*arrays)
     return numpy

@@ -2,7 +2,8 @@
 
 ``Solver(model, data, **options).train()`` as in the coursework. ``data`` is
 either a dict of arrays ``X_train, y_train, X_val, y_val`` or a dict of batch
-iterators ``{"train": loader, "val": loader}`` (see ``gpunet.data``); the loop
+iterators ``{"train": loader, "val": loader, "train_eval": loader}`` (see
+``gpunet.data``; without ``train_eval`` the training accuracy is NaN); the loop
 is the same for both. Per epoch: set the epoch's order and dropout stream from
 ``(seed, epoch)``, train on every batch once, evaluate, checkpoint atomically,
 check early stopping. Because all randomness is a function of ``(seed, epoch)``,
