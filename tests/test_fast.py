@@ -157,6 +157,23 @@ def test_fused_updates_match_formula(xp, rule, shape):
     np.testing.assert_allclose(np_(params["W"]), w_ref, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_threaded_blocked_update_covers_every_element(nesterov):
+    """Three threads, ranges cut at block boundaries, a ragged last block: the same as the formula."""
+    rng = np.random.default_rng(4)
+    n = 3 * kernels._PAR_MIN + kernels._CHUNK // 3
+    w, g, v = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
+    w_ref, v_ref = w.copy(), 0.9 * v - 0.01 * g
+    w_ref += 0.9 * v_ref - 0.01 * g if nesterov else v_ref
+    kernels.set_num_threads(3)
+    try:
+        kernels.sgd_momentum_(w, g, v, 0.9, 0.01, nesterov)
+    finally:
+        kernels.set_num_threads(None)
+    np.testing.assert_array_equal(v, v_ref)
+    np.testing.assert_array_equal(w, w_ref)
+
+
 def test_momentum_update_on_non_contiguous_arrays():
     w = np.arange(20.0).reshape(4, 5)[:, ::2].copy(order="F")
     g = np.ones_like(w)
@@ -217,7 +234,7 @@ def test_bench_compares_with_torch(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     previous = backend.name()
     try:
-        rc = bench.main(["--threads", "1", "--nets", "B", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
+        rc = bench.main(["--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
                          "--warmup", "1", "--json", str(out), "--backend", "numpy", "-q"])
     finally:
         backend.use(previous)

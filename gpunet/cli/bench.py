@@ -127,22 +127,20 @@ class GpunetCase:
         self.X = [backend.to_device(x) for x in X]
         self.y = [backend.to_device(t) for t in y]
         self.i = 0
-        self.losses = []
+        self.loss = None
 
     def train_step(self):
         i = self.i = (self.i + 1) % N_BATCHES
         loss, grads = self.model.loss(self.X[i], self.y[i])
         self.opt.step(self.model.params, grads, LR)
-        self.losses.append(loss)
-        if len(self.losses) > 64:  # keep losses on the device, but not without bound
-            del self.losses[:32]
+        self.loss = loss                 # stays on the device: no host synchronisation per step
 
     def infer_step(self):
         i = self.i = (self.i + 1) % N_BATCHES
         self.model.loss(self.X[i]).argmax(axis=1)
 
     def last_loss(self) -> float:
-        return float(self.losses[-1]) if self.losses else float("nan")
+        return float("nan") if self.loss is None else float(self.loss)
 
 
 class TorchCase:
@@ -243,9 +241,13 @@ def bench_case(net_name: str, batch: int, args, log=print) -> dict:
     if cp is not None:
         cp.get_default_memory_pool().free_all_blocks()
     g = GpunetCase(net, X, y)
-    g.train_step()                       # first step allocates state and buffers
+    g.train_step()                       # the first step allocates optimizer state and buffers
     backend.synchronize()
-    mem_after_first = _pool_bytes()
+    mem_first = _pool_bytes()
+    for _ in range(5):                   # ... and no later step may allocate more
+        g.train_step()
+    backend.synchronize()
+    mem_later = _pool_bytes()
     t = None
     if args.torch:
         device = "cuda" if backend.name() == "cupy" else "cpu"
@@ -284,14 +286,14 @@ def bench_case(net_name: str, batch: int, args, log=print) -> dict:
         res["torch_optimizer"] = t.optimizer_kind
     res["train_frac_of_gemm_bound"] = res["gpunet_train"] / res["gemm_bound"]
     res["final_loss"] = g.last_loss()
-    mem = _pool_bytes()
-    if mem is not None:
-        res["device_memory"] = {"after_first_step": mem_after_first, "after_run": mem,
-                                "pool_steady": mem["total_bytes"] == mem_after_first["total_bytes"]}
+    if mem_first is not None:
+        res["device_memory"] = {"after_first_step": mem_first, "after_6_steps": mem_later,
+                                "pool_steady": mem_later["total_bytes"] == mem_first["total_bytes"]}
     return res
 
 
-def format_table(results, has_torch: bool) -> str:
+def format_table(results) -> str:
+    """The results as a Markdown table (samples/s), then the device-memory lines on CuPy."""
     head = ["net", "batch", "gpunet train/s", "torch train/s", "ratio", "gemm bound/s", "of bound",
             "gpunet infer/s", "torch infer/s", "ratio"]
     rows = []
@@ -306,9 +308,9 @@ def format_table(results, has_torch: bool) -> str:
     for r in results:
         if "device_memory" in r:
             m = r["device_memory"]
-            out.append(f"{r['net']} batch {r['batch']}: device pool {m['after_run']['total_bytes'] / 2**20:.1f} MiB "
-                       f"(used {m['after_run']['used_bytes'] / 2**20:.1f} MiB), steady after first step: "
-                       f"{m['pool_steady']}")
+            out.append(f"{r['net']} batch {r['batch']}: gpunet training holds {m['after_6_steps']['total_bytes'] / 2**20:.1f}"
+                       f" MiB of device pool (used {m['after_6_steps']['used_bytes'] / 2**20:.1f} MiB); no growth "
+                       f"after the first step: {m['pool_steady']}")
     return "\n".join(out)
 
 
@@ -355,28 +357,34 @@ def _body(args) -> int:
     info["threads"] = args.threads
     info["tf32"] = bool(args.tf32)
     info["loadavg_start"] = _loadavg()
+    command = "gpunet-bench " + " ".join(sys.argv[1:])
     results = []
     for net in args.nets:
         for batch in args.batch_sizes:
             r = bench_case(net, batch, args)
             results.append(r)
+            if args.json:                # after every case: a run cut short keeps what it measured
+                _write_json(args.json, {"command": command, "machine": info, "results": results})
             if not args.quiet:
                 print(f"{net} batch {batch}: gpunet {r['gpunet_train']:,.0f}/s"
                       + (f", torch {r['torch_train']:,.0f}/s ({r['train_ratio']:.2f}x)" if "torch_train" in r else "")
                       + f", gemm bound {r['gemm_bound']:,.0f}/s", file=sys.stderr, flush=True)
     info["loadavg_end"] = _loadavg()
-    command = "gpunet-bench " + " ".join(sys.argv[1:])
     print(f"machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads, backend {info['backend']}"
           + (f" ({info.get('gpu')})" if "gpu" in info else "")
           + f", numpy {info['numpy']} ({info['blas']}), torch {info['torch']}, tf32 {info['tf32']}, "
           f"load average {info['loadavg_start']} -> {info['loadavg_end']}")
-    print(format_table(results, args.torch))
+    print(format_table(results))
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"command": command, "machine": info, "results": results}, f, indent=1)
-        os.replace(tmp, args.json)
+        _write_json(args.json, {"command": command, "machine": info, "results": results})
     return 0
+
+
+def _write_json(path, doc):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
