@@ -24,7 +24,7 @@ from . import backend
 from .data import ArrayLoader, H5Loader, read_meta
 from .metrics import classification_report
 from .model import FullyConnectedNet
-from .optim import SCHEDULES, UPDATE_RULES
+from .optim import SCHEDULES
 from .preprocess import preprocess_meta_from_h5
 from .solver import Solver
 

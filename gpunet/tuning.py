@@ -297,6 +297,9 @@ def save_best_model(study, run_dir) -> str | None:
         return None
     dst = Path(run_dir) / "best_model.npz"
     shutil.copyfile(Path(run_dir) / rel, dst)
+    for old in (Path(run_dir) / "trials").glob("trial-*.npz"):  # models of trials since beaten
+        if old.name != Path(rel).name:
+            old.unlink(missing_ok=True)
     return str(dst)
 
 
@@ -305,7 +308,6 @@ def save_plots(study, run_dir, say=print) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
     from optuna.visualization import matplotlib as ovm
     written = []
     plots = {"optimization_history.png": ovm.plot_optimization_history,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpunet import backend, runs
+from gpunet import runs
 from gpunet.cli import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
