@@ -20,6 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
+from .augment import augment_images, check_augment
+
+AUGMENT_STREAM = 0xA06  # third seed word: augmentation draws are independent of the order
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -34,12 +37,14 @@ class ArrayLoader:
     y: (N,) integer labels.
     mean, std: optional per-feature or per-channel normalisation applied on the device
         (``(x - mean) / std``); broadcastable to one sample's shape.
+    augment: None or ``{'flip': bool, 'crop_pad': int}`` (needs image-shaped X,
+        (N, C, H, W)); random per ``(seed, epoch)``, applied after normalisation.
     The arrays are moved to the active device once (uint8 stays uint8 there,
     converted per batch).
     """
 
     def __init__(self, X, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, mean=None, std=None, dtype=np.float32):
+                 drop_last: bool = False, mean=None, std=None, dtype=np.float32, augment=None):
         if len(X) != len(y):
             raise ValueError(f"y: expected {len(X)} labels (one per row of X), got {len(y)}")
         if batch_size < 1:
@@ -56,6 +61,9 @@ class ArrayLoader:
         self.inv_std = None if std is None else (1.0 / xp.asarray(std, dtype=self.dtype))
         self.num_samples = len(self.y)
         self._epoch = 0
+        self.augment = check_augment(augment)
+        if self.augment and self.X.ndim != 4:
+            raise ValueError(f"augment: needs images shaped (N, C, H, W), got X of shape {tuple(self.X.shape)}")
 
     def __len__(self):
         n, b = self.num_samples, self.batch_size
@@ -64,12 +72,14 @@ class ArrayLoader:
     def set_epoch(self, epoch: int):
         self._epoch = int(epoch)
 
-    def _prepare(self, xb):
+    def _prepare(self, xb, rng):
         xb = xb.astype(self.dtype)  # always a fresh array: the batch may be a view of X
         if self.mean is not None:
             xb -= self.mean
         if self.inv_std is not None:
             xb *= self.inv_std
+        if rng is not None:
+            xb = augment_images(xb, rng, **self.augment)
         return xb.reshape(len(xb), -1)
 
     def __iter__(self):
@@ -77,13 +87,14 @@ class ArrayLoader:
         order = epoch_permutation(n, self.seed, self._epoch) if self.shuffle else None
         if order is not None:
             order = backend.to_device(order)
+        rng = backend.default_rng([self.seed, self._epoch, AUGMENT_STREAM]) if self.augment else None
         for i in range(len(self)):
             sl = slice(i * b, min((i + 1) * b, n))
             if order is None:
-                yield self._prepare(self.X[sl]), self.y[sl]
+                yield self._prepare(self.X[sl], rng), self.y[sl]
             else:
                 idx = order[sl]
-                yield self._prepare(self.X[idx]), self.y[idx]
+                yield self._prepare(self.X[idx], rng), self.y[idx]
 
     def close(self):
         pass
@@ -97,8 +108,7 @@ class ArrayLoader:
 
 
 # The HDF5 streaming loader lives in its own module; it is part of this interface.
-from .h5data import (H5Loader, augment_images, epoch_plan, open_split, preload_budget,  # noqa: E402
-                     read_meta)
+from .h5data import H5Loader, epoch_plan, open_split, preload_budget, read_meta  # noqa: E402
 
 __all__ = ["ArrayLoader", "H5Loader", "augment_images", "epoch_permutation", "epoch_plan", "open_split",
            "preload_budget", "read_meta"]

@@ -17,12 +17,13 @@ import h5py
 import numpy as np
 
 from . import backend
+from .augment import augment_images, check_augment
+from .data import AUGMENT_STREAM
 
 _DEFAULT_CHUNK = 256          # rows per read when a dataset is stored contiguously
 _WINDOW_BYTES = 64 << 20      # shuffle-buffer budget: at most this many bytes of chunks, ...
 _MAX_WINDOW_CHUNKS = 16       # ... and at most this many chunks
 _POLL_S = 0.05                # queue timeout, so stop requests and Ctrl-C are seen promptly
-_AUGMENT_STREAM = 0xA06       # third seed word: augmentation draws are independent of the order
 
 
 def _open_h5(path):
@@ -89,48 +90,6 @@ def _check_split(f, path, split):
         raise ValueError(f"{where}: expected /{split}/y integer of shape ({x.shape[0]},), "
                          f"found {y.dtype} of shape {y.shape}")
     return x, y
-
-
-def _check_augment(augment):
-    """Normalise ``augment`` to None or ``{'flip': bool, 'crop_pad': int}``."""
-    if not augment:
-        return None
-    if not isinstance(augment, dict):
-        raise ValueError(f"augment: expected None or a dict like {{'flip': True, 'crop_pad': 4}}, got {augment!r}")
-    unknown = set(augment) - {"flip", "crop_pad"}
-    if unknown:
-        raise ValueError(f"augment: expected keys among 'flip', 'crop_pad', found {sorted(unknown)}")
-    flip, pad = augment.get("flip", False), augment.get("crop_pad", 0)
-    if not isinstance(flip, (bool, np.bool_)):
-        raise ValueError(f"augment['flip']: expected True or False, got {flip!r}")
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-        raise ValueError(f"augment['crop_pad']: expected an integer >= 0, got {pad!r}")
-    return {"flip": bool(flip), "crop_pad": int(pad)} if (flip or pad) else None
-
-
-def augment_images(x, rng, flip=False, crop_pad=0):
-    """Random left-right flips and padded random crops of a batch, vectorised on its backend.
-
-    x: (B, C, H, W) float, already normalised; rng: a generator of the same backend.
-    flip: mirror each image with probability 1/2. crop_pad: pad each side by this many
-    zeros (the mean colour after normalisation), then crop a random (H, W) window.
-    Returns a new (B, C, H, W) array. Always draws the same numbers for the same options.
-    """
-    xp = backend.get_array_module(x)
-    b, c, h, w = x.shape
-    if flip:
-        mirror = rng.random(b) < 0.5                                      # (B,)
-        x = xp.where(mirror[:, None, None, None], x[..., ::-1], x)
-    if crop_pad:
-        p = crop_pad
-        padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))              # (B, C, H+2p, W+2p)
-        dy = xp.asarray(rng.integers(0, 2 * p + 1, size=b))
-        dx = xp.asarray(rng.integers(0, 2 * p + 1, size=b))
-        rows = dy[:, None] + xp.arange(h)                                 # (B, H)
-        cols = dx[:, None] + xp.arange(w)                                 # (B, W)
-        x = padded[xp.arange(b)[:, None, None, None], xp.arange(c)[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]
-    return x
 
 
 def epoch_plan(n: int, chunk: int, window: int, seed: int, epoch: int, shuffle: bool = True):
@@ -304,7 +263,7 @@ class H5Loader:
         self.path, self.split = os.fspath(path), split
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.drop_last, self.prefetch = bool(drop_last), int(prefetch)
-        self.augment = _check_augment(augment)
+        self.augment = check_augment(augment)
         self._epoch, self._run, self._file, self._copy_stream, self._closed = 0, None, None, None, False
         self._file = _open_h5(self.path)
         try:
@@ -393,7 +352,7 @@ class H5Loader:
             source = self._device_batches(self._plan(self._epoch))
         else:
             source = self._host_batches(self._plan(self._epoch))
-        rng = backend.default_rng([self.seed, self._epoch, _AUGMENT_STREAM]) if self.augment else None
+        rng = backend.default_rng([self.seed, self._epoch, AUGMENT_STREAM]) if self.augment else None
         return self._finished(source, rng)
 
     def _finished(self, source, rng):

@@ -200,7 +200,8 @@ class Objective:
         model = runs.build_model(cfg, self.meta)
         loader = lambda X, y, **kw: ArrayLoader(X, y, mean=self.mean, std=self.std, **kw)  # noqa: E731
         n_eval = min(len(self.train[1]), runs.TRAIN_EVAL_SAMPLES)
-        data = {"train": loader(*self.train, batch_size=cfg.batch_size, seed=cfg.seed),
+        augment = {"flip": cfg.augment, "crop_pad": cfg.crop_pad}  # the same augmentation as gpunet-train
+        data = {"train": loader(*self.train, batch_size=cfg.batch_size, seed=cfg.seed, augment=augment),
                 "val": loader(*self.val, batch_size=1000, shuffle=False),
                 "train_eval": loader(self.train[0][:n_eval], self.train[1][:n_eval], batch_size=1000,
                                      shuffle=False)}

@@ -360,3 +360,25 @@ def test_array_loader_basics(xb):
     assert len(ArrayLoader(raw, np.arange(103), batch_size=10, drop_last=True)) == 10
     with pytest.raises(ValueError, match="expected 103 labels"):
         ArrayLoader(raw, np.arange(5))
+
+
+def test_array_loader_augment_flips_reproducibly(xp):
+    """ArrayLoader's augmentation: mirrored images only, the same draws for the same (seed, epoch)."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (64, 1, 4, 5)).astype(np.uint8)
+    y = np.arange(64)
+    loader = ArrayLoader(X, y, batch_size=16, seed=3, augment={"flip": True})
+    loader.set_epoch(0)
+    first = [(backend.to_numpy(xb), backend.to_numpy(yb)) for xb, yb in loader]
+    loader.set_epoch(0)
+    again = [(backend.to_numpy(xb), backend.to_numpy(yb)) for xb, yb in loader]
+    flipped = 0
+    for (xb, yb), (xa, ya) in zip(first, again):
+        np.testing.assert_array_equal(xb, xa)
+        for img, label in zip(xb.reshape(-1, 1, 4, 5), yb):
+            orig = X[label].astype(np.float32)
+            assert np.array_equal(img, orig) or np.array_equal(img, orig[..., ::-1])
+            flipped += not np.array_equal(img, orig)
+    assert 10 < flipped < 54  # about half, with overwhelming probability
+    with pytest.raises(ValueError, match=r"augment: needs images shaped \(N, C, H, W\)"):
+        ArrayLoader(X.reshape(64, -1), y, augment={"flip": True})
