@@ -137,6 +137,16 @@ def preload_budget() -> int:
     return min(2 << 30, _available_ram() // 4)
 
 
+def _lower_thread_priority(niceness=5):
+    """Let the reader thread run on cycles the training step leaves idle (Linux: per-thread nice).
+
+    With few cores, a reader at full priority preempts BLAS threads mid-product and
+    slows the whole step more than its own work costs.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+
+
 class _Prefetcher:
     """One epoch of background reading: HDF5 windows -> batches gathered into host slots.
 
@@ -155,7 +165,7 @@ class _Prefetcher:
         self._thread.start()
 
     def next_ready(self):
-        """``(slot, rows)`` of the next batch, or None at the end of the epoch."""
+        """``(slot, rows, X or None)`` of the next batch, or None at the end of the epoch."""
         while True:
             try:
                 item = self._ready.get(timeout=_POLL_S)
@@ -199,8 +209,17 @@ class _Prefetcher:
             ld._y.read_direct(ld._win_y, np.s_[a:b], np.s_[r:r + b - a])
         ld._chunk_slot[chunks] = np.arange(len(chunks))
 
+    def _finish(self, slot, rows):
+        """``(slot, rows, X)``: on the CPU the worker also converts the batch to normalised float,
+        using the core that the single-threaded parts of a training step leave idle; on the GPU
+        X is None (the uint8 batch is converted on the device)."""
+        if self.ld._device_id is not None:
+            return slot, rows, None
+        return slot, rows, self.ld._to_float(self.ld._slots[slot][0][:rows])
+
     def _work(self):
         ld, b = self.ld, self.ld.batch_size
+        _lower_thread_priority()
         win_x = ld._win_x.reshape(len(ld._win_x), -1)                   # (window rows, D)
         try:
             cp = backend.cupy_module() if ld._device_id is not None else None
@@ -222,10 +241,10 @@ class _Prefetcher:
                         np.take(ld._win_y, r, out=hy[fill:fill + m], mode="clip")
                         fill, s = fill + m, s + m
                         if fill == b:
-                            self._ready.put((slot, fill))
+                            self._ready.put(self._finish(slot, fill))
                             slot, fill, done = None, 0, done + 1
                 if fill and done < self.n_batches:
-                    self._ready.put((slot, fill))
+                    self._ready.put(self._finish(slot, fill))
                 self._ready.put(None)
         except BaseException as e:  # handed to the consumer, which re-raises it
             self._ready.put(e)
@@ -355,15 +374,19 @@ class H5Loader:
         rng = backend.default_rng([self.seed, self._epoch, AUGMENT_STREAM]) if self.augment else None
         return self._finished(source, rng)
 
+    def _to_float(self, xb):
+        """uint8 (B, D) -> normalised float (B, D), a new array on xb's backend."""
+        if self._mean_row is None:
+            return xb.astype(self.dtype)
+        out = xb - self._mean_row                # uint8 - float -> a new float array
+        out *= self._inv_std_row
+        return out
+
     def _finished(self, source, rng):
         """Convert each uint8 batch to normalised (B, D) float, augment it; then resume the source."""
         try:
             for xb, yb in source:
-                if self._mean_row is None:
-                    out = xb.astype(self.dtype)
-                else:
-                    out = xb - self._mean_row                # uint8 - float -> a new float array
-                    out *= self._inv_std_row
+                out = self._to_float(xb) if xb.dtype == np.uint8 else xb  # the CPU worker converts already
                 if rng is not None:
                     out = augment_images(out.reshape((len(out),) + self.sample_shape), rng, **self.augment)
                     out = out.reshape(len(out), -1)
@@ -383,14 +406,14 @@ class H5Loader:
                 yield self._X[idx], self._Y[idx]
 
     def _host_batches(self, plan):
-        """NumPy: the consumer converts straight from the host slot, then hands it back."""
+        """NumPy: batches arrive converted by the worker; the uint8 slot goes straight back."""
         self._run = run = _Prefetcher(self, plan, len(self))
         try:
             while (item := run.next_ready()) is not None:
-                slot, m = item
-                hx, hy = self._slots[slot]
-                yield hx[:m], hy[:m].copy()
-                run.release(slot)
+                slot, m, xb = item
+                yb = self._slots[slot][1][:m].copy()
+                run.release(slot)  # xb is a new array: the slot can be refilled at once
+                yield xb, yb
         finally:
             self._end_run(run)
 
@@ -427,7 +450,7 @@ class H5Loader:
         item = run.next_ready()
         if item is None:
             return None
-        slot, m = item
+        slot, m, _ = item
         hx, hy = self._slots[slot]
         dx, dy = self._ring[j]
         s = self._copy_stream
