@@ -224,4 +224,5 @@ def load_model(path) -> FullyConnectedNet:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     model.meta = desc.get("meta", {})
+    model.source = os.fspath(path)  # named in later error messages
     return model

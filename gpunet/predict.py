@@ -35,7 +35,7 @@ FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neut
 def resolve_model(model) -> tuple[FullyConnectedNet, str]:
     """``(model, name)``: load ``model`` when it is a path; ``name`` is used in errors."""
     if isinstance(model, FullyConnectedNet):
-        return model, "model"
+        return model, getattr(model, "source", None) or "model"
     if isinstance(model, (str, os.PathLike)):
         return load_model(model), os.fspath(model)
     raise TypeError(f"model: expected a FullyConnectedNet or a model file path, got {type(model).__name__}")

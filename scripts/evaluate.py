@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""Same as gpunet-evaluate (kept for running from a checkout)."""
-from gpunet.cli.evaluate import main
+"""Thin wrapper for ``gpunet.cli.evaluate``: runs from a checkout, installed or not."""
+import os
+import sys
 
-raise SystemExit(main())
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpunet.cli.evaluate import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""Same as gpunet-predict (kept for running from a checkout)."""
-from gpunet.cli.predict import main
+"""Thin wrapper for ``gpunet.cli.predict``: runs from a checkout, installed or not."""
+import os
+import sys
 
-raise SystemExit(main())
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpunet.cli.predict import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
