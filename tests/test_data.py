@@ -17,7 +17,7 @@ from gpunet.data import ArrayLoader, H5Loader, epoch_permutation, open_split, re
 N, SHAPE, CHUNK = 1000, (3, 4, 5), 64          # 16 chunks, the last one partial (40 rows)
 
 
-@pytest.fixture(params=["numpy", "cupy"])
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xb(request):
     """Run the test body on each backend; CuPy skips when no GPU is usable."""
     if request.param == "cupy" and not backend.gpu_available():

@@ -337,8 +337,9 @@ def _body(args) -> int:
             raise ValueError(f"--{k}: expected >= 1, got {getattr(args, k)}")
     if any(b < 1 for b in args.batch_sizes):
         raise ValueError(f"--batch-sizes: expected positive sizes, got {args.batch_sizes}")
-    if args.tf32:
-        os.environ["CUPY_TF32"] = "1"    # read by cupy when it is imported (in backend.use)
+    # cupy reads CUPY_TF32 at its first float32 matmul (cached per process): set it either way,
+    # so an inherited CUPY_TF32=1 cannot turn TF32 on in a run reported as "tf32 False"
+    os.environ["CUPY_TF32"] = "1" if args.tf32 else "0"
     setup(args)
     if args.torch:
         try:
