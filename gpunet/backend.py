@@ -175,7 +175,7 @@ def default_rng(seed):
     """A random generator of the active backend, seeded by ``seed`` (int or sequence of ints)."""
     if name() == "cupy":
         if not isinstance(seed, (int, numpy.integer)):
-            # cupy's generators take a single int: fold a sequence through numpy's SeedSequence
+            # fold a sequence into one int through numpy's SeedSequence (works on every CuPy version)
             seed = int(numpy.random.SeedSequence(seed).generate_state(1, numpy.uint64)[0] >> 1)
         return _cupy.random.default_rng(int(seed))
     return numpy.random.default_rng(seed)

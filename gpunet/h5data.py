@@ -89,6 +89,13 @@ def _check_split(f, path, split):
     if y.ndim != 1 or y.dtype.kind not in "iu" or y.shape[0] != x.shape[0]:
         raise ValueError(f"{where}: expected /{split}/y integer of shape ({x.shape[0]},), "
                          f"found {y.dtype} of shape {y.shape}")
+    names = f.attrs.get("class_names")
+    if names is not None and y.shape[0]:
+        labels = y[...]  # small (8 bytes a sample); checked once here, never in the training step
+        bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
+        if bad.size:
+            raise ValueError(f"{where}: /{split}/y entry {bad[0]} is {labels[bad[0]]}, expected a label in "
+                             f"[0, {len(names)}) ({len(names)} class_names)")
     return x, y
 
 

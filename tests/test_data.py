@@ -49,7 +49,7 @@ def write_h5(path, n=N, shape=SHAPE, chunk=CHUNK, seed=0, splits=("train",), **a
         train = raws[splits[0]].astype(np.float64)
         f.attrs["mean"] = attrs.get("mean", train.mean(axis=(0, 2, 3)))
         f.attrs["std"] = attrs.get("std", train.std(axis=(0, 2, 3)))
-        f.attrs["class_names"] = ["a", "b", "c"]
+        f.attrs["class_names"] = [f"id{i}" for i in range(n)]  # labels are sample ids: one class each
         f.attrs["image_shape"] = shape
         f.attrs["format_version"] = 1
         f.attrs["dataset"] = "synthetic"
@@ -226,7 +226,7 @@ def test_bad_augment_options(h5file, numpy_backend, bad):
 def test_read_meta(h5file):
     path, _ = h5file
     m = read_meta(path)
-    assert m["class_names"] == ["a", "b", "c"] and m["image_shape"] == SHAPE
+    assert m["class_names"] == [f"id{i}" for i in range(N)] and m["image_shape"] == SHAPE
     assert m["counts"] == {"train": N, "test": N} and m["format_version"] == 1
     assert m["mean"].shape == (3,) and m["dataset"] == "synthetic"
 
@@ -382,3 +382,16 @@ def test_array_loader_augment_flips_reproducibly(xp):
     assert 10 < flipped < 54  # about half, with overwhelming probability
     with pytest.raises(ValueError, match=r"augment: needs images shaped \(N, C, H, W\)"):
         ArrayLoader(X.reshape(64, -1), y, augment={"flip": True})
+
+
+def test_labels_outside_the_class_range_are_refused_at_open(tmp_path):
+    """Checked once when the file is opened: on the GPU the loss kernel does not check labels."""
+    import h5py
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["class_names"] = ["a", "b", "c"]
+        f.attrs["mean"], f.attrs["std"] = [0.0], [1.0]
+        f.create_dataset("train/x", data=np.zeros((5, 1, 2, 2), np.uint8))
+        f.create_dataset("train/y", data=np.array([0, 1, 2, 3, 1], np.int64))
+    with pytest.raises(ValueError, match=r"bad.h5: split 'train': /train/y entry 3 is 3, expected a label in \[0, 3\)"):
+        H5Loader(path, "train")
