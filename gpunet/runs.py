@@ -24,6 +24,7 @@ from . import backend
 from .data import ArrayLoader, H5Loader, read_meta
 from .metrics import classification_report
 from .model import FullyConnectedNet
+from .predict import evaluate
 from .optim import SCHEDULES
 from .preprocess import preprocess_meta_from_h5
 from .solver import Solver
@@ -293,16 +294,6 @@ def check_data(path) -> dict:
     return meta
 
 
-def predict_split(model, path, split, batch_size=1000):
-    """``(y_true, y_pred)`` NumPy int64 (N,) of ``model`` on ``split`` of ``path``."""
-    with H5Loader(path, split, batch_size=batch_size, shuffle=False, dtype=model.dtype) as loader:
-        ys, ps = [], []
-        for X, y in loader:
-            ys.append(backend.to_numpy(y))
-            ps.append(backend.to_numpy(model.loss(X).argmax(axis=1)))
-    return np.concatenate(ys).astype(np.int64), np.concatenate(ps).astype(np.int64)
-
-
 def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, verbose=True,
               progress=None, plots=True, say=print) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming its checkpoint when ``resume``); return the metrics.
@@ -342,7 +333,7 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, ver
     split = "test" if "test" in meta["counts"] else "val"
     if split == "val":
         say(f"{cfg.data}: no test split; reporting the validation split (it also chose the best epoch)")
-    y_true, y_pred = predict_split(model, cfg.data, split)
+    y_true, y_pred = evaluate(model, cfg.data, split, batch_size=1000)
     report = classification_report(y_true, y_pred, meta["class_names"])
     history = solver.history()
     metrics = {"dataset": cfg.dataset, "data": cfg.data, "split": split, "test_split_present": split == "test",
@@ -360,44 +351,13 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, ver
 
 def write_plots(history, report, run_dir, say=print):
     """curves.png and confusion.png; a plotting failure is reported, never fatal."""
+    from . import plots  # matplotlib takes a moment to import: only when plotting
     try:
-        from . import plots
-    except ImportError:
-        plots = None
-    cm = np.asarray(report["confusion_matrix"])
-    try:
-        if plots is not None:
-            plots.training_curves(history, str(Path(run_dir) / "curves.png"))
-            plots.confusion_heatmap(cm, report["class_names"], str(Path(run_dir) / "confusion.png"))
-        else:
-            _fallback_plots(history, cm, report["class_names"], Path(run_dir))
+        plots.training_curves(history, str(Path(run_dir) / "curves.png"))
+        plots.confusion_heatmap(np.asarray(report["confusion_matrix"]), report["class_names"],
+                                str(Path(run_dir) / "confusion.png"))
     except Exception as e:  # plots are a convenience: keep the run's results
         say(f"warning: could not draw the plots ({type(e).__name__}: {e})")
-
-
-def _fallback_plots(history, cm, names, run_dir):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(history["loss"], lw=0.5)
-    a.set(xlabel="iteration", ylabel="loss", title="training loss")
-    ep = np.arange(1, len(history["val_acc"]) + 1)
-    b.plot(ep, history["train_acc"], label="train")
-    b.plot(ep, history["val_acc"], label="val")
-    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    b.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
-    fig.tight_layout()
-    fig.savefig(run_dir / "confusion.png", dpi=100)
-    plt.close(fig)
 
 
 def format_summary(metrics: dict) -> str:
