@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from . import backend, kernels
+from .io import savez
 from .layers import linear_backward, linear_forward, softmax_loss
 
 MODEL_FORMAT = "gpunet-model"
@@ -170,19 +170,7 @@ class FullyConnectedNet:
         return path
 
 
-def atomic_savez(path, arrays: dict):
-    """``np.savez`` to a temporary name in the same folder, then rename over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+atomic_savez = savez  # the name solver code used before gpunet.io existed
 
 
 def read_npz(path, what="model") -> tuple[dict, dict]:

@@ -13,18 +13,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .io import atomic_path
+
 
 def _save(fig: Figure, path) -> str:
     """Render ``fig`` to PNG at ``path`` via a temporary file in the same folder."""
-    from data_prep.atomic import atomic_output
-    from data_prep.errors import PrepError
-
     FigureCanvasAgg(fig)
-    try:
-        with atomic_output(path, force=True) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    except PrepError as e:
-        raise ValueError(str(e)) from None
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     return os.fspath(path)
 
 

@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from . import backend
+from .io import atomic_open
 from .model import FullyConnectedNet, load_model
 from .preprocess import check_meta, feature_rows, normalize
 
@@ -216,9 +217,6 @@ test_fer_model.__test__ = False  # not a pytest test despite its name
 def write_predictions_csv(out, files, labels, probs, class_names, decimals: int = 6):
     """Write ``file,label,class_name,p_<class>...`` rows to ``out``: a path (written
     atomically) or None for standard output."""
-    from data_prep.atomic import atomic_output
-    from data_prep.errors import PrepError
-
     def write(f):
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["file", "label", "class_name"] + [f"p_{n}" for n in class_names])
@@ -228,8 +226,5 @@ def write_predictions_csv(out, files, labels, probs, class_names, decimals: int 
     if out is None or os.fspath(out) == "-":
         write(sys.stdout)
         return
-    try:
-        with atomic_output(out, force=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            write(f)
-    except PrepError as e:
-        raise ValueError(str(e)) from None
+    with atomic_open(out, newline="", encoding="utf-8") as f:
+        write(f)

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import backend
 from .data import ArrayLoader, H5Loader, read_meta
+from .io import write_json
 from .metrics import classification_report
 from .model import FullyConnectedNet
 from .predict import evaluate
@@ -165,11 +166,7 @@ def resolve_config(dataset=None, config_file=None, overrides=None) -> TrainConfi
 
 def save_json(path, obj):
     """Write ``obj`` as JSON atomically (a reader never sees half a file)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, obj)
 
 
 def load_config(run_dir) -> TrainConfig:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from . import backend
 from .data import ArrayLoader
-from .model import atomic_savez, read_npz
+from .io import savez, write_json
+from .model import read_npz
 from .optim import Optimizer, Schedule
 
 CHECKPOINT_FORMAT = "gpunet-checkpoint"
@@ -236,10 +237,7 @@ class Solver:
         path = path or self.history_path
         if not path:
             return
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.history(), f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, self.history())
 
     def save_checkpoint(self, path=None):
         """Parameters, best parameters, optimizer state and progress, written atomically."""
@@ -263,7 +261,7 @@ class Solver:
                 "update_rule": self.update_rule, "optim_config": self.optimizer.config.to_dict(),
                 "opt_scalars": opt_meta, "model": self.model.config()}
         arrays["__meta__"] = np.frombuffer(json.dumps(desc).encode("utf-8"), dtype=np.uint8)
-        atomic_savez(path, arrays)
+        savez(path, arrays)
 
     def load_checkpoint(self, path):
         """Restore everything ``save_checkpoint`` wrote; the next ``train()`` continues from there."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import runs
 from .data import ArrayLoader
+from .io import atomic_open
 from .solver import Solver, TrainingDiverged
 
 DEFAULT_SPACE = {
@@ -263,12 +264,10 @@ def results_rows(study) -> list[dict]:
 
 def write_table(rows, path):
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, cols)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def format_table(rows, limit=20) -> str:

@@ -102,7 +102,7 @@ def test_save_load_round_trip_identical_predictions(xp, tmp_path):
     with np.load(path, allow_pickle=False) as z:  # plain arrays only: no pickled objects inside
         assert sorted(z.files) == sorted(["W1", "b1", "W2", "b2", "W3", "b3", "__meta__"])
         assert all(z[k].dtype != object for k in z.files)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]  # no temporary left behind
 
 
 def test_model_moves_between_backends(tmp_path):
@@ -163,3 +163,15 @@ def test_loss_rejects_bad_inputs(xp):
     if xp.__name__ == "numpy":
         with pytest.raises(ValueError, match=r"labels in \[0, 3\)"):
             m.loss(xp.zeros((2, 6), dtype=xp.float32), xp.asarray([0, 3]))
+
+
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
+    from gpunet.io import atomic_open, write_json
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(target) as f:
+            f.write("{half")
+            raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"a": 1}  # the old file, untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

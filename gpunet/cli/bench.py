@@ -17,7 +17,6 @@ OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set (torch gets ``set_num_threads(N)``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ import time
 import numpy as np
 
 from .. import backend
+from ..io import write_json
 from ..model import FullyConnectedNet
 from ..optim import Optimizer
 from .common import add_common_args, run, setup
@@ -382,10 +382,7 @@ def _body(args) -> int:
 
 
 def _write_json(path, doc):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, doc)
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from ..io import write_json
 from .common import UserError, add_common_args, run, setup
 
 
@@ -34,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_json(report: dict, path: str):
-    from data_prep.atomic import atomic_output
-
-    text = json.dumps(report, indent=2) + "\n"
-    with atomic_output(path, force=True) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    write_json(path, report, indent=2)
 
 
 def _body(args) -> int:
