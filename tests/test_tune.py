@@ -13,18 +13,10 @@ from PIL import Image
 from gpunet import runs, tuning
 from gpunet.cli import tune
 from gpunet.model import load_model
-from test_train_cli import ROOT, write_h5
+from test_train_cli import ROOT, data_dir  # noqa: F401 (data_dir is a shared fixture)
 
 FAST = ["--hidden", "8", "--epochs", "3", "--batch-size", "30", "--backend", "numpy", "-q",
         "--param", "hidden=8,16", "--param", "optimizer=adam", "--param", "reg=1e-5:1e-3:log"]
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    write_h5(d / "cifar10.h5")
-    return d
 
 
 def n_trials(out):
