@@ -13,9 +13,9 @@ import zipfile
 
 import numpy as np
 
-from . import backend, kernels
+from . import backend, seeding
 from .io import savez
-from .layers import linear_backward, linear_forward, softmax_loss
+from .layers import dropout_forward, linear_backward, linear_forward, relu_backward, softmax_loss
 
 MODEL_FORMAT = "gpunet-model"
 MODEL_VERSION = 1
@@ -54,7 +54,7 @@ class FullyConnectedNet:
         self.dtype = np.dtype(dtype)
         self.num_layers = len(hidden_dims) + 1
         self.meta = {}  # preprocessing and provenance carried into the model file
-        init_rng = np.random.default_rng(seed)
+        init_rng = seeding.init_rng(seed)   # None: NumPy's global generator (np.random.seed works)
         dims = [self.input_dim] + hidden_dims + [self.num_classes]
         params = {}
         for i in range(self.num_layers):
@@ -62,7 +62,7 @@ class FullyConnectedNet:
             params[f"W{i + 1}"] = (init_rng.standard_normal((dims[i], dims[i + 1])) * std).astype(self.dtype)
             params[f"b{i + 1}"] = np.zeros(dims[i + 1], dtype=self.dtype)
         self.params = {k: backend.to_device(v) for k, v in params.items()}
-        self.rng = backend.default_rng(seed)  # dropout masks; the Solver resets it per epoch
+        self.rng = backend.default_rng(seeding.resolve_seed(seed) if seed is None else seed)  # dropout masks
         self._buffers = {}
 
     # ------------------------------------------------------------------ compute
@@ -103,7 +103,7 @@ class FullyConnectedNet:
             W = p[f"W{i}"]
             h = linear_forward(h, W, p[f"b{i}"], out=self._buf(f"a{i}", (N, W.shape[1])), relu=True)
             if drop:
-                kernels.dropout_(h, drop, self.rng)  # in place: the backward needs only h > 0
+                dropout_forward(h, drop, rng=self.rng, out=h)  # in place: the backward needs only h > 0
             acts.append(h)
         W = p[f"W{L}"]
         scores = linear_forward(h, W, p[f"b{L}"], out=self._buf("scores", (N, W.shape[1])) if train else None)
@@ -125,7 +125,7 @@ class FullyConnectedNet:
             grads[f"W{i}"], grads[f"b{i}"] = dW, db
             if i > 1:
                 # ReLU and dropout backward in one pass: acts[i-1] > 0 exactly where a unit passed both
-                kernels.relu_backward_(dout, acts[i - 1], scale)
+                relu_backward(dout, acts[i - 1], out=dout, scale=scale)
         return loss, grads
 
     def predict(self, X, batch_size=1024):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from . import backend, kernels
 
 
@@ -45,6 +47,103 @@ class OptimConfig:
         return asdict(self)
 
 
+# ---------------------------------------------------------------- in-place kernels
+
+# Each in-place update rule: its CUDA twin (one elementwise launch per parameter), then the NumPy form.
+_SGD = kernels.elementwise("sgd", "T dw, T lr", "T w", "w -= lr * dw", module=__name__)
+_MOMENTUM = kernels.elementwise("momentum", "T dw, T mu, T lr", "T w, T v", "v = mu * v - lr * dw; w += v",
+                                module=__name__)
+_NESTEROV = kernels.elementwise("nesterov", "T dw, T mu, T lr", "T w, T v",
+                                "v = mu * v - lr * dw; w += mu * v - lr * dw", module=__name__)
+_RMSPROP = kernels.elementwise("rmsprop", "T dw, T r, T lr, T eps", "T w, T c",
+                               "c = r * c + ((T)1 - r) * dw * dw; w -= lr * dw / (sqrt(c) + eps)",
+                               module=__name__)
+_ADAM = kernels.elementwise("adam", "T dw, T b1, T b2, T lr_t, T inv_sqrt_bc2, T eps", "T w, T m, T v",
+                            "m = b1 * m + ((T)1 - b1) * dw; v = b2 * v + ((T)1 - b2) * dw * dw; "
+                            "w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)", module=__name__)
+
+def sgd_(w, dw, lr):
+    """``w -= lr * dw`` in place."""
+    lr = w.dtype.type(lr)
+    if kernels.on_gpu(w):
+        _SGD(dw, lr, w)
+    else:
+        w -= lr * dw
+    return w
+
+
+def sgd_momentum_(w, dw, v, mu, lr, nesterov=False):
+    """``v = mu * v - lr * dw`` then ``w += v`` (Nesterov: ``w += mu * v - lr * dw``), in place.
+
+    On NumPy the update runs block by block so w, dw and v are read from memory
+    once per step instead of once per operation (the arrays of net B's first
+    layer are 12 MB each), with the blocks shared among ``num_threads()`` threads.
+    """
+    mu, lr = w.dtype.type(mu), w.dtype.type(lr)
+    if kernels.on_gpu(w):
+        (_NESTEROV if nesterov else _MOMENTUM)(dw, mu, lr, w, v)
+        return w
+    if not (w.flags.c_contiguous and dw.flags.c_contiguous and v.flags.c_contiguous):
+        v *= mu
+        v -= lr * dw
+        w += mu * v - lr * dw if nesterov else v
+        return w
+    wf, gf, vf = w.reshape(-1), dw.reshape(-1), v.reshape(-1)
+
+    def blocks(lo, hi):
+        tmp = np.empty((2, min(hi - lo, kernels.CHUNK)), w.dtype)
+        for i in range(lo, hi, kernels.CHUNK):
+            wb, gb, vb = wf[i:i + kernels.CHUNK], gf[i:i + kernels.CHUNK], vf[i:i + kernels.CHUNK]
+            if i + kernels.CHUNK > hi:
+                wb, gb, vb = wb[:hi - i], gb[:hi - i], vb[:hi - i]
+            t, u = tmp[0, :wb.size], tmp[1, :wb.size]
+            vb *= mu
+            np.multiply(gb, lr, out=t)
+            vb -= t
+            if nesterov:            # w += (mu * v - lr * dw), the same rounding as the formula
+                np.multiply(vb, mu, out=u)
+                u -= t
+                wb += u
+            else:
+                wb += vb
+
+    kernels.parallel(blocks, w.size)
+    return w
+
+
+def rmsprop_(w, dw, c, decay, lr, eps):
+    """``c = decay * c + (1 - decay) * dw**2``; ``w -= lr * dw / (sqrt(c) + eps)``, in place."""
+    t = w.dtype.type
+    if kernels.on_gpu(w):
+        _RMSPROP(dw, t(decay), t(lr), t(eps), w, c)
+        return w
+    c *= t(decay)
+    c += t(1 - decay) * dw * dw
+    w -= t(lr) * dw / (np.sqrt(c) + t(eps))
+    return w
+
+
+def adam_(w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
+    """Adam in place: moments, then ``w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)``.
+
+    lr_t = lr / (1 - b1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) carry the bias corrections.
+    """
+    t = w.dtype.type
+    if kernels.on_gpu(w):
+        _ADAM(dw, t(b1), t(b2), t(lr_t), t(inv_sqrt_bc2), t(eps), w, m, v)
+        return w
+    m *= t(b1)
+    m += t(1 - b1) * dw
+    v *= t(b2)
+    v += t(1 - b2) * dw * dw
+    denom = np.sqrt(v) * t(inv_sqrt_bc2)
+    denom += t(eps)
+    w -= t(lr_t) * m / denom
+    return w
+
+
+# ---------------------------------------------------------------- update rules
+
 def _decay(w, cfg, lr):
     if cfg.weight_decay:
         w *= w.dtype.type(1.0 - lr * cfg.weight_decay)
@@ -53,7 +152,7 @@ def _decay(w, cfg, lr):
 def sgd(w, dw, cfg, state, lr):
     """Vanilla SGD: ``w -= lr * dw``."""
     _decay(w, cfg, lr)
-    kernels.sgd_(w, dw, lr)
+    sgd_(w, dw, lr)
 
 
 def sgd_momentum(w, dw, cfg, state, lr):
@@ -63,7 +162,7 @@ def sgd_momentum(w, dw, cfg, state, lr):
     v = state.get("velocity")
     if v is None:
         v = state["velocity"] = xp.zeros_like(w)
-    kernels.sgd_momentum_(w, dw, v, cfg.momentum, lr, cfg.nesterov)  # one pass over w, dw, v
+    sgd_momentum_(w, dw, v, cfg.momentum, lr, cfg.nesterov)  # one pass over w, dw, v
 
 
 def rmsprop(w, dw, cfg, state, lr):
@@ -73,7 +172,7 @@ def rmsprop(w, dw, cfg, state, lr):
     c = state.get("cache")
     if c is None:
         c = state["cache"] = xp.zeros_like(w)
-    kernels.rmsprop_(w, dw, c, cfg.decay_rate, lr, cfg.epsilon)
+    rmsprop_(w, dw, c, cfg.decay_rate, lr, cfg.epsilon)
 
 
 def adam(w, dw, cfg, state, lr):
@@ -87,7 +186,7 @@ def adam(w, dw, cfg, state, lr):
     t = state["t"]
     b1, b2 = cfg.beta1, cfg.beta2
     # w -= lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
-    kernels.adam_(w, dw, m, v, b1, b2, lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t), cfg.epsilon)
+    adam_(w, dw, m, v, b1, b2, lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t), cfg.epsilon)
 
 
 UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "momentum": sgd_momentum,

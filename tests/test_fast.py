@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from gpunet import FullyConnectedNet, backend, kernels
-from gpunet.layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
+from gpunet import FullyConnectedNet, backend, kernels, optim
+from gpunet.layers import (dropout_backward, dropout_forward, keep_mask, linear_backward, linear_forward,
                            relu_backward, relu_forward, softmax_loss)
 from gpunet.optim import Optimizer
 
@@ -93,28 +93,28 @@ def test_fused_layer_kernels_match_plain(xp):
     np.testing.assert_allclose(np_(fused), np_(relu_forward(linear_forward(X, W, b))), rtol=1e-6, atol=1e-6)
     dout = xp.asarray(rng.standard_normal((17, 13)).astype(np.float32))
     plain = relu_backward(dout, fused)
-    np.testing.assert_array_equal(np_(kernels.relu_backward_(dout.copy(), fused)), np_(plain))
-    np.testing.assert_allclose(np_(kernels.relu_backward_(dout.copy(), fused, 2.0)), 2 * np_(plain), rtol=1e-7)
+    np.testing.assert_array_equal(np_((lambda d: relu_backward(d, fused, out=d))(dout.copy())), np_(plain))
+    np.testing.assert_allclose(np_((lambda d: relu_backward(d, fused, out=d, scale=2.0))(dout.copy())), 2 * np_(plain), rtol=1e-7)
     h = xp.asarray(rng.standard_normal((40, 50)).astype(np.float32))
     out, mask = dropout_forward(h, 0.5, True, backend.default_rng(3))
-    np.testing.assert_array_equal(np_(kernels.dropout_(h.copy(), 0.5, backend.default_rng(3))), np_(out))
+    np.testing.assert_array_equal(np_((lambda c: dropout_forward(c, 0.5, rng=backend.default_rng(3), out=c)[0])(h.copy())), np_(out))
 
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.75, 1 / 256, 300 / 65536, 0.3, 0.9])
 def test_keep_mask_has_the_exact_drop_rate(xp, p):
     n = 400_000
-    keep = kernels.keep_mask(backend.default_rng(0), (n // 100, 100), p)
+    keep = keep_mask(backend.default_rng(0), (n // 100, 100), p)
     assert keep.shape == (n // 100, 100) and keep.dtype == np.bool_
     assert type(keep) is type(xp.zeros(1))
     dropped = 1 - float(np_(keep).mean())
     assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / n)
     g = backend.default_rng(1)
-    assert not np.array_equal(np_(kernels.keep_mask(g, (4096,), p)), np_(kernels.keep_mask(g, (4096,), p)))
+    assert not np.array_equal(np_(keep_mask(g, (4096,), p)), np_(keep_mask(g, (4096,), p)))
 
 
 def test_keep_mask_independent_across_positions():
     """Neighbouring units of the bit-packed p = 1/2 mask are uncorrelated (no repeated bytes or bits)."""
-    keep = np_(kernels.keep_mask(np.random.default_rng(0), (1000, 64), 0.5)).astype(float)
+    keep = np_(keep_mask(np.random.default_rng(0), (1000, 64), 0.5)).astype(float)
     c = np.corrcoef(keep[:, :-1].ravel(), keep[:, 1:].ravel())[0, 1]
     assert abs(c) < 0.01
     rows = np.corrcoef(keep[:-1].ravel(), keep[1:].ravel())[0, 1]
@@ -167,7 +167,7 @@ def test_threaded_blocked_update_covers_every_element(nesterov):
     w_ref += 0.9 * v_ref - 0.01 * g if nesterov else v_ref
     kernels.set_num_threads(3)
     try:
-        kernels.sgd_momentum_(w, g, v, 0.9, 0.01, nesterov)
+        optim.sgd_momentum_(w, g, v, 0.9, 0.01, nesterov)
     finally:
         kernels.set_num_threads(None)
     np.testing.assert_array_equal(v, v_ref)
@@ -178,7 +178,7 @@ def test_momentum_update_on_non_contiguous_arrays():
     w = np.arange(20.0).reshape(4, 5)[:, ::2].copy(order="F")
     g = np.ones_like(w)
     v = np.zeros_like(w)
-    kernels.sgd_momentum_(w, g, v, 0.9, 0.1)
+    optim.sgd_momentum_(w, g, v, 0.9, 0.1)
     np.testing.assert_allclose(v, -0.1 * np.ones_like(w))
 
 

@@ -1,0 +1,53 @@
+"""Affine layer ``X @ W + b`` (optionally fused with the ReLU that follows it)."""
+from __future__ import annotations
+
+from .. import backend, kernels
+
+# CUDA twins of the bias add: h = h + b, and h = relu(h + b) (NaN propagates as in np.maximum)
+_BIAS_ADD = kernels.elementwise("bias_add", "T b", "T h", "h = h + b", module=__name__)
+_BIAS_RELU = kernels.elementwise("bias_relu", "T b", "T h", "T t = h + b; h = t < (T)0 ? (T)0 : t",
+                                 module=__name__)
+
+
+def _bias_(h, b, relu):
+    """``h += b`` (then ReLU) in place. h: (N, M); b: (M,)."""
+    if kernels.on_gpu(h):
+        (_BIAS_RELU if relu else _BIAS_ADD)(b, h)
+        return h
+    h += b
+    if relu:
+        # multiplying by the boolean is ~2x faster than np.maximum on x86 NumPy 2.x
+        backend.get_array_module(h).multiply(h, h > 0, out=h)
+    return h
+
+
+def linear_forward(X, W, b, out=None, relu=False):
+    """Affine map ``X @ W + b`` (``relu=True``: then ReLU, fused with the bias add; one kernel on the GPU).
+
+    X: (N, d1, ..., dk), flattened to (N, D); W: (D, M); b: (M,). Returns (N, M).
+    out: an optional (N, M) buffer for the result.
+    """
+    X2 = X.reshape(X.shape[0], -1)
+    if X2.shape[1] != W.shape[0]:
+        raise ValueError(f"X: expected {W.shape[0]} features per sample (W has shape {W.shape}), "
+                         f"got {X2.shape[1]}")
+    xp = backend.get_array_module(X2)
+    return _bias_(xp.matmul(X2, W, out=out), b, relu)
+
+
+def linear_backward(dout, X, W, b, need_dx=True, out=None):
+    """Gradients of ``linear_forward``.
+
+    dout: (N, M) upstream gradient. Returns ``(dX, dW, db)`` with dX shaped like X
+    (None when ``need_dx`` is False: nothing consumes the input gradient of the
+    first layer), dW: (D, M), db: (M,). ``out`` is an optional (dX, dW, db) buffer triple.
+    """
+    xp = backend.get_array_module(dout)
+    X2 = X.reshape(X.shape[0], -1)
+    o_dx, o_dw, o_db = out if out is not None else (None, None, None)
+    dW = xp.matmul(X2.T, dout, out=o_dw)
+    db = dout.sum(axis=0, out=o_db)
+    dX = None
+    if need_dx:
+        dX = xp.matmul(dout, W.T, out=o_dx).reshape(X.shape)
+    return dX, dW, db

@@ -1,0 +1,24 @@
+"""Where a model's initial randomness comes from.
+
+An explicit integer ``seed`` gives a private generator (the same weights on every
+run). ``seed=None`` draws from NumPy's global generator, as CS231n code and
+scikit-learn's ``random_state=None`` do, so ``np.random.seed(k)`` before building
+two models makes them identical.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def init_rng(seed):
+    """A generator with ``standard_normal``/``integers``-like draws: private for a seed, global for None."""
+    if seed is None:
+        return np.random.mtrand._rand    # the global RandomState that np.random.seed() resets
+    return np.random.default_rng(seed)
+
+
+def resolve_seed(seed) -> int:
+    """``seed`` itself, or for None an integer drawn from NumPy's global generator."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    return int(seed) if not isinstance(seed, (list, tuple)) else seed
