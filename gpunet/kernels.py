@@ -36,6 +36,7 @@ class CudaSource:
     preamble: str = ""
     function: str = ""      # raw kernels: the entry point
     module: str = ""
+    scalars: tuple = ()     # elementwise: parameters the call sites pass as scalars (the rest are arrays)
 
 
 SOURCES: dict[str, CudaSource] = {}   # name -> source: every CUDA kernel of gpunet
@@ -63,9 +64,15 @@ def _register(src: CudaSource) -> Kernel:
     return Kernel(src)
 
 
-def elementwise(name, in_params, out_params, body, preamble="", module="") -> Kernel:
-    """Declare a ``cupy.ElementwiseKernel``; returns the lazily compiled kernel."""
-    return _register(CudaSource(name, "elementwise", body, in_params, out_params, preamble, module=module))
+def elementwise(name, in_params, out_params, body, preamble="", module="", scalars=()) -> Kernel:
+    """Declare a ``cupy.ElementwiseKernel``; returns the lazily compiled kernel.
+
+    scalars: names of the parameters that the call sites pass as (NumPy) scalars rather
+    than arrays; CuPy generates different code for each, and the NVRTC tests expand
+    the kernel exactly as the call sites use it.
+    """
+    return _register(CudaSource(name, "elementwise", body, in_params, out_params, preamble, module=module,
+                                scalars=tuple(scalars)))
 
 
 def raw(name, code, function, module="") -> Kernel:

@@ -50,17 +50,20 @@ class OptimConfig:
 # ---------------------------------------------------------------- in-place kernels
 
 # Each in-place update rule: its CUDA twin (one elementwise launch per parameter), then the NumPy form.
-_SGD = kernels.elementwise("sgd", "T dw, T lr", "T w", "w -= lr * dw", module=__name__)
+_SGD = kernels.elementwise("sgd", "T dw, T lr", "T w", "w -= lr * dw", module=__name__,
+                           scalars=("lr",))
 _MOMENTUM = kernels.elementwise("momentum", "T dw, T mu, T lr", "T w, T v", "v = mu * v - lr * dw; w += v",
-                                module=__name__)
+                                module=__name__, scalars=("mu", "lr"))
 _NESTEROV = kernels.elementwise("nesterov", "T dw, T mu, T lr", "T w, T v",
-                                "v = mu * v - lr * dw; w += mu * v - lr * dw", module=__name__)
+                                "v = mu * v - lr * dw; w += mu * v - lr * dw", module=__name__,
+                                scalars=("mu", "lr"))
 _RMSPROP = kernels.elementwise("rmsprop", "T dw, T r, T lr, T eps", "T w, T c",
                                "c = r * c + ((T)1 - r) * dw * dw; w -= lr * dw / (sqrt(c) + eps)",
-                               module=__name__)
+                               module=__name__, scalars=("r", "lr", "eps"))
 _ADAM = kernels.elementwise("adam", "T dw, T b1, T b2, T lr_t, T inv_sqrt_bc2, T eps", "T w, T m, T v",
                             "m = b1 * m + ((T)1 - b1) * dw; v = b2 * v + ((T)1 - b2) * dw * dw; "
-                            "w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)", module=__name__)
+                            "w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)", module=__name__,
+                            scalars=("b1", "b2", "lr_t", "inv_sqrt_bc2", "eps"))
 
 def sgd_(w, dw, lr):
     """``w -= lr * dw`` in place."""

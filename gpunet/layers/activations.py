@@ -14,9 +14,10 @@ _default_rngs = {}  # one unseeded generator per backend, created once, never re
 
 # CUDA twins: ReLU (and dropout) backward from the output a; inverted dropout on an activation
 _RELU_BWD = kernels.elementwise("relu_bwd", "T a, T scale", "T d", "d = a > (T)0 ? d * scale : (T)0",
-                                module=__name__)
+                                module=__name__, scalars=("scale",))
 _DROPOUT = kernels.elementwise("dropout", "float32 u, float32 p, T scale", "T h",
-                               "h = u < p ? (T)0 : h * scale", module=__name__)
+                               "h = u < p ? (T)0 : h * scale", module=__name__,
+                               scalars=("p", "scale"))
 
 
 def _rng_for(xp):

@@ -23,7 +23,7 @@ _SOFTMAX_XENT = kernels.elementwise(
         for (ptrdiff_t j = 0; j < C; ++j)
             dx[o + j] = (exp(x[o + j] - m) / s - (j == t ? (T)1 : (T)0)) * inv_n;
     }
-    """, module=__name__)
+    """, module=__name__, scalars=("C", "inv_n"))
 
 
 def softmax(scores):
