@@ -1,0 +1,70 @@
+"""Max pooling over size x size windows, NCHW, no padding; overlapping windows allowed.
+
+One strided comparison per window offset (size*size of them), never a loop over
+pixels or samples. Ties go to the first maximum in row-major window order, as in PyTorch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+
+
+def _geometry(X, size, stride):
+    stride = size if stride is None else stride
+    if X.ndim != 4:
+        raise ValueError(f"max_pool2d: expected X (N, C, H, W), got shape {tuple(X.shape)}")
+    if size < 1 or stride < 1 or X.shape[2] < size or X.shape[3] < size:
+        raise ValueError(f"max_pool2d: a {size}x{size} window with stride {stride} does not fit an input "
+                         f"of {X.shape[2]}x{X.shape[3]}")
+    Ho, Wo = (X.shape[2] - size) // stride + 1, (X.shape[3] - size) // stride + 1
+    return stride, Ho, Wo
+
+
+def _windows(X, size, stride, Ho, Wo):
+    hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
+    for i in range(size):
+        for j in range(size):
+            yield i * size + j, X[:, :, i:i + hs:stride, j:j + ws:stride], (i, j)
+
+
+def max_pool2d_forward(X, size=2, stride=None, cache=None):
+    """Max over each window: X (N, C, H, W) -> out (N, C, Ho, Wo), Ho = (H - size) // stride + 1.
+
+    stride: defaults to ``size`` (non-overlapping windows).
+    cache: an optional dict; the argmax (window offset of each maximum) is kept for the backward.
+    """
+    stride, Ho, Wo = _geometry(X, size, stride)
+    xp = backend.get_array_module(X)
+    out, arg = None, None
+    for k, v, _ in _windows(X, size, stride, Ho, Wo):
+        if out is None:
+            out = v.copy()
+            arg = xp.zeros(out.shape, dtype=np.uint8 if size * size < 256 else np.int32)
+            continue
+        better = v > out
+        xp.copyto(out, v, where=better)
+        xp.copyto(arg, k, where=better)
+    if cache is not None:
+        cache["arg"] = arg
+    return out
+
+
+def max_pool2d_backward(dout, X, size=2, stride=None, cache=None):
+    """Gradient of ``max_pool2d_forward``: each dout goes to the input position of its window's maximum.
+
+    dout: (N, C, Ho, Wo); X: the forward input. Returns dX (N, C, H, W).
+    cache: the dict given to the forward (reuses its argmax), or None.
+    """
+    stride_, Ho, Wo = _geometry(X, size, stride)
+    xp = backend.get_array_module(dout)
+    arg = cache.get("arg") if cache else None
+    if arg is None:
+        c = {}
+        max_pool2d_forward(X, size, stride, cache=c)
+        arg = c["arg"]
+    dX = xp.zeros(X.shape, dtype=dout.dtype)
+    for k, _, (i, j) in _windows(X, size, stride_, Ho, Wo):
+        hs, ws = stride_ * (Ho - 1) + 1, stride_ * (Wo - 1) + 1
+        dX[:, :, i:i + hs:stride_, j:j + ws:stride_] += dout * (arg == k)
+    return dX
