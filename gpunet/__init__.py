@@ -1,4 +1,4 @@
-"""gpunet: hand-written fully connected networks on NumPy (CPU) or CuPy (GPU).
+"""gpunet: hand-written neural networks (fully connected and convolutional) on NumPy (CPU) or CuPy (GPU).
 
 The same kernels run on either array backend, chosen by ``gpunet.backend.use``
 (or ``GPUNET_BACKEND`` / ``--backend``).
@@ -6,12 +6,14 @@ The same kernels run on either array backend, chosen by ``gpunet.backend.use``
 from . import backend
 from .layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
                      relu_backward, relu_forward, softmax_loss)
+from . import nn
 from .model import FullyConnectedNet, load_model
+from .nn import Sequential
 from .optim import OptimConfig, Optimizer, Schedule
 from .solver import Solver, TrainingDiverged
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "FullyConnectedNet", "Solver", "TrainingDiverged", "load_model", "Optimizer",
+__all__ = ["backend", "nn", "Sequential", "FullyConnectedNet", "Solver", "TrainingDiverged", "load_model", "Optimizer",
            "OptimConfig", "Schedule", "linear_forward", "linear_backward", "relu_forward",
            "relu_backward", "dropout_forward", "dropout_backward", "softmax_loss"]

@@ -1,25 +1,18 @@
 """FullyConnectedNet: a thin holder of parameters that calls the layer kernels in order.
 
 Architecture: ``[linear - relu - (dropout)] x (L-1) - linear - softmax``.
-Model files are ``.npz`` archives of plain arrays plus one JSON description
-(stored as a uint8 array), read with ``allow_pickle=False``: loading a model
-from someone else cannot run code, and a GPU-trained model loads without CuPy.
+``load_model`` reads both model kinds (see ``gpunet.modelfile`` for the file format).
 """
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 
 import numpy as np
 
 from . import backend, seeding
-from .io import savez
+from .modelfile import MODEL_FORMAT, MODEL_VERSION, read_model, read_npz, write_model  # noqa: F401 (re-exported)
+from .nn import Sequential
 from .layers import dropout_forward, linear_backward, linear_forward, relu_backward, softmax_loss
-
-MODEL_FORMAT = "gpunet-model"
-MODEL_VERSION = 1
-
 
 class FullyConnectedNet:
     """Fully connected classifier.
@@ -157,58 +150,48 @@ class FullyConnectedNet:
 
     # ----------------------------------------------------------- persistence
     def config(self) -> dict:
-        return {"hidden_dims": self.hidden_dims, "input_dim": self.input_dim,
+        return {"kind": "fully_connected", "hidden_dims": self.hidden_dims, "input_dim": self.input_dim,
                 "num_classes": self.num_classes, "dropout": self.dropout, "reg": self.reg,
                 "dtype": self.dtype.name}
 
-    def save(self, path):
-        """Write the model (architecture, parameters, ``self.meta``) to ``path`` atomically."""
-        desc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": self.config(), "meta": self.meta}
+    def save(self, path, float16=False):
+        """Write the model (architecture, parameters, ``self.meta``) to ``path`` atomically.
+
+        float16: store the parameters in half precision (a smaller file; loaded back in ``dtype``).
+        """
         arrays = self.get_params()
-        arrays["__meta__"] = np.frombuffer(json.dumps(desc).encode("utf-8"), dtype=np.uint8)
-        atomic_savez(path, arrays)
-        return path
+        if float16:
+            arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
+        return write_model(path, self.config(), arrays, self.meta)
 
 
-atomic_savez = savez  # the name solver code used before gpunet.io existed
-
-
-def read_npz(path, what="model") -> tuple[dict, dict]:
-    """Arrays and JSON description of a gpunet ``.npz`` file; ValueError naming the file if it is not one."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such {what} file")
+def _build(cfg: dict, path):
+    kind = cfg.get("kind", "fully_connected")           # version 1 files have no kind
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a gpunet {what} file (expected an .npz archive: {e})") from None
-    if "__meta__" not in arrays:
-        raise ValueError(f"{path}: not a gpunet {what} file (no __meta__ entry)")
-    try:
-        desc = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt description in __meta__ ({e})") from None
-    return arrays, desc
+        if kind == "sequential":
+            return Sequential.from_config(cfg)
+        if kind == "fully_connected":
+            return FullyConnectedNet(cfg["hidden_dims"], input_dim=cfg["input_dim"],
+                                     num_classes=cfg["num_classes"], dropout=cfg.get("dropout", 0.0),
+                                     reg=cfg.get("reg", 0.0), dtype=np.dtype(cfg.get("dtype", "float32")), seed=0)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad model config ({type(e).__name__}: {e})") from None
+    raise ValueError(f"{path}: unknown model kind {kind!r}; expected 'fully_connected' or 'sequential'")
 
 
-def load_model(path) -> FullyConnectedNet:
-    """Load a model saved by ``FullyConnectedNet.save`` onto the active backend."""
-    arrays, desc = read_npz(path)
-    if desc.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: expected format {MODEL_FORMAT!r}, found {desc.get('format')!r}")
-    if desc.get("version", 0) > MODEL_VERSION:
-        raise ValueError(f"{path}: model format version {desc['version']} is newer than this gpunet "
-                         f"({MODEL_VERSION}); upgrade gpunet")
-    cfg = dict(desc["config"])
-    model = FullyConnectedNet(cfg["hidden_dims"], input_dim=cfg["input_dim"],
-                              num_classes=cfg["num_classes"], dropout=cfg.get("dropout", 0.0),
-                              reg=cfg.get("reg", 0.0), dtype=np.dtype(cfg.get("dtype", "float32")))
-    missing = sorted(set(model.params) - set(arrays))
+def load_model(path):
+    """Load a model saved by ``FullyConnectedNet.save`` or ``Sequential.save`` onto the active backend.
+
+    Reads model format versions 1 and 2; returns a ``FullyConnectedNet`` or a ``gpunet.nn.Sequential``.
+    """
+    arrays, desc = read_model(path)
+    model = _build(dict(desc["config"]), path)
+    wanted = {**model.params, **getattr(model, "buffers", {})}
+    missing = sorted(set(wanted) - set(arrays))
     if missing:
         raise ValueError(f"{path}: missing parameter(s) {missing}")
     try:
-        model.set_params({k: arrays[k] for k in model.params})
+        model.set_params({k: arrays[k].astype(model.dtype, copy=False) for k in wanted})
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     model.meta = desc.get("meta", {})
