@@ -26,7 +26,7 @@ import numpy as np
 from . import backend
 from .io import atomic_open
 from .model import FullyConnectedNet, load_model
-from .preprocess import check_meta, feature_rows, normalize
+from .preprocess import check_meta, meta_stats, normalize
 
 log = logging.getLogger("gpunet")
 
@@ -118,7 +118,7 @@ def evaluate(model, data, split: str = "test", batch_size: int = 1024):
         if own:
             file_meta = dict(loader.meta, image_shape=loader.sample_shape)
             check_data_fits(model, meta, file_meta, where, os.fspath(data))
-            rows = feature_rows(meta, model.dtype, xp) if meta else None
+            rows = meta_stats(meta, model.dtype, xp) if meta else None
         ys, ps = [], []
         for X, y in loader:
             X = _on(X, xp)
@@ -184,7 +184,7 @@ def predict_folder(img_folder, model, batch_size: int = 256):
     meta = model_meta(model, where)
     paths = list_image_files(img_folder)
     xp = _model_xp(model)
-    rows = feature_rows(meta, model.dtype, xp)
+    rows = meta_stats(meta, model.dtype, xp)
     labels, probs = [], []
     for a in range(0, len(paths), batch_size):
         x = load_images(paths[a:a + batch_size], meta["image_shape"])      # (B, C, H, W) uint8

@@ -3,8 +3,9 @@
 A trained model's ``model.meta`` holds ``mean``, ``std`` ((C,) floats, pixel units
 0..255, per channel over the training split), ``image_shape`` ([C, H, W]),
 ``class_names`` and ``dataset``. An input image batch, uint8 ``(N, C, H, W)``, is
-normalised per channel, ``(x - mean[c]) / std[c]``, and flattened C-major to
-``(N, C*H*W)`` float32: exactly what ``gpunet.data.H5Loader`` serves in training.
+normalised per channel, ``(x - mean[c]) / std[c]`` by ``gpunet.data.normalize``, the
+rule every loader applies in training; ``normalize`` here returns it flattened C-major
+to ``(N, C*H*W)`` float32 (models flatten image batches alike).
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import os
 import numpy as np
 
 from . import backend
+from .data.h5file import read_meta
+from .data.norm import norm_stats
+from .data.norm import normalize as normalize_images
 
 META_KEYS = ("mean", "std", "image_shape", "class_names", "dataset")
 
@@ -43,23 +47,19 @@ def check_meta(meta, where: str = "model") -> dict:
     return out
 
 
-def feature_rows(meta, dtype=np.float32, xp=None):
-    """``(mean_row, inv_std_row)``: (D,) arrays on ``xp`` (default: the active backend),
-    the per-channel statistics repeated over each channel's H*W pixels."""
-    xp = xp or backend.xp()
-    c, h, w = meta["image_shape"]
-    mean = np.repeat(np.asarray(meta["mean"], np.float64), h * w)
-    inv_std = np.repeat(1.0 / np.asarray(meta["std"], np.float64), h * w)
-    return xp.asarray(mean, dtype=dtype), xp.asarray(inv_std, dtype=dtype)
+def meta_stats(meta, dtype=np.float32, xp=None):
+    """``(mean, inv_std)``: (C, 1, 1) arrays on ``xp`` (default: the active backend) for
+    ``gpunet.data.normalize`` of image batches (N, C, H, W)."""
+    return norm_stats(meta["mean"], meta["std"], dtype, xp, shape=tuple(meta["image_shape"]))
 
 
 def normalize(x, meta, dtype=np.float32, xp=None, rows=None):
-    """Normalise a batch for a model.
+    """Normalise a batch for a model with the one rule of ``gpunet.data.norm``.
 
     x: uint8 (or float pixel values) ``(N, C, H, W)`` or already flat ``(N, C*H*W)``,
         NumPy or CuPy; meta: preprocessing dict (see ``check_meta``).
     xp: array module to compute on (default: the active backend); rows: a cached
-        ``feature_rows(meta, dtype, xp)`` to skip rebuilding it per batch.
+        ``meta_stats(meta, dtype, xp)`` to skip rebuilding it per batch.
     Returns ``(N, C*H*W)`` of ``dtype`` on ``xp``.
     """
     xp = xp or backend.xp()
@@ -70,19 +70,14 @@ def normalize(x, meta, dtype=np.float32, xp=None, rows=None):
         raise ValueError(f"x: expected images of shape (N, {c}, {h}, {w}) or (N, {d}), "
                          f"got {tuple(x.shape)}")
     x = backend.to_numpy(x) if xp is np else xp.asarray(x)
-    mean_row, inv_std_row = rows if rows is not None else feature_rows(meta, dtype, xp)
-    out = x.reshape(len(x), d).astype(dtype)   # a fresh array: safe to update in place
-    out -= mean_row
-    out *= inv_std_row
-    return out
+    mean, inv_std = rows if rows is not None else meta_stats(meta, dtype, xp)
+    return normalize_images(x.reshape(len(x), c, h, w), mean, inv_std, dtype).reshape(len(x), d)
 
 
 def preprocess_meta_from_h5(path) -> dict:
     """The preprocessing meta (mean, std, image_shape, class_names, dataset) of a
     gpunet HDF5 file, ready to store in ``model.meta``. ValueError naming the file
     when it is not an HDF5 file or lacks the attributes."""
-    from .data import read_meta  # imported here: keeps ``import gpunet.preprocess`` light
-
     m = read_meta(path)
     missing = [k for k in ("mean", "std", "image_shape", "class_names") if m.get(k) is None]
     if missing:

@@ -245,22 +245,16 @@ def find_data(dataset, data_dir=None, source=None, download=False, say=print) ->
 # --------------------------------------------------------------------------- training
 
 def load_split(path, split, limit=None, seed=0):
-    """``(X, y)`` of ``split`` as uint8 (N, C, H, W) and int64 (N,); ``limit`` samples at random."""
-    import h5py
-    with h5py.File(path, "r", locking=False) as f:
-        x, y = f[split]["x"], f[split]["y"]
-        n = int(x.shape[0])
-        if limit is None or limit >= n:
-            return x[...], y[...].astype(np.int64)
-        idx = np.sort(np.random.default_rng([seed, 7]).choice(n, int(limit), replace=False))
-        if limit <= 1000:  # a few rows: h5py's fancy indexing; many: read all, then index (faster)
-            return x[idx], y[idx].astype(np.int64)
-        return x[...][idx], y[...][idx].astype(np.int64)
+    """``(X, y)`` of ``split`` as uint8 (N, C, H, W) and int64 (N,), labels checked; ``limit``
+    samples at random (``gpunet.data.load_split``, through the HDF5 format's owner)."""
+    from .data import load_split as _load_split
+    return _load_split(path, split, limit, seed)
 
 
 def channel_stats(meta):
     """(C, 1, 1) mean and std of a file's metadata, for an ``ArrayLoader`` on (N, C, H, W)."""
-    return meta["mean"].reshape(-1, 1, 1), meta["std"].reshape(-1, 1, 1)
+    from .data import channel_stats as _channel_stats
+    return _channel_stats(meta)
 
 
 def build_model(cfg: TrainConfig, meta) -> FullyConnectedNet:

@@ -1,13 +1,13 @@
 """On-device image augmentation for training batches: random flips and padded crops.
 
 Both loaders (``ArrayLoader``, ``H5Loader``) apply it after normalisation, drawing
-from a generator seeded by ``(seed, epoch)``, so augmented epochs are reproducible.
+from the generator ``plan.augment_seed(seed, epoch)``, so augmented epochs are reproducible.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import backend
+from .. import backend
 
 
 def check_augment(augment):

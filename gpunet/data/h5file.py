@@ -1,0 +1,208 @@
+"""The gpunet HDF5 format: the one module that writes, opens and describes it.
+
+Layout, format_version 1 (a contract; prep tools, loaders and benchmarks all go
+through this module)::
+
+    /<split>/x   uint8 (N, C, H, W), chunked along N (k, C, H, W), k rows per chunk
+    /<split>/y   int64 (N,), labels in [0, len(class_names)), chunked (k,)
+    <split> in train, val, test; a group may carry attr ``usage`` (e.g. "PublicTest")
+
+Root attributes: ``format_version`` (int), ``dataset`` (str), ``class_names``
+(variable-length str array, label order), ``mean`` and ``std`` (float64 (C,), per
+channel over the train split, pixel units 0..255), ``image_shape`` (C, H, W); writers
+may add more (``data_prep`` adds ``source``, ``source_sha256``, ``command``, ``created``,
+``splits``, ``notes``). A file without ``format_version`` is read as version 1; a newer
+version than ``FORMAT_VERSION`` is refused with an error naming the file.
+
+Files are written whole or not at all (``gpunet.io.atomic_path``), uncompressed unless
+asked, so batches stream fast. Files are opened read-only without a lock, so several
+readers may share one.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import h5py
+import numpy as np
+
+from ..io import atomic_path
+from .plan import limit_seed
+
+FORMAT_VERSION = 1
+COMPRESSIONS = (None, "gzip", "lzf")
+_STR = h5py.string_dtype()
+
+
+# --------------------------------------------------------------------------- writing
+
+@contextmanager
+def create(path, *, dataset: str, class_names, mean, std, image_shape, **attrs):
+    """Write a gpunet HDF5 file at ``path`` atomically: yield the open ``h5py.File`` (add
+    splits with ``write_split``/``create_split``); it appears at ``path`` only when the block
+    ends without an error.
+
+    mean, std: (C,) pixel units; image_shape: (C, H, W); attrs: extra root attributes
+    (a list of str is stored as a variable-length str array).
+    """
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        a = f.attrs
+        a["format_version"] = FORMAT_VERSION
+        a["dataset"] = str(dataset)
+        a.create("class_names", [str(n) for n in class_names], dtype=_STR)
+        a["mean"] = np.asarray(mean, np.float64).reshape(-1)
+        a["std"] = np.asarray(std, np.float64).reshape(-1)
+        a["image_shape"] = np.asarray(image_shape, np.int64)
+        for k, v in attrs.items():
+            if isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v):
+                a.create(k, list(v), dtype=_STR)
+            else:
+                a[k] = v
+        yield f
+
+
+def create_split(f, name: str, n: int, image_shape, chunk: int, compression=None, usage=None):
+    """Empty datasets ``(/name/x uint8 (n, C, H, W), /name/y int64 (n,))`` to fill block by block."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression: expected one of gzip, lzf or None, found {compression!r}")
+    shape, k = tuple(int(s) for s in image_shape), max(1, min(int(chunk), max(int(n), 1)))
+    g = f.create_group(name)
+    x = g.create_dataset("x", (n,) + shape, np.uint8, chunks=(k,) + shape, compression=compression)
+    y = g.create_dataset("y", (n,), np.int64, chunks=(k,), compression=compression)
+    if usage:
+        g.attrs["usage"] = usage
+    return x, y
+
+
+def write_split(f, name: str, x, y, chunk: int, compression=None, usage=None):
+    """Write split ``name``: x uint8 (N, C, H, W), y integer (N,), ``chunk`` rows per chunk."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (len(x),):
+        raise ValueError(f"split {name!r}: expected x uint8 (N, C, H, W) and y (N,), "
+                         f"found x {x.dtype} {x.shape} and y {y.shape}")
+    dx, dy = create_split(f, name, len(x), x.shape[1:], chunk, compression, usage)
+    if len(x):
+        dx[...], dy[...] = x, y.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- reading
+
+def open_file(path):
+    """Open ``path`` read-only without a file lock, after checking its ``format_version``.
+
+    FileNotFoundError when it does not exist; ValueError naming the file when it is not
+    HDF5 or its format is newer than this gpunet reads.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such HDF5 file")
+    try:
+        try:
+            f = h5py.File(path, "r", locking=False)
+        except TypeError:  # h5py < 3.5 has no locking argument; HDF5 reads this variable at open
+            os.environ["HDF5_USE_FILE_LOCKING"] = "FALSE"
+            f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path}: expected an HDF5 file, could not open it ({e})") from None
+    try:
+        check_version(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_version(f, path) -> int:
+    """The file's ``format_version`` (1 when absent); ValueError when it is not one this reads."""
+    v = f.attrs.get("format_version", 1)
+    try:
+        v = int(np.asarray(v).reshape(()))
+    except (TypeError, ValueError):
+        raise ValueError(f"{os.fspath(path)}: expected an integer root attribute format_version, "
+                         f"found {v!r}") from None
+    if v > FORMAT_VERSION:
+        raise ValueError(f"{os.fspath(path)}: format_version {v} is newer than this gpunet reads "
+                         f"(up to {FORMAT_VERSION}); update gpunet or re-run gpunet-prep")
+    if v < 1:
+        raise ValueError(f"{os.fspath(path)}: expected format_version 1..{FORMAT_VERSION}, found {v}")
+    return v
+
+
+def _attr_str(v):
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def file_meta(f, path) -> dict:
+    """``read_meta`` of an open file."""
+    a = f.attrs
+    counts = {k: int(g["x"].shape[0]) for k, g in f.items() if isinstance(g, h5py.Group) and "x" in g}
+    get = lambda k, conv: conv(a[k]) if k in a else None  # noqa: E731
+    return {
+        "path": os.fspath(path),
+        "class_names": get("class_names", lambda v: [_attr_str(s) for s in np.atleast_1d(v)]),
+        "mean": get("mean", lambda v: np.asarray(v, np.float64).reshape(-1)),
+        "std": get("std", lambda v: np.asarray(v, np.float64).reshape(-1)),
+        "image_shape": get("image_shape", lambda v: tuple(int(s) for s in np.atleast_1d(v))),
+        "counts": counts,
+        "format_version": get("format_version", int),
+        "dataset": get("dataset", _attr_str),
+    }
+
+
+def read_meta(path) -> dict:
+    """Metadata of a gpunet HDF5 file.
+
+    Returns ``class_names`` (list of str), ``mean``, ``std`` ((C,) float64, pixel units 0..255),
+    ``image_shape`` ((C, H, W)), ``counts`` ({split: N}), ``format_version``, ``dataset``, ``path``;
+    a missing attribute reads as None.
+    """
+    with open_file(path) as f:
+        return file_meta(f, path)
+
+
+def check_labels(y, num_classes: int, where: str):
+    """ValueError naming ``where`` and the first entry of (N,) labels ``y`` outside [0, num_classes)."""
+    y = np.asarray(y)
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        raise ValueError(f"{where} entry {bad[0]} is {y[bad[0]]}, expected a label in [0, {num_classes})")
+
+
+def check_split(f, path, split):
+    """The ``(x, y)`` datasets of ``split``, checked against the layout; ValueError otherwise."""
+    where = f"{os.fspath(path)}: split {split!r}"
+    if split not in f or not isinstance(f[split], h5py.Group):
+        found = sorted(k for k, g in f.items() if isinstance(g, h5py.Group))
+        raise ValueError(f"{where}: expected a group /{split}, found groups {found}")
+    g = f[split]
+    for k in ("x", "y"):
+        if k not in g or not isinstance(g[k], h5py.Dataset):
+            raise ValueError(f"{where}: expected a dataset /{split}/{k}, found {sorted(g.keys())}")
+    x, y = g["x"], g["y"]
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"{where}: expected /{split}/x uint8 of shape (N, C, H, W), "
+                         f"found {x.dtype} of shape {x.shape}")
+    if y.ndim != 1 or y.dtype.kind not in "iu" or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{where}: expected /{split}/y integer of shape ({x.shape[0]},), "
+                         f"found {y.dtype} of shape {y.shape}")
+    names = f.attrs.get("class_names")
+    if names is not None and y.shape[0]:
+        # small (8 bytes a sample); checked once here, never in the training step
+        check_labels(y[...], len(names), f"{where}: /{split}/y")
+    return x, y
+
+
+def load_split(path, split, limit=None, seed=0):
+    """``(X, y)`` of ``split`` in memory: uint8 (N, C, H, W) and int64 (N,), labels checked.
+
+    limit: keep this many samples, drawn at random from ``[seed, LIMIT_STREAM]``, in file order.
+    """
+    with open_file(path) as f:
+        x, y = check_split(f, path, split)
+        n = int(x.shape[0])
+        if limit is None or limit >= n:
+            return x[...], y[...].astype(np.int64)
+        idx = np.sort(np.random.default_rng(limit_seed(seed)).choice(n, int(limit), replace=False))
+        if limit <= 1000:  # a few rows: h5py's fancy indexing; many: read all, then index (faster)
+            return x[idx], y[idx].astype(np.int64)
+        return x[...][idx], y[...][idx].astype(np.int64)
