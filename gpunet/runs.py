@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, nn
 from .data import ArrayLoader, H5Loader, read_meta
 from .io import write_json
 from .metrics import classification_report
@@ -39,9 +39,11 @@ TRAIN_EVAL_SAMPLES = 5000  # training samples scored each epoch for the train-ac
 
 @dataclass
 class TrainConfig:
-    dataset: str = "cifar10"        # cifar10 | fer2013 (picks the recipe in RECIPES)
+    dataset: str = "cifar10"        # cifar10 | fer2013 (with arch, picks the recipe in RECIPES)
+    arch: str = "fc"                # fc: fully connected net | cnn: convnet (conv blocks, then an FC head)
     data: str | None = None         # the prepared HDF5 file (filled in by find_data)
-    hidden: list = field(default_factory=lambda: [1024, 512])  # hidden layer sizes
+    hidden: list = field(default_factory=lambda: [1024, 512])  # hidden layer sizes (cnn: of the FC head)
+    channels: list = field(default_factory=lambda: [32, 64, 128])  # cnn: conv3x3-BN-ReLU-maxpool2 block widths
     dropout: float = 0.2            # drop probability of every hidden layer
     reg: float = 0.0                # L2 strength in the loss (0.5 * reg * sum W^2)
     optimizer: str = "adam"         # sgd | sgd_momentum | nesterov | rmsprop | adam
@@ -77,6 +79,8 @@ class TrainConfig:
 
     def validate(self, where: str = "config"):
         checks = [("dataset", self.dataset in DATASETS, f"one of {list(DATASETS)}"),
+                  ("arch", self.arch in ARCHS, f"one of {list(ARCHS)}"),
+                  ("channels", len(self.channels) > 0 and all(c > 0 for c in self.channels), "positive widths"),
                   ("optimizer", self.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
                   ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
                   ("hidden", len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "positive sizes"),
@@ -98,7 +102,7 @@ class TrainConfig:
 def _coerce(key, value, default, where):
     """``value`` converted to the type of the field's default; ValueError naming the key."""
     try:
-        if key == "hidden":
+        if key in ("hidden", "channels"):
             if isinstance(value, (int, str)) and not isinstance(value, bool):
                 value = [value]
             return [int(h) for h in value]
@@ -117,13 +121,18 @@ def _coerce(key, value, default, where):
         raise ValueError(f"{where}: {key}: expected a value like {default!r}, got {value!r}") from None
 
 
-# A good default recipe per dataset, measured on a 2-core CPU (see docs/RESULTS.md).
+# A good default recipe per (dataset, arch), measured on a 2-core CPU (see docs/RESULTS.md).
+_FC = dict(arch="fc", hidden=[1024, 512], dropout=0.2, optimizer="adam", lr=1e-3, schedule="cosine",
+           batch_size=256, epochs=30, augment=True)
+_CNN = dict(arch="cnn", channels=[32, 64, 128], hidden=[256], dropout=0.5, optimizer="adam", lr=1e-3,
+            schedule="cosine", batch_size=128, augment=True, crop_pad=4)
 RECIPES = {
-    "cifar10": dict(hidden=[1024, 512], dropout=0.2, optimizer="adam", lr=1e-3, schedule="cosine",
-                    batch_size=256, epochs=30, augment=True),
-    "fer2013": dict(hidden=[1024, 512], dropout=0.2, optimizer="adam", lr=1e-3, schedule="cosine",
-                    batch_size=256, epochs=30, augment=True),
+    ("cifar10", "fc"): _FC,
+    ("fer2013", "fc"): _FC,                              # the same recipe serves both datasets
+    ("cifar10", "cnn"): dict(_CNN, epochs=30),
+    ("fer2013", "cnn"): dict(_CNN, epochs=25),
 }
+ARCHS = ("fc", "cnn")
 
 
 def read_json(path, what="config file") -> dict:
@@ -157,9 +166,12 @@ def resolve_config(dataset=None, config_file=None, overrides=None) -> TrainConfi
     dataset = dataset or overrides.get("dataset") or from_file.get("dataset")
     if dataset is None:
         raise ValueError("dataset: name one (cifar10 or fer2013) on the command line or in --config")
-    if dataset not in RECIPES:
+    if dataset not in DATASETS:
         raise ValueError(f"dataset: expected one of {list(DATASETS)}, got {dataset!r}")
-    settings = {**RECIPES[dataset], **from_file, **overrides, "dataset": dataset}
+    arch = overrides.get("arch") or from_file.get("arch") or "fc"
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {list(ARCHS)}, got {arch!r}")
+    settings = {**RECIPES[(dataset, arch)], **from_file, **overrides, "dataset": dataset}
     cfg = TrainConfig.from_dict(settings, where=str(config_file) if from_file else "settings")
     return cfg
 
@@ -257,11 +269,33 @@ def channel_stats(meta):
     return _channel_stats(meta)
 
 
-def build_model(cfg: TrainConfig, meta) -> FullyConnectedNet:
-    shape = meta["image_shape"]
-    model = FullyConnectedNet(cfg.hidden, input_dim=int(np.prod(shape)), num_classes=len(meta["class_names"]),
-                              dropout=cfg.dropout, reg=cfg.reg, seed=cfg.seed)
-    return model
+def cnn_layers(image_shape, channels, hidden, num_classes, dropout=0.5) -> list:
+    """[conv3x3(pad 1)-BN-ReLU-maxpool2] per width in ``channels``, then Flatten-[Linear-ReLU-Dropout] per
+    ``hidden`` size, then Linear to ``num_classes``. image_shape: (C, H, W)."""
+    c, h, w = (int(d) for d in image_shape)
+    layers = []
+    for width in channels:
+        if h < 2 or w < 2:
+            raise ValueError(f"channels: {len(channels)} pooling blocks do not fit {tuple(image_shape)} images")
+        layers += [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+        c, h, w = width, h // 2, w // 2
+    layers.append(nn.Flatten())
+    d = c * h * w
+    for size in hidden:
+        layers += [nn.Linear(d, size), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        d = size
+    return layers + [nn.Linear(d, num_classes)]
+
+
+def build_model(cfg: TrainConfig, meta):
+    """The model ``cfg`` describes, sized for the data's images and classes."""
+    shape = [int(d) for d in meta["image_shape"]]
+    classes = len(meta["class_names"])
+    if cfg.arch == "cnn":
+        return nn.Sequential(cnn_layers(shape, cfg.channels, cfg.hidden, classes, cfg.dropout), reg=cfg.reg,
+                             seed=cfg.seed, input_shape=shape)
+    return FullyConnectedNet(cfg.hidden, input_dim=int(np.prod(shape)), num_classes=classes,
+                             dropout=cfg.dropout, reg=cfg.reg, seed=cfg.seed)
 
 
 def solver_options(cfg: TrainConfig) -> dict:

@@ -92,7 +92,7 @@ def test_config_file_and_flag_precedence(data_dir, tmp_path):
     conf.write_text(json.dumps({"hidden": [8, 8], "dropout": 0.1, "epochs": 2, "optimizer": "nesterov"}))
     cfg = runs.resolve_config("cifar10", conf, {"dropout": 0.3})
     assert cfg.hidden == [8, 8] and cfg.dropout == 0.3 and cfg.optimizer == "nesterov" and cfg.epochs == 2
-    assert cfg.schedule == runs.RECIPES["cifar10"]["schedule"]
+    assert cfg.schedule == runs.RECIPES[("cifar10", "fc")]["schedule"]
     out = tmp_path / "run"
     assert train.main(["cifar10", "--config", str(conf), "--data-dir", str(data_dir), "--out", str(out),
                        "--backend", "numpy", "-q", "--no-plots", "--batch-size", "40", "--schedule", "step"]) == 0

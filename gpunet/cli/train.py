@@ -15,7 +15,7 @@ from ..solver import TrainingDiverged
 from .common import UserError, add_common_args, run, setup
 
 # Flags that map one-to-one onto TrainConfig fields (dest -> field).
-CONFIG_FLAGS = ("hidden", "dropout", "reg", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+CONFIG_FLAGS = ("arch", "channels", "hidden", "dropout", "reg", "optimizer", "lr", "momentum", "weight_decay", "schedule",
                 "step_size", "gamma", "min_lr_ratio", "warmup_epochs", "batch_size", "epochs", "patience",
                 "seed", "augment", "crop_pad")
 
@@ -23,7 +23,12 @@ CONFIG_FLAGS = ("hidden", "dropout", "reg", "optimizer", "lr", "momentum", "weig
 def add_model_args(p: argparse.ArgumentParser):
     """The training-recipe flags (shared with gpunet-tune); every default is None = 'from the recipe'."""
     g = p.add_argument_group("recipe (defaults: the dataset's recipe, then --config)")
-    g.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer sizes, e.g. 1024 512")
+    g.add_argument("--arch", choices=runs.ARCHS, help="fc: fully connected net (fast, ~50%% on FER2013); "
+                   "cnn: convnet (slower per epoch, far more accurate on images)")
+    g.add_argument("--channels", type=int, nargs="+", metavar="C",
+                   help="cnn: widths of the conv3x3-BN-ReLU-maxpool2 blocks, e.g. 32 64 128")
+    g.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer sizes, e.g. 1024 512 "
+                   "(cnn: of the fully connected head)")
     g.add_argument("--dropout", type=float, help="drop probability of the hidden layers")
     g.add_argument("--reg", type=float, help="L2 regularisation strength")
     g.add_argument("--optimizer", choices=runs.OPTIMIZERS, help="update rule")
