@@ -243,6 +243,11 @@ class Sequential:
             self.params.update({f"{i}.{k}": v for k, v in layer.params.items()})
             self.buffers.update({f"{i}.{k}": v for k, v in layer.buffers.items()})
 
+    @property
+    def input_dim(self):
+        """Features per sample, prod(input_shape) (None when the input shape is not fixed)."""
+        return int(np.prod(self.input_shape)) if self.input_shape else None
+
     def _num_classes(self):
         for layer in reversed(self.layers):
             if isinstance(layer, Linear):

@@ -59,7 +59,7 @@ def model_meta(model: FullyConnectedNet, where: str = "model", required: bool = 
 
 
 def _model_xp(model):
-    return backend.get_array_module(model.params["W1"])
+    return backend.get_array_module(next(iter(model.params.values())))
 
 
 def _on(x, xp):
