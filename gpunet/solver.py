@@ -1,80 +1,135 @@
 """The Solver: gpunet's one training loop.
 
-``Solver(model, data, **options).train()`` as in the coursework. ``data`` is
-either a dict of arrays ``X_train, y_train, X_val, y_val`` or a dict of batch
-iterators ``{"train": loader, "val": loader, "train_eval": loader}`` (see
-``gpunet.data``; without ``train_eval`` the training accuracy is NaN); the loop
-is the same for both. Per epoch: set the epoch's order and dropout stream from
-``(seed, epoch)``, train on every batch once, evaluate, checkpoint atomically,
-check early stopping. Because all randomness is a function of ``(seed, epoch)``,
-a resumed run ends with exactly the parameters of an uninterrupted one.
+``Solver(model, data, **options).train()`` as in the coursework, or
+``Solver(model, data, config=SolverConfig(...))``. ``data`` is either a dict of
+arrays ``X_train, y_train, X_val, y_val`` or a dict of batch iterators
+``{"train": loader, "val": loader, "train_eval": loader}`` (see ``gpunet.data``;
+without ``train_eval`` the training accuracy is NaN); the loop is the same for
+both. Per epoch: set the epoch's order and dropout stream from ``(seed, epoch)``,
+run ``_train_step`` on every batch once, check the losses once, evaluate,
+checkpoint atomically (``gpunet.checkpoint``), check early stopping. Because all
+randomness is a function of ``(seed, epoch)``, a resumed run ends with exactly
+the parameters of an uninterrupted one.
+
+The model contract: ``loss(X, y=None)``, ``params`` (dict of arrays),
+``set_params``, ``config()``, ``num_classes``, ``dtype``, ``rng``; optionally
+``buffers`` (dict of non-trainable arrays, e.g. batch-norm running statistics),
+which the best-epoch snapshot and checkpoints carry along with the parameters.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
+from .checkpoint import model_state, read_checkpoint, save_checkpoint
 from .data import ArrayLoader
-from .io import savez, write_json
-from .model import read_npz
+from .io import write_json
 from .optim import Optimizer, Schedule
 
-CHECKPOINT_FORMAT = "gpunet-checkpoint"
+_TRAIN_EVAL_STREAM = 2**31 - 1   # seed stream of the train-accuracy subsample
+_CHECK_STREAM = 2**31 - 2        # seed stream of check_accuracy(X, y, num_samples)
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class Solver:
-    """Train ``model`` on ``data``.
+@dataclass
+class SolverConfig:
+    """Every setting of a Solver; the coursework's keyword arguments are its first ten fields."""
+    update_rule: str = "sgd"              # 'sgd', 'sgd_momentum', 'nesterov', 'rmsprop', 'adam', 'adamw'
+    optim_config: dict = field(default_factory=dict)  # learning_rate, momentum, ... (optim.OptimConfig)
+    lr_decay: float = 1.0                 # per-epoch factor (an exponential schedule when != 1)
+    batch_size: int = 100                 # samples per step (array data only)
+    num_epochs: int = 10                  # epochs to train in total (a resumed run counts done ones)
+    num_train_samples: int | None = 1000  # train-accuracy subsample per epoch; None = all
+    num_val_samples: int | None = None    # validation subset (first N); None = all
+    print_every: int = 10                 # iterations between loss lines (CPU; see _run_epoch)
+    verbose: bool = True                  # print progress lines
+    checkpoint_name: str | None = None    # NAME.ckpt.npz after each epoch, NAME.history.json
+    seed: int = 0                         # shuffling, dropout and subsampling streams
+    schedule: str | None = None           # 'constant', 'step', 'exponential', 'cosine'; None: from lr_decay
+    schedule_config: dict = field(default_factory=dict)  # extra optim.Schedule fields
+    patience: int | None = None           # early stopping after this many epochs without improvement
+    resume: Any = False                   # True (checkpoint_name's file) or a checkpoint path
+    history_path: str | None = None       # where the history JSON goes; None: beside the checkpoint
+    progress: bool | None = None          # tqdm bars; None: only when stderr is a terminal
+    on_epoch_end: Callable | None = None  # callable(solver, epoch) after each epoch; True stops
 
-    Coursework options: update_rule ('sgd', 'sgd_momentum', 'nesterov', 'rmsprop', 'adam'),
-    optim_config (dict: learning_rate, momentum, ...), lr_decay (per-epoch factor),
-    batch_size, num_epochs, num_train_samples (train-accuracy subsample),
-    num_val_samples (None = whole validation set), print_every, verbose, checkpoint_name.
-    New options: seed, schedule ('constant'|'step'|'exponential'|'cosine'),
-    schedule_config (dict for ``optim.Schedule``), patience (early stopping, epochs
-    without improvement; None = off), resume (True or a checkpoint path),
-    history_path, progress (tqdm bars; default: only when stderr is a terminal),
-    on_epoch_end (callable(solver, epoch) run after each epoch; return True to stop).
-    """
-
-    def __init__(self, model, data, **kwargs):
-        self.model = model
-        self.update_rule = kwargs.pop("update_rule", "sgd")
-        self.optim_config = dict(kwargs.pop("optim_config", {}))
-        self.lr_decay = float(kwargs.pop("lr_decay", 1.0))
-        self.batch_size = int(kwargs.pop("batch_size", 100))
-        self.num_epochs = int(kwargs.pop("num_epochs", 10))
-        self.num_train_samples = kwargs.pop("num_train_samples", 1000)
-        self.num_val_samples = kwargs.pop("num_val_samples", None)
-        self.print_every = int(kwargs.pop("print_every", 10))
-        self.verbose = bool(kwargs.pop("verbose", True))
-        self.checkpoint_name = kwargs.pop("checkpoint_name", None)
-        self.seed = int(kwargs.pop("seed", 0))
-        schedule = kwargs.pop("schedule", None)
-        schedule_config = dict(kwargs.pop("schedule_config", {}))
-        self.patience = kwargs.pop("patience", None)
-        resume = kwargs.pop("resume", False)
-        self.history_path = kwargs.pop("history_path", None)
-        self.progress = kwargs.pop("progress", None)
-        self.on_epoch_end = kwargs.pop("on_epoch_end", None)
-        if kwargs:
-            raise ValueError(f"Solver: unrecognized option(s) {sorted(kwargs)}")
+    def __post_init__(self):
+        self.optim_config = dict(self.optim_config or {})
+        self.schedule_config = dict(self.schedule_config or {})
+        self.lr_decay, self.batch_size, self.num_epochs = float(self.lr_decay), int(self.batch_size), int(self.num_epochs)
+        self.print_every, self.verbose, self.seed = int(self.print_every), bool(self.verbose), int(self.seed)
         if self.batch_size < 1 or self.num_epochs < 0:
             raise ValueError(f"batch_size/num_epochs: expected >= 1 / >= 0, got {self.batch_size}/{self.num_epochs}")
+        if self.print_every < 1:
+            raise ValueError(f"print_every: expected >= 1, got {self.print_every}")
         if self.patience is not None and int(self.patience) < 1:
             raise ValueError(f"patience: expected a positive number of epochs or None, got {self.patience}")
 
+
+_OPTIONS = {f.name for f in fields(SolverConfig)}
+
+
+def _host_sync_is_free() -> bool:
+    """Reading a device value on the host costs nothing on the CPU and stalls the GPU's queue."""
+    return backend.name() != "cupy"
+
+
+def _epoch_rng(rng, seed):
+    """A generator seeded by ``seed`` on the active backend, reusing ``rng``'s state where possible.
+
+    NumPy generators are cheap to make. A CuPy generator owns a device state array
+    that cuRAND initialises: re-initialising that array in place gives the very
+    stream ``backend.default_rng(seed)`` would, without a new allocation.
+    """
+    if rng is None or isinstance(rng, np.random.Generator) or backend.name() != "cupy":
+        return backend.default_rng(seed)
+    try:  # CuPy's cuRAND bit generators (private API: fall back to a new generator)
+        init = sys.modules["cupy.random._generator_api"].init_curand
+        bg = rng.bit_generator
+        folded = int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1)  # as backend.default_rng
+        bg._seed_seq = np.random.SeedSequence(folded)
+        bg._seed = bg._seed_seq.generate_state(1, np.uint32)[0]
+        init(bg.generator, bg._state.data.ptr, bg._seed, bg._size)
+        return rng
+    except (KeyError, AttributeError, TypeError):
+        return backend.default_rng(seed)
+
+
+class Solver:
+    """Train ``model`` on ``data``; settings as in ``SolverConfig``.
+
+    ``Solver(model, data, **kwargs)`` accepts every ``SolverConfig`` field as a keyword
+    (the coursework's update_rule, optim_config, lr_decay, batch_size, num_epochs,
+    num_train_samples, num_val_samples, print_every, verbose, checkpoint_name, and
+    seed, schedule, schedule_config, patience, resume, history_path, progress,
+    on_epoch_end); ``config=SolverConfig(...)`` gives them at once, keywords override it.
+    """
+
+    def __init__(self, model, data, config: SolverConfig | None = None, **kwargs):
+        unknown = sorted(set(kwargs) - _OPTIONS)
+        if unknown:
+            raise ValueError(f"Solver: unrecognized option(s) {unknown}")
+        if config is not None and not isinstance(config, SolverConfig):
+            raise ValueError(f"Solver: config: expected a SolverConfig, got {type(config).__name__}")
+        cfg = replace(config, **kwargs) if config is not None else SolverConfig(**kwargs)
+        self.config, self.model = cfg, model
+        for name in ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs",
+                     "num_train_samples", "num_val_samples", "print_every", "verbose",
+                     "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end"):
+            setattr(self, name, getattr(cfg, name))
         self.optimizer = Optimizer(self.update_rule, self.optim_config)
+        schedule, schedule_config = cfg.schedule, dict(cfg.schedule_config)
         if schedule is None:
             schedule = "exponential" if self.lr_decay != 1.0 else "constant"
             if schedule == "exponential":
@@ -84,9 +139,10 @@ class Solver:
         self.train_loader, self.val_loader, self.train_eval_loader = self._make_loaders(data)
         if self.history_path is None and self.checkpoint_name:
             self.history_path = f"{self.checkpoint_name}.history.json"
+        self._rng = None
         self._reset()
-        if resume:
-            path = resume if isinstance(resume, (str, os.PathLike)) else self.checkpoint_path
+        if cfg.resume:
+            path = cfg.resume if isinstance(cfg.resume, (str, os.PathLike)) else self.checkpoint_path
             if path is None:
                 raise ValueError("resume: needs a checkpoint path or checkpoint_name")
             self.load_checkpoint(path)
@@ -113,7 +169,7 @@ class Solver:
         train = ArrayLoader(X_tr, y_tr, self.batch_size, shuffle=True, seed=self.seed, dtype=self.model.dtype)
         val = ArrayLoader(X_val, y_val, 1024, shuffle=False, dtype=self.model.dtype)
         n = len(y_tr) if self.num_train_samples is None else min(int(self.num_train_samples), len(y_tr))
-        sub = np.sort(np.random.default_rng([self.seed, 2**31 - 1]).permutation(len(y_tr))[:n])
+        sub = np.sort(np.random.default_rng([self.seed, _TRAIN_EVAL_STREAM]).permutation(len(y_tr))[:n])
         sub_d = backend.to_device(sub)
         train_eval = ArrayLoader(train.X[sub_d], train.y[sub_d], 1024, shuffle=False, dtype=self.model.dtype)
         return train, val, train_eval
@@ -132,12 +188,37 @@ class Solver:
         return f"{self.checkpoint_name}.ckpt.npz" if self.checkpoint_name else None
 
     # ------------------------------------------------------------ evaluation
-    def check_accuracy(self, loader):
-        """Fraction of ``loader``'s samples classified correctly (one host sync)."""
-        if loader is None:
-            return float("nan")
+    def check_accuracy(self, X, y=None, num_samples=None, batch_size=100):
+        """Fraction of samples classified correctly (one host sync).
+
+        Coursework form: ``X`` (N, ...) and ``y`` (N,) int arrays (NumPy or CuPy); with
+        ``num_samples`` < N, a subsample drawn without replacement from the Solver's
+        seed; scored in batches of ``batch_size`` through ``model.loss(X)``.
+        Loader form: ``check_accuracy(loader)`` scores every batch the loader yields
+        (``None`` gives NaN).
+        """
+        if y is None:
+            if X is None:
+                return float("nan")
+            if hasattr(X, "shape"):
+                raise ValueError("check_accuracy: expected labels y with the arrays X (or a loader alone)")
+            return self._loader_accuracy(X)
+        N = X.shape[0]
+        if tuple(y.shape) != (N,):
+            raise ValueError(f"check_accuracy: y: expected shape ({N},), got {tuple(y.shape)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"check_accuracy: batch_size: expected >= 1, got {batch_size}")
+        if num_samples is not None and N > int(num_samples):
+            pick = np.sort(np.random.default_rng([self.seed, _CHECK_STREAM]).permutation(N)[:int(num_samples)])
+            pick = backend.to_device(pick) if backend.get_array_module(X) is not np else pick
+            X, y = X[pick], y[pick]
+        batches = ((backend.to_device(X[i:i + batch_size], dtype=self.model.dtype),
+                    backend.to_device(y[i:i + batch_size])) for i in range(0, X.shape[0], int(batch_size)))
+        return self._loader_accuracy(batches)
+
+    def _loader_accuracy(self, batches):
         correct, n = 0, 0
-        for X, y in loader:
+        for X, y in batches:
             correct = correct + (self.model.loss(X).argmax(axis=1) == y).sum()
             n += len(y)
         return float(correct) / max(n, 1)
@@ -152,7 +233,7 @@ class Solver:
         return not show
 
     def train(self):
-        """Run the remaining epochs; leaves the best parameters in the model."""
+        """Run the remaining epochs; leaves the best parameters (and buffers) in the model."""
         disable = self._bars()
         epochs = tqdm(range(self.epoch, self.num_epochs), desc="epochs", initial=self.epoch,
                       total=self.num_epochs, disable=disable, unit="ep", leave=True)
@@ -166,19 +247,31 @@ class Solver:
             self.model.set_params(self.best_params)
         return self
 
+    def _train_step(self, X, y, lr):
+        """One update on the batch ``X`` (B, ...), ``y`` (B,); returns the loss, left on the device."""
+        loss, grads = self.model.loss(X, y)
+        self.optimizer.step(self.model.params, grads, lr)
+        return loss
+
     def _run_epoch(self, epoch, disable):
+        """Train one epoch; True when training should stop.
+
+        Losses stay on the device: on the CPU they are checked and printed every
+        ``print_every`` iterations (that costs nothing there); on the GPU reading one
+        would stall the queue, so they are checked once, at the epoch's end, before
+        anything is evaluated or saved.
+        """
         t0 = time.perf_counter()
         model, loader = self.model, self.train_loader
         lr = self.optimizer.config.learning_rate * self.schedule.factor(epoch)
         loader.set_epoch(epoch)
-        model.rng = backend.default_rng([self.seed, epoch, 1])
+        self._rng = model.rng = _epoch_rng(self._rng, [self.seed, epoch, 1])
+        on_cpu = _host_sync_is_free()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=len(loader), leave=False, disable=disable, unit="batch")
         for it, (X, y) in enumerate(bar):
-            loss, grads = model.loss(X, y)
-            self.optimizer.step(model.params, grads, lr)
-            losses.append(loss)
-            if (it + 1) % self.print_every == 0:
+            losses.append(self._train_step(X, y, lr))
+            if on_cpu and (it + 1) % self.print_every == 0:
                 recent = self._check_finite(losses[-self.print_every:], epoch, it)
                 bar.set_postfix(loss=f"{recent[-1]:.4f}")
                 if disable:
@@ -187,16 +280,15 @@ class Solver:
         losses = self._check_finite(losses, epoch, len(losses) - 1)
         self.loss_history.extend(losses)
 
-        train_acc = self.check_accuracy(self.train_eval_loader) if self.train_eval_loader is not None else float("nan")
+        train_acc = self.check_accuracy(self.train_eval_loader)
         val_acc = self.check_accuracy(self.val_loader)
         self.train_acc_history.append(train_acc)
         self.val_acc_history.append(val_acc)
         self.lr_history.append(lr)
         self.epoch_time_history.append(time.perf_counter() - t0)
-        improved = val_acc > self.best_val_acc or self.val_loader is None
-        if improved:
+        if val_acc > self.best_val_acc or self.val_loader is None:
             self.best_val_acc, self.best_epoch = val_acc, epoch
-            self.best_params = {k: v.copy() for k, v in model.params.items()}
+            self.best_params = model_state(model)
         self.epoch = epoch + 1
         mean_loss = float(np.mean(losses)) if losses else float("nan")
         self._say(f"(epoch {self.epoch} / {self.num_epochs}) loss {mean_loss:.4f}  train acc {train_acc:.4f}  "
@@ -217,12 +309,14 @@ class Solver:
         xp = backend.get_array_module(losses[0]) if losses else np
         values = backend.to_numpy(xp.stack([xp.asarray(v) for v in losses])).astype(float).tolist() if losses else []
         if values and not all(math.isfinite(v) for v in values):
+            first = next(i for i, v in enumerate(values) if not math.isfinite(v))
+            it = it - (len(values) - 1) + first
             where = f"checkpoint {self.checkpoint_path} (epoch {self.epoch})" if self.checkpoint_path else "no checkpoint"
             if self.best_params:
                 self.model.set_params(self.best_params)
             raise TrainingDiverged(
-                f"loss became {values[-1] if not math.isfinite(values[-1]) else 'non-finite'} at epoch {epoch + 1}, "
-                f"iteration {it + 1}: lower the learning rate; the last good state is kept in {where}")
+                f"loss became {values[first]} at epoch {epoch + 1}, iteration {it + 1}: "
+                f"lower the learning rate; the last good state is kept in {where}")
         return values
 
     # -------------------------------------------------------------- persistence
@@ -240,59 +334,12 @@ class Solver:
         write_json(path, self.history())
 
     def save_checkpoint(self, path=None):
-        """Parameters, best parameters, optimizer state and progress, written atomically."""
+        """Parameters, buffers, best state, optimizer state and progress, written atomically."""
         path = path or self.checkpoint_path
-        if not path:
-            return
-        arrays, opt_meta = {}, {}
-        for k, v in self.model.params.items():
-            arrays[f"param/{k}"] = backend.to_numpy(v)
-        for k, v in self.best_params.items():
-            arrays[f"best/{k}"] = backend.to_numpy(v)
-        for k, st in self.optimizer.state.items():
-            for name, v in st.items():
-                if isinstance(v, (int, float)):
-                    opt_meta[f"{k}/{name}"] = v
-                else:
-                    arrays[f"opt/{k}/{name}"] = backend.to_numpy(v)
-        desc = {"format": CHECKPOINT_FORMAT, "version": 1, "epoch": self.epoch, "seed": self.seed,
-                "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "stopped_early": self.stopped_early, "history": self.history(),
-                "update_rule": self.update_rule, "optim_config": self.optimizer.config.to_dict(),
-                "opt_scalars": opt_meta, "model": self.model.config()}
-        arrays["__meta__"] = np.frombuffer(json.dumps(desc).encode("utf-8"), dtype=np.uint8)
-        savez(path, arrays)
+        if path:
+            save_checkpoint(path, self)
 
     def load_checkpoint(self, path):
-        """Restore everything ``save_checkpoint`` wrote; the next ``train()`` continues from there."""
-        arrays, desc = read_npz(path, what="checkpoint")
-        if desc.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a gpunet checkpoint (format {desc.get('format')!r})")
-        if desc["model"]["hidden_dims"] != self.model.hidden_dims or desc["model"]["input_dim"] != self.model.input_dim:
-            raise ValueError(f"{path}: checkpoint is for a model {desc['model']}, not {self.model.config()}")
-        if desc["update_rule"] != self.update_rule:
-            raise ValueError(f"{path}: checkpoint was trained with update_rule {desc['update_rule']!r}, "
-                             f"not {self.update_rule!r}")
-        self.model.set_params({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-        self.best_params = {k[5:]: backend.to_device(v) for k, v in arrays.items() if k.startswith("best/")}
-        state = {}
-        for k, v in arrays.items():
-            if k.startswith("opt/"):
-                _, pname, sname = k.split("/")
-                state.setdefault(pname, {})[sname] = backend.to_device(v)
-        for key, v in desc.get("opt_scalars", {}).items():
-            pname, sname = key.split("/")
-            state.setdefault(pname, {})[sname] = v
-        self.optimizer.state = state
-        h = desc["history"]
-        if desc["seed"] != self.seed:
-            raise ValueError(f"{path}: checkpoint was trained with seed {desc['seed']}, not {self.seed}; "
-                             "resume with the same seed")
-        self.epoch = desc["epoch"]
-        self.best_val_acc, self.best_epoch = desc["best_val_acc"], desc["best_epoch"]
-        self.stopped_early = desc.get("stopped_early", False)
-        self.loss_history, self.train_acc_history = list(h["loss"]), list(h["train_acc"])
-        self.val_acc_history, self.lr_history = list(h["val_acc"]), list(h["lr"])
-        self.epoch_time_history = list(h.get("epoch_time", []))
-        if self.stopped_early:
-            self.epoch = max(self.epoch, self.num_epochs)
+        """Restore what ``save_checkpoint`` wrote, after checking all of it; a refused
+        checkpoint (ValueError naming the file and entry) changes nothing."""
+        read_checkpoint(path, self).apply(self)

@@ -143,3 +143,82 @@ def test_bad_labels():
 def test_lr_decay_is_the_coursework_exponential_schedule():
     solver = _solver(num_epochs=3, lr_decay=0.5, update_rule="sgd", optim_config={"learning_rate": 0.1}).train()
     assert solver.lr_history == pytest.approx([0.1, 0.05, 0.025])
+
+
+class _FirstColumnModel:
+    """Scores whose argmax is X[:, 0]; records the rows (X[:, 1]) it was asked about."""
+    num_classes, dtype = 3, np.dtype(np.float32)
+
+    def __init__(self):
+        self.seen = []
+
+    def loss(self, X, y=None):
+        X = backend.to_numpy(X)
+        self.seen += X[:, 1].astype(int).tolist()
+        return backend.to_device(np.eye(3, dtype=np.float32)[X[:, 0].astype(int)])
+
+
+def test_check_accuracy_takes_arrays_like_the_coursework():
+    solver = _solver()
+    fake = _FirstColumnModel()
+    solver.model = fake
+    pred = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 2, 1, 1])       # 7 of 10 right, counted by hand
+    X = np.stack([pred, np.arange(10)], axis=1).astype(np.float32)
+    assert solver.check_accuracy(X, y) == pytest.approx(0.7)
+    fake.seen.clear()
+    assert solver.check_accuracy(X, y, batch_size=3) == pytest.approx(0.7)   # 3 + 3 + 3 + 1
+    assert sorted(fake.seen) == list(range(10))
+    fake.seen.clear()
+    acc = solver.check_accuracy(X, y, num_samples=4, batch_size=3)
+    picked = sorted(fake.seen)
+    assert len(set(picked)) == 4                      # a subsample without replacement
+    assert acc == pytest.approx(np.mean(pred[picked] == y[picked]))
+    fake.seen.clear()
+    assert solver.check_accuracy(X, y, num_samples=4) == acc and sorted(fake.seen) == picked  # seeded
+    assert solver.check_accuracy(X, y, num_samples=50) == pytest.approx(0.7)
+    loader = ArrayLoader(X, y, 4, shuffle=False)
+    assert solver.check_accuracy(loader) == pytest.approx(0.7)                # the loader form still works
+    assert np.isnan(solver.check_accuracy(None))
+    with pytest.raises(ValueError, match=r"y: expected shape \(10,\)"):
+        solver.check_accuracy(X, y[:5])
+
+
+def test_solver_config_and_coursework_keywords():
+    from gpunet.solver import SolverConfig
+    course = dict(update_rule="sgd_momentum", optim_config={"learning_rate": 1e-2}, lr_decay=0.9, batch_size=8,
+                  num_epochs=2, num_train_samples=50, num_val_samples=20, print_every=3, verbose=False,
+                  checkpoint_name=None)
+    model = FullyConnectedNet([8], input_dim=10, num_classes=3, seed=0)
+    a = Solver(model, _data(), **course)
+    b = Solver(model, _data(), config=SolverConfig(**course))
+    c = Solver(model, _data(), config=SolverConfig(**course), batch_size=4)   # keywords override the config
+    for name, value in course.items():
+        assert getattr(a, name) == getattr(b, name) == value
+    assert a.config == b.config and c.batch_size == 4 and c.config.batch_size == 4
+    assert len(a.val_loader.y) == 20 and len(a.train_eval_loader.y) == 50
+    with pytest.raises(ValueError, match="print_every"):
+        Solver(model, _data(), print_every=0)
+
+
+def test_losses_read_once_per_epoch_when_host_reads_are_costly(monkeypatch):
+    """On the GPU the loop must not copy losses to the host every print_every steps."""
+    import gpunet.solver as solver_mod
+    calls = []
+    real = Solver._check_finite
+
+    def counting(self, losses, epoch, it):
+        calls.append(len(losses))
+        return real(self, losses, epoch, it)
+
+    monkeypatch.setattr(Solver, "_check_finite", counting)
+    _solver(num_epochs=2, print_every=2).train()
+    assert calls == [2, 2, 2, 6] * 2                     # CPU: every 2 of 6 steps, then the epoch
+    calls.clear()
+    monkeypatch.setattr(solver_mod, "_host_sync_is_free", lambda: False)
+    _solver(num_epochs=2, print_every=2).train()
+    assert calls == [6, 6]                               # "GPU": once per epoch
+    solver = _solver(num_epochs=2, print_every=1, update_rule="sgd", optim_config={"learning_rate": 1e30})
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, iteration \d"):
+        solver.train()
+    assert solver.epoch == 0 and solver.val_acc_history == []   # raised before evaluating the epoch
