@@ -1,8 +1,9 @@
 """Tests of gpunet.data: ArrayLoader, the HDF5 loader and its file checks.
 
-Test files are written here with h5py in the layout the prep tools write. Every
-sample has a unique label ``y = id`` and random pixels, so a batch can be checked
-against the source array independently (exactly once, pairing of x and y, values).
+Test files are written through the format's owner (``gpunet.data.h5file``), as the
+prep tools write them. Every sample has a unique label ``y = id`` and random pixels,
+so a batch can be checked against the source array independently (exactly once,
+pairing of x and y, values). The file format itself is tested in test_data_h5file.py.
 """
 import threading
 import time
@@ -11,8 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from gpunet import backend, data, h5data
-from gpunet.data import ArrayLoader, H5Loader, epoch_permutation, open_split, read_meta
+from gpunet import backend, data
+from gpunet.data import ArrayLoader, H5Loader, epoch_permutation, h5file as fmt, open_split, read_meta
+from gpunet.data import prefetch, stream
+from h5_fixtures import write_raw
 
 N, SHAPE, CHUNK = 1000, (3, 4, 5), 64          # 16 chunks, the last one partial (40 rows)
 
@@ -38,21 +41,14 @@ def numpy_backend():
 
 def write_h5(path, n=N, shape=SHAPE, chunk=CHUNK, seed=0, splits=("train",), **attrs):
     """A gpunet HDF5 file; returns {split: raw (n, C, H, W) uint8}; labels are sample ids."""
-    raws = {}
-    with h5py.File(path, "w") as f:
-        for i, split in enumerate(splits):
-            raw = np.random.default_rng([seed, i]).integers(0, 256, (n,) + shape, dtype=np.uint8)
-            g = f.create_group(split)
-            g.create_dataset("x", data=raw, chunks=(chunk,) + shape)
-            g.create_dataset("y", data=np.arange(n, dtype=np.int64), chunks=(chunk,))
-            raws[split] = raw
-        train = raws[splits[0]].astype(np.float64)
-        f.attrs["mean"] = attrs.get("mean", train.mean(axis=(0, 2, 3)))
-        f.attrs["std"] = attrs.get("std", train.std(axis=(0, 2, 3)))
-        f.attrs["class_names"] = [f"id{i}" for i in range(n)]  # labels are sample ids: one class each
-        f.attrs["image_shape"] = shape
-        f.attrs["format_version"] = 1
-        f.attrs["dataset"] = "synthetic"
+    raws = {split: np.random.default_rng([seed, i]).integers(0, 256, (n,) + shape, dtype=np.uint8)
+            for i, split in enumerate(splits)}
+    train = raws[splits[0]].astype(np.float64)
+    with fmt.create(path, dataset="synthetic", class_names=[f"id{i}" for i in range(n)],  # one class each
+                    mean=attrs.get("mean", train.mean(axis=(0, 2, 3))),
+                    std=attrs.get("std", train.std(axis=(0, 2, 3))), image_shape=shape) as f:
+        for split, raw in raws.items():
+            fmt.write_split(f, split, raw, np.arange(n), chunk)
     return raws
 
 
@@ -71,10 +67,10 @@ def epoch(loader, e=None):
 
 
 def normalised(raw, ids):
-    """Independent reference: (x - mean[c]) / std[c] in float64, flattened to (B, D)."""
+    """Independent reference: (x - mean[c]) / std[c] in float64, (B, C, H, W)."""
     r = raw.astype(np.float64)
     mean, std = r.mean(axis=(0, 2, 3)), r.std(axis=(0, 2, 3))
-    return ((r[ids] - mean[:, None, None]) / std[:, None, None]).reshape(len(ids), -1)
+    return (r[ids] - mean[:, None, None]) / std[:, None, None]
 
 
 # ---------------------------------------------------------------- epoch order
@@ -89,7 +85,7 @@ def test_each_sample_once_and_values_normalised(xb, h5file, preload):
     assert [len(y) for _, y in batches] == [64] * 15 + [40]
     X = np.concatenate([x for x, _ in batches])
     y = np.concatenate([y for _, y in batches])
-    assert X.dtype == np.float32 and X.shape == (N, 60) and y.dtype == np.int64
+    assert X.dtype == np.float32 and X.shape == (N,) + SHAPE and y.dtype == np.int64
     np.testing.assert_array_equal(np.sort(y), np.arange(N))
     np.testing.assert_allclose(X, normalised(raws["train"], y), rtol=1e-5, atol=1e-5)
 
@@ -119,7 +115,7 @@ def test_shuffle_false_is_file_order(xb, h5file):
     # values of a non-train split still use the train statistics stored in the file
     r = raws["test"].astype(np.float64)
     t = raws["train"].astype(np.float64)
-    ref = ((r - t.mean(axis=(0, 2, 3))[:, None, None]) / t.std(axis=(0, 2, 3))[:, None, None]).reshape(N, -1)
+    ref = (r - t.mean(axis=(0, 2, 3))[:, None, None]) / t.std(axis=(0, 2, 3))[:, None, None]
     np.testing.assert_allclose(np.concatenate([x for x, _ in batches]), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -202,7 +198,7 @@ def test_crop_keeps_shape_and_is_a_shifted_window(h5file, numpy_backend):
     with H5Loader(path, batch_size=50, augment={"crop_pad": p}, preload=False) as a, \
             H5Loader(path, batch_size=50, preload=False) as plain:
         (xa, _), (xp_, _) = epoch(a)[0], epoch(plain)[0]
-    assert xa.shape == xp_.shape == (50, 60)
+    assert xa.shape == xp_.shape == (50,) + SHAPE
     img_a, img_p = xa.reshape((-1,) + SHAPE), xp_.reshape((-1,) + SHAPE)
     padded = np.pad(img_p, ((0, 0), (0, 0), (p, p), (p, p)))
     shifted = 0
@@ -222,14 +218,6 @@ def test_bad_augment_options(h5file, numpy_backend, bad):
 
 
 # ---------------------------------------------------------------- files, threads, errors
-
-def test_read_meta(h5file):
-    path, _ = h5file
-    m = read_meta(path)
-    assert m["class_names"] == [f"id{i}" for i in range(N)] and m["image_shape"] == SHAPE
-    assert m["counts"] == {"train": N, "test": N} and m["format_version"] == 1
-    assert m["mean"].shape == (3,) and m["dataset"] == "synthetic"
-
 
 def test_two_loaders_read_the_same_file_concurrently(h5file, numpy_backend):
     path, _ = h5file
@@ -279,41 +267,9 @@ def test_closing_mid_epoch_stops_the_thread(h5file, numpy_backend):
     assert _wait_threads(before) == before
 
 
-def test_missing_file_and_split(tmp_path, h5file):
-    with pytest.raises(FileNotFoundError, match="nope.h5"):
-        H5Loader(tmp_path / "nope.h5")
-    path, _ = h5file
-    with pytest.raises(ValueError, match=r"d\.h5.*'val'.*expected a group /val.*\['test', 'train'\]"):
-        H5Loader(path, split="val")
-    (tmp_path / "text.h5").write_text("not hdf5")
-    with pytest.raises(ValueError, match="text.h5.*expected an HDF5 file"):
-        H5Loader(tmp_path / "text.h5")
-
-
-def _write_raw(path, x, y, **attrs):
-    with h5py.File(path, "w") as f:
-        f.create_dataset("train/x", data=x)
-        f.create_dataset("train/y", data=y)
-        f.attrs["mean"] = attrs.get("mean", [127.0])
-        f.attrs["std"] = attrs.get("std", [64.0])
-
-
-@pytest.mark.parametrize("x,y,match", [
-    (np.zeros((10, 1, 2, 2), np.float32), np.arange(10), r"expected /train/x uint8.*found float32"),
-    (np.zeros((10, 4), np.uint8), np.arange(10), r"shape \(N, C, H, W\), found uint8 of shape \(10, 4\)"),
-    (np.zeros((10, 1, 2, 2), np.uint8), np.arange(9), r"expected /train/y integer of shape \(10,\).*\(9,\)"),
-    (np.zeros((10, 1, 2, 2), np.uint8), np.zeros(10, np.float64), r"/train/y integer.*found float64"),
-])
-def test_wrong_layout(tmp_path, numpy_backend, x, y, match):
-    path = tmp_path / "bad.h5"
-    _write_raw(path, x, y)
-    with pytest.raises(ValueError, match=r"bad\.h5: split 'train': .*" + match):
-        H5Loader(path)
-
-
 def test_bad_normalisation_attrs(tmp_path, numpy_backend):
     path = tmp_path / "bad.h5"
-    _write_raw(path, np.zeros((10, 3, 2, 2), np.uint8), np.arange(10), mean=[1.0], std=[2.0])
+    write_raw(path, np.zeros((10, 3, 2, 2), np.uint8), np.arange(10), mean=[1.0], std=[2.0])
     with pytest.raises(ValueError, match=r"bad\.h5: expected root attrs mean, std of shape \(3,\)"):
         H5Loader(path)
     H5Loader(path, normalize=False).close()           # raw pixel values need no attrs
@@ -324,15 +280,15 @@ def test_unnormalised_and_float64(h5file, numpy_backend):
     with H5Loader(path, batch_size=100, normalize=False, dtype=np.float64, preload=False) as ld:
         X, y = epoch(ld)[0]
     assert X.dtype == np.float64
-    np.testing.assert_array_equal(X, raws["train"][y].reshape(100, -1))
+    np.testing.assert_array_equal(X, raws["train"][y])
 
 
 def test_contiguous_dataset_is_read_in_virtual_chunks(tmp_path, numpy_backend):
     path = tmp_path / "contig.h5"
     x = np.random.default_rng(1).integers(0, 256, (600, 1, 3, 3), dtype=np.uint8)
-    _write_raw(path, x, np.arange(600))
+    write_raw(path, x, np.arange(600))
     with H5Loader(path, batch_size=128, preload=False) as ld:
-        assert ld.chunk == h5data._DEFAULT_CHUNK
+        assert ld.chunk == stream.DEFAULT_CHUNK
         y = np.concatenate([y for _, y in epoch(ld)])
     np.testing.assert_array_equal(np.sort(y), np.arange(600))
 
@@ -355,7 +311,7 @@ def test_array_loader_basics(xb):
     b = epoch(ld, 1)
     y = np.concatenate([y for _, y in b])
     np.testing.assert_array_equal(y, epoch_permutation(103, 5, 1)[:103])
-    ref = ((raw[y] - mean[:, None, None]) / std[:, None, None]).reshape(103, -1)
+    ref = (raw[y] - mean[:, None, None]) / std[:, None, None]
     np.testing.assert_allclose(np.concatenate([x for x, _ in b]), ref, rtol=1e-5, atol=1e-5)
     assert len(ArrayLoader(raw, np.arange(103), batch_size=10, drop_last=True)) == 10
     with pytest.raises(ValueError, match="expected 103 labels"):
@@ -384,14 +340,131 @@ def test_array_loader_augment_flips_reproducibly(xp):
         ArrayLoader(X.reshape(64, -1), y, augment={"flip": True})
 
 
-def test_labels_outside_the_class_range_are_refused_at_open(tmp_path):
-    """Checked once when the file is opened: on the GPU the loss kernel does not check labels."""
-    import h5py
-    path = tmp_path / "bad.h5"
-    with h5py.File(path, "w") as f:
-        f.attrs["class_names"] = ["a", "b", "c"]
-        f.attrs["mean"], f.attrs["std"] = [0.0], [1.0]
-        f.create_dataset("train/x", data=np.zeros((5, 1, 2, 2), np.uint8))
-        f.create_dataset("train/y", data=np.array([0, 1, 2, 3, 1], np.int64))
-    with pytest.raises(ValueError, match=r"bad.h5: split 'train': /train/y entry 3 is 3, expected a label in \[0, 3\)"):
-        H5Loader(path, "train")
+
+
+# ---------------------------------------------------------------- normalisation, seed streams
+
+def test_normalize_is_the_one_rule(xb):
+    """``normalize`` against float64 arithmetic; it never returns a view of its input."""
+    raw = np.random.default_rng(3).integers(0, 256, (5,) + SHAPE, dtype=np.uint8)
+    mean, std = np.array([100.0, 50.0, 200.0]), np.array([60.0, 30.0, 10.0])
+    m, inv = data.norm_stats(mean, std, np.float32, shape=SHAPE)
+    assert m.shape == inv.shape == (3, 1, 1)
+    x = backend.to_device(raw)
+    out = data.normalize(x, m, inv, np.float32)
+    assert out.dtype == np.float32 and out.shape == (5,) + SHAPE
+    ref = (raw - mean[:, None, None]) / std[:, None, None]
+    np.testing.assert_allclose(backend.to_numpy(out), ref, rtol=1e-5, atol=1e-5)
+    f = x.astype(np.float64)
+    assert data.normalize(f, None, None, np.float64) is not f
+    np.testing.assert_array_equal(backend.to_numpy(f), raw)
+
+
+def test_seed_streams_are_the_documented_seed_lists():
+    assert data.dropout_seed(5, 2) == [5, 2, 1] and data.DROPOUT_STREAM == 1
+    assert data.train_eval_seed(5) == [5, 2**31 - 1] and data.limit_seed(5) == [5, 7]
+    assert data.augment_seed(5, 2) == [5, 2, 0xA06]
+
+
+def test_data_modules_import_no_cycle():
+    """The modules of gpunet.data import each other in one direction only."""
+    import ast
+    import pathlib
+    pkg = pathlib.Path(data.__file__).parent
+    graph = {}
+    for p in pkg.glob("*.py"):
+        if p.stem == "__init__":
+            continue
+        tree = ast.parse(p.read_text())
+        graph[p.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                         and n.level == 1 and n.module}
+        assert len(p.read_text().splitlines()) <= 400, p
+    seen, done = set(), set()
+
+    def visit(m, path):
+        assert m not in seen or m in done, f"import cycle: {path}"
+        if m in done:
+            return
+        seen.add(m)
+        for d in graph.get(m, ()):
+            visit(d, path + [d])
+        done.add(m)
+    for m in graph:
+        visit(m, [m])
+
+
+# ---------------------------------------------------------------- the CUDA ring, without a GPU
+
+class _FakeEvent:
+    def __init__(self, block=False, disable_timing=False):
+        self.block, self.recorded_on = block, None
+
+    def record(self, stream=None):
+        self.recorded_on = stream
+
+    def synchronize(self):
+        pass
+
+
+class _FakeStream:
+    def __init__(self):
+        self.synchronized, self.recorded = 0, []
+
+    def synchronize(self):
+        self.synchronized += 1
+
+    def record(self):
+        ev = _FakeEvent()
+        self.recorded.append(ev)
+        return ev
+
+
+class _FakeCupy:
+    """The sliver of ``cupy`` that the end of a run touches: streams and events."""
+
+    def __init__(self):
+        self.current = _FakeStream()
+        cuda = type("cuda", (), {})()
+        cuda.get_current_stream = lambda: self.current
+        cuda.Event = _FakeEvent
+        self.cuda = cuda
+
+
+def test_a_superseded_epoch_marks_the_ring_consumed(h5file, numpy_backend, monkeypatch):
+    """Issue 10, defect 1: a new ``iter()`` while the previous epoch's generator is suspended
+    records a consumed-event on the current stream for both ring buffers (the last batch
+    handed out is still being converted there), and the old generator, closed later, does
+    not overwrite the new run's events. The new epoch serves the right batches."""
+    path, _ = h5file
+    cp = _FakeCupy()
+    monkeypatch.setattr(backend, "cupy_module", lambda: cp)
+    with H5Loader(path, batch_size=64, preload=False) as ref:
+        want = epoch(ref, 1)
+    with H5Loader(path, batch_size=64, preload=False) as ld:
+        ld._copy_stream = copy = _FakeStream()
+        old = iter(ld)
+        next(old), next(old)                              # suspended mid-epoch, e.g. after a divergence
+        assert ld._consumed == [None, None]
+        ld.set_epoch(1)
+        new = iter(ld)                                    # supersedes it
+        assert copy.synchronized == 1 and len(cp.current.recorded) == 1
+        done = cp.current.recorded[0]
+        assert ld._consumed == [done, done]
+        first = next(new)
+        old.close()                                       # the old generator's cleanup runs now
+        assert ld._consumed == [done, done] and len(cp.current.recorded) == 1
+        with pytest.raises(StopIteration):                # a superseded epoch just ends
+            next(old)
+        got = [first] + [b for b in new]
+    got = [(backend.to_numpy(x), backend.to_numpy(y)) for x, y in got]
+    assert len(got) == len(want)
+    for (x1, y1), (x2, y2) in zip(got, want):
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1, x2)
+
+
+def test_copy_events_sleep_instead_of_spinning():
+    """Issue 10, defect 6: the reader thread waits on blocking-sync events (no busy wait)."""
+    cp, s = _FakeCupy(), _FakeStream()
+    ev = prefetch.blocking_event(cp, s)
+    assert ev.block is True and ev.recorded_on is s
