@@ -8,6 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gpunet", "gpunet.*", "data_prep", "data_prep.*"]),
+    package_data={"gpunet.pretrained": ["*.npz"]},   # the packaged FER2013 model
     python_requires=">=3.9",
     install_requires=[
         "numpy>=1.22",
@@ -20,7 +21,10 @@ setup(
     extras_require={
         "cuda12x": ["cupy-cuda12x>=13"],
         "cuda13x": ["cupy-cuda13x>=13"],
-        "dev": ["pytest>=7", "pytest-xdist>=3"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.7",   # scipy: test oracles only
+                "scikit-image>=0.19", "onnx>=1.12", "onnxruntime>=1.12"],  # so CI runs those tests
+        "faces": ["scikit-image>=0.19"],      # gpunet.detect_emotions: its bundled face cascade
+        "onnx": ["onnx>=1.12", "onnxruntime>=1.12"],  # gpunet-export (onnxruntime: to run the export)
         "bench": ["torch"],
     },
     entry_points={
@@ -32,6 +36,8 @@ setup(
             "gpunet-tune=gpunet.cli.tune:main",
             "gpunet-overfit=gpunet.cli.overfit:main",
             "gpunet-bench=gpunet.cli.bench:main",
+            "gpunet-export=gpunet.cli.export:main",
+            "gpunet-compare=gpunet.cli.compare:main",
         ],
     },
 )
