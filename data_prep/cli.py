@@ -5,8 +5,10 @@
     gpunet-prep fer2013 SRC -o OUT.h5 [--val-size N] [--resize] ...
     gpunet-prep info OUT.h5 [--json]
 
-Bad input prints ``error: <file>: <entry>: <problem>`` and exits with status 1
-(2 for bad usage, 130 when interrupted), without a traceback unless --debug.
+Bad input prints ``error: <file>: <entry>: <problem>`` and exits with status 2,
+as bad usage does; an unexpected error exits 1 and Ctrl-C 130, without a
+traceback unless --debug. These are the codes of every gpunet command (the
+table is in ``gpunet/cli/common.py``; data_prep does not import gpunet).
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ import argparse
 import json
 import sys
 import time
+import traceback
 
 from .errors import PrepError
 from .h5format import read_info
 from .pipeline import convert
 from .report import format_info, summary_line
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130   # as gpunet/cli/common.py
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
         if args.command == "info":
             info = read_info(args.path)
             print(json.dumps(info, indent=2) if args.json else format_info(info))
-            return 0
+            return EXIT_OK
         start = time.perf_counter()
         out = convert(args.command, args.src, args.output, val_size=args.val_size,
                       seed=args.seed, force=args.force, resize=args.resize,
@@ -70,14 +75,19 @@ def main(argv=None) -> int:
         print(summary_line(info, time.perf_counter() - start))
         for note in info["notes"]:
             print(f"note: {note}")
-        return 0
+        return EXIT_OK
     except (PrepError, OSError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     except KeyboardInterrupt:
         if args.debug:
             raise
         print("interrupted: no output written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line, the traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE

@@ -22,11 +22,11 @@ def test_convert_and_info(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["command"] == "gpunet-prep " + " ".join(argv)
     assert info["splits"]["test"]["class_counts"]["angry"] == 1
-    assert cli.main(argv) == 1  # exists, no --force
+    assert cli.main(argv) == 2  # exists, no --force: bad input
     assert "--force" in capsys.readouterr().err
 
 
 def test_info_on_foreign_file(tmp_path, capsys):
     (tmp_path / "x.h5").write_bytes(b"nope")
-    assert cli.main(["info", str(tmp_path / "x.h5")]) == 1
+    assert cli.main(["info", str(tmp_path / "x.h5")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'x.h5'}")

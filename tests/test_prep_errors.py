@@ -225,11 +225,11 @@ def test_failed_write_removes_folders_it_made(tmp_path, monkeypatch):
     assert folder_listing(tmp_path) == before
 
 
-def test_cli_error_is_one_line_exit_1(tmp_path, capsys):
+def test_cli_error_is_one_line_exit_2(tmp_path, capsys):
     src = csv_with(tmp_path, (4, lambda l: "9" + l[1:]))
     rc = cli.main(["fer2013", str(src), "-o", str(tmp_path / "o.h5")])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "line 4" in err
     with pytest.raises(data_prep.PrepError):
         cli.main(["fer2013", str(src), "-o", str(tmp_path / "o.h5"), "--debug"])
@@ -240,6 +240,6 @@ def test_module_run_no_traceback(tmp_path):
     src = csv_with(tmp_path, (3, lambda l: l[: len(l) // 2]))
     r = subprocess.run([sys.executable, "-m", "data_prep", "fer2013", str(src), "-o",
                         str(tmp_path / "o.h5")], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.startswith("error: ")
     assert "fer2013.csv line 3" in r.stderr

@@ -1,9 +1,20 @@
-"""What every gpunet command shares: backend flags and turning errors into one line.
+"""What every gpunet command shares: backend flags, and turning errors into one line and an exit code.
 
 A command's ``main(argv=None) -> int`` builds an ``argparse`` parser, adds
-``add_common_args``, and runs its body through ``run``: a user error (bad
-file, bad value) prints ``error: <message>`` and exits non-zero without a
-traceback unless ``--debug``; Ctrl-C exits 130.
+``add_common_args``, and runs its body through ``run``. Messages are one line
+on stderr, ``error: <message>``, with the traceback only under ``--debug``.
+
+Exit codes, the same for every command (``gpunet-*`` and ``gpunet-prep``):
+
+====  ==============================================================================
+0     success
+1     failure: an unexpected error (a bug; the line says to rerun with ``--debug``),
+      or a check the command runs did not pass (``gpunet-overfit`` short of 100%)
+2     bad input or usage: a bad flag (argparse's own code), a missing, foreign or
+      damaged file, a value out of range; nothing half-written is left behind
+130   interrupted (Ctrl-C)
+141   stdout was closed by its reader (``| head``), as for any Unix tool
+====  ==============================================================================
 """
 from __future__ import annotations
 
@@ -19,6 +30,9 @@ from .. import backend
 class UserError(Exception):
     """A problem the user can fix (bad file, bad flag value): reported in one line."""
 
+
+# Exit codes (see the module docstring).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 # Exceptions that mean "bad input" rather than "bug": reported as one line.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError,
@@ -45,20 +59,20 @@ def run(body, args) -> int:
     """Run ``body(args)``; map user errors to a one-line message and a non-zero exit code."""
     try:
         rc = body(args)
-        return 0 if rc is None else int(rc)
+        return EXIT_OK if rc is None else int(rc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return EXIT_BROKEN_PIPE
     except USER_ERRORS as e:
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except Exception as e:  # a bug: say so, traceback only with --debug
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
