@@ -194,14 +194,18 @@ def predict_folder(img_folder, model, batch_size: int = 256):
     return [p.name for p in paths], np.concatenate(labels), np.concatenate(probs)
 
 
-def test_fer_model(img_folder, model) -> np.ndarray:
+def test_fer_model(img_folder, model=None) -> np.ndarray:
     """Predicted FER2013 labels (0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise,
     6 neutral) of the face images in ``img_folder``, in lexicographic file-name order.
 
     img_folder: folder of face images (48x48 grey; colour and other sizes are converted).
-    model: a model file path, or a loaded FullyConnectedNet, trained on FER2013.
+    model: a model file path, or a loaded model, trained on FER2013; None (default): the
+    model packaged with gpunet (``gpunet.pretrained``).
     Returns a NumPy int64 vector (N,).
     """
+    if model is None:
+        from . import pretrained
+        model = pretrained.path()
     model, where = resolve_model(model)
     meta = model_meta(model, where)
     names = [n.lower() for n in meta.get("class_names") or []]
