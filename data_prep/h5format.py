@@ -1,34 +1,27 @@
-"""The HDF5 file layout that training and evaluation read (format_version 1).
+"""What gpunet-prep puts into a gpunet HDF5 file, written through the format's owner.
 
-Layout (a contract; the loaders in ``gpunet`` rely on it)::
-
-    /<split>/x   uint8 (N, C, H, W), chunked (k, C, H, W) with k a power of two
-                 making a chunk about 1 MiB (256 for CIFAR-10, 512 for FER2013)
-    /<split>/y   int64 (N,), chunked (k,)
-    <split> in train, val, test; a group may carry attr ``usage`` (e.g. "PublicTest")
-
-Root attributes: ``format_version`` (1), ``dataset`` ("cifar10" | "fer2013"),
-``class_names`` (variable-length str array, label order), ``mean`` and ``std``
-(float64 (C,), per channel over the train split, pixel units 0..255),
-``image_shape`` (C, H, W), ``source``, ``source_sha256``, ``source_md5`` (file
-sources only), ``command``, ``created`` (ISO 8601), ``splits``, ``notes``.
-No compression unless asked (``gzip`` or ``lzf``), so batches stream fast.
+The layout and the reading side belong to ``gpunet.data.h5file`` (described there
+once); this module only decides the prep-specific parts: chunks of about 1 MiB
+(``k`` a power of two rows: 256 for CIFAR-10, 512 for FER2013), the channel
+statistics over the train split, and the provenance attributes ``source``,
+``source_sha256``, ``source_md5`` (file sources only), ``command``, ``created``
+(ISO 8601), ``splits`` and ``notes``. No compression unless asked (``gzip`` or
+``lzf``), so batches stream fast.
 """
 from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
 
-import h5py
 import numpy as np
+from gpunet.data import h5file as fmt
 
 from .errors import PrepError
 from .splits import SPLIT_ORDER, SourceData
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = fmt.FORMAT_VERSION
 CHUNK_BYTES = 1 << 20
-COMPRESSIONS = (None, "gzip", "lzf")
-_STR = h5py.string_dtype()
+COMPRESSIONS = fmt.COMPRESSIONS
 
 
 def chunk_rows(sample_bytes: int, n: int) -> int:
@@ -64,29 +57,17 @@ def write(path, data: SourceData, *, dataset: str, source: str, command: str,
     names = [s for s in SPLIT_ORDER if s in data.splits and len(data.splits[s].y)]
     image_shape = data.splits["train"].x.shape[1:]
     mean, std = channel_stats(data.splits["train"].x)
-    with h5py.File(path, "w") as f:
+    extra = {"source": source, "source_sha256": data.fingerprint["sha256"]}
+    if "md5" in data.fingerprint:
+        extra["source_md5"] = data.fingerprint["md5"]
+    extra["command"] = command
+    extra["created"] = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    with fmt.create(path, dataset=dataset, class_names=list(data.class_names), mean=mean, std=std,
+                    image_shape=image_shape, splits=list(names), notes=list(data.notes), **extra) as f:
         for name in names:
             split = data.splits[name]
             k = chunk_rows(int(np.prod(image_shape)), len(split.y))
-            g = f.create_group(name)
-            g.create_dataset("x", data=split.x, chunks=(k,) + image_shape, compression=compress)
-            g.create_dataset("y", data=split.y.astype(np.int64), chunks=(k,), compression=compress)
-            if split.usage:
-                g.attrs["usage"] = split.usage
-        a = f.attrs
-        a["format_version"] = FORMAT_VERSION
-        a["dataset"] = dataset
-        a.create("class_names", list(data.class_names), dtype=_STR)
-        a["mean"], a["std"] = mean, std
-        a["image_shape"] = np.asarray(image_shape, dtype=np.int64)
-        a["source"] = source
-        a["source_sha256"] = data.fingerprint["sha256"]
-        if "md5" in data.fingerprint:
-            a["source_md5"] = data.fingerprint["md5"]
-        a["command"] = command
-        a["created"] = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-        a.create("splits", names, dtype=_STR)
-        a.create("notes", list(data.notes), dtype=_STR)
+            fmt.write_split(f, name, split.x, split.y, k, compression=compress, usage=split.usage)
 
 
 def _str(v):
@@ -97,9 +78,9 @@ def read_info(path) -> dict:
     """A summary of a prepared file: root attributes plus, per split, count, shapes,
     dtypes, chunks, usage and ``class_counts`` (class name -> samples)."""
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise PrepError(f"{path}: cannot open as HDF5 ({e})") from None
+        f = fmt.open_file(path)
+    except (OSError, ValueError) as e:
+        raise PrepError(f"{path}: cannot open as a gpunet HDF5 file ({e})") from None
     with f:
         a = f.attrs
         missing = [k for k in ("format_version", "dataset", "class_names", "splits") if k not in a]
