@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,3 +53,16 @@ def savez(path, arrays: dict):
     """``np.savez`` of ``arrays`` to ``path`` atomically (a file handle: no ``.npz`` appended)."""
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def copy_file(src, dst):
+    """Copy the bytes of ``src`` to ``dst`` atomically (``dst`` is complete or untouched)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def save_figure(fig, path, **savefig_kw):
+    """``fig.savefig`` to ``path`` atomically; the format follows ``path``'s suffix (``.png``)."""
+    fmt = savefig_kw.pop("format", Path(path).suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, **savefig_kw)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from . import runs
 from .data import ArrayLoader
-from .io import atomic_open
+from .io import atomic_open, copy_file, save_figure
 from .solver import Solver, TrainingDiverged
 
 DEFAULT_SPACE = {
@@ -296,7 +295,7 @@ def save_best_model(study, run_dir) -> str | None:
     if not rel or not (Path(run_dir) / rel).is_file():
         return None
     dst = Path(run_dir) / "best_model.npz"
-    shutil.copyfile(Path(run_dir) / rel, dst)
+    copy_file(Path(run_dir) / rel, dst)
     for old in (Path(run_dir) / "trials").glob("trial-*.npz"):  # models of trials since beaten
         if old.name != Path(rel).name:
             old.unlink(missing_ok=True)
@@ -319,7 +318,7 @@ def save_plots(study, run_dir, say=print) -> list[str]:
                 ax = fn(study)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.tight_layout()
-            fig.savefig(Path(run_dir) / name, dpi=100)
+            save_figure(fig, Path(run_dir) / name, dpi=100)
             plt.close(fig)
             written.append(name)
         except Exception as e:  # e.g. importances need two finished trials with varying params
