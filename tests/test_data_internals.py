@@ -134,3 +134,21 @@ def test_copy_events_sleep_instead_of_spinning():
     cp, s = _FakeCupy(), _FakeStream()
     ev = prefetch.blocking_event(cp, s)
     assert ev.block is True and ev.recorded_on is s
+
+
+# ---------------------------------------------------------------- the data-path benchmark
+
+def test_bench_library_on_a_tiny_synthetic_file(tmp_path, numpy_backend):
+    """``gpunet.data.bench``: the synthetic writer goes through the owner, and the measurements
+    run end to end on a small file (the real run uses 50000 samples and a 2 GB file)."""
+    from gpunet.data import bench, read_meta
+    path = tmp_path / "syn.h5"
+    bench.write_synthetic(path, 300, shape=(3, 4, 4), chunk=32, block=128)
+    m = read_meta(path)
+    assert m["format_version"] == data.FORMAT_VERSION and m["counts"] == {"train": 300}
+    x, y = data.load_split(path, "train")
+    np.testing.assert_array_equal(y, np.arange(300) % 10)
+    np.testing.assert_array_equal(x[128:256] - x[:128], np.ones((128, 3, 4, 4), np.uint8))  # block offsets
+    t = bench.loader_throughput(path, preload=False, batch_size=64)
+    assert t["samples"] == 300 and t["samples_per_s"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn.h5"]
