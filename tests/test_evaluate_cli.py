@@ -16,6 +16,7 @@ from PIL import Image
 
 from gpunet import backend
 from gpunet.cli.evaluate import main as evaluate_main
+from gpunet.data import h5file as fmt
 from gpunet.model import FullyConnectedNet
 from gpunet.plots import confusion_heatmap, training_curves
 from gpunet.predict import evaluate
@@ -28,18 +29,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def write_h5(path, n=50, shape=SHAPE, seed=0, mean=100.0, std=50.0, names=NAMES):
+    """A toy gpunet HDF5 file (train, test), written through the format's owner."""
     rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
+    with fmt.create(path, dataset="toy", class_names=names, mean=np.full(shape[0], mean),
+                    std=np.full(shape[0], std), image_shape=shape) as f:
         for split, m in (("train", n), ("test", n + 7)):
-            g = f.create_group(split)
-            g.create_dataset("x", data=rng.integers(0, 256, (m,) + shape, dtype=np.uint8), chunks=(8,) + shape)
-            g.create_dataset("y", data=rng.integers(0, len(names), m).astype(np.int64), chunks=(8,))
-        f.attrs["class_names"] = names
-        f.attrs["mean"] = np.full(shape[0], mean)
-        f.attrs["std"] = np.full(shape[0], std)
-        f.attrs["image_shape"] = np.asarray(shape, np.int64)
-        f.attrs["dataset"] = "toy"
-        f.attrs["format_version"] = 1
+            fmt.write_split(f, split, rng.integers(0, 256, (m,) + shape, dtype=np.uint8),
+                            rng.integers(0, len(names), m).astype(np.int64), 8)
     return path
 
 
