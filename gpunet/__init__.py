@@ -17,3 +17,10 @@ __version__ = "0.1.0"
 __all__ = ["backend", "nn", "Sequential", "FullyConnectedNet", "Solver", "TrainingDiverged", "load_model", "Optimizer",
            "OptimConfig", "Schedule", "linear_forward", "linear_backward", "relu_forward",
            "relu_backward", "dropout_forward", "dropout_backward", "softmax_loss"]
+
+
+def __getattr__(name):  # lazy: ``gpunet.detect_emotions`` loads the face code (and Pillow) on first use
+    if name == "detect_emotions":
+        from .faces import detect_emotions
+        return detect_emotions
+    raise AttributeError(f"module 'gpunet' has no attribute {name!r}")
