@@ -16,6 +16,7 @@ filtering, then the model's own normalisation from its meta.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -34,8 +35,10 @@ SCALE_FACTOR = 1.1
 MIN_NEIGHBOURS = 10
 
 
+@functools.lru_cache(maxsize=1)
 def _cascade():
-    """scikit-image's LBP frontal-face detector; ImportError naming the extra when it is missing."""
+    """scikit-image's LBP frontal-face detector (loaded once); ImportError naming the extra when
+    it is missing."""
     try:
         from skimage.data import lbp_frontal_face_cascade_filename
         from skimage.feature import Cascade

@@ -220,3 +220,14 @@ def test_cli_faces_errors_are_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["error: face detection needs scikit-image: pip install 'gpunet[faces]'"]
     assert not (tmp_path / "f.csv").exists()
+
+
+def test_cli_default_model_is_the_packaged_one(packaged, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skdata.astronaut()).save(photos / "a.png")
+    for model in ("default", str(packaged)):
+        assert predict_main([model, str(photos), "--faces", "-o", str(tmp_path / f"{len(model)}.csv"),
+                             "-q", "--backend", "numpy"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "7.csv").read_text() == (tmp_path / f"{len(str(packaged))}.csv").read_text()
+    assert len((tmp_path / "7.csv").read_text().splitlines()) == 2
