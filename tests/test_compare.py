@@ -13,6 +13,7 @@ import pytest
 
 from gpunet.cli.compare import main as compare_main
 from gpunet.compare import compare_predictions, mcnemar_exact, paired_bootstrap
+from gpunet.data import h5file as fmt
 from gpunet.model import FullyConnectedNet
 
 stats = pytest.importorskip("scipy.stats")
@@ -94,18 +95,13 @@ def test_compare_predictions_counts_by_hand():
 # ------------------------------------------------------------------ end to end
 
 def _write_h5(path, n=120, seed=0):
+    """A toy gpunet HDF5 file (train, test), written through the format's owner."""
     rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
+    with fmt.create(path, dataset="toy", class_names=NAMES, mean=np.full(1, 110.0), std=np.full(1, 55.0),
+                    image_shape=SHAPE) as f:
         for split in ("train", "test"):
-            g = f.create_group(split)
-            g.create_dataset("x", data=rng.integers(0, 256, (n,) + SHAPE, dtype=np.uint8))
-            g.create_dataset("y", data=rng.integers(0, len(NAMES), n).astype(np.int64))
-        f.attrs["class_names"] = NAMES
-        f.attrs["mean"] = np.full(1, 110.0)
-        f.attrs["std"] = np.full(1, 55.0)
-        f.attrs["image_shape"] = np.asarray(SHAPE, np.int64)
-        f.attrs["dataset"] = "toy"
-        f.attrs["format_version"] = 1
+            fmt.write_split(f, split, rng.integers(0, 256, (n,) + SHAPE, dtype=np.uint8),
+                            rng.integers(0, len(NAMES), n).astype(np.int64), 256)
     return path
 
 
