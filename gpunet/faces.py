@@ -35,16 +35,19 @@ SCALE_FACTOR = 1.1
 MIN_NEIGHBOURS = 10
 
 
-@functools.lru_cache(maxsize=1)
 def _cascade():
-    """scikit-image's LBP frontal-face detector (loaded once); ImportError naming the extra when
-    it is missing."""
+    """scikit-image's LBP frontal-face detector; ImportError naming the extra when it is missing."""
     try:
         from skimage.data import lbp_frontal_face_cascade_filename
         from skimage.feature import Cascade
     except ImportError:
         raise ImportError("face detection needs scikit-image: pip install 'gpunet[faces]'") from None
-    return Cascade(lbp_frontal_face_cascade_filename())
+    return _load_cascade(Cascade, lbp_frontal_face_cascade_filename())
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cascade(cascade_class, filename):
+    return cascade_class(filename)     # parsing the XML once per process
 
 
 def read_photo(image) -> np.ndarray:
