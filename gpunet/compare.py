@@ -13,7 +13,6 @@ Two paired answers, both from the per-sample correctness of the two models:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +56,11 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))   # exact integers
-    return min(1.0, 2 * tail / 2 ** n)                            # int / int: correctly rounded
+    term = tail = 1                       # C(n, 0); exact integers throughout
+    for k in range(min(b, c)):
+        term = term * (n - k) // (k + 1)  # C(n, k + 1), exact: C(n, k) (n - k) is divisible by k + 1
+        tail += term
+    return min(1.0, 2 * tail / 2 ** n)    # int / int: correctly rounded
 
 
 def paired_bootstrap(correct_a, correct_b, n_boot: int = 10000, seed: int = 0,
