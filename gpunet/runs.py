@@ -1,6 +1,8 @@
-"""Training runs: resolve a config, find (or convert) the data, train, evaluate, write a run folder.
+"""Training runs: build the model and loaders a config describes, train, evaluate, write a run folder.
 
-``gpunet-train`` is a thin shell around this module. A run folder holds
+``gpunet-train`` and ``gpunet-tune`` are thin shells around this module (settings
+live in ``gpunet.config``, finding and converting datasets in ``gpunet.datasets``).
+A run folder holds
 
 - ``config.json``: the resolved ``TrainConfig`` (reads back with ``load_config``);
 - ``history.json``: per-epoch losses and accuracies (written by the Solver each epoch);
@@ -12,261 +14,30 @@
 """
 from __future__ import annotations
 
-import json
-import os
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from . import backend, nn
-from .data import ArrayLoader, H5Loader, read_meta
+from .config import (ARCHS, DATASETS, OPTIMIZERS, RECIPES, TrainConfig, load_config, read_json,  # noqa: F401
+                     resolve_config, solver_options)
+from .data import ArrayLoader, H5Loader, channel_stats, load_split
+from .datasets import SOURCE_NAMES, check_data, default_data_dir, find_data, find_source  # noqa: F401
 from .io import write_json
 from .metrics import classification_report
 from .model import FullyConnectedNet
+from .optim import SCHEDULES  # noqa: F401
 from .predict import evaluate
-from .optim import SCHEDULES
 from .preprocess import preprocess_meta_from_h5
 from .solver import Solver
 
-DATASETS = ("cifar10", "fer2013")
-OPTIMIZERS = ("sgd", "sgd_momentum", "nesterov", "rmsprop", "adam")
-# Source files looked for (in this order) in the data folder and in ../shared/datasets.
-SOURCE_NAMES = {"cifar10": ("cifar-10-python.tar.gz",), "fer2013": ("fer2013-images.tar.gz", "fer2013.csv")}
 TRAIN_EVAL_SAMPLES = 5000  # training samples scored each epoch for the train-accuracy curve
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "cifar10"        # cifar10 | fer2013 (with arch, picks the recipe in RECIPES)
-    arch: str = "fc"                # fc: fully connected net | cnn: convnet (conv blocks, then an FC head)
-    data: str | None = None         # the prepared HDF5 file (filled in by find_data)
-    hidden: list = field(default_factory=lambda: [1024, 512])  # hidden layer sizes (cnn: of the FC head)
-    channels: list = field(default_factory=lambda: [32, 64, 128])  # cnn: conv3x3-BN-ReLU-maxpool2 block widths
-    dropout: float = 0.2            # drop probability of every hidden layer
-    reg: float = 0.0                # L2 strength in the loss (0.5 * reg * sum W^2)
-    optimizer: str = "adam"         # sgd | sgd_momentum | nesterov | rmsprop | adam
-    lr: float = 1e-3                # base learning rate
-    momentum: float = 0.9           # sgd_momentum / nesterov
-    weight_decay: float = 0.0       # decoupled weight decay (AdamW-style)
-    schedule: str = "cosine"        # constant | step | exponential | cosine
-    step_size: int = 10             # step: epochs between drops
-    gamma: float = 0.1              # step: factor per drop; exponential: factor per epoch
-    min_lr_ratio: float = 0.0       # cosine: final lr / base lr
-    warmup_epochs: int = 0          # linear warm-up epochs
-    batch_size: int = 256
-    epochs: int = 30
-    patience: int | None = None     # early stopping after this many epochs without improvement
-    seed: int = 0                   # initialisation, batch order, dropout, augmentation
-    augment: bool = True            # random horizontal flips of training images
-    crop_pad: int = 0               # random crops after padding by this many pixels (0 = off)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
-        """A config from a dict (e.g. config.json); ValueError naming ``where`` and the key."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a JSON object of settings, found {type(d).__name__}")
-        types = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(d) - set(types))
-        if unknown:
-            raise ValueError(f"{where}: unknown setting(s) {unknown}; expected some of {sorted(types)}")
-        cfg = cls()
-        for k, v in d.items():
-            setattr(cfg, k, _coerce(k, v, getattr(cls(), k), where))
-        cfg.validate(where)
-        return cfg
-
-    def validate(self, where: str = "config"):
-        checks = [("dataset", self.dataset in DATASETS, f"one of {list(DATASETS)}"),
-                  ("arch", self.arch in ARCHS, f"one of {list(ARCHS)}"),
-                  ("channels", len(self.channels) > 0 and all(c > 0 for c in self.channels), "positive widths"),
-                  ("optimizer", self.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
-                  ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
-                  ("hidden", len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "positive sizes"),
-                  ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
-                  ("lr", self.lr > 0, "> 0"), ("reg", self.reg >= 0, ">= 0"),
-                  ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                  ("batch_size", self.batch_size >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
-                  ("patience", self.patience is None or self.patience >= 1, ">= 1 or null"),
-                  ("crop_pad", self.crop_pad >= 0, ">= 0")]
-        for key, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{where}: {key}: expected {expected}, got {getattr(self, key)!r}")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _coerce(key, value, default, where):
-    """``value`` converted to the type of the field's default; ValueError naming the key."""
-    try:
-        if key in ("hidden", "channels"):
-            if isinstance(value, (int, str)) and not isinstance(value, bool):
-                value = [value]
-            return [int(h) for h in value]
-        if value is None:
-            if key in ("data", "patience"):
-                return None
-            raise TypeError("null")
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise TypeError(type(value).__name__)
-            return value
-        if key == "patience":
-            return int(value)
-        return type(default)(value) if default is not None else str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: {key}: expected a value like {default!r}, got {value!r}") from None
-
-
-# A good default recipe per (dataset, arch), measured on a 2-core CPU (see docs/RESULTS.md).
-_FC = dict(arch="fc", hidden=[1024, 512], dropout=0.2, optimizer="adam", lr=1e-3, schedule="cosine",
-           batch_size=256, epochs=30, augment=True)
-_CNN = dict(arch="cnn", channels=[32, 64, 128], hidden=[256], dropout=0.5, optimizer="adam", lr=1e-3,
-            schedule="cosine", batch_size=128, augment=True, crop_pad=4)
-RECIPES = {
-    ("cifar10", "fc"): _FC,
-    ("fer2013", "fc"): _FC,                              # the same recipe serves both datasets
-    ("cifar10", "cnn"): dict(_CNN, epochs=30),
-    ("fer2013", "cnn"): dict(_CNN, epochs=25),
-}
-ARCHS = ("fc", "cnn")
-
-
-def read_json(path, what="config file") -> dict:
-    """A JSON (or, with PyYAML installed, YAML) file as a dict; ValueError naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such {what}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError:
-            raise ValueError(f"{path}: YAML needs PyYAML (pip install pyyaml); use JSON instead") from None
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-
-
-def resolve_config(dataset=None, config_file=None, overrides=None) -> TrainConfig:
-    """Defaults < the dataset's recipe < ``config_file`` < ``overrides`` (explicit flags)."""
-    from_file = read_json(config_file) if config_file else {}
-    if not isinstance(from_file, dict):
-        raise ValueError(f"{config_file}: expected a JSON object of settings")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    dataset = dataset or overrides.get("dataset") or from_file.get("dataset")
-    if dataset is None:
-        raise ValueError("dataset: name one (cifar10 or fer2013) on the command line or in --config")
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset: expected one of {list(DATASETS)}, got {dataset!r}")
-    arch = overrides.get("arch") or from_file.get("arch") or "fc"
-    if arch not in ARCHS:
-        raise ValueError(f"arch: expected one of {list(ARCHS)}, got {arch!r}")
-    settings = {**RECIPES[(dataset, arch)], **from_file, **overrides, "dataset": dataset}
-    cfg = TrainConfig.from_dict(settings, where=str(config_file) if from_file else "settings")
-    return cfg
 
 
 def save_json(path, obj):
     """Write ``obj`` as JSON atomically (a reader never sees half a file)."""
     write_json(path, obj)
-
-
-def load_config(run_dir) -> TrainConfig:
-    """The ``TrainConfig`` saved in ``run_dir/config.json``."""
-    path = os.path.join(os.fspath(run_dir), "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file; is {run_dir} a gpunet-train run folder?")
-    return TrainConfig.from_dict(read_json(path), where=path)
-
-
-# --------------------------------------------------------------------------- finding the data
-
-def default_data_dir() -> str:
-    return os.environ.get("GPUNET_DATA", "data")
-
-
-def shared_dataset_dirs() -> list[Path]:
-    """``../shared/datasets`` beside the checkout (and beside the working directory).
-
-    ``GPUNET_SHARED_DATASETS`` (folders separated by ``os.pathsep``; empty: none) overrides it.
-    """
-    env = os.environ.get("GPUNET_SHARED_DATASETS")
-    if env is not None:
-        return [Path(p) for p in env.split(os.pathsep) if p]
-    repo = Path(__file__).resolve().parents[1]
-    out = []
-    for d in (repo.parent / "shared" / "datasets", Path.cwd().resolve().parent / "shared" / "datasets"):
-        if d not in out:
-            out.append(d)
-    return out
-
-
-def find_source(dataset, data_dir) -> Path | None:
-    """The first known source file of ``dataset`` in ``data_dir`` or a shared datasets folder."""
-    for folder in [Path(data_dir)] + shared_dataset_dirs():
-        for name in SOURCE_NAMES[dataset]:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def find_data(dataset, data_dir=None, source=None, download=False, say=print) -> str:
-    """Path of the prepared ``<data_dir>/<dataset>.h5``, converting ``source`` (or a found one) first."""
-    data_dir = Path(data_dir or default_data_dir())
-    out = data_dir / f"{dataset}.h5"
-    if out.is_file():
-        if source:
-            say(f"using the prepared {out} (delete it to convert {source} again)")
-        return str(out)
-    if source is not None and not Path(source).exists():
-        raise FileNotFoundError(f"{source}: no such file or folder (--source)")
-    src = Path(source) if source else find_source(dataset, data_dir)
-    if src is None and not download:
-        looked = ", ".join(str(d) for d in [data_dir] + shared_dataset_dirs())
-        hint = " or --download" if dataset == "cifar10" else ""
-        raise FileNotFoundError(f"{out}: no such file, and no source ({', '.join(SOURCE_NAMES[dataset])}) "
-                                f"found in {looked}; pass --source PATH{hint}")
-    if src is None and dataset != "cifar10":
-        raise ValueError(f"{dataset}: cannot be downloaded automatically (it needs a Kaggle login); "
-                         "pass --source PATH to fer2013-images.tar.gz or fer2013.csv")
-    try:
-        import data_prep
-        from data_prep.errors import PrepError
-    except ImportError as e:
-        raise ValueError(f"converting {src or 'the download'} needs the data_prep package ({e})") from None
-    data_dir.mkdir(parents=True, exist_ok=True)
-    say(f"converting {src or 'the download'} -> {out}")
-    try:
-        path = data_prep.convert(dataset, str(src) if src else None, str(out), download=src is None,
-                                 cache_dir=str(data_dir))
-    except PrepError as e:
-        raise ValueError(str(e)) from None
-    return str(path or out)
-
-
-# --------------------------------------------------------------------------- training
-
-def load_split(path, split, limit=None, seed=0):
-    """``(X, y)`` of ``split`` as uint8 (N, C, H, W) and int64 (N,), labels checked; ``limit``
-    samples at random (``gpunet.data.load_split``, through the HDF5 format's owner)."""
-    from .data import load_split as _load_split
-    return _load_split(path, split, limit, seed)
-
-
-def channel_stats(meta):
-    """(C, 1, 1) mean and std of a file's metadata, for an ``ArrayLoader`` on (N, C, H, W)."""
-    from .data import channel_stats as _channel_stats
-    return _channel_stats(meta)
 
 
 def cnn_layers(image_shape, channels, hidden, num_classes, dropout=0.5) -> list:
@@ -298,25 +69,28 @@ def build_model(cfg: TrainConfig, meta):
                              dropout=cfg.dropout, reg=cfg.reg, seed=cfg.seed)
 
 
-def solver_options(cfg: TrainConfig) -> dict:
-    """The Solver keyword arguments a config stands for."""
-    sched = {"step_size": cfg.step_size, "gamma": cfg.gamma, "min_lr_ratio": cfg.min_lr_ratio,
-             "warmup_epochs": cfg.warmup_epochs, "total_epochs": cfg.epochs}
-    return dict(update_rule=cfg.optimizer, batch_size=cfg.batch_size, num_epochs=cfg.epochs, seed=cfg.seed,
-                optim_config={"learning_rate": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
-                schedule=cfg.schedule, schedule_config=sched, patience=cfg.patience, print_every=10**9)
+def build_loaders(cfg: TrainConfig, meta, arrays=None) -> dict:
+    """The Solver's ``{"train", "val", "train_eval"}`` loaders for ``cfg`` (one recipe for train and tune).
 
-
-def check_data(path) -> dict:
-    """The file's metadata, after checking it has what training needs; ValueError naming the file."""
-    meta = read_meta(path)
-    missing = [k for k in ("mean", "std", "image_shape", "class_names") if meta.get(k) is None]
-    if missing:
-        raise ValueError(f"{path}: expected root attribute(s) {missing} of a gpunet HDF5 file (data_prep)")
-    for split in ("train", "val"):
-        if split not in meta["counts"]:
-            raise ValueError(f"{path}: expected a /{split} split, found {sorted(meta['counts'])}")
-    return meta
+    arrays: None streams ``cfg.data`` from HDF5 (``H5Loader``); or ``{"train": (X, y), "val": (X, y)}``
+    uint8 images already in memory (``gpunet-tune`` reads a subset once per study), served by
+    ``ArrayLoader`` with the same normalisation and augmentation. ``train_eval`` scores up to
+    ``TRAIN_EVAL_SAMPLES`` training images each epoch for the train-accuracy curve.
+    """
+    augment = {"flip": cfg.augment, "crop_pad": cfg.crop_pad}  # the loaders treat all-off as None
+    mean, std = channel_stats(meta)
+    on_host = lambda X, y, **kw: ArrayLoader(X, y, mean=mean, std=std, **kw)  # noqa: E731
+    if arrays is None:
+        X_sub, y_sub = load_split(cfg.data, "train", TRAIN_EVAL_SAMPLES, cfg.seed)
+        train = H5Loader(cfg.data, "train", batch_size=cfg.batch_size, seed=cfg.seed, augment=augment)
+        val = H5Loader(cfg.data, "val", batch_size=1000, shuffle=False)
+    else:
+        (X, y), (X_val, y_val) = arrays["train"], arrays["val"]
+        n = min(len(y), TRAIN_EVAL_SAMPLES)
+        X_sub, y_sub = X[:n], y[:n]
+        train = on_host(X, y, batch_size=cfg.batch_size, seed=cfg.seed, augment=augment)
+        val = on_host(X_val, y_val, batch_size=1000, shuffle=False)
+    return {"train": train, "val": val, "train_eval": on_host(X_sub, y_sub, batch_size=1000, shuffle=False)}
 
 
 def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, verbose=True,
@@ -335,13 +109,7 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, ver
     if resume and not resume_from:
         say(f"{ckpt}: no checkpoint yet (interrupted in the first epoch); starting from epoch 1")
     model = build_model(cfg, meta)
-    augment = {"flip": cfg.augment, "crop_pad": cfg.crop_pad}  # the loader treats all-off as None
-    mean, std = channel_stats(meta)
-    X_sub, y_sub = load_split(cfg.data, "train", TRAIN_EVAL_SAMPLES, cfg.seed)
-    train = H5Loader(cfg.data, "train", batch_size=cfg.batch_size, seed=cfg.seed, augment=augment)
-    val = H5Loader(cfg.data, "val", batch_size=1000, shuffle=False)
-    data = {"train": train, "val": val,
-            "train_eval": ArrayLoader(X_sub, y_sub, 1000, shuffle=False, mean=mean, std=std)}
+    data = build_loaders(cfg, meta)
     t0 = time.perf_counter()
     try:
         solver = Solver(model, data, checkpoint_name=str(run_dir / "solver"), history_path=str(run_dir / "history.json"),
@@ -349,8 +117,8 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, ver
                         **solver_options(cfg))
         solver.train()
     finally:
-        train.close()
-        val.close()
+        for loader in data.values():
+            loader.close()
     wall = time.perf_counter() - t0
     model.meta = {**preprocess_meta_from_h5(cfg.data), "train_config": cfg.to_dict()}
     model.save(run_dir / "model.npz")

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from . import runs
-from .data import ArrayLoader
 from .io import atomic_open, copy_file, save_figure
 from .solver import Solver, TrainingDiverged
 
@@ -188,7 +187,6 @@ class Objective:
         self.base, self.space, self.grid, self.say = base, space, grid, say
         self.run_dir = Path(run_dir)
         self.meta = runs.check_data(base.data)
-        self.mean, self.std = runs.channel_stats(self.meta)
         self.train = runs.load_split(base.data, "train", subset, base.seed)
         self.val = runs.load_split(base.data, "val")
         self.reported = []  # (trial number, epoch, val acc): what the pruning hook saw
@@ -198,13 +196,7 @@ class Objective:
         settings = {**self.base.to_dict(), **suggest(trial, self.space, self.grid)}
         cfg = runs.TrainConfig.from_dict(settings, where=f"trial {trial.number}")
         model = runs.build_model(cfg, self.meta)
-        loader = lambda X, y, **kw: ArrayLoader(X, y, mean=self.mean, std=self.std, **kw)  # noqa: E731
-        n_eval = min(len(self.train[1]), runs.TRAIN_EVAL_SAMPLES)
-        augment = {"flip": cfg.augment, "crop_pad": cfg.crop_pad}  # the same augmentation as gpunet-train
-        data = {"train": loader(*self.train, batch_size=cfg.batch_size, seed=cfg.seed, augment=augment),
-                "val": loader(*self.val, batch_size=1000, shuffle=False),
-                "train_eval": loader(self.train[0][:n_eval], self.train[1][:n_eval], batch_size=1000,
-                                     shuffle=False)}
+        data = runs.build_loaders(cfg, self.meta, arrays={"train": self.train, "val": self.val})
 
         def report(solver, epoch):
             acc = solver.val_acc_history[-1]

@@ -135,10 +135,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_dir, tmp_path,
 
 
 def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "shared_dataset_dirs", lambda: [tmp_path / "nowhere"])
-    with pytest.raises(FileNotFoundError, match="cifar10.h5: no such file.*--download"):
-        runs.find_data("cifar10", tmp_path)
-    with pytest.raises(ValueError, match="cannot be downloaded"):
+    with pytest.raises(FileNotFoundError, match="cifar10.h5: no such file.*--source"):
+        runs.find_data("cifar10", tmp_path, download=False)
+    with pytest.raises(FileNotFoundError, match="cannot be downloaded.*kaggle.*--source"):
         runs.find_data("fer2013", tmp_path, download=True)
     with pytest.raises(FileNotFoundError, match="missing.tar.gz: no such file"):
         runs.find_data("cifar10", tmp_path, source=str(tmp_path / "missing.tar.gz"))
@@ -150,14 +149,17 @@ def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
     calls = []
 
     def fake_convert(dataset, source, out, **kw):
-        calls.append((dataset, source, out, kw.get("download")))
+        calls.append((dataset, source, out, kw.get("download"), kw.get("cache_dir")))
         return write_h5(out)
 
     monkeypatch.setattr(data_prep, "convert", fake_convert)
-    monkeypatch.setattr(runs, "shared_dataset_dirs", lambda: [tmp_path])  # like ../shared/datasets
-    out = runs.find_data("cifar10", tmp_path / "d")                      # found beside, converted
-    assert out == str(tmp_path / "d" / "cifar10.h5") and calls == [("cifar10", str(src), out, False)]
-    assert runs.find_data("cifar10", tmp_path / "d", source=str(src)) == out and len(calls) == 1  # reused
+    out = runs.find_data("cifar10", tmp_path)                            # a source in the data home
+    assert out == str(tmp_path / "cifar10.h5") and calls == [("cifar10", str(src), out, False, str(tmp_path))]
+    assert runs.find_data("cifar10", tmp_path, source=str(src)) == out and len(calls) == 1  # reused
+    home = tmp_path / "home"
+    monkeypatch.setenv("GPUNET_DATA", str(home))
+    out = runs.find_data("cifar10")                                      # nothing there: download into it
+    assert out == str(home / "cifar10.h5") and calls[-1] == ("cifar10", None, out, True, str(home))
 
     def failing(*a, **kw):
         raise data_prep.PrepError(f"{src}: not a gzip archive")
@@ -166,11 +168,31 @@ def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
         runs.find_data("cifar10", tmp_path / "e")
 
 
+def test_data_home_defaults_to_the_user_cache(monkeypatch, tmp_path):
+    from gpunet import datasets
+    monkeypatch.delenv("GPUNET_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert datasets.data_home() == tmp_path / ".cache" / "gpunet"
+    monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "x"))
+    assert datasets.data_home() == tmp_path / "x"
+
+
+def test_offline_download_is_one_line_naming_the_url_and_source(tmp_path):
+    env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_DATA": str(tmp_path / "home"),
+           "GPUNET_CIFAR10_URL": "http://127.0.0.1:9/cifar-10-python.tar.gz"}   # nothing listens there
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "cifar10", "--out",
+                        str(tmp_path / "r")], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "127.0.0.1:9/cifar-10-python.tar.gz" in last and "--source" in last
+    assert not (tmp_path / "home" / "cifar10.h5").exists()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["cifar10", "--optimizer", "adagrad"], "invalid choice"),
     (["cifar10", "--schedule", "linear"], "invalid choice"),
     (["cifar10", "--dropout", "1.5"], "dropout: expected"),
-    (["cifar10", "--data-dir", "{tmp}/empty"], "cifar10.h5: no such file"),
+    (["cifar10", "--data-dir", "{tmp}/empty", "--no-download"], "cifar10.h5: no such file"),
     (["cifar10", "--data-dir", "{tmp}/bad"], "bad/cifar10.h5: expected an HDF5 file"),
     (["cifar10", "--config", "{tmp}/bad.json"], "bad.json: not valid JSON"),
 ])
@@ -179,8 +201,7 @@ def test_user_errors_are_one_line(tmp_path, argv, needle):
     (tmp_path / "bad" / "cifar10.h5").write_text("not hdf5")
     (tmp_path / "bad.json").write_text("{oops")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_DATA": str(tmp_path / "empty"),
-           "GPUNET_SHARED_DATASETS": ""}
+    env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_DATA": str(tmp_path / "empty")}
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *argv, "--out", str(tmp_path / "r")],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert p.returncode != 0

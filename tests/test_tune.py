@@ -104,7 +104,7 @@ def test_space_parsing():
 
 def test_bad_space_file_is_one_line_error(tmp_path, data_dir):
     (tmp_path / "s.json").write_text('{"lr": {"low": 1}}')
-    env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_SHARED_DATASETS": ""}
+    env = {**os.environ, "GPUNET_BACKEND": "numpy"}
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tune.py"), "cifar10", "--data-dir",
                         str(data_dir), "--space", str(tmp_path / "s.json"), "--out", str(tmp_path / "t")],
                        capture_output=True, text=True, env=env, timeout=60)

@@ -1,7 +1,7 @@
 """gpunet-overfit: the coursework's sanity check, 100% training accuracy on 50 CIFAR-10 images.
 
     gpunet-overfit                        # 50 images of the prepared (or converted) CIFAR-10
-    gpunet-overfit --source ../shared/datasets/cifar-10-python.tar.gz
+    gpunet-overfit --source cifar-10-python.tar.gz
     gpunet-overfit --synthetic            # CIFAR-shaped random data: runs anywhere
 
 Exit status 0 when 100% is reached within --epochs (default 20), 1 when not.

@@ -1,6 +1,7 @@
-"""gpunet-train: find or convert a dataset, train a fully connected net, evaluate, write a run folder.
+"""gpunet-train: find or convert a dataset, train a fully connected net or a convnet, evaluate, write a run folder.
 
-    gpunet-train cifar10 --source ../shared/datasets/cifar-10-python.tar.gz
+    gpunet-train cifar10                     (downloads CIFAR-10 into the data home)
+    gpunet-train fer2013 --arch cnn --source fer2013.csv
     gpunet-train fer2013 --hidden 1024 512 --epochs 30 --out runs/fer
     gpunet-train --resume runs/fer        # continue an interrupted run
 """
@@ -52,11 +53,13 @@ def add_model_args(p: argparse.ArgumentParser):
 
 def add_data_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", default=None, help="folder of prepared <dataset>.h5 files "
-                   "(default: $GPUNET_DATA or ./data)")
+    g.add_argument("--data-dir", default=None, help="the data home: prepared <dataset>.h5 files and downloads "
+                   "(default: $GPUNET_DATA, else ~/.cache/gpunet)")
     g.add_argument("--source", metavar="PATH", help="source to convert when <data-dir>/<dataset>.h5 is missing "
-                   "(default: look in the data folder and ../shared/datasets)")
-    g.add_argument("--download", action="store_true", help="CIFAR-10 only: download the source")
+                   "(default: a known source file in the data home)")
+    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="CIFAR-10: download the official tarball into the data home when nothing is there "
+                   "(default: on; --no-download refuses)")
 
 
 def overrides(args) -> dict:

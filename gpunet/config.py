@@ -1,0 +1,172 @@
+"""Training settings: the ``TrainConfig`` dataclass, the tuned recipes, and how they are resolved.
+
+Precedence, lowest first: the dataclass defaults < the recipe of (dataset, arch) in
+``RECIPES`` < a ``--config`` JSON/YAML file < explicit command-line flags. A run
+folder's ``config.json`` is a ``TrainConfig`` written back out (``load_config``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from .optim import SCHEDULES
+
+DATASETS = ("cifar10", "fer2013")
+ARCHS = ("fc", "cnn")
+OPTIMIZERS = ("sgd", "sgd_momentum", "nesterov", "rmsprop", "adam")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "cifar10"        # cifar10 | fer2013 (with arch, picks the recipe in RECIPES)
+    arch: str = "fc"                # fc: fully connected net | cnn: convnet (conv blocks, then an FC head)
+    data: str | None = None         # the prepared HDF5 file (filled in by find_data)
+    hidden: list = field(default_factory=lambda: [1024, 512])  # hidden layer sizes (cnn: of the FC head)
+    channels: list = field(default_factory=lambda: [32, 64, 128])  # cnn: conv3x3-BN-ReLU-maxpool2 block widths
+    dropout: float = 0.2            # drop probability of every hidden layer
+    reg: float = 0.0                # L2 strength in the loss (0.5 * reg * sum W^2)
+    optimizer: str = "adam"         # sgd | sgd_momentum | nesterov | rmsprop | adam
+    lr: float = 1e-3                # base learning rate
+    momentum: float = 0.9           # sgd_momentum / nesterov
+    weight_decay: float = 0.0       # decoupled weight decay (AdamW-style)
+    schedule: str = "cosine"        # constant | step | exponential | cosine
+    step_size: int = 10             # step: epochs between drops
+    gamma: float = 0.1              # step: factor per drop; exponential: factor per epoch
+    min_lr_ratio: float = 0.0       # cosine: final lr / base lr
+    warmup_epochs: int = 0          # linear warm-up epochs
+    batch_size: int = 256
+    epochs: int = 30
+    patience: int | None = None     # early stopping after this many epochs without improvement
+    seed: int = 0                   # initialisation, batch order, dropout, augmentation
+    augment: bool = True            # random horizontal flips of training images
+    crop_pad: int = 0               # random crops after padding by this many pixels (0 = off)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        """A config from a dict (e.g. config.json); ValueError naming ``where`` and the key."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a JSON object of settings, found {type(d).__name__}")
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(d) - set(types))
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {unknown}; expected some of {sorted(types)}")
+        cfg = cls()
+        for k, v in d.items():
+            setattr(cfg, k, _coerce(k, v, getattr(cls(), k), where))
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "config"):
+        checks = [("dataset", self.dataset in DATASETS, f"one of {list(DATASETS)}"),
+                  ("arch", self.arch in ARCHS, f"one of {list(ARCHS)}"),
+                  ("channels", len(self.channels) > 0 and all(c > 0 for c in self.channels), "positive widths"),
+                  ("optimizer", self.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+                  ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
+                  ("hidden", len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "positive sizes"),
+                  ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
+                  ("lr", self.lr > 0, "> 0"), ("reg", self.reg >= 0, ">= 0"),
+                  ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                  ("batch_size", self.batch_size >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
+                  ("patience", self.patience is None or self.patience >= 1, ">= 1 or null"),
+                  ("crop_pad", self.crop_pad >= 0, ">= 0")]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{where}: {key}: expected {expected}, got {getattr(self, key)!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(key, value, default, where):
+    """``value`` converted to the type of the field's default; ValueError naming the key."""
+    try:
+        if key in ("hidden", "channels"):
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                value = [value]
+            return [int(h) for h in value]
+        if value is None:
+            if key in ("data", "patience"):
+                return None
+            raise TypeError("null")
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError(type(value).__name__)
+            return value
+        if key == "patience":
+            return int(value)
+        return type(default)(value) if default is not None else str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {key}: expected a value like {default!r}, got {value!r}") from None
+
+
+# A good default recipe per (dataset, arch), measured on a 2-core CPU (see docs/RESULTS.md).
+_FC = dict(arch="fc", hidden=[1024, 512], dropout=0.2, optimizer="adam", lr=1e-3, schedule="cosine",
+           batch_size=256, epochs=30, augment=True)
+_CNN = dict(arch="cnn", channels=[32, 64, 128], hidden=[256], dropout=0.5, optimizer="adam", lr=1e-3,
+            schedule="cosine", batch_size=128, augment=True, crop_pad=4)
+RECIPES = {
+    ("cifar10", "fc"): _FC,
+    ("fer2013", "fc"): _FC,                              # the same recipe serves both datasets
+    ("cifar10", "cnn"): dict(_CNN, epochs=30),
+    ("fer2013", "cnn"): dict(_CNN, epochs=25),
+}
+
+
+def read_json(path, what="config file") -> dict:
+    """A JSON (or, with PyYAML installed, YAML) file as a dict; ValueError naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such {what}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: YAML needs PyYAML (pip install pyyaml); use JSON instead") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def resolve_config(dataset=None, config_file=None, overrides=None) -> TrainConfig:
+    """Defaults < the dataset's recipe < ``config_file`` < ``overrides`` (explicit flags)."""
+    from_file = read_json(config_file) if config_file else {}
+    if not isinstance(from_file, dict):
+        raise ValueError(f"{config_file}: expected a JSON object of settings")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    dataset = dataset or overrides.get("dataset") or from_file.get("dataset")
+    if dataset is None:
+        raise ValueError("dataset: name one (cifar10 or fer2013) on the command line or in --config")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {list(DATASETS)}, got {dataset!r}")
+    arch = overrides.get("arch") or from_file.get("arch") or "fc"
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {list(ARCHS)}, got {arch!r}")
+    settings = {**RECIPES[(dataset, arch)], **from_file, **overrides, "dataset": dataset}
+    cfg = TrainConfig.from_dict(settings, where=str(config_file) if from_file else "settings")
+    return cfg
+
+
+def load_config(run_dir) -> TrainConfig:
+    """The ``TrainConfig`` saved in ``run_dir/config.json``."""
+    path = os.path.join(os.fspath(run_dir), "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file; is {run_dir} a gpunet-train run folder?")
+    return TrainConfig.from_dict(read_json(path), where=path)
+
+
+def solver_options(cfg: TrainConfig) -> dict:
+    """The Solver keyword arguments a config stands for."""
+    sched = {"step_size": cfg.step_size, "gamma": cfg.gamma, "min_lr_ratio": cfg.min_lr_ratio,
+             "warmup_epochs": cfg.warmup_epochs, "total_epochs": cfg.epochs}
+    return dict(update_rule=cfg.optimizer, batch_size=cfg.batch_size, num_epochs=cfg.epochs, seed=cfg.seed,
+                optim_config={"learning_rate": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
+                schedule=cfg.schedule, schedule_config=sched, patience=cfg.patience, print_every=10**9)
