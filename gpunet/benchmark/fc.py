@@ -1,0 +1,179 @@
+"""The fully connected reference nets: gpunet beside PyTorch, and the GEMM-only bound.
+
+Nets (CIFAR-shaped input, float32, SGD momentum 0.9):
+  A: 3072-512-256-10, ReLU;  B: 3072-1024-1024-1024-10, ReLU, dropout 0.5.
+The GEMM-only bound is the time of just the matrix products of one training step
+(forward, weight-gradient, and input-gradient products except the first layer's)
+with the backend's matmul, so each figure reads as a fraction of what the hardware allows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..model import FullyConnectedNet
+from ..optim import Optimizer
+from .machine import free_pool, pool_bytes
+from .timing import interleaved, rates, torch_optimizer
+
+NETS = {
+    "A": {"hidden": [512, 256], "dropout": 0.0, "desc": "3072-512-256-10 ReLU"},
+    "B": {"hidden": [1024, 1024, 1024], "dropout": 0.5, "desc": "3072-1024x3-10 ReLU dropout 0.5"},
+}
+INPUT_DIM, NUM_CLASSES = 3072, 10
+LR, MOMENTUM = 1e-3, 0.9
+N_BATCHES = 4          # distinct synthetic batches cycled through (all on the device)
+ORDER = ["gpunet_train", "torch_train", "gpunet_infer", "torch_infer", "gemm_bound"]
+
+
+def synthetic_batches(shape, num_classes, seed=0):
+    """``N_BATCHES`` standard-normal float32 batches of ``shape`` (B, ...) and int labels (B,)."""
+    rng = np.random.default_rng(seed)
+    X = [rng.standard_normal(shape, dtype=np.float32) for _ in range(N_BATCHES)]
+    y = [rng.integers(0, num_classes, shape[0]) for _ in range(N_BATCHES)]
+    return X, y
+
+
+class GpunetCase:
+    """The library path, the Solver's inner loop: ``model.loss`` + ``Optimizer.step`` on device-held batches."""
+
+    def __init__(self, model, optimizer, X, y, lr):
+        self.model, self.opt, self.lr = model, optimizer, lr
+        self.X = [backend.to_device(x) for x in X]
+        self.y = [backend.to_device(t) for t in y]
+        self.i = 0
+        self.loss = None
+
+    def train_step(self):
+        i = self.i = (self.i + 1) % N_BATCHES
+        loss, grads = self.model.loss(self.X[i], self.y[i])
+        self.opt.step(self.model.params, grads, self.lr)
+        self.loss = loss                 # stays on the device: no host synchronisation per step
+
+    def infer_step(self):
+        i = self.i = (self.i + 1) % N_BATCHES
+        self.model.loss(self.X[i]).argmax(axis=1)
+
+    def last_loss(self) -> float:
+        return float("nan") if self.loss is None else float(self.loss)
+
+
+class TorchCase:
+    """The same recipe in PyTorch eager mode: ``net`` (a torch module) and an optimizer factory."""
+
+    def __init__(self, torch, net, make_opt, X, y, device: str):
+        self.torch, self.device = torch, device
+        self.net = net.to(device)
+        self.opt, self.optimizer_kind = make_opt(self.net.parameters())
+        self.X = [torch.from_numpy(x).to(device) for x in X]
+        self.y = [torch.from_numpy(t).to(device) for t in y]
+        self.i = 0
+        self.loss = None
+
+    def sync(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
+
+    def train_step(self):
+        i = self.i = (self.i + 1) % N_BATCHES
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.torch.nn.functional.cross_entropy(self.net(self.X[i]), self.y[i])
+        loss.backward()
+        self.opt.step()
+        self.loss = loss.detach()
+
+    def infer_step(self):
+        i = self.i = (self.i + 1) % N_BATCHES
+        self.net.eval()
+        with self.torch.inference_mode():
+            self.net(self.X[i]).argmax(dim=1)
+
+
+def torch_fc(torch, net: dict):
+    """The FC net ``net`` as a ``torch.nn.Sequential`` (seeded 0)."""
+    torch.manual_seed(0)
+    dims = [INPUT_DIM] + net["hidden"]
+    layers = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        if net["dropout"]:
+            layers.append(torch.nn.Dropout(net["dropout"]))
+    layers.append(torch.nn.Linear(dims[-1], NUM_CLASSES))
+    return torch.nn.Sequential(*layers)
+
+
+class GemmBound:
+    """Just the matrix products of one training step, with the backend's matmul and preallocated outputs."""
+
+    def __init__(self, net: dict, batch: int):
+        xp = backend.xp()
+        rng = np.random.default_rng(1)
+        dims = [INPUT_DIM] + net["hidden"] + [NUM_CLASSES]
+        mk = lambda *s: backend.to_device(rng.standard_normal(s, dtype=np.float32))
+        self.layers = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            self.layers.append((i, mk(batch, a), mk(a, b), xp.empty((batch, b), np.float32),
+                                mk(batch, b), xp.empty((a, b), np.float32), xp.empty((batch, a), np.float32)))
+        self.matmul = xp.matmul
+
+    def step(self):
+        mm = self.matmul
+        for _, X, W, H, dH, dW, dX in self.layers:
+            mm(X, W, out=H)
+        for i, X, W, H, dH, dW, dX in reversed(self.layers):
+            mm(X.T, dH, out=dW)
+            if i > 0:
+                mm(dH, W.T, out=dX)
+
+
+def measure_memory(case: GpunetCase):
+    """Device-pool bytes after the first training step and after 5 more (None on the CPU)."""
+    case.train_step()                    # the first step allocates optimizer state and buffers
+    backend.synchronize()
+    first = pool_bytes()
+    for _ in range(5):                   # ... and no later step may allocate more
+        case.train_step()
+    backend.synchronize()
+    later = pool_bytes()
+    if first is None:
+        return None
+    return {"after_first_step": first, "after_6_steps": later,
+            "pool_steady": later["total_bytes"] == first["total_bytes"]}
+
+
+def bench_case(net_name: str, batch: int, cfg) -> dict:
+    """Time one (net, batch size): gpunet and torch interleaved, plus the GEMM bound.
+
+    cfg: a ``BenchConfig`` (steps, repeats, warmup, torch, threads). Rates are samples/s.
+    """
+    net = NETS[net_name]
+    X, y = synthetic_batches((batch, INPUT_DIM), NUM_CLASSES)
+    free_pool()
+    model = FullyConnectedNet(net["hidden"], input_dim=INPUT_DIM, num_classes=NUM_CLASSES,
+                              dropout=net["dropout"], dtype=np.float32, seed=0)
+    g = GpunetCase(model, Optimizer("sgd_momentum", {"learning_rate": LR, "momentum": MOMENTUM}), X, y, LR)
+    memory = measure_memory(g)
+    t = None
+    if cfg.torch:
+        import torch
+        torch.set_num_threads(cfg.threads)
+        make_opt = lambda ps: torch_optimizer(torch, torch.optim.SGD, ps, lr=LR, momentum=MOMENTUM)
+        t = TorchCase(torch, torch_fc(torch, net), make_opt, X, y, "cuda" if backend.name() == "cupy" else "cpu")
+    gemm = GemmBound(net, batch)
+    fns = {"gpunet_train": (g.train_step, backend.synchronize), "gpunet_infer": (g.infer_step, backend.synchronize),
+           "gemm_bound": (gemm.step, backend.synchronize)}
+    if t is not None:
+        fns.update(torch_train=(t.train_step, t.sync), torch_infer=(t.infer_step, t.sync))
+    times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup)
+    res = {"net": net_name, "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}
+    res.update(rates({k: times[k] for k in fns}, batch, cfg.steps))
+    if t is not None:
+        res["train_ratio"] = res["gpunet_train"] / res["torch_train"]
+        res["infer_ratio"] = res["gpunet_infer"] / res["torch_infer"]
+        res["torch_optimizer"] = t.optimizer_kind
+    res["train_frac_of_gemm_bound"] = res["gpunet_train"] / res["gemm_bound"]
+    res["final_loss"] = g.last_loss()
+    if memory is not None:
+        res["device_memory"] = memory
+    return res

@@ -1,0 +1,90 @@
+"""What a benchmark records about the machine it ran on, and how it pins the CPU thread count.
+
+numpy's BLAS reads its thread count from the environment when numpy is imported,
+so ``pin_threads`` re-executes the command once with OMP_NUM_THREADS /
+OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set (torch gets ``set_num_threads``).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import numpy as np
+
+from .. import backend
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_PINNED = "GPUNET_BENCH_THREADS"   # set in the re-executed process: pinning is done
+
+
+def pin_threads(n: int, module: str, argv):
+    """Re-execute ``python -m module argv`` once with the BLAS thread variables set to ``n``."""
+    if os.environ.get(_PINNED) == str(n):
+        return
+    env = dict(os.environ, **{_PINNED: str(n)}, **{k: str(n) for k in THREAD_ENV})
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+
+
+def machine_info() -> dict:
+    """CPU model, cores, library versions and BLAS, for the record."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "blas": blas_name(), "backend": backend.name(),
+            "threads_env": {k: os.environ.get(k) for k in THREAD_ENV}}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    cp = backend.cupy_module() if backend.name() == "cupy" else None
+    if cp is not None:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        info["cupy"] = cp.__version__
+    return info
+
+
+def loadavg():
+    """1-minute load average (other processes on the machine make every figure noisier)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def blas_name() -> str:
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older numpy without mode="dicts"
+        return "unknown"
+
+
+def pool_bytes():
+    """CuPy memory-pool use ``{"used_bytes", "total_bytes"}``, or None on the CPU."""
+    cp = backend.cupy_module() if backend.name() == "cupy" else None
+    if cp is None:
+        return None
+    pool = cp.get_default_memory_pool()
+    return {"used_bytes": int(pool.used_bytes()), "total_bytes": int(pool.total_bytes())}
+
+
+def free_pool():
+    """Return the CuPy pool's cached blocks (a no-op on the CPU), so each case starts from empty."""
+    cp = backend.cupy_module() if backend.name() == "cupy" else None
+    if cp is not None:
+        cp.get_default_memory_pool().free_all_blocks()
