@@ -36,9 +36,10 @@ class BackendError(RuntimeError):
 def _probe_cupy(device: int = 0):
     """Import cupy and run a tiny operation on ``device``; remember why it failed."""
     global _cupy, _cupy_error, _probed
-    if _probed and _cupy is not None:
+    if _probed:
         return _cupy
     _probed = True
+    _cupy = None    # a failed re-probe (another device) must not leave the old module looking usable
     try:
         import cupy  # noqa: the one place cupy is imported
     except Exception as e:  # ImportError, or a broken CUDA install raising anything
@@ -194,6 +195,18 @@ def pinned_empty(shape, dtype):
 def stream():
     """A new non-blocking CUDA stream on CuPy; None on NumPy."""
     return _cupy.cuda.Stream(non_blocking=True) if name() == "cupy" else None
+
+
+def cupy_toolchain():
+    """The cupy module for code generation and NVRTC only (no device is touched); None if it does not import.
+
+    For ``gpunet.nvrtc``, which compiles kernels on machines without a GPU.
+    """
+    try:
+        import cupy  # noqa: the one place cupy is imported
+    except Exception:  # ImportError, or a broken CUDA install raising anything
+        return None
+    return cupy
 
 
 def cupy_module():

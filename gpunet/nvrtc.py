@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import backend
+
 PINNED_CUPY = "14.2.0"
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 INTS = (np.dtype(np.int32), np.dtype(np.int64))
@@ -44,19 +46,24 @@ class Variant:
 
 def unavailable() -> str | None:
     """Why NVRTC compilation cannot run here (None when it can)."""
+    cupy = backend.cupy_toolchain()
+    if cupy is None:
+        return "cupy does not import"
     try:
-        import cupy
-        from cupy.cuda import nvrtc
-        nvrtc.getVersion()
-    except Exception as e:  # cupy absent, or the NVRTC library not found
-        return f"cupy/NVRTC unavailable ({type(e).__name__}: {e})"
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as e:  # the NVRTC library is not found
+        return f"NVRTC unavailable ({type(e).__name__}: {e})"
     if cupy.__version__ != PINNED_CUPY:
         return f"gpunet.nvrtc is pinned to cupy {PINNED_CUPY}, found {cupy.__version__}"
     return None
 
 
+def _cupy():
+    return backend.cupy_toolchain()
+
+
 def _placeholders(src):
-    from cupy._core import _kernel
+    _kernel = _cupy()._core._kernel
     params = _kernel._get_param_info(src.in_params, True) + _kernel._get_param_info(src.out_params, False)
     return params, sorted({p.ctype for p in params if p.dtype is None and p.ctype})
 
@@ -75,9 +82,8 @@ def expand(src, types: dict, broadcast=()) -> str:
 
     broadcast: parameter names passed as a row broadcast over a 2-d array (2-d indexing).
     """
-    import cupy
-    from cupy._core import _carray, _kernel, _scalar
-
+    cupy = _cupy()
+    _carray, _kernel, _scalar = cupy._core._carray, cupy._core._kernel, cupy._core._scalar
     params, _ = _placeholders(src)
     unknown = set(src.scalars) - {p.name for p in params[:len(_kernel._get_param_info(src.in_params, True))]}
     if unknown:
@@ -125,15 +131,13 @@ def variants(src) -> list[Variant]:
 
 def _options(arch: str):
     """CuPy's own NVRTC options (CCCL and CuPy include paths, C++17) plus what its compiler adds."""
-    from cupy._core import core
-    return core.assemble_cupy_compiler_options(()) + (
+    return _cupy()._core.core.assemble_cupy_compiler_options(()) + (
         "-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
 
 
 def compile(v: Variant, arch: str = "80") -> bytes:
     """Compile one variant to a cubin for ``sm_<arch>``; raise ``NvrtcError`` with NVRTC's log."""
-    from cupy._core import core
-    from cupy.cuda import compiler
+    core, compiler = _cupy()._core.core, _cupy().cuda.compiler
     elementwise = v.label != "raw"
     code = v.code
     if elementwise:   # what core.compile_with_cache prepends for elementwise kernels

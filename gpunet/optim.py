@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import backend, kernels
+from . import backend, kernels, multi_tensor
 
 
 @dataclass
@@ -65,8 +65,24 @@ _ADAM = kernels.elementwise("adam", "T dw, T b1, T b2, T lr_t, T inv_sqrt_bc2, T
                             "w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)", module=__name__,
                             scalars=("b1", "b2", "lr_t", "inv_sqrt_bc2", "eps"))
 
+def grad_like(w, dw, name="parameter"):
+    """``dw`` as an array of ``w``'s dtype and shape: a float gradient of another precision is converted.
+
+    The same on NumPy and CuPy (CuPy's kernels would refuse a float64 gradient for float32
+    weights, NumPy would silently compute in float64). Anything else is refused.
+    """
+    if tuple(dw.shape) != tuple(w.shape):
+        raise ValueError(f"gradient of {name}: expected shape {tuple(w.shape)}, got {tuple(dw.shape)}")
+    if dw.dtype != w.dtype:
+        if dw.dtype.kind != "f":
+            raise TypeError(f"gradient of {name}: expected a floating-point array, got {dw.dtype}")
+        dw = dw.astype(w.dtype)
+    return dw
+
+
 def sgd_(w, dw, lr):
     """``w -= lr * dw`` in place."""
+    dw = grad_like(w, dw)
     lr = w.dtype.type(lr)
     if kernels.on_gpu(w):
         _SGD(dw, lr, w)
@@ -82,6 +98,7 @@ def sgd_momentum_(w, dw, v, mu, lr, nesterov=False):
     once per step instead of once per operation (the arrays of net B's first
     layer are 12 MB each), with the blocks shared among ``num_threads()`` threads.
     """
+    dw = grad_like(w, dw)
     mu, lr = w.dtype.type(mu), w.dtype.type(lr)
     if kernels.on_gpu(w):
         (_NESTEROV if nesterov else _MOMENTUM)(dw, mu, lr, w, v)
@@ -116,6 +133,7 @@ def sgd_momentum_(w, dw, v, mu, lr, nesterov=False):
 
 def rmsprop_(w, dw, c, decay, lr, eps):
     """``c = decay * c + (1 - decay) * dw**2``; ``w -= lr * dw / (sqrt(c) + eps)``, in place."""
+    dw = grad_like(w, dw)
     t = w.dtype.type
     if kernels.on_gpu(w):
         _RMSPROP(dw, t(decay), t(lr), t(eps), w, c)
@@ -131,6 +149,7 @@ def adam_(w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
 
     lr_t = lr / (1 - b1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) carry the bias corrections.
     """
+    dw = grad_like(w, dw)
     t = w.dtype.type
     if kernels.on_gpu(w):
         _ADAM(dw, t(b1), t(b2), t(lr_t), t(inv_sqrt_bc2), t(eps), w, m, v)
@@ -204,20 +223,99 @@ def get_rule(name: str):
 
 
 class Optimizer:
-    """An update rule, its hyperparameters and the per-parameter state of one model."""
+    """An update rule, its hyperparameters and the per-parameter state of one model.
 
-    def __init__(self, rule: str = "sgd", config: OptimConfig | dict | None = None):
+    On CuPy, ``step`` updates every parameter in one launch (``gpunet/multi_tensor.py``);
+    on NumPy it runs the rule parameter by parameter. ``prepare`` + ``apply`` split
+    the step for CUDA graphs: ``prepare`` writes the step's scalars (lr, bias
+    corrections) to a device buffer outside the graph, ``apply`` is captured.
+    """
+
+    def __init__(self, rule: str = "sgd", config: OptimConfig | dict | None = None, multi_tensor: bool = True):
         self.rule_name = rule
         self.rule = get_rule(rule)
         self.config = config if isinstance(config, OptimConfig) else OptimConfig.from_dict(config)
         if rule == "nesterov":
             self.config.nesterov = True
         self.state = {}  # param name -> {state name -> array or int}
+        self.multi_tensor = multi_tensor
+        self._multi = None
+
+    def _grads(self, params, grads):
+        missing = sorted(set(params) - set(grads))
+        if missing:
+            raise KeyError(f"grads: no gradient for parameter(s) {missing}")
+        return {k: grad_like(w, grads[k], k) for k, w in params.items()}
+
+    def _use_multi(self, params) -> bool:
+        ws = list(params.values())
+        return (self.multi_tensor and bool(ws) and all(kernels.on_gpu(w) and w.flags.c_contiguous for w in ws)
+                and len({w.dtype for w in ws}) == 1)
+
+    def prepare(self, params: dict, lr: float):
+        """Multi-tensor path: create missing state, advance step counters, write the step's scalars."""
+        if self._multi is None:
+            self._multi = _Multi(self)
+        self._multi.prepare(params, lr)
+
+    def apply(self, params: dict, grads: dict):
+        """Multi-tensor path: one launch updating every parameter (after ``prepare``)."""
+        self._multi.apply(params, self._grads(params, grads))
 
     def step(self, params: dict, grads: dict, lr: float):
-        """Update every ``params[k]`` in place from ``grads[k]``."""
+        """Update every ``params[k]`` in place from ``grads[k]`` (converted to the parameter's dtype)."""
+        if self._use_multi(params):
+            self.prepare(params, lr)
+            self.apply(params, grads)
+            return
+        grads = self._grads(params, grads)
         for k, w in params.items():
             self.rule(w, grads[k], self.config, self.state.setdefault(k, {}), lr)
+
+
+# ---------------------------------------------------------------- multi-tensor update (CuPy)
+# rule -> (its state arrays, in the kernel's output order after w; its elementwise kernel)
+_MULTI_RULES = {"sgd": ((), _SGD), "sgd_momentum": (("velocity",), _MOMENTUM), "rmsprop": (("cache",), _RMSPROP),
+                "adam": (("m", "v"), _ADAM)}
+MULTI_KERNELS = {(k.source.name, dt): multi_tensor.declare(k.source, dt, __name__)
+                 for k in (_SGD, _MOMENTUM, _NESTEROV, _RMSPROP, _ADAM) for dt in ("float32", "float64")}
+
+
+class _Multi:
+    """Glue between an ``Optimizer`` and ``multi_tensor.MultiTensor``: state arrays and the step's scalars."""
+
+    def __init__(self, opt: Optimizer):
+        name = "sgd_momentum" if opt.rule is sgd_momentum else opt.rule.__name__
+        self.opt, (self.state_names, k) = opt, _MULTI_RULES[name]
+        if name == "sgd_momentum" and opt.config.nesterov:
+            k = _NESTEROV
+        self.launcher = multi_tensor.MultiTensor(k.source)
+
+    def prepare(self, params, lr):
+        xp = backend.get_array_module(*params.values())
+        self.launcher.write_scalars(xp, *self.scalars(xp, params, lr))
+
+    def scalars(self, xp, params, lr):
+        """Create missing state, advance Adam's step count; return (1 - lr * weight_decay, {scalar: value})."""
+        cfg, st = self.opt.config, self.opt.state
+        for k, w in params.items():
+            s = st.setdefault(k, {})
+            for n in self.state_names:
+                if n not in s:
+                    s[n] = xp.zeros_like(w)
+            if self.state_names == ("m", "v"):
+                s["t"] = s.get("t", 0) + 1
+        vals = {"lr": lr, "mu": cfg.momentum, "r": cfg.decay_rate, "eps": cfg.epsilon, "b1": cfg.beta1,
+                "b2": cfg.beta2}
+        if self.state_names == ("m", "v"):   # bias corrections, as in adam()
+            t = st[next(iter(params))]["t"]
+            vals["lr_t"], vals["inv_sqrt_bc2"] = lr / (1 - cfg.beta1 ** t), 1 / math.sqrt(1 - cfg.beta2 ** t)
+        return 1.0 - lr * cfg.weight_decay, vals
+
+    def apply(self, params, grads):
+        st = self.opt.state
+        self.launcher.launch(backend.get_array_module(*params.values()),
+                             [[grads[k], w] + [st[k][n] for n in self.state_names] for k, w in params.items()])
 
 
 # ---------------------------------------------------------------- schedules

@@ -1,0 +1,50 @@
+"""CPU-execution cases of the multi-tensor optimizer kernels (``gpunet/multi_tensor.py``).
+
+Each generated raw kernel runs on the CPU over a pointer table of NumPy arrays
+(three parameters of different sizes, one of them empty) and must give what the
+NumPy optimizer gives parameter by parameter, weight decay included.
+Collected by ``tests/test_kernel_cpu.py`` through ``MULTI_CASES``.
+"""
+import numpy as np
+
+from gpunet import multi_tensor, optim
+from gpunet.kernels import SOURCES
+
+import kernel_harness as H
+
+ARG_TYPES = ["const long long*", "int", "long long", "const double*"]
+RULES = {"sgd": "sgd", "momentum": "sgd_momentum", "nesterov": "nesterov", "rmsprop": "rmsprop", "adam": "adam"}
+
+
+def run_multi(rule, dt, rng, steps=3, shapes=((7, 5), (0,), (13,), (1,))):
+    cfg = {"weight_decay": 0.01, "momentum": 0.8}
+    params = {f"p{k}": rng.standard_normal(s).astype(dt) for k, s in enumerate(shapes)}
+    twin = optim.Optimizer(RULES[rule], cfg, multi_tensor=False)
+    twin_params = {k: v.copy() for k, v in params.items()}
+    opt = optim.Optimizer(RULES[rule], cfg)
+    multi = optim._Multi(opt)
+    src = SOURCES[f"multi_{multi.launcher.src.name}_{np.dtype(dt).name}"]
+    for step in range(steps):
+        grads = {k: rng.standard_normal(v.shape).astype(dt) for k, v in params.items()}
+        lr = 0.05 / (step + 1)
+        twin.step(twin_params, grads, lr)
+        hp = multi_tensor.scalar_vector(multi.launcher.src, *multi.scalars(np, params, lr))
+        per_param = [[grads[k], w] + [opt.state[k][n] for n in multi.state_names] for k, w in params.items()]
+        rows, total = multi_tensor.table_rows(per_param)
+        H.run_raw(src, ARG_TYPES, 2, 8, np.array(rows, np.int64), np.int32(len(rows)), np.int64(total), hp)
+    return params, twin_params, opt, twin
+
+
+def _case(rule):
+    def case(dt, rng):
+        params, want, opt, twin = run_multi(rule, dt, rng)
+        tol = 3e-6 if dt == np.float32 else 1e-13
+        for k in params:
+            np.testing.assert_allclose(params[k], want[k], rtol=tol, atol=tol, err_msg=f"{rule} {k}")
+            for n, s in twin.state[k].items():
+                np.testing.assert_allclose(opt.state[k][n], s, rtol=tol, atol=tol, err_msg=f"{rule} {k} {n}")
+    return case
+
+
+MULTI_CASES = {f"multi_{r}_{d}": (lambda c, d: lambda dt, rng: c(np.dtype(d).type, rng))(_case(r), d)
+               for r in RULES for d in ("float32", "float64")}
