@@ -79,3 +79,44 @@ def test_bad_grads_are_refused_with_the_parameter_name(xp):
         opt.step(params, {"W1": xp.zeros((3, 2), np.float32)}, 0.1)
     with pytest.raises(KeyError, match="no gradient for parameter"):
         opt.step(params, {}, 0.1)
+
+
+class _RecordingRng:
+    """Stands in for a CuPy generator: fills ``out`` and remembers which buffers it was handed."""
+
+    def __init__(self):
+        self.outs, self.g = [], np.random.default_rng(0)
+
+    def random(self, shape, dtype=np.float32, out=None):
+        assert out is not None, "the GPU dropout must generate into a reused buffer"
+        self.outs.append(out)
+        out[...] = self.g.random(shape, dtype=dtype)
+        return out
+
+
+def test_gpu_dropout_reuses_its_uniform_buffer(monkeypatch):
+    from gpunet.layers import activations
+    calls = []
+    monkeypatch.setattr(activations.kernels, "on_gpu", lambda a: True)
+    monkeypatch.setattr(activations, "_DROPOUT", lambda u, p, scale, h: calls.append(u) or h.__imul__(u >= p))
+    monkeypatch.setattr(activations, "_uniform_bufs", {})
+    rng, X = _RecordingRng(), np.ones((6, 4), np.float32)
+    for _ in range(3):
+        activations.dropout_forward(X.copy(), 0.5, rng=rng, out=X.copy())
+    activations.dropout_forward(np.ones((2, 4), np.float32), 0.5, rng=rng, out=np.ones((2, 4), np.float32))
+    assert all(u is rng.outs[0] for u in rng.outs[:3]) and rng.outs[3] is not rng.outs[0]
+    assert calls[0] is rng.outs[0] and len(activations._uniform_bufs) == 2
+
+
+@pytest.mark.gpu
+def test_gpu_dropout_allocates_nothing_per_call(xp):
+    if xp is np:
+        pytest.skip("GPU path")
+    from gpunet.layers import activations
+    X = xp.ones((256, 512), np.float32)
+    activations.dropout_forward(X, 0.5, out=X)
+    pool = backend.cupy_module().get_default_memory_pool()
+    used = pool.used_bytes()
+    for _ in range(5):
+        activations.dropout_forward(X, 0.5, out=X)
+    assert pool.used_bytes() == used

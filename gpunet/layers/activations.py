@@ -75,6 +75,21 @@ def keep_mask(rng, shape, p):
     return rng.random(shape, dtype=np.float32) >= np.float32(p)
 
 
+_uniform_bufs = {}  # (device id, shape) -> float32 array reused for the GPU dropout's uniforms
+
+
+def _uniforms(rng, X):
+    """Fresh float32 uniforms shaped like X, written into one buffer per device and shape (GPU path).
+
+    The buffer is consumed by the dropout kernel in stream order before the next call overwrites it.
+    """
+    key = (getattr(getattr(X, "device", None), "id", None), tuple(X.shape))
+    buf = _uniform_bufs.get(key)
+    if buf is None:
+        buf = _uniform_bufs[key] = backend.get_array_module(X).empty(X.shape, dtype=np.float32)
+    return rng.random(X.shape, dtype=np.float32, out=buf)
+
+
 def dropout_forward(X, p=0.5, train=True, seed=None, rng=None, out=None):
     """Inverted dropout: drop each unit with probability ``p``, scale kept units by 1/(1-p).
 
@@ -100,7 +115,7 @@ def dropout_forward(X, p=0.5, train=True, seed=None, rng=None, out=None):
     else:
         rng = rng if rng is not None else _rng_for(xp)
         if out is not None and kernels.on_gpu(X):
-            _DROPOUT(rng.random(X.shape, dtype=np.float32), np.float32(p), scale, out)
+            _DROPOUT(_uniforms(rng, X), np.float32(p), scale, out)
             return out, None
         keep = keep_mask(rng, X.shape, p)
     if out is not None:
