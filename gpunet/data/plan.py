@@ -10,6 +10,7 @@ every module that draws imports them from here:
 ``[seed, epoch, DROPOUT_STREAM]``     dropout masks of an epoch (the Solver sets ``model.rng``)
 ``[seed, epoch, AUGMENT_STREAM]``     augmentation draws (flips, crops) of an epoch
 ``[seed, TRAIN_EVAL_STREAM]``         the Solver's training-accuracy subsample
+``[seed, CHECK_STREAM]``              the Solver's ``check_accuracy(X, y, num_samples)`` subsample
 ``[seed, LIMIT_STREAM]``              ``load_split(..., limit)``'s random subset
 ====================================  ==========================================
 """
@@ -20,6 +21,7 @@ import numpy as np
 DROPOUT_STREAM = 1              # third seed word of the dropout generator
 AUGMENT_STREAM = 0xA06          # third seed word: augmentation draws are independent of the order
 TRAIN_EVAL_STREAM = 2**31 - 1   # second seed word of the Solver's train-accuracy subsample
+CHECK_STREAM = 2**31 - 2        # second seed word of the Solver's check_accuracy subsample
 LIMIT_STREAM = 7                # second seed word of load_split's random subset
 
 
