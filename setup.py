@@ -21,6 +21,8 @@ setup(
     extras_require={
         "cuda12x": ["cupy-cuda12x>=13"],
         "cuda13x": ["cupy-cuda13x>=13"],
+        # NVRTC compile tests without a GPU (gpunet/nvrtc.py is pinned to this CuPy; .ci/run installs the same)
+        "nvrtc": ["cupy-cuda13x==14.2.0", "nvidia-cuda-nvrtc==13.0.88"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.7",   # scipy: test oracles only
                 "scikit-image>=0.19", "onnx>=1.12", "onnxruntime>=1.12"],  # so CI runs those tests
         "faces": ["scikit-image>=0.19"],      # gpunet.detect_emotions: its bundled face cascade
