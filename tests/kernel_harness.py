@@ -10,9 +10,11 @@ process in a temporary directory, keyed by the generated text. Needs g++ only.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -61,6 +63,7 @@ def _compile(code: str) -> ctypes.CDLL:
         return _cache[key]
     if _dir is None:
         _dir = tempfile.mkdtemp(prefix="gpunet_kernel_cpu_")
+        atexit.register(shutil.rmtree, _dir, True)
     cpp, so = os.path.join(_dir, key + ".cpp"), os.path.join(_dir, key + ".so")
     with open(cpp, "w") as f:
         f.write(code)
