@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# GPU acceptance run (under 5 minutes: the timeouts below add up to 4.5): the CuPy cases of the test suite, then
-# gpunet-bench on CuPy beside PyTorch, TF32 off (the default) and on. Everything lands in $OUT
-# (default ./gpu_check_out): env.txt, pytest_gpu.txt, bench_gpu{,_tf32}.{txt,json}.
-# Usage: [OUT=dir] [PYTHON=python] scripts/gpu_check.sh ; exit status 0 only if every step passed.
+# GPU acceptance run: at most 8 minutes on one H100 (the step time limits below add up to 7.6).
+#   1. the CuPy test cases (mark "gpu": gradient checks, fused vs plain kernels, optimizer and dropout
+#      kernels, steady memory pool), then the graph-versus-eager training-step test on its own;
+#   2. the NVRTC compile and CPU-execution tests of every CUDA source (cheap; needs the pinned CuPy);
+#   3. gpunet-bench on CuPy beside PyTorch eager, TF32 off: the FC nets, then the CNN (--cnn; skipped
+#      when this checkout's bench has no --cnn);
+#   4. gpunet-train cifar10 --epochs 3 end to end on a SYNTHETIC CIFAR-10 python tarball made here
+#      (random pixels, the real layout, 5000 train / 1000 test images: no internet on the GPU machine),
+#      converted by the train command itself; its accuracy means nothing, only that it runs;
+#   5. a one-screen summary (also in $OUT/summary.txt).
+# Everything lands in $OUT (default ./gpu_check_out). Usage: [OUT=dir] [PYTHON=python] scripts/gpu_check.sh
+# Exit status 0 only if every step passed (2: no usable GPU, nothing run).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_check_out}"
 PY="${PYTHON:-python}"
 mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # run from the checkout, installed or not
 status=0
+summary=()
+
+# step NAME LIMIT_S CMD...: run CMD with a time limit, output to $OUT/NAME.txt, one summary line
+step() {
+    local name=$1 limit=$2 t0 rc res
+    shift 2
+    t0=$(date +%s)
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    rc=$?
+    case $rc in
+        0) res=PASS ;;
+        124|137) res="TIMEOUT(${limit}s)"; status=1 ;;
+        *) res="FAIL($rc)"; status=1 ;;
+    esac
+    summary+=("$(printf '%-16s %-13s %4ss  %s' "$name" "$res" "$(( $(date +%s) - t0 ))" \
+        "$(grep -v '^\s*$' "$OUT/$name.txt" | tail -n 1 | cut -c1-90)")")
+}
 
 {
     date -u
-    nvidia-smi || echo "nvidia-smi not found"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || echo "nvidia-smi not found"
     "$PY" -c "import numpy, cupy; print('numpy', numpy.__version__, 'cupy', cupy.__version__)"
     "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
         || echo "torch not importable: the benchmark runs without the comparison"
@@ -27,16 +53,46 @@ sys.exit(0 if backend.gpu_available() else 'no usable GPU: %s' % backend.gpu_una
     exit 2
 fi
 
-# 1. the CuPy test cases (parameter id "cupy", mark "gpu"): gradient checks, fused vs plain kernels,
-#    optimizer kernels vs formulas, steady memory pool
-GPUNET_BACKEND=cupy timeout 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 \
-    | tee "$OUT/pytest_gpu.txt" || status=1
+# 1. CuPy test cases, then the graph-vs-eager test alone (it is among them too; this names it in the summary)
+step pytest_gpu 120 env GPUNET_BACKEND=cupy "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
+step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_cudagraph.py -k cupy
+# 2. every CUDA source through NVRTC and on the CPU
+step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/test_nvrtc.py \
+    tests/test_kernel_cpu.py
+# 3. the benchmarks (TF32 off is the bench's default)
+step bench_fc 75 "$PY" scripts/bench.py --backend cupy --steps 50 --repeats 5 --warmup 10 --json "$OUT/bench_fc.json"
+if "$PY" scripts/bench.py --help 2>/dev/null | grep -q -- "--cnn"; then
+    step bench_cnn 75 "$PY" scripts/bench.py --backend cupy --cnn --steps 20 --repeats 3 --warmup 5 \
+        --json "$OUT/bench_cnn.json"
+else
+    summary+=("$(printf '%-16s %-13s %4ss  %s' bench_cnn SKIP 0 'this checkout has no gpunet-bench --cnn')")
+fi
+# 4. end to end on synthetic CIFAR-10 (tests/prep_fixtures.py writes the official python layout)
+rm -rf "$OUT/data" "$OUT/run_cifar10"
+step make_data 30 "$PY" -c "
+import sys; sys.path.insert(0, 'tests')
+from pathlib import Path
+from prep_fixtures import cifar_batches, make_tar, write_cifar_python
+out = Path('$OUT/data'); out.mkdir(parents=True)
+src = write_cifar_python(out / 'src', cifar_batches(per_batch=1000, seed=0))
+print('SYNTHETIC CIFAR-10 tarball:', make_tar(src, out / 'cifar-10-python.tar.gz'))
+"
+step train_cifar10 90 "$PY" scripts/train.py cifar10 --backend cupy --epochs 3 --data-dir "$OUT/data" \
+    --source "$OUT/data/cifar-10-python.tar.gz" --no-download --out "$OUT/run_cifar10" --no-plots
 
-# 2. the benchmark, both nets at batch 256 and 1024; TF32 off, then on (stated in each result)
-timeout 90 "$PY" scripts/bench.py --backend cupy --steps 50 --repeats 7 --warmup 10 \
-    --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt" || status=1
-timeout 60 "$PY" scripts/bench.py --backend cupy --tf32 --steps 50 --repeats 5 --warmup 10 \
-    --json "$OUT/bench_gpu_tf32.json" 2>&1 | tee "$OUT/bench_gpu_tf32.txt" || status=1
-
-echo "gpu_check: exit status $status; results in $OUT" >&2
+# 5. summary
+{
+    echo "gpu_check $(date -u +%FT%TZ)  $(grep -m1 -v '^name' "$OUT/env.txt" | head -c 60)"
+    grep -E '^(numpy|torch)' "$OUT/env.txt"
+    printf '%-16s %-13s %5s  %s\n' step result time "last line of $OUT/<step>.txt"
+    printf '%s\n' "${summary[@]}"
+    for j in "$OUT"/bench_fc.json "$OUT"/bench_cnn.json; do
+        [ -f "$j" ] && "$PY" -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+rows = d if isinstance(d, list) else d.get('results', d)
+print(sys.argv[1].split('/')[-1] + ':', json.dumps(rows)[:300])" "$j"
+    done
+    echo "train data: SYNTHETIC (random pixels); exit status $status"
+} | tee "$OUT/summary.txt"
 exit $status
