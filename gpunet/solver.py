@@ -90,17 +90,22 @@ def _epoch_rng(rng, seed):
 
     NumPy generators are cheap to make. A CuPy generator owns a device state array
     that cuRAND initialises: re-initialising that array in place gives the very
-    stream ``backend.default_rng(seed)`` would, without a new allocation.
+    stream ``backend.default_rng(seed)`` would, without a new allocation. Every
+    epoch's stream comes out of the same path (a run's first generator is made and
+    then reseeded too), so a resumed run draws what an uninterrupted one does.
     """
-    if rng is None or isinstance(rng, np.random.Generator) or backend.name() != "cupy":
+    if backend.name() != "cupy":
         return backend.default_rng(seed)
-    try:  # CuPy's cuRAND bit generators (private API: fall back to a new generator)
+    if rng is None or isinstance(rng, np.random.Generator):
+        rng = backend.default_rng(0)
+    try:  # CuPy's cuRAND bit generators (private API, CuPy 13-14: else a new generator each epoch)
         init = sys.modules["cupy.random._generator_api"].init_curand
         bg = rng.bit_generator
         folded = int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1)  # as backend.default_rng
-        bg._seed_seq = np.random.SeedSequence(folded)
-        bg._seed = bg._seed_seq.generate_state(1, np.uint32)[0]
-        init(bg.generator, bg._state.data.ptr, bg._seed, bg._size)
+        seed_seq = np.random.SeedSequence(folded)
+        seed32 = seed_seq.generate_state(1, np.uint32)[0]
+        init(bg.generator, bg._state.data.ptr, seed32, bg._size)
+        bg._seed_seq, bg._seed = seed_seq, seed32
         return rng
     except (KeyError, AttributeError, TypeError):
         return backend.default_rng(seed)

@@ -174,3 +174,30 @@ def test_accepted_checkpoint_changes_the_solver(tmp_path):
     for k in ("model.params", "model.buffers", "optimizer.state", "best_params"):
         with pytest.raises(AssertionError):
             np.testing.assert_equal(after[k], before[k])
+
+
+def test_sequential_batchnorm_running_stats_resume_exactly(tmp_path):
+    """The real thing: a gpunet.nn model with batch-norm buffers, interrupted and resumed."""
+    from gpunet.nn import BatchNorm1d, Dropout, Linear, ReLU, Sequential
+
+    def make(folder, **kw):
+        model = Sequential([Linear(10, 16), BatchNorm1d(16), ReLU(), Dropout(0.2), Linear(16, 3)], seed=0)
+        folder.mkdir(exist_ok=True)
+        return Solver(model, _data(), update_rule="adam", optim_config={"learning_rate": 3e-3}, batch_size=16,
+                      num_epochs=3, verbose=False, seed=5, checkpoint_name=str(folder / "run"), **kw)
+
+    full = make(tmp_path / "a").train()
+    assert {"1.running_mean", "1.running_var"} <= set(full.best_params)
+
+    def stop(solver, epoch):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path / "b", on_epoch_end=stop).train()
+    resumed = make(tmp_path / "b", resume=True)
+    assert resumed.epoch == 1
+    resumed.train()
+    np.testing.assert_equal(_np(resumed.model.params), _np(full.model.params))
+    np.testing.assert_equal(_np(resumed.model.buffers), _np(full.model.buffers))
+    assert not np.allclose(backend.to_numpy(full.model.buffers["1.running_var"]), 1.0)  # they did move

@@ -222,3 +222,18 @@ def test_losses_read_once_per_epoch_when_host_reads_are_costly(monkeypatch):
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, iteration \d"):
         solver.train()
     assert solver.epoch == 0 and solver.val_acc_history == []   # raised before evaluating the epoch
+
+
+def test_epoch_generator_is_a_function_of_seed_and_epoch(xp):
+    """On CuPy the epoch's generator is reseeded in place; its draws equal a fresh generator's."""
+    from gpunet.solver import _epoch_rng
+    first = _epoch_rng(None, [5, 0, 1])
+    again = _epoch_rng(first, [5, 3, 1])
+    fresh = backend.default_rng([5, 3, 1])
+    np.testing.assert_array_equal(backend.to_numpy(again.random(1000, dtype=np.float32)),
+                                  backend.to_numpy(fresh.random(1000, dtype=np.float32)))
+    if xp is not np:
+        assert again is first                     # the same device state, reseeded
+    other = _epoch_rng(again, [5, 4, 1])
+    epoch3 = backend.default_rng([5, 3, 1])
+    assert not np.array_equal(backend.to_numpy(other.random(10)), backend.to_numpy(epoch3.random(10)))
