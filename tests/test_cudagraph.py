@@ -3,7 +3,8 @@
 On CuPy (mark ``gpu``; skipped without a usable GPU) a model trained by replaying a
 captured step, with a last partial batch and a changing learning rate, must end
 with the same parameters as a twin trained step by step. On NumPy the factory
-returns the eager step, checked against the written-out loop.
+returns the eager step, checked against the written-out loop. The order of warm-up,
+capture, replay and eager fallback is checked without a GPU through stand-ins.
 """
 import numpy as np
 import pytest
@@ -63,3 +64,92 @@ def test_numpy_gets_the_eager_step():
         np.testing.assert_array_equal(model.params["W1"], before - np.float32(0.1) * grads["W1"])
     finally:
         backend.use(prev)
+
+
+# ---------------------------------------------------------------- control flow, without a GPU
+class _Log(list):
+    capturing = False
+
+
+class _FakeStream:
+    def __init__(self, log, non_blocking=False):
+        self.log = log
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def record(self):
+        return object()
+
+    def wait_event(self, e):
+        pass
+
+    def begin_capture(self):
+        self.log.capturing = True
+
+    def end_capture(self):
+        self.log.capturing = False
+        log = self.log
+        return type("G", (), {"launch": lambda self, s: log.append("launch")})()
+
+
+def _fake_cupy(log):
+    import contextlib
+    cuda = type("cuda", (), {})
+    cuda.Stream = lambda non_blocking=False: _FakeStream(log)
+    cuda.MemoryPool = lambda: type("Pool", (), {"malloc": None})()
+    cuda.using_allocator = staticmethod(lambda f: contextlib.nullcontext())
+    cuda.get_current_stream = staticmethod(lambda: _FakeStream(log))
+    return type("cp", (), {"cuda": cuda, "empty": staticmethod(np.empty)})
+
+
+class _FakeModel:
+    def __init__(self, log, fail_capture=False):
+        self.log, self.fail, self.params = log, fail_capture, {"W": np.zeros(2)}
+
+    def loss(self, X, y):
+        if self.log.capturing and self.fail:
+            raise RuntimeError("host synchronisation during capture")
+        self.log.append("loss(capture)" if self.log.capturing else "loss")
+        return np.array(float(X.shape[0])), {"W": np.zeros(2)}
+
+
+class _FakeOpt:
+    def __init__(self, log):
+        self.log = log
+
+    def _use_multi(self, params):
+        return True
+
+    def prepare(self, params, lr):
+        self.log.append(f"prepare({lr})")
+
+    def apply(self, params, grads):
+        self.log.append("apply(capture)" if self.log.capturing else "apply")
+
+    def step(self, params, grads, lr):
+        self.log.append(f"step({lr})")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_graph_step_control_flow(monkeypatch, fail):
+    log = _Log()
+    monkeypatch.setattr(backend, "cupy_module", lambda: _fake_cupy(log))
+    step = cudagraph.GraphStep(_FakeModel(log, fail), _FakeOpt(log))
+    X, y, Xp, yp = np.zeros((4, 3)), np.zeros(4, np.int64), np.zeros((2, 3)), np.zeros(2, np.int64)
+    losses = [float(step(X, y, 1)), float(step(X, y, 2)), float(step(X, y, 3)), float(step(Xp, yp, 4))]
+    if not fail:
+        assert log == ["loss", "step(1)",                                          # warm-up, eager
+                       "prepare(2)", "loss(capture)", "apply(capture)", "launch",  # capture, then launch
+                       "prepare(3)", "launch",                                     # replay: lr written first
+                       "loss", "step(4)"]                                          # partial batch: eager
+        assert step.replays == 2 and step.failed is None
+    else:
+        assert log == ["loss", "step(1)",
+                       "prepare(2)", "loss", "apply",     # capture failed: this step eagerly, prepared once
+                       "loss", "step(3)", "loss", "step(4)"]
+        assert "host synchronisation" in step.failed
+    assert losses == [4, 4, 4, 2]
