@@ -138,8 +138,10 @@ def read_checkpoint(path, solver) -> Checkpoint:
     if missing:
         raise ValueError(f"{path}: __meta__: missing entries {missing}")
     model = solver.model
-    own = _json_normal(model.config())
-    if desc["model"] != own:
+    own, saved = _json_normal(model.config()), dict(desc["model"])
+    if "kind" not in saved and own.get("kind") == "fully_connected":
+        saved["kind"] = "fully_connected"   # configs written before models named their kind
+    if saved != own:
         raise ValueError(f"{path}: checkpoint is for a model {desc['model']}, not {own}")
     if desc["update_rule"] != solver.update_rule:
         raise ValueError(f"{path}: checkpoint was trained with update_rule {desc['update_rule']!r}, "

@@ -201,3 +201,17 @@ def test_sequential_batchnorm_running_stats_resume_exactly(tmp_path):
     np.testing.assert_equal(_np(resumed.model.params), _np(full.model.params))
     np.testing.assert_equal(_np(resumed.model.buffers), _np(full.model.buffers))
     assert not np.allclose(backend.to_numpy(full.model.buffers["1.running_var"]), 1.0)  # they did move
+
+
+def test_checkpoint_from_before_models_named_their_kind_still_resumes(tmp_path):
+    _solver(tmp_path / "a", num_epochs=1).train()
+    src = tmp_path / "a" / "run.ckpt.npz"
+    with np.load(src) as z:
+        desc = json.loads(z["__meta__"].tobytes())
+    model = {k: v for k, v in desc["model"].items() if k != "kind"}
+    old = _tamper(src, tmp_path / "old.npz", meta={"model": model})
+    b = _solver(tmp_path / "b", num_epochs=2)
+    b.load_checkpoint(old)
+    assert b.epoch == 1
+    with pytest.raises(ValueError, match="checkpoint is for a model"):
+        _solver(tmp_path / "c", num_epochs=2, hidden=(16, 8)).load_checkpoint(old)
