@@ -31,11 +31,10 @@ from tqdm.auto import tqdm
 from . import backend
 from .checkpoint import model_state, read_checkpoint, save_checkpoint
 from .data import ArrayLoader
+from .data.plan import CHECK_STREAM, DROPOUT_STREAM, TRAIN_EVAL_STREAM
 from .io import write_json
 from .optim import Optimizer, Schedule
 
-_TRAIN_EVAL_STREAM = 2**31 - 1   # seed stream of the train-accuracy subsample
-_CHECK_STREAM = 2**31 - 2        # seed stream of check_accuracy(X, y, num_samples)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -174,7 +173,7 @@ class Solver:
         train = ArrayLoader(X_tr, y_tr, self.batch_size, shuffle=True, seed=self.seed, dtype=self.model.dtype)
         val = ArrayLoader(X_val, y_val, 1024, shuffle=False, dtype=self.model.dtype)
         n = len(y_tr) if self.num_train_samples is None else min(int(self.num_train_samples), len(y_tr))
-        sub = np.sort(np.random.default_rng([self.seed, _TRAIN_EVAL_STREAM]).permutation(len(y_tr))[:n])
+        sub = np.sort(np.random.default_rng([self.seed, TRAIN_EVAL_STREAM]).permutation(len(y_tr))[:n])
         sub_d = backend.to_device(sub)
         train_eval = ArrayLoader(train.X[sub_d], train.y[sub_d], 1024, shuffle=False, dtype=self.model.dtype)
         return train, val, train_eval
@@ -214,7 +213,7 @@ class Solver:
         if int(batch_size) < 1:
             raise ValueError(f"check_accuracy: batch_size: expected >= 1, got {batch_size}")
         if num_samples is not None and N > int(num_samples):
-            pick = np.sort(np.random.default_rng([self.seed, _CHECK_STREAM]).permutation(N)[:int(num_samples)])
+            pick = np.sort(np.random.default_rng([self.seed, CHECK_STREAM]).permutation(N)[:int(num_samples)])
             pick = backend.to_device(pick) if backend.get_array_module(X) is not np else pick
             X, y = X[pick], y[pick]
         batches = ((backend.to_device(X[i:i + batch_size], dtype=self.model.dtype),
@@ -270,7 +269,7 @@ class Solver:
         model, loader = self.model, self.train_loader
         lr = self.optimizer.config.learning_rate * self.schedule.factor(epoch)
         loader.set_epoch(epoch)
-        self._rng = model.rng = _epoch_rng(self._rng, [self.seed, epoch, 1])
+        self._rng = model.rng = _epoch_rng(self._rng, [self.seed, epoch, DROPOUT_STREAM])
         on_cpu = _host_sync_is_free()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=len(loader), leave=False, disable=disable, unit="batch")
