@@ -12,8 +12,8 @@ _SOFTMAX_XENT = kernels.elementwise(
     const ptrdiff_t o = i * C;
     const ptrdiff_t t = (ptrdiff_t)y[i];
     if (t < 0 || t >= C) {
-        row_loss = (T)NAN;
-        for (ptrdiff_t j = 0; j < C; ++j) dx[o + j] = (T)NAN;
+        row_loss = (T)CUDART_NAN;
+        for (ptrdiff_t j = 0; j < C; ++j) dx[o + j] = (T)CUDART_NAN;
     } else {
         T m = x[o];
         for (ptrdiff_t j = 1; j < C; ++j) m = x[o + j] > m ? x[o + j] : m;
