@@ -96,18 +96,27 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
-    """(N, d1, ..., dk) -> (N, d1 * ... * dk)."""
+    """(N, d1, ..., dk) -> (N, d1 * ... * dk), in PyTorch's order (C, H, W) for images."""
+    from_cnhw = False        # set by Sequential when the convolutions before it hand over (C, N, H, W)
 
     def forward(self, x, train=True):
+        if self.from_cnhw:
+            x = x.transpose(1, 0, 2, 3)
         self.shape = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
-        return dout.reshape(self.shape)
+        dx = dout.reshape(self.shape)
+        return dx.transpose(1, 0, 2, 3) if self.from_cnhw else dx
 
 
 class Conv2d(Layer):
-    """2-D convolution; W: (out_channels, in_channels, k, k) as in PyTorch, b: (out_channels,)."""
+    """2-D convolution; W: (out_channels, in_channels, k, k) as in PyTorch, b: (out_channels,).
+
+    Inside a ``Sequential`` the activations between convolutions travel as (C, N, H, W),
+    the order the GEMM produces, so no layer transposes them; ``in_layout`` says what arrives.
+    """
+    in_layout = "NCHW"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         super().__init__()
@@ -121,15 +130,18 @@ class Conv2d(Layer):
                        "b": np.zeros(self.out_channels, dtype=dtype)}
 
     def forward(self, x, train=True):
+        if self.in_layout == "NCHW":
+            x = x.transpose(1, 0, 2, 3)                                   # a view
         self.x, self.cache = x, ({} if train else None)
-        return conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache)
+        return conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache,
+                              layout="CNHW")
 
     def backward(self, dout):
         dx, self.grads["W"], self.grads["b"] = conv2d_backward(
             dout, self.x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache,
-            need_dx=not self.first)
+            need_dx=not self.first, layout="CNHW")
         self.cache = None
-        return dx
+        return dx.transpose(1, 0, 2, 3) if dx is not None and self.in_layout == "NCHW" else dx
 
     def config(self):
         return {"type": "Conv2d", "in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -157,6 +169,7 @@ class MaxPool2d(Layer):
 
 class BatchNorm1d(Layer):
     """Batch norm of (N, D) features: ``gamma``, ``beta`` and running statistics of shape (D,)."""
+    axis = 1                 # BatchNorm2d after a convolution in a Sequential: 0, as it gets (C, N, H, W)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9):
         super().__init__()
@@ -170,7 +183,7 @@ class BatchNorm1d(Layer):
     def forward(self, x, train=True):
         out, self.cache = batchnorm_forward(x, self.params["gamma"], self.params["beta"],
                                             self.buffers["running_mean"], self.buffers["running_var"],
-                                            train=train, momentum=self.momentum, eps=self.eps)
+                                            train=train, momentum=self.momentum, eps=self.eps, axis=self.axis)
         return out
 
     def backward(self, dout):
@@ -225,10 +238,21 @@ class Sequential:
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.meta = {}
         init_rng = seeding.init_rng(seed)
+        layout = "NCHW"                   # what flows between layers: after a Conv2d, (C, N, H, W)
         for i, layer in enumerate(self.layers):
             layer.first = i == 0
             if isinstance(layer, ReLU):   # never overwrite the caller's batch in place
                 layer.inplace = not all(isinstance(prev, Flatten) for prev in self.layers[:i])
+            if isinstance(layer, Conv2d):
+                layer.in_layout, layout = layout, "CNHW"
+            elif isinstance(layer, BatchNorm2d):
+                layer.axis = 0 if layout == "CNHW" else 1
+            elif isinstance(layer, (Flatten, Linear, BatchNorm1d)):
+                layer.from_cnhw = layout == "CNHW" and isinstance(layer, Flatten)
+                if layout == "CNHW" and not isinstance(layer, Flatten):
+                    raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) needs a Flatten() after "
+                                     "the convolutions")
+                layout = "flat"
             layer.init(init_rng, self.dtype)
         self._collect(lambda a: backend.to_device(a))
         self.rng = backend.default_rng(seeding.resolve_seed(seed))        # dropout masks (the Solver reseeds)

@@ -162,3 +162,57 @@ def test_batchnorm_backward_gradcheck(xp, rng, shape, train):
     assert rel_error(dX, numerical_gradient_array(f, X, dout)) < 1e-6
     assert rel_error(dgamma, numerical_gradient_array(f, gamma, dout)) < 1e-7
     assert rel_error(dbeta, numerical_gradient_array(f, beta, dout)) < 1e-7
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_pool_fast_path_on_tiled_inputs(xp, rng, size):
+    """Windows that tile the input exactly take the running-maximum path: same values, same gradient."""
+    X = arr(xp, rng.standard_normal((2, 3, 4 * size, 2 * size)))
+    out = max_pool2d_forward(X, size)
+    np.testing.assert_array_equal(backend.to_numpy(out), naive_pool(backend.to_numpy(X), size, size))
+    f = lambda: max_pool2d_forward(X, size)
+    dout = arr(xp, rng.standard_normal(out.shape))
+    cache = {}
+    max_pool2d_forward(X, size, cache=cache)
+    for c in (cache, None):
+        assert rel_error(max_pool2d_backward(dout, X, size, cache=c), numerical_gradient_array(f, X, dout, h=1e-6)) < 1e-7
+
+
+def test_pool_fast_path_ties_go_to_the_first_maximum(xp):
+    X = xp.asarray(np.array([[[[1.0, 1.0], [1.0, 0.0]]]]))
+    dX = backend.to_numpy(max_pool2d_backward(xp.ones((1, 1, 1, 1)), X, 2))
+    np.testing.assert_array_equal(dX[0, 0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 0)])
+def test_conv_channel_major_layout_matches_nchw(xp, rng, stride, pad):
+    """layout='CNHW' (what gpunet.nn uses between convolutions) is the same convolution, transposed."""
+    X, W, b = rng.standard_normal((3, 2, 6, 7)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    Xd, Wd, bd = arr(xp, X), arr(xp, W), arr(xp, b)
+    ref = conv2d_forward(Xd, Wd, bd, stride, pad)
+    out = conv2d_forward(Xd.transpose(1, 0, 2, 3), Wd, bd, stride, pad, layout="CNHW")
+    np.testing.assert_allclose(backend.to_numpy(out).transpose(1, 0, 2, 3), backend.to_numpy(ref), rtol=1e-12)
+    dout = rng.standard_normal(ref.shape)
+    dX, dW, db = conv2d_backward(arr(xp, dout), Xd, Wd, bd, stride, pad)
+    dXc, dWc, dbc = conv2d_backward(arr(xp, dout.transpose(1, 0, 2, 3)), Xd.transpose(1, 0, 2, 3), Wd, bd,
+                                    stride, pad, layout="CNHW")
+    np.testing.assert_allclose(backend.to_numpy(dXc).transpose(1, 0, 2, 3), backend.to_numpy(dX), rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(dWc), backend.to_numpy(dW), rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(dbc), backend.to_numpy(db), rtol=1e-12)
+
+
+def test_batchnorm_channel_axis_zero_matches_axis_one(xp, rng):
+    X = rng.standard_normal((4, 3, 5, 2))
+    C = 3
+    g, be = rng.standard_normal(C), rng.standard_normal(C)
+    out1, c1 = batchnorm_forward(arr(xp, X), arr(xp, g), arr(xp, be), xp.zeros(C), xp.ones(C))
+    Xt = np.ascontiguousarray(X.transpose(1, 0, 2, 3))
+    rm, rv = xp.zeros(C), xp.ones(C)
+    out0, c0 = batchnorm_forward(arr(xp, Xt), arr(xp, g), arr(xp, be), rm, rv, axis=0)
+    np.testing.assert_allclose(backend.to_numpy(out0).transpose(1, 0, 2, 3), backend.to_numpy(out1), rtol=1e-12)
+    dout = rng.standard_normal(X.shape)
+    d1 = batchnorm_backward(arr(xp, dout), c1)
+    d0 = batchnorm_backward(arr(xp, np.ascontiguousarray(dout.transpose(1, 0, 2, 3))), c0)
+    np.testing.assert_allclose(backend.to_numpy(d0[0]).transpose(1, 0, 2, 3), backend.to_numpy(d1[0]), rtol=1e-10)
+    for a, b_ in zip(d0[1:], d1[1:]):
+        np.testing.assert_allclose(backend.to_numpy(a), backend.to_numpy(b_), rtol=1e-10)

@@ -11,28 +11,38 @@ from __future__ import annotations
 from .. import backend
 
 
-def _axes(X):
-    if X.ndim == 2:
-        return (0,), (1, -1)
-    if X.ndim == 4:
-        return (0, 2, 3), (1, -1, 1, 1)
-    raise ValueError(f"batchnorm: expected X (N, D) or (N, C, H, W), got shape {tuple(X.shape)}")
+def _axes(X, axis):
+    if X.ndim not in (2, 4):
+        raise ValueError(f"batchnorm: expected X (N, D) or (N, C, H, W), got shape {tuple(X.shape)}")
+    axis %= X.ndim
+    bshape = [1] * X.ndim
+    bshape[axis] = -1
+    return axis, tuple(a for a in range(X.ndim) if a != axis), tuple(bshape)
 
 
-def batchnorm_forward(X, gamma, beta, running_mean, running_var, train=True, momentum=0.9, eps=1e-5):
+def _channel_dot(a, b, axis, axes):
+    """Per-channel ``sum(a * b)``; one pass (a matrix-vector product) when channels lead a contiguous array."""
+    xp = backend.get_array_module(a)
+    if axis == 0 and a.flags.c_contiguous and b.flags.c_contiguous:
+        return xp.einsum("ij,ij->i", a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
+    return (a * b).sum(axis=axes)
+
+
+def batchnorm_forward(X, gamma, beta, running_mean, running_var, train=True, momentum=0.9, eps=1e-5, axis=1):
     """``out = gamma * (X - mean) / sqrt(var + eps) + beta`` per feature (N, D) or per channel (N, C, H, W).
 
     gamma, beta, running_mean, running_var: (D,) or (C,). In training, mean/var are the
     batch's and the running statistics are updated in place; otherwise the running ones are used.
+    axis: the feature/channel axis (1; ``gpunet.nn`` passes 0 for its (C, N, H, W) activations).
     Returns ``(out, cache)`` with out shaped like X.
     """
-    axes, bshape = _axes(X)
+    axis, axes, bshape = _axes(X, axis)
     xp = backend.get_array_module(X)
     t = X.dtype.type
     if train:
         mean = X.mean(axis=axes)
         xc = X - mean.reshape(bshape)
-        var = (xc * xc).mean(axis=axes)
+        var = _channel_dot(xc, xc, axis, axes) / t(X.size // X.shape[axis])
         running_mean *= t(momentum)
         running_mean += t(1 - momentum) * mean
         running_var *= t(momentum)
@@ -43,10 +53,9 @@ def batchnorm_forward(X, gamma, beta, running_mean, running_var, train=True, mom
     inv_std = 1 / xp.sqrt(var + t(eps))
     xhat = xc
     xhat *= inv_std.reshape(bshape)                                  # xc's memory becomes xhat
-    out = xhat * gamma.reshape(bshape)
+    out = xp.multiply(xhat, gamma.reshape(bshape))
     out += beta.reshape(bshape)
-    return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "train": train, "axes": axes,
-                 "bshape": bshape}
+    return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "train": train, "axis": axis}
 
 
 def batchnorm_backward(dout, cache):
@@ -56,9 +65,9 @@ def batchnorm_backward(dout, cache):
     with ``dxhat = dout * gamma`` and M the values per feature. Test mode: ``dX = dout * gamma * inv_std``.
     """
     xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
-    axes, bshape = cache["axes"], cache["bshape"]
+    axis, axes, bshape = _axes(dout, cache["axis"])
     dbeta = dout.sum(axis=axes)
-    dgamma = (dout * xhat).sum(axis=axes)
+    dgamma = _channel_dot(dout, xhat, axis, axes)
     scale = (gamma * inv_std).reshape(bshape)
     if not cache["train"]:
         return dout * scale, dgamma, dbeta

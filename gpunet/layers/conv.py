@@ -19,11 +19,13 @@ def _out_size(size, k, stride, padding, what):
     return o
 
 
-def _geometry(X, W, stride, padding):
+def _geometry(X, W, stride, padding, layout):
+    if layout not in ("NCHW", "CNHW"):
+        raise ValueError(f"conv2d: layout: expected 'NCHW' or 'CNHW', got {layout!r}")
     if X.ndim != 4 or W.ndim != 4:
-        raise ValueError(f"conv2d: expected X (N, C, H, W) and W (F, C, KH, KW), got {tuple(X.shape)} "
+        raise ValueError(f"conv2d: expected X ({', '.join(layout)}) and W (F, C, KH, KW), got {tuple(X.shape)} "
                          f"and {tuple(W.shape)}")
-    N, C, H, Wd = X.shape
+    N, C, H, Wd = X.shape if layout == "NCHW" else (X.shape[1], X.shape[0]) + tuple(X.shape[2:])
     F, Cw, KH, KW = W.shape
     if C != Cw:
         raise ValueError(f"conv2d: X has {C} channels but W expects {Cw} (W is (F, C, KH, KW) = {tuple(W.shape)})")
@@ -31,15 +33,14 @@ def _geometry(X, W, stride, padding):
         _out_size(Wd, KW, stride, padding, "conv2d width")
 
 
-def im2col(X, KH, KW, stride=1, padding=0):
-    """Patches of X: (N, C, H, W) -> cols (C, KH, KW, N, Ho, Wo), one strided copy per offset."""
-    xp = backend.get_array_module(X)
-    N, C, H, W = X.shape
+def im2col(Xt, KH, KW, stride=1, padding=0):
+    """Patches of Xt: (C, N, H, W) (any strides) -> cols (C, KH, KW, N, Ho, Wo), one strided copy per offset."""
+    xp = backend.get_array_module(Xt)
+    C, N, H, W = Xt.shape
     Ho, Wo = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
-    Xt = X.transpose(1, 0, 2, 3)                                     # (C, N, H, W) view
     if padding:
         Xt = xp.pad(Xt, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    cols = xp.empty((C, KH, KW, N, Ho, Wo), dtype=X.dtype)
+    cols = xp.empty((C, KH, KW, N, Ho, Wo), dtype=Xt.dtype)
     hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
     for i in range(KH):
         for j in range(KW):
@@ -47,57 +48,65 @@ def im2col(X, KH, KW, stride=1, padding=0):
     return cols
 
 
-def col2im(dcols, X_shape, stride=1, padding=0):
-    """Adjoint of ``im2col``: sum the (C, KH, KW, N, Ho, Wo) patch gradients back into (N, C, H, W)."""
+def col2im(dcols, shape_cnhw, stride=1, padding=0):
+    """Adjoint of ``im2col``: sum (C, KH, KW, N, Ho, Wo) patch gradients into a (C, N, H, W) array (a view)."""
     xp = backend.get_array_module(dcols)
-    N, C, H, W = X_shape
+    C, N, H, W = shape_cnhw
     _, KH, KW, _, Ho, Wo = dcols.shape
-    dXt = xp.zeros((C, N, H + 2 * padding, W + 2 * padding), dtype=dcols.dtype)
     hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
+    dXt = xp.zeros((C, N, H + 2 * padding, W + 2 * padding), dtype=dcols.dtype)
     for i in range(KH):
         for j in range(KW):
             dXt[:, :, i:i + hs:stride, j:j + ws:stride] += dcols[:, i, j]
-    if padding:
-        dXt = dXt[:, :, padding:padding + H, padding:padding + W]
-    return xp.ascontiguousarray(dXt.transpose(1, 0, 2, 3))
+    return dXt[:, :, padding:padding + H, padding:padding + W] if padding else dXt
 
 
-def conv2d_forward(X, W, b, stride=1, padding=0, cache=None):
+def _as_cnhw(X, layout):
+    return X.transpose(1, 0, 2, 3) if layout == "NCHW" else X
+
+
+def conv2d_forward(X, W, b, stride=1, padding=0, cache=None, layout="NCHW"):
     """Convolution ``out[n, f] = sum_c X[n, c] * W[f, c] + b[f]`` (cross-correlation, zero padding).
 
     X: (N, C, H, W); W: (F, C, KH, KW) (PyTorch's layout); b: (F,).
     Returns out: (N, F, Ho, Wo) with Ho = (H + 2 padding - KH) // stride + 1.
     cache: an optional dict; the patches are kept in it so ``conv2d_backward`` need not gather them again.
+    layout: ``"CNHW"`` takes X as (C, N, H, W) and returns (F, N, Ho, Wo), the GEMM's own
+        order: a stack of convolutions (``gpunet.nn``) then never transposes between layers.
     """
-    N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding)
+    N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding, layout)
     xp = backend.get_array_module(X)
-    cols = im2col(X, KH, KW, stride, padding).reshape(C * KH * KW, N * Ho * Wo)
+    cols = im2col(_as_cnhw(X, layout), KH, KW, stride, padding).reshape(C * KH * KW, N * Ho * Wo)
     if cache is not None:
         cache["cols"] = cols
     out = xp.matmul(W.reshape(F, -1), cols)                          # (F, N*Ho*Wo)
     out += b.reshape(F, 1)
-    return xp.ascontiguousarray(out.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3))
+    out = out.reshape(F, N, Ho, Wo)
+    return out if layout == "CNHW" else xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
 
-def conv2d_backward(dout, X, W, b, stride=1, padding=0, cache=None, need_dx=True):
+def conv2d_backward(dout, X, W, b, stride=1, padding=0, cache=None, need_dx=True, layout="NCHW"):
     """Gradients of ``conv2d_forward``.
 
     dout: (N, F, Ho, Wo). Returns ``(dX, dW, db)``: dX (N, C, H, W) (None when ``need_dx``
     is False: nothing consumes the input gradient of a first layer), dW (F, C, KH, KW), db (F,).
     cache: the dict given to ``conv2d_forward`` (reuses its patches), or None.
+    layout: ``"CNHW"``: dout, X and dX are (F, N, Ho, Wo), (C, N, H, W) and (C, N, H, W).
     """
-    N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding)
-    if tuple(dout.shape) != (N, F, Ho, Wo):
-        raise ValueError(f"conv2d_backward: expected dout of shape {(N, F, Ho, Wo)}, got {tuple(dout.shape)}")
+    N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding, layout)
+    want = (N, F, Ho, Wo) if layout == "NCHW" else (F, N, Ho, Wo)
+    if tuple(dout.shape) != want:
+        raise ValueError(f"conv2d_backward: expected dout of shape {want}, got {tuple(dout.shape)}")
     xp = backend.get_array_module(dout)
     cols = cache.get("cols") if cache else None
     if cols is None:
-        cols = im2col(X, KH, KW, stride, padding).reshape(C * KH * KW, N * Ho * Wo)
-    d2 = xp.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(F, N * Ho * Wo)
+        cols = im2col(_as_cnhw(X, layout), KH, KW, stride, padding).reshape(C * KH * KW, N * Ho * Wo)
+    d2 = xp.ascontiguousarray(_as_cnhw(dout, layout)).reshape(F, N * Ho * Wo)
     db = d2.sum(axis=1)
     dW = xp.matmul(d2, cols.T).reshape(W.shape)
     dX = None
     if need_dx:
         dcols = xp.matmul(W.reshape(F, -1).T, d2).reshape(C, KH, KW, N, Ho, Wo)
-        dX = col2im(dcols, X.shape, stride, padding)
+        dXt = col2im(dcols, (C, N) + tuple(_as_cnhw(X, layout).shape[2:]), stride, padding)
+        dX = dXt if layout == "CNHW" else xp.ascontiguousarray(dXt.transpose(1, 0, 2, 3))
     return dX, dW, db

@@ -1,7 +1,10 @@
 """Max pooling over size x size windows, NCHW, no padding; overlapping windows allowed.
 
-One strided comparison per window offset (size*size of them), never a loop over
-pixels or samples. Ties go to the first maximum in row-major window order, as in PyTorch.
+One strided operation per window offset (size*size of them), never a loop over
+pixels or samples. Ties go to the first maximum in row-major window order, as in
+PyTorch. Windows that tile the input exactly (the usual 2x2, stride 2) take a fast
+path: a running ``maximum`` forward, and a backward that finds each window's maximum
+again from the saved output.
 """
 from __future__ import annotations
 
@@ -28,14 +31,29 @@ def _windows(X, size, stride, Ho, Wo):
             yield i * size + j, X[:, :, i:i + hs:stride, j:j + ws:stride], (i, j)
 
 
+def _tiles(X, size, stride):
+    """True when the windows tile X exactly (stride == size, sizes divisible): the fast path."""
+    return stride == size and X.shape[2] % size == 0 and X.shape[3] % size == 0
+
+
 def max_pool2d_forward(X, size=2, stride=None, cache=None):
     """Max over each window: X (N, C, H, W) -> out (N, C, Ho, Wo), Ho = (H - size) // stride + 1.
 
-    stride: defaults to ``size`` (non-overlapping windows).
-    cache: an optional dict; the argmax (window offset of each maximum) is kept for the backward.
+    stride: defaults to ``size`` (non-overlapping windows). Only the last two axes are
+    pooled, so X may equally be (C, N, H, W).
+    cache: an optional dict for the backward (the argmax of overlapping windows, or the output).
     """
     stride, Ho, Wo = _geometry(X, size, stride)
     xp = backend.get_array_module(X)
+    if _tiles(X, size, stride):
+        # fast path: a running maximum over the size*size strided views, no argmax kept
+        views = [v for _, v, _ in _windows(X, size, stride, Ho, Wo)]
+        out = xp.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+        for v in views[2:]:
+            xp.maximum(out, v, out=out)
+        if cache is not None:
+            cache["out"] = out
+        return out
     out, arg = None, None
     for k, v, _ in _windows(X, size, stride, Ho, Wo):
         if out is None:
@@ -54,10 +72,26 @@ def max_pool2d_backward(dout, X, size=2, stride=None, cache=None):
     """Gradient of ``max_pool2d_forward``: each dout goes to the input position of its window's maximum.
 
     dout: (N, C, Ho, Wo); X: the forward input. Returns dX (N, C, H, W).
-    cache: the dict given to the forward (reuses its argmax), or None.
+    cache: the dict given to the forward (reuses what it kept), or None.
     """
     stride_, Ho, Wo = _geometry(X, size, stride)
     xp = backend.get_array_module(dout)
+    hs, ws = stride_ * (Ho - 1) + 1, stride_ * (Wo - 1) + 1
+    if _tiles(X, size, stride_):
+        out = cache.get("out") if cache else None
+        if out is None:
+            out = max_pool2d_forward(X, size, stride)
+        dX = xp.empty(X.shape, dtype=dout.dtype)           # every position lies in exactly one window
+        taken = None
+        for k, v, (i, j) in _windows(X, size, stride_, Ho, Wo):
+            hit = v == out                                   # this offset holds the window's maximum ...
+            if taken is None:
+                taken = hit.copy()
+            else:
+                xp.greater(hit, taken, out=hit)              # ... and no earlier offset did (first max wins)
+                taken |= hit
+            xp.multiply(dout, hit, out=dX[:, :, i:i + hs:stride_, j:j + ws:stride_])
+        return dX
     arg = cache.get("arg") if cache else None
     if arg is None:
         c = {}
@@ -65,6 +99,5 @@ def max_pool2d_backward(dout, X, size=2, stride=None, cache=None):
         arg = c["arg"]
     dX = xp.zeros(X.shape, dtype=dout.dtype)
     for k, _, (i, j) in _windows(X, size, stride_, Ho, Wo):
-        hs, ws = stride_ * (Ho - 1) + 1, stride_ * (Wo - 1) + 1
         dX[:, :, i:i + hs:stride_, j:j + ws:stride_] += dout * (arg == k)
     return dX
