@@ -8,6 +8,7 @@ separate from the model's L2 term which enters through the gradient.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -166,17 +167,51 @@ def adam_(w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
 
 # ---------------------------------------------------------------- update rules
 
+# The coursework's (and CS231n's) functional form: defaults, and the state kept in its config dict.
+_COURSEWORK = {"sgd": ({"learning_rate": 1e-2}, ()),
+               "sgd_momentum": ({"learning_rate": 1e-2, "momentum": 0.9}, ("velocity",)),
+               "rmsprop": ({"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8}, ("cache",)),
+               "adam": ({"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}, ("m", "v", "t"))}
+
+
+def _two_forms(rule):
+    """Let ``rule`` also be called as ``next_w, config = rule(w, dw, config=None)``, as the coursework does.
+
+    The Solver's form ``rule(w, dw, cfg, state, lr)`` updates ``w`` in place. The coursework
+    form leaves ``w`` alone and returns the updated copy and ``config``, a dict holding the
+    hyperparameters (filled with the coursework's defaults) and the rule's state
+    (``velocity``, ``cache``, ``m``/``v``/``t``). Both run the same update.
+    """
+    defaults, state_keys = _COURSEWORK[rule.__name__]
+
+    @functools.wraps(rule)
+    def both(w, dw, cfg=None, state=None, lr=None, *, config=None):
+        if state is not None or isinstance(cfg, OptimConfig):
+            return rule(w, dw, cfg, state, lr)
+        config = config if config is not None else ({} if cfg is None else cfg)
+        for k, v in defaults.items():
+            config.setdefault(k, v)
+        st = {k: config[k] for k in state_keys if k in config}
+        next_w = w.copy()
+        rule(next_w, dw, OptimConfig.from_dict({k: config[k] for k in defaults}), st, config["learning_rate"])
+        config.update(st)
+        return next_w, config
+    return both
+
+
 def _decay(w, cfg, lr):
     if cfg.weight_decay:
         w *= w.dtype.type(1.0 - lr * cfg.weight_decay)
 
 
+@_two_forms
 def sgd(w, dw, cfg, state, lr):
     """Vanilla SGD: ``w -= lr * dw``."""
     _decay(w, cfg, lr)
     sgd_(w, dw, lr)
 
 
+@_two_forms
 def sgd_momentum(w, dw, cfg, state, lr):
     """SGD with momentum: ``v = mu * v - lr * dw; w += v`` (Nesterov: ``w += mu * v - lr * dw``)."""
     xp = backend.get_array_module(w)
@@ -187,6 +222,7 @@ def sgd_momentum(w, dw, cfg, state, lr):
     sgd_momentum_(w, dw, v, cfg.momentum, lr, cfg.nesterov)  # one pass over w, dw, v
 
 
+@_two_forms
 def rmsprop(w, dw, cfg, state, lr):
     """RMSProp: scale the step by a running RMS of the gradient."""
     xp = backend.get_array_module(w)
@@ -197,6 +233,7 @@ def rmsprop(w, dw, cfg, state, lr):
     rmsprop_(w, dw, c, cfg.decay_rate, lr, cfg.epsilon)
 
 
+@_two_forms
 def adam(w, dw, cfg, state, lr):
     """Adam with bias correction (decoupled weight decay makes it AdamW)."""
     xp = backend.get_array_module(w)
