@@ -26,6 +26,7 @@ import numpy as np
 from . import backend
 from .io import atomic_open
 from .model import FullyConnectedNet, load_model
+from .nn import Sequential
 from .preprocess import check_meta, meta_stats, normalize
 
 log = logging.getLogger("gpunet")
@@ -35,11 +36,12 @@ FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neut
 
 def resolve_model(model) -> tuple[FullyConnectedNet, str]:
     """``(model, name)``: load ``model`` when it is a path; ``name`` is used in errors."""
-    if isinstance(model, FullyConnectedNet):
+    if isinstance(model, (FullyConnectedNet, Sequential)):
         return model, getattr(model, "source", None) or "model"
     if isinstance(model, (str, os.PathLike)):
         return load_model(model), os.fspath(model)
-    raise TypeError(f"model: expected a FullyConnectedNet or a model file path, got {type(model).__name__}")
+    raise TypeError(f"model: expected a gpunet model (FullyConnectedNet, Sequential) or a model file path, "
+                    f"got {type(model).__name__}")
 
 
 def model_meta(model: FullyConnectedNet, where: str = "model", required: bool = True):

@@ -7,6 +7,7 @@ a table and writes everything with ``--json PATH``.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 
 from ..data import bench
@@ -29,7 +30,8 @@ def _body(args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--sources", default=str(bench.DEFAULT_SOURCES), help="folder of the real dataset archives")
+    p.add_argument("--sources", default=os.environ.get("GPUNET_DATASETS"),
+                   help="folder of the real dataset archives (default: $GPUNET_DATASETS; none: synthetic data only)")
     p.add_argument("--tmp", default=None, help="folder for temporary files (default: the system's)")
     p.add_argument("--big-gb", type=float, default=2.2, help="size of the synthetic file of the memory check")
     p.add_argument("--batch-size", type=int, default=100)

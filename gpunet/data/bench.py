@@ -31,7 +31,6 @@ from .norm import channel_stats
 from .stream import H5Loader
 
 _DATASETS = {"cifar10": "cifar-10-python.tar.gz", "fer2013": "fer2013-images.tar.gz"}
-DEFAULT_SOURCES = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 def rss_mb() -> float:
@@ -217,7 +216,7 @@ def table(r: dict) -> str:
     return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
 
-def run_all(sources=DEFAULT_SOURCES, tmp=None, big_gb=2.2, batch_size=100, repeats=1, block=10,
+def run_all(sources=None, tmp=None, big_gb=2.2, batch_size=100, repeats=1, block=10,
             skip_memory=False, skip_train=False) -> dict:
     """Every measurement above, as a JSON-ready dict; temporary files go under ``tmp``
     (default: the system's) and are deleted."""
@@ -226,7 +225,7 @@ def run_all(sources=DEFAULT_SOURCES, tmp=None, big_gb=2.2, batch_size=100, repea
     try:
         if not skip_memory:
             r["memory"] = memory_check(work, big_gb)
-        r["convert"] = time_conversions(Path(sources), work)
+        r["convert"] = time_conversions(Path(sources), work) if sources else {}
         cifar = r["convert"].get("cifar10", {}).get("path")
         if cifar is None:
             cifar = work / "synthetic_cifar.h5"
