@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0                   # initialisation, batch order, dropout, augmentation
     augment: bool = True            # random horizontal flips of training images
     crop_pad: int = 0               # random crops after padding by this many pixels (0 = off)
+    graph: bool = True              # CuPy: replay each training step from a CUDA graph (--no-graph: eager)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
@@ -169,4 +170,5 @@ def solver_options(cfg: TrainConfig) -> dict:
              "warmup_epochs": cfg.warmup_epochs, "total_epochs": cfg.epochs}
     return dict(update_rule=cfg.optimizer, batch_size=cfg.batch_size, num_epochs=cfg.epochs, seed=cfg.seed,
                 optim_config={"learning_rate": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
-                schedule=cfg.schedule, schedule_config=sched, patience=cfg.patience, print_every=10**9)
+                schedule=cfg.schedule, schedule_config=sched, patience=cfg.patience, print_every=10**9,
+                graph=cfg.graph)

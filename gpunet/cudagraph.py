@@ -41,7 +41,18 @@ def make_train_step(model, optimizer, graph: bool = True):
     first = next(iter(model.params.values()))
     if not graph or not kernels.on_gpu(first) or backend.cupy_module() is None:
         return eager_step(model, optimizer)
+    if _uses_dropout(model):
+        # a replayed graph would have to advance the generator's device state itself; until a
+        # GPU run shows the masks differ from step to step, dropout nets step eagerly
+        log.info("CUDA graph off, training step runs eagerly: the model uses dropout")
+        return eager_step(model, optimizer)
     return GraphStep(model, optimizer)
+
+
+def _uses_dropout(model) -> bool:
+    if getattr(model, "dropout", 0.0):
+        return True
+    return any(type(layer).__name__ == "Dropout" and layer.p > 0 for layer in getattr(model, "layers", ()))
 
 
 class GraphStep:

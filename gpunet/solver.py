@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import backend
 from .checkpoint import model_state, read_checkpoint, save_checkpoint
+from .cudagraph import make_train_step
 from .data import ArrayLoader
 from .data.plan import CHECK_STREAM, DROPOUT_STREAM, TRAIN_EVAL_STREAM
 from .io import write_json
@@ -62,6 +63,7 @@ class SolverConfig:
     history_path: str | None = None       # where the history JSON goes; None: beside the checkpoint
     progress: bool | None = None          # tqdm bars; None: only when stderr is a terminal
     on_epoch_end: Callable | None = None  # callable(solver, epoch) after each epoch; True stops
+    graph: bool = True                    # CuPy: replay the training step from a CUDA graph (gpunet.cudagraph)
 
     def __post_init__(self):
         self.optim_config = dict(self.optim_config or {})
@@ -117,7 +119,7 @@ class Solver:
     (the coursework's update_rule, optim_config, lr_decay, batch_size, num_epochs,
     num_train_samples, num_val_samples, print_every, verbose, checkpoint_name, and
     seed, schedule, schedule_config, patience, resume, history_path, progress,
-    on_epoch_end); ``config=SolverConfig(...)`` gives them at once, keywords override it.
+    on_epoch_end, graph); ``config=SolverConfig(...)`` gives them at once, keywords override it.
     """
 
     def __init__(self, model, data, config: SolverConfig | None = None, **kwargs):
@@ -130,9 +132,10 @@ class Solver:
         self.config, self.model = cfg, model
         for name in ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs",
                      "num_train_samples", "num_val_samples", "print_every", "verbose",
-                     "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end"):
+                     "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end", "graph"):
             setattr(self, name, getattr(cfg, name))
         self.optimizer = Optimizer(self.update_rule, self.optim_config)
+        self._step = None   # the training step, built on first use (eager, or a CUDA graph on CuPy)
         schedule, schedule_config = cfg.schedule, dict(cfg.schedule_config)
         if schedule is None:
             schedule = "exponential" if self.lr_decay != 1.0 else "constant"
@@ -253,9 +256,9 @@ class Solver:
 
     def _train_step(self, X, y, lr):
         """One update on the batch ``X`` (B, ...), ``y`` (B,); returns the loss, left on the device."""
-        loss, grads = self.model.loss(X, y)
-        self.optimizer.step(self.model.params, grads, lr)
-        return loss
+        if self._step is None:
+            self._step = make_train_step(self.model, self.optimizer, graph=self.graph)
+        return self._step(X, y, lr)
 
     def _run_epoch(self, epoch, disable):
         """Train one epoch; True when training should stop.

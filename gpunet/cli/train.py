@@ -18,7 +18,7 @@ from .common import UserError, add_common_args, run, setup
 # Flags that map one-to-one onto TrainConfig fields (dest -> field).
 CONFIG_FLAGS = ("arch", "channels", "hidden", "dropout", "reg", "optimizer", "lr", "momentum", "weight_decay", "schedule",
                 "step_size", "gamma", "min_lr_ratio", "warmup_epochs", "batch_size", "epochs", "patience",
-                "seed", "augment", "crop_pad")
+                "seed", "augment", "crop_pad", "graph")
 
 
 def add_model_args(p: argparse.ArgumentParser):
@@ -48,6 +48,9 @@ def add_model_args(p: argparse.ArgumentParser):
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips of training images")
     g.add_argument("--crop-pad", type=int, help="random crops after padding by this many pixels")
+    g.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="CuPy: capture the training step once and replay it as a CUDA graph (default: on; "
+                   "--no-graph steps eagerly)")
     g.add_argument("--config", metavar="FILE.json", help="load settings from a JSON (or YAML) file")
 
 
