@@ -20,6 +20,18 @@ from .layers import (batchnorm_backward, batchnorm_forward, conv2d_backward, con
 from .modelfile import write_model
 
 
+def _uniform_init(rng, shape, fan_in, dtype):
+    """``W`` and ``b`` drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for Linear and Conv2d.
+
+    Chosen over He initialisation (std sqrt(2/fan_in), what ``FullyConnectedNet`` uses)
+    because convnets trained better with it: the FER2013 CNN recipe reached 44.9% against
+    40.8% validation accuracy after 2 epochs with He (docs/RESULTS.md).
+    """
+    bound = 1.0 / np.sqrt(fan_in)
+    return {"W": rng.uniform(-bound, bound, shape).astype(dtype),
+            "b": rng.uniform(-bound, bound, shape[-1] if len(shape) == 2 else shape[0]).astype(dtype)}
+
+
 class Layer:
     """Base class: no parameters, no buffers."""
     first = False            # set by Sequential on the first layer: its input gradient is not needed
@@ -46,9 +58,7 @@ class Linear(Layer):
         self.in_features, self.out_features = int(in_features), int(out_features)
 
     def init(self, rng, dtype):
-        std = np.sqrt(2.0 / self.in_features)                                 # He initialisation
-        self.params = {"W": (rng.standard_normal((self.in_features, self.out_features)) * std).astype(dtype),
-                       "b": np.zeros(self.out_features, dtype=dtype)}
+        self.params = _uniform_init(rng, (self.in_features, self.out_features), self.in_features, dtype)
 
     def forward(self, x, train=True):
         self.x = x
@@ -125,9 +135,7 @@ class Conv2d(Layer):
 
     def init(self, rng, dtype):
         k = self.kernel_size
-        std = np.sqrt(2.0 / (self.in_channels * k * k))                      # He initialisation
-        self.params = {"W": (rng.standard_normal((self.out_channels, self.in_channels, k, k)) * std).astype(dtype),
-                       "b": np.zeros(self.out_channels, dtype=dtype)}
+        self.params = _uniform_init(rng, (self.out_channels, self.in_channels, k, k), self.in_channels * k * k, dtype)
 
     def forward(self, x, train=True):
         if self.in_layout == "NCHW":

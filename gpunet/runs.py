@@ -23,6 +23,7 @@ from . import backend, nn
 from .config import (ARCHS, DATASETS, OPTIMIZERS, RECIPES, TrainConfig, load_config, read_json,  # noqa: F401
                      resolve_config, solver_options)
 from .data import ArrayLoader, H5Loader, channel_stats, load_split
+from .data.plan import TRAIN_EVAL_STREAM
 from .datasets import SOURCE_NAMES, check_data, default_data_dir, find_data, find_source  # noqa: F401
 from .io import write_json
 from .metrics import classification_report
@@ -86,8 +87,8 @@ def build_loaders(cfg: TrainConfig, meta, arrays=None) -> dict:
         val = H5Loader(cfg.data, "val", batch_size=1000, shuffle=False)
     else:
         (X, y), (X_val, y_val) = arrays["train"], arrays["val"]
-        n = min(len(y), TRAIN_EVAL_SAMPLES)
-        X_sub, y_sub = X[:n], y[:n]
+        pick = np.sort(np.random.default_rng([cfg.seed, TRAIN_EVAL_STREAM]).permutation(len(y))[:TRAIN_EVAL_SAMPLES])
+        X_sub, y_sub = X[pick], y[pick]           # a random subset: files are often sorted by class
         train = on_host(X, y, batch_size=cfg.batch_size, seed=cfg.seed, augment=augment)
         val = on_host(X_val, y_val, batch_size=1000, shuffle=False)
     return {"train": train, "val": val, "train_eval": on_host(X_sub, y_sub, batch_size=1000, shuffle=False)}
