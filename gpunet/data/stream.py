@@ -2,9 +2,9 @@
 
 The file (layout in ``gpunet.data.h5file``) is read in whole chunks by a background
 thread (``gpunet.data.prefetch``) into a small ring of host buffers (pinned on CuPy),
-copied to the device as uint8 and normalised there (``gpunet.data.norm``). The epoch
-order (``epoch_plan``) depends only on ``(seed, epoch, chunk layout)``, so streaming
-and preloading give identical batches.
+copied to the device as uint8 and normalised there (``gpunet.data.norm``). A streamed
+epoch follows ``epoch_plan`` (chunks in a random order, mixed inside a window); a
+preloaded split is permuted as a whole. Both are pure functions of ``(seed, epoch)``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .. import backend
 from .augment import augment_images, check_augment
 from .h5file import check_split, file_meta, open_file
 from .norm import norm_stats, normalize
-from .plan import augment_seed, epoch_plan
+from .plan import augment_seed, epoch_permutation, epoch_plan
 from .prefetch import Prefetcher, blocking_event
 
 DEFAULT_CHUNK = 256           # rows per read when a dataset is stored contiguously
@@ -149,8 +149,15 @@ class H5Loader:
         self._epoch = int(epoch)
 
     def order(self, epoch=None) -> np.ndarray:
-        """(N,) int64 sample indices in the order ``epoch`` (default: the next) serves them."""
-        plan = self._plan(self._epoch if epoch is None else epoch)
+        """(N,) int64 sample indices in the order ``epoch`` (default: the next) serves them.
+
+        A preloaded split is shuffled as a whole (``epoch_permutation``): every batch is a
+        fair sample even when the file is sorted by class; a streamed one follows ``epoch_plan``.
+        """
+        epoch = self._epoch if epoch is None else epoch
+        if self.preloaded and self.shuffle:
+            return epoch_permutation(self.num_samples, self.seed, epoch)
+        plan = self._plan(epoch)
         return np.concatenate([o for _, o in plan]) if plan else np.empty(0, np.int64)
 
     def _plan(self, epoch):
