@@ -32,7 +32,17 @@ DEFAULT_SPACE = {
     "hidden": [[512], [512, 256], [1024, 512]],
     "optimizer": ["adam", "nesterov"],
 }
+CNN_SPACE = {                    # the default search of a convnet (gpunet-tune DATASET --arch cnn)
+    "lr": {"low": 3e-4, "high": 3e-3, "log": True},
+    "weight_decay": {"low": 1e-5, "high": 1e-3, "log": True},
+    "dropout": {"low": 0.2, "high": 0.6},
+    "channels": [[32, 64, 128], [32, 64, 128, 256]],
+    "crop_pad": [0, 2, 4],
+}
 GRID_POINTS = 3  # values per numeric range when the grid sampler needs a finite grid
+
+
+LIST_SETTINGS = ("hidden", "channels")   # list-valued settings: each choice travels as a string '1024-512'
 
 
 def _hidden_key(h) -> str:
@@ -40,7 +50,7 @@ def _hidden_key(h) -> str:
 
 
 def check_space(space, where="search space") -> dict:
-    """Validate a search space; return it with hidden-size choices as strings like '1024-512'."""
+    """Validate a search space; return it with list choices (hidden, channels) as strings like '1024-512'."""
     if not isinstance(space, dict) or not space:
         raise ValueError(f"{where}: expected a non-empty mapping of setting -> range/choices")
     known = {f for f in runs.TrainConfig().to_dict()} - {"dataset", "data"}
@@ -58,16 +68,18 @@ def check_space(space, where="search space") -> dict:
         elif isinstance(spec, list):
             if not spec:
                 raise ValueError(f"{where}: {name}: expected at least one choice")
-            out[name] = [_hidden_key(v if isinstance(v, list) else [v]) for v in spec] if name == "hidden" else spec
+            out[name] = [_hidden_key(v if isinstance(v, list) else [v]) for v in spec] if name in LIST_SETTINGS \
+                else spec
         else:
-            out[name] = [_hidden_key(spec if isinstance(spec, list) else [spec])] if name == "hidden" else [spec]
+            out[name] = [_hidden_key(spec if isinstance(spec, list) else [spec])] if name in LIST_SETTINGS \
+                else [spec]
     return out
 
 
 def parse_param(text: str) -> tuple[str, object]:
     """``NAME=SPEC`` from the command line: JSON (``lr={"low":1e-4,"high":1e-2,"log":true}``)
     or short forms ``lr=1e-4:1e-2:log``, ``dropout=0:0.5``, ``optimizer=adam,nesterov``,
-    ``hidden=1024-512,512``."""
+    ``hidden=1024-512,512``, ``channels=32-64-128,32-64-128-256``, ``arch=cnn``."""
     import json
     name, sep, spec = text.partition("=")
     if not sep or not name or not spec:
@@ -84,8 +96,11 @@ def parse_param(text: str) -> tuple[str, object]:
             raise ValueError(f"--param {text!r}: expected LOW:HIGH[:log] numbers") from None
         return name, {"low": low, "high": high, "log": parts[2:] == ["log"]}
     items = spec.split(",")
-    if name == "hidden":
-        return name, [[int(v) for v in it.split("-")] for it in items]
+    if name in LIST_SETTINGS:
+        try:
+            return name, [[int(v) for v in it.split("-")] for it in items]
+        except ValueError:
+            raise ValueError(f"--param {text!r}: expected sizes like 32-64-128, choices separated by commas") from None
     return name, [_scalar(v) for v in items]
 
 
@@ -126,7 +141,7 @@ def suggest(trial, space, grid=False) -> dict:
         else:
             choices = grid_of({name: spec})[name] if grid else spec
             v = trial.suggest_categorical(name, choices)
-        params[name] = [int(h) for h in v.split("-")] if name == "hidden" else v
+        params[name] = [int(h) for h in v.split("-")] if name in LIST_SETTINGS else v
     return params
 
 

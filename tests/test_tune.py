@@ -110,3 +110,27 @@ def test_bad_space_file_is_one_line_error(tmp_path, data_dir):
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 's.json'}: lr: expected")
+
+
+def test_space_parsing_of_conv_widths():
+    assert tuning.parse_param("channels=8-16,8") == ("channels", [[8, 16], [8]])
+    assert tuning.check_space({"channels": [[8, 16], [8]]}) == {"channels": ["8-16", "8"]}
+    with pytest.raises(ValueError, match="expected sizes like"):
+        tuning.parse_param("channels=8-x")
+    assert set(tuning.CNN_SPACE) >= {"lr", "channels", "dropout"}
+
+
+def test_tune_searches_convnet_settings(data_dir, tmp_path):
+    """gpunet-tune --arch cnn: trials build convnets of the drawn widths; the best is saved as a Sequential."""
+    from gpunet.nn import Conv2d, Sequential
+    out = tmp_path / "tune-cnn"
+    args = ["cifar10", "--arch", "cnn", "--data-dir", str(data_dir), "--out", str(out), "--trials", "2",
+            "--sampler", "random", "--epochs", "2", "--batch-size", "30", "--backend", "numpy", "-q", "--no-plots",
+            "--hidden", "8", "--param", "channels=4,4-8", "--param", "lr=1e-3:3e-3:log", "--param", "crop_pad=0,1"]
+    assert tune.main(args) == 0
+    study = optuna.load_study(study_name="gpunet-tune", storage=f"sqlite:///{out}/study.db")
+    assert len(study.trials) == 2 and all(t.params["channels"] in ("4", "4-8") for t in study.trials)
+    model = load_model(out / "best_model.npz")
+    assert isinstance(model, Sequential)
+    widths = [layer.out_channels for layer in model.layers if isinstance(layer, Conv2d)]
+    assert "-".join(map(str, widths)) == study.best_params["channels"]

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--space", metavar="FILE", help="search space as JSON (or YAML with PyYAML)")
     g.add_argument("--param", action="append", default=[], metavar="NAME=SPEC",
                    help="add/replace one dimension: lr=1e-4:1e-2:log, dropout=0:0.5, "
-                        "optimizer=adam,nesterov, hidden=1024-512,512 (repeatable)")
+                        "optimizer=adam,nesterov, hidden=1024-512,512, channels=32-64-128,32-64-128-256 "
+                        "(repeatable; default space: tuning.DEFAULT_SPACE, or CNN_SPACE with --arch cnn)")
     g.add_argument("--subset", type=int, metavar="N", help="tune on N random training samples")
     g.add_argument("--no-plots", dest="plots", action="store_false", help="skip Optuna's PNG plots")
     g.add_argument("--study-name", default="gpunet-tune", help="study name in the storage")
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def search_space(args) -> dict:
-    space = dict(tuning.DEFAULT_SPACE)
+def search_space(args, arch="fc") -> dict:
+    space = dict(tuning.CNN_SPACE if arch == "cnn" else tuning.DEFAULT_SPACE)
     if args.space:
         space = runs.read_json(args.space, what="search-space file")
         where = args.space
@@ -67,11 +68,11 @@ def _body(args):
         raise UserError(f"--trials: expected a positive number, got {args.trials}")
     if args.subset is not None and args.subset < 1:
         raise UserError(f"--subset: expected a positive number of samples, got {args.subset}")
-    space = search_space(args)
     settings = overrides(args)
     if settings["epochs"] is None:
         settings["epochs"] = TUNE_EPOCHS
     base = runs.resolve_config(args.dataset, args.config, settings)
+    space = search_space(args, base.arch)
     base.data = runs.find_data(base.dataset, args.data_dir, args.source, args.download, say=say)
     run_dir = args.out or f"runs/tune-{base.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     (Path(run_dir) / "trials").mkdir(parents=True, exist_ok=True)
