@@ -1,9 +1,10 @@
 """Writing an output file so that it either exists complete or not at all."""
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
+
+from gpunet.io import atomic_path
 
 from .errors import PrepError
 
@@ -18,19 +19,17 @@ def check_output(out: Path, force: bool) -> None:
 
 @contextmanager
 def atomic_output(out, force: bool = False):
-    """Yield a temporary path ``.<name>.tmp-<pid>`` beside ``out``; rename it to ``out``
-    when the block ends normally, delete it when the block raises (KeyboardInterrupt too)."""
+    """Yield a temporary path beside ``out`` (``gpunet.io.atomic_path``, the one atomic-write
+    rule of the package): renamed to ``out`` when the block ends normally, deleted when it
+    raises (KeyboardInterrupt too), with the folders this call created removed again."""
     out = Path(out)
     check_output(out, force)
     created = [p for p in reversed(out.absolute().parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        yield tmp
-        check_output(out, force)  # another process may have written it meanwhile
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            yield Path(tmp)
+            check_output(out, force)  # another process may have written it meanwhile
     except BaseException:
-        tmp.unlink(missing_ok=True)
         for folder in reversed(created):  # the folders this call made, deepest first
             try:
                 folder.rmdir()

@@ -16,14 +16,14 @@ import argparse
 import json
 import sys
 import time
-import traceback
+
+from gpunet.cli.common import EXIT_OK, UserError, run
 
 from .errors import PrepError
 from .h5format import read_info
 from .pipeline import convert
 from .report import format_info, summary_line
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130   # as gpunet/cli/common.py
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--download", action="store_true",
                            help="download the official python tarball (instead of SRC)")
             s.add_argument("--cache-dir", default=None,
-                           help="download folder (default $GPUNET_CACHE or ~/.cache/gpunet)")
+                           help="download folder (default $GPUNET_CACHE, else the data home $GPUNET_DATA, else ~/.cache/gpunet)")
     s = sub.add_parser("info", parents=[common], help="describe a converted file")
     s.add_argument("path", help="a .h5 file written by gpunet-prep")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -57,9 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status
+    (the convention of ``gpunet.cli.common``: 0 ok, 1 failure, 2 bad input, 130, 141)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    return run(lambda a: _body(a, argv), args)
+
+
+def _body(args, argv):
     try:
         if args.command == "info":
             info = read_info(args.path)
@@ -71,23 +76,10 @@ def main(argv=None) -> int:
                       download=getattr(args, "download", False),
                       cache_dir=getattr(args, "cache_dir", None), compress=args.compress,
                       command=" ".join(["gpunet-prep"] + argv))
-        info = read_info(out)
-        print(summary_line(info, time.perf_counter() - start))
-        for note in info["notes"]:
-            print(f"note: {note}")
-        return EXIT_OK
-    except (PrepError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("interrupted: no output written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # a bug: one line, the traceback only with --debug
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_FAILURE
+    except PrepError as e:
+        raise UserError(str(e)) from e       # --debug shows the PrepError's traceback too
+    info = read_info(out)
+    print(summary_line(info, time.perf_counter() - start))
+    for note in info["notes"]:
+        print(f"note: {note}")
+    return EXIT_OK

@@ -32,8 +32,9 @@ class _ShortTransfer(OSError):
 
 
 def cache_dir(path=None) -> Path:
-    """The cache folder: ``path``, else ``$GPUNET_CACHE``, else ``~/.cache/gpunet``."""
-    return Path(path or os.environ.get("GPUNET_CACHE") or Path.home() / ".cache" / "gpunet")
+    """The cache folder: ``path``, else ``$GPUNET_CACHE``, else the data home ``$GPUNET_DATA``, else ``~/.cache/gpunet``."""
+    return Path(path or os.environ.get("GPUNET_CACHE") or os.environ.get("GPUNET_DATA")
+                or Path.home() / ".cache" / "gpunet").expanduser()
 
 
 def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:

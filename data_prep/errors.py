@@ -4,7 +4,7 @@ Every problem with the user's input (a missing file, a corrupt archive, a bad
 CSV line, an unknown class folder, an existing output) is raised as
 :class:`PrepError` with a one-line message that names the file, the line or
 entry, what was expected and what was found. The CLI prints it as
-``error: <message>`` and exits with status 1; Python callers can catch it.
+``error: <message>`` and exits with status 2 (bad input); Python callers can catch it.
 """
 from __future__ import annotations
 

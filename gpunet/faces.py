@@ -144,7 +144,7 @@ def fer_model(model=None):
 
 def classify_faces(crops: np.ndarray, model, meta) -> np.ndarray:
     """(N, 7) float64 NumPy emotion probabilities of uint8 (N, C, H, W) ``crops``."""
-    from .predict import softmax
+    from .layers import softmax
     from .preprocess import normalize
 
     if len(crops) == 0:

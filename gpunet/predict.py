@@ -26,6 +26,7 @@ import numpy as np
 from . import backend
 from .io import atomic_open
 from .model import FullyConnectedNet, load_model
+from .layers import softmax  # noqa: F401 (gpunet.predict.softmax: the one softmax, re-exported)
 from .nn import Sequential
 from .preprocess import check_meta, meta_stats, normalize
 
@@ -67,13 +68,6 @@ def _model_xp(model):
 def _on(x, xp):
     """``x`` moved to array module ``xp``."""
     return backend.to_numpy(x) if xp is np else xp.asarray(x)
-
-
-def softmax(scores):
-    """Row-wise softmax of (N, C) scores, on their array module, numerically stable."""
-    xp = backend.get_array_module(scores)
-    e = xp.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # --------------------------------------------------------------------------- HDF5 splits

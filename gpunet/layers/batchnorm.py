@@ -3,8 +3,9 @@
 Training normalises with the batch statistics and updates the running ones in
 place, ``running = momentum * running + (1 - momentum) * batch`` (the CS231n
 convention; PyTorch's ``momentum=0.1`` is the same update). The batch variance is
-the biased one (divided by the number of values), as CS231n computes it. At test
-time the running statistics are used.
+the biased one (divided by the number of values), as CS231n computes it, both to
+normalise and in the running variance (PyTorch keeps the unbiased one there, larger by
+M/(M-1) for M values per channel). At test time the running statistics are used.
 """
 from __future__ import annotations
 
