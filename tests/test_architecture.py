@@ -1,0 +1,98 @@
+"""The shape of the tree, checked: no import cycle, small modules, one owner per format, thin models."""
+import ast
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("gpunet", "data_prep")
+
+
+def modules():
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            out[name[:-9] if name.endswith(".__init__") else name] = path
+    return out
+
+
+def import_graph():
+    """Module-level imports between the package's modules (imports inside functions are lazy, left out)."""
+    mods = modules()
+    graph = {m: set() for m in mods}
+    for m, path in mods.items():
+        pkg = m if path.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+                graph[m].update(subs)
+                if len(subs) < len(node.names) and target in mods and target != m:
+                    graph[m].add(target)
+            elif isinstance(node, ast.Import):
+                graph[m].update(a.name for a in node.names if a.name in mods)
+    return graph
+
+
+def cycles(graph):
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_can_fail():
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in modules().values()
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_models_compute_only_through_the_layers():
+    graph = import_graph()
+    for model in ("gpunet.model", "gpunet.nn"):
+        assert "gpunet.kernels" not in graph[model], f"{model} imports the kernel plumbing directly"
+        assert "gpunet.layers" in graph[model]
+
+
+def test_one_module_writes_hdf5():
+    users = sorted(name for name, p in modules().items() if "h5py" in p.read_text())
+    assert users == ["gpunet.data.h5file"]
+
+
+def test_no_product_code_knows_the_workspace():
+    for p in modules().values():
+        assert "shared/datasets" not in p.read_text() and '"shared"' not in p.read_text(), p
