@@ -74,15 +74,22 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
-    """``max(x, 0)``, in place unless its input is the model's own input (the backward needs only the output)."""
+    """``max(x, 0)``, in place unless its input is the model's own input (the backward needs only the output).
+
+    Right before a ``MaxPool2d`` it is applied by the pool to its 4x smaller output instead:
+    ``relu(max(x)) == max(relu(x))``, and the gradients agree too (Sequential arranges it).
+    """
     inplace = True
+    deferred = False
 
     def forward(self, x, train=True):
+        if self.deferred:
+            return x
         self.out = relu_forward(x, out=x if self.inplace else None)
         return self.out
 
     def backward(self, dout):
-        return relu_backward(dout, self.out, out=dout)
+        return dout if self.deferred else relu_backward(dout, self.out, out=dout)
 
 
 class Dropout(Layer):
@@ -164,11 +171,18 @@ class MaxPool2d(Layer):
         self.size = int(size)
         self.stride = self.size if stride is None else int(stride)
 
+    relu = False             # set by Sequential when the ReLU before it is deferred to here
+
     def forward(self, x, train=True):
         self.x, self.cache = x, {}
-        return max_pool2d_forward(x, self.size, self.stride, cache=self.cache)
+        out = max_pool2d_forward(x, self.size, self.stride, cache=self.cache)
+        if self.relu:            # in place: windows whose maximum is <= 0 get no gradient either way
+            self.out = relu_forward(out, out=out)
+        return out
 
     def backward(self, dout):
+        if self.relu:
+            dout = relu_backward(dout, self.out)
         return max_pool2d_backward(dout, self.x, self.size, self.stride, cache=self.cache)
 
     def config(self):
@@ -251,6 +265,10 @@ class Sequential:
             layer.first = i == 0
             if isinstance(layer, ReLU):   # never overwrite the caller's batch in place
                 layer.inplace = not all(isinstance(prev, Flatten) for prev in self.layers[:i])
+                nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+                layer.deferred = isinstance(nxt, MaxPool2d) and i > 0   # the pool applies it, 4x cheaper
+                if layer.deferred:
+                    nxt.relu = True
             if isinstance(layer, Conv2d):
                 layer.in_layout, layout = layout, "CNHW"
             elif isinstance(layer, BatchNorm2d):

@@ -47,9 +47,14 @@ def torch_cnn(torch, seed=0):
     return nn.Sequential(*layers)
 
 
+CNN_DISTINCT_BATCHES = 32
+
+
 def bench_cnn(batch: int, cfg) -> dict:
     """Time the CNN at ``batch``: gpunet and torch interleaved (images/s, medians of ``cfg.repeats``)."""
-    X, y = synthetic_batches((batch,) + INPUT_SHAPE, NUM_CLASSES)
+    # more distinct batches than steps: a net that memorises its few batches drives the loss
+    # to 0 and its gradients into subnormal floats, which no real training run meets
+    X, y = synthetic_batches((batch,) + INPUT_SHAPE, NUM_CLASSES, n=CNN_DISTINCT_BATCHES)
     free_pool()
     g = GpunetCase(gpunet_cnn(), Optimizer("adam", {"learning_rate": LR}), X, y, LR)
     memory = measure_memory(g)

@@ -26,11 +26,11 @@ N_BATCHES = 4          # distinct synthetic batches cycled through (all on the d
 ORDER = ["gpunet_train", "torch_train", "gpunet_infer", "torch_infer", "gemm_bound"]
 
 
-def synthetic_batches(shape, num_classes, seed=0):
-    """``N_BATCHES`` standard-normal float32 batches of ``shape`` (B, ...) and int labels (B,)."""
+def synthetic_batches(shape, num_classes, seed=0, n=N_BATCHES):
+    """``n`` standard-normal float32 batches of ``shape`` (B, ...) and int labels (B,)."""
     rng = np.random.default_rng(seed)
-    X = [rng.standard_normal(shape, dtype=np.float32) for _ in range(N_BATCHES)]
-    y = [rng.integers(0, num_classes, shape[0]) for _ in range(N_BATCHES)]
+    X = [rng.standard_normal(shape, dtype=np.float32) for _ in range(n)]
+    y = [rng.integers(0, num_classes, shape[0]) for _ in range(n)]
     return X, y
 
 
@@ -45,13 +45,13 @@ class GpunetCase:
         self.loss = None
 
     def train_step(self):
-        i = self.i = (self.i + 1) % N_BATCHES
+        i = self.i = (self.i + 1) % len(self.X)
         loss, grads = self.model.loss(self.X[i], self.y[i])
         self.opt.step(self.model.params, grads, self.lr)
         self.loss = loss                 # stays on the device: no host synchronisation per step
 
     def infer_step(self):
-        i = self.i = (self.i + 1) % N_BATCHES
+        i = self.i = (self.i + 1) % len(self.X)
         self.model.loss(self.X[i]).argmax(axis=1)
 
     def last_loss(self) -> float:
@@ -75,7 +75,7 @@ class TorchCase:
             self.torch.cuda.synchronize()
 
     def train_step(self):
-        i = self.i = (self.i + 1) % N_BATCHES
+        i = self.i = (self.i + 1) % len(self.X)
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
         loss = self.torch.nn.functional.cross_entropy(self.net(self.X[i]), self.y[i])
@@ -84,7 +84,7 @@ class TorchCase:
         self.loss = loss.detach()
 
     def infer_step(self):
-        i = self.i = (self.i + 1) % N_BATCHES
+        i = self.i = (self.i + 1) % len(self.X)
         self.net.eval()
         with self.torch.inference_mode():
             self.net(self.X[i]).argmax(dim=1)

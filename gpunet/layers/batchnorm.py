@@ -52,11 +52,9 @@ def batchnorm_forward(X, gamma, beta, running_mean, running_var, train=True, mom
         xc = X - running_mean.reshape(bshape).astype(X.dtype, copy=False)
         var = running_var.astype(X.dtype, copy=False)
     inv_std = 1 / xp.sqrt(var + t(eps))
-    xhat = xc
-    xhat *= inv_std.reshape(bshape)                                  # xc's memory becomes xhat
-    out = xp.multiply(xhat, gamma.reshape(bshape))
+    out = xp.multiply(xc, (gamma * inv_std).reshape(bshape))         # gamma * xhat, xhat = xc * inv_std
     out += beta.reshape(bshape)
-    return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "train": train, "axis": axis}
+    return out, {"xc": xc, "inv_std": inv_std, "gamma": gamma, "train": train, "axis": axis}
 
 
 def batchnorm_backward(dout, cache):
@@ -65,17 +63,17 @@ def batchnorm_backward(dout, cache):
     Training mode (batch statistics): ``dX = inv_std / M * (M dxhat - sum dxhat - xhat sum(dxhat xhat))``
     with ``dxhat = dout * gamma`` and M the values per feature. Test mode: ``dX = dout * gamma * inv_std``.
     """
-    xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
+    xc, inv_std, gamma = cache["xc"], cache["inv_std"], cache["gamma"]   # xhat = xc * inv_std
     axis, axes, bshape = _axes(dout, cache["axis"])
     dbeta = dout.sum(axis=axes)
-    dgamma = _channel_dot(dout, xhat, axis, axes)
+    dgamma = _channel_dot(dout, xc, axis, axes) * inv_std
     scale = (gamma * inv_std).reshape(bshape)
     if not cache["train"]:
         return dout * scale, dgamma, dbeta
     M = dout.size // dbeta.size
     t = dout.dtype.type
     # dX = gamma * inv_std * (dout - mean(dout) - xhat * mean(dout * xhat))
-    dX = xhat * (dgamma / t(M)).reshape(bshape)
+    dX = xc * (dgamma * inv_std / t(M)).reshape(bshape)
     dX += (dbeta / t(M)).reshape(bshape)
     xp = backend.get_array_module(dout)
     xp.subtract(dout, dX, out=dX)

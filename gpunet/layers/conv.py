@@ -33,19 +33,27 @@ def _geometry(X, W, stride, padding, layout):
         _out_size(Wd, KW, stride, padding, "conv2d width")
 
 
-def im2col(Xt, KH, KW, stride=1, padding=0):
-    """Patches of Xt: (C, N, H, W) (any strides) -> cols (C, KH, KW, N, Ho, Wo), one strided copy per offset."""
+def im2col(Xt, KH, KW, stride=1, padding=0, ones=False):
+    """Patches of Xt: (C, N, H, W) (any strides) -> cols (C, KH, KW, N, Ho, Wo), one strided copy per offset.
+
+    ones: also write a row of ones after the patches, in the same buffer: then
+    ``buffer.reshape(C*KH*KW + 1, N*Ho*Wo)`` multiplies the bias in the same GEMM.
+    """
     xp = backend.get_array_module(Xt)
     C, N, H, W = Xt.shape
     Ho, Wo = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
     if padding:
         Xt = xp.pad(Xt, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    cols = xp.empty((C, KH, KW, N, Ho, Wo), dtype=Xt.dtype)
+    size = C * KH * KW * N * Ho * Wo
+    buf = xp.empty(size + (N * Ho * Wo if ones else 0), dtype=Xt.dtype)
+    if ones:
+        buf[size:] = 1
+    cols = buf[:size].reshape(C, KH, KW, N, Ho, Wo)
     hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
     for i in range(KH):
         for j in range(KW):
             cols[:, i, j] = Xt[:, :, i:i + hs:stride, j:j + ws:stride]
-    return cols
+    return buf if ones else cols
 
 
 def col2im(dcols, shape_cnhw, stride=1, padding=0):
@@ -71,17 +79,18 @@ def conv2d_forward(X, W, b, stride=1, padding=0, cache=None, layout="NCHW"):
     X: (N, C, H, W); W: (F, C, KH, KW) (PyTorch's layout); b: (F,).
     Returns out: (N, F, Ho, Wo) with Ho = (H + 2 padding - KH) // stride + 1.
     cache: an optional dict; the patches are kept in it so ``conv2d_backward`` need not gather them again.
+    The bias rides in the GEMM as an extra column of W against a row of ones under the patches.
     layout: ``"CNHW"`` takes X as (C, N, H, W) and returns (F, N, Ho, Wo), the GEMM's own
         order: a stack of convolutions (``gpunet.nn``) then never transposes between layers.
     """
     N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding, layout)
     xp = backend.get_array_module(X)
-    cols = im2col(_as_cnhw(X, layout), KH, KW, stride, padding).reshape(C * KH * KW, N * Ho * Wo)
+    # patches plus a row of ones: [W | b] @ [cols; 1] adds the bias inside the product
+    cols1 = im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(C * KH * KW + 1, N * Ho * Wo)
     if cache is not None:
-        cache["cols"] = cols
-    out = xp.matmul(W.reshape(F, -1), cols)                          # (F, N*Ho*Wo)
-    out += b.reshape(F, 1)
-    out = out.reshape(F, N, Ho, Wo)
+        cache["cols1"] = cols1
+    Wb = xp.concatenate([W.reshape(F, -1), b.reshape(F, 1)], axis=1)  # (F, C*KH*KW + 1)
+    out = xp.matmul(Wb, cols1).reshape(F, N, Ho, Wo)
     return out if layout == "CNHW" else xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
 
@@ -98,12 +107,12 @@ def conv2d_backward(dout, X, W, b, stride=1, padding=0, cache=None, need_dx=True
     if tuple(dout.shape) != want:
         raise ValueError(f"conv2d_backward: expected dout of shape {want}, got {tuple(dout.shape)}")
     xp = backend.get_array_module(dout)
-    cols = cache.get("cols") if cache else None
-    if cols is None:
-        cols = im2col(_as_cnhw(X, layout), KH, KW, stride, padding).reshape(C * KH * KW, N * Ho * Wo)
+    cols1 = cache.get("cols1") if cache else None
+    if cols1 is None:
+        cols1 = im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(C * KH * KW + 1, N * Ho * Wo)
     d2 = xp.ascontiguousarray(_as_cnhw(dout, layout)).reshape(F, N * Ho * Wo)
-    db = d2.sum(axis=1)
-    dW = xp.matmul(d2, cols.T).reshape(W.shape)
+    dWb = xp.matmul(d2, cols1.T)                                     # [dW | db]: the ones row sums dout
+    dW, db = dWb[:, :-1].reshape(W.shape), xp.ascontiguousarray(dWb[:, -1])
     dX = None
     if need_dx:
         dcols = xp.matmul(W.reshape(F, -1).T, d2).reshape(C, KH, KW, N, Ho, Wo)
