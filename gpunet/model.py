@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from . import backend, seeding
-from .modelfile import MODEL_FORMAT, MODEL_VERSION, read_model, read_npz, write_model  # noqa: F401 (re-exported)
+from .modelfile import MODEL_FORMAT, MODEL_VERSION, read_model, read_npz, save_model, write_model  # noqa: F401
 from .nn import Sequential
 from .layers import dropout_forward, linear_backward, linear_forward, relu_backward, softmax_loss
 
@@ -159,10 +159,7 @@ class FullyConnectedNet:
 
         float16: store the parameters in half precision (a smaller file; loaded back in ``dtype``).
         """
-        arrays = self.get_params()
-        if float16:
-            arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
-        return write_model(path, self.config(), arrays, self.meta)
+        return save_model(path, self, float16)
 
 
 def _build(cfg: dict, path):

@@ -33,6 +33,17 @@ def write_model(path, config: dict, arrays: dict, meta: dict):
     return path
 
 
+def save_model(path, model, float16=False):
+    """Write ``model`` (its ``config()``, ``get_params()`` and ``meta``) to ``path`` atomically.
+
+    float16: store the arrays in half precision (half the file; loaded back in the model's dtype).
+    """
+    arrays = model.get_params()
+    if float16:
+        arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
+    return write_model(path, model.config(), arrays, model.meta)
+
+
 def read_npz(path, what="model") -> tuple[dict, dict]:
     """Arrays and JSON description of a gpunet ``.npz`` file; ValueError naming the file if it is not one."""
     path = os.fspath(path)

@@ -17,7 +17,7 @@ from . import backend, seeding
 from .layers import (batchnorm_backward, batchnorm_forward, conv2d_backward, conv2d_forward, dropout_backward,
                      dropout_forward, linear_backward, linear_forward, max_pool2d_backward, max_pool2d_forward,
                      relu_backward, relu_forward, softmax_loss)
-from .modelfile import write_model
+from .modelfile import save_model
 
 
 def _uniform_init(rng, shape, fan_in, dtype):
@@ -387,10 +387,7 @@ class Sequential:
 
         float16: store the arrays in half precision (a smaller file; loaded back in ``dtype``).
         """
-        arrays = self.get_params()
-        if float16:
-            arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
-        return write_model(path, self.config(), arrays, self.meta)
+        return save_model(path, self, float16)
 
     def __repr__(self):
         inner = ",\n  ".join(f"({i}) {layer!r}" for i, layer in enumerate(self.layers))
