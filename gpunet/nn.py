@@ -56,6 +56,7 @@ class Linear(Layer):
     def __init__(self, in_features, out_features):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
+        self.init(seeding.init_rng(None), np.float32)      # usable alone; Sequential draws them again
 
     def init(self, rng, dtype):
         self.params = _uniform_init(rng, (self.in_features, self.out_features), self.in_features, dtype)
@@ -130,15 +131,17 @@ class Flatten(Layer):
 class Conv2d(Layer):
     """2-D convolution; W: (out_channels, in_channels, k, k) as in PyTorch, b: (out_channels,).
 
-    Inside a ``Sequential`` the activations between convolutions travel as (C, N, H, W),
-    the order the GEMM produces, so no layer transposes them; ``in_layout`` says what arrives.
+    Alone it takes and returns (N, C, H, W). Inside a ``Sequential`` the activations between
+    convolutions travel as (C, N, H, W), the order the GEMM produces, so no layer transposes
+    them; ``in_layout``/``out_layout`` say what arrives and what leaves.
     """
-    in_layout = "NCHW"
+    in_layout = out_layout = "NCHW"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
+        self.init(seeding.init_rng(None), np.float32)      # usable alone; Sequential draws them again
 
     def init(self, rng, dtype):
         k = self.kernel_size
@@ -148,10 +151,14 @@ class Conv2d(Layer):
         if self.in_layout == "NCHW":
             x = x.transpose(1, 0, 2, 3)                                   # a view
         self.x, self.cache = x, ({} if train else None)
-        return conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache,
-                              layout="CNHW")
+        out = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache,
+                             layout="CNHW")
+        return backend.get_array_module(out).ascontiguousarray(out.transpose(1, 0, 2, 3)) \
+            if self.out_layout == "NCHW" else out
 
     def backward(self, dout):
+        if self.out_layout == "NCHW":
+            dout = dout.transpose(1, 0, 2, 3)
         dx, self.grads["W"], self.grads["b"] = conv2d_backward(
             dout, self.x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache,
             need_dx=not self.first, layout="CNHW")
@@ -196,6 +203,7 @@ class BatchNorm1d(Layer):
     def __init__(self, num_features, eps=1e-5, momentum=0.9):
         super().__init__()
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.init(None, np.float32)
 
     def init(self, rng, dtype):
         D = self.num_features
@@ -270,7 +278,7 @@ class Sequential:
                 if layer.deferred:
                     nxt.relu = True
             if isinstance(layer, Conv2d):
-                layer.in_layout, layout = layout, "CNHW"
+                layer.in_layout, layer.out_layout, layout = layout, "CNHW", "CNHW"
             elif isinstance(layer, BatchNorm2d):
                 layer.axis = 0 if layout == "CNHW" else 1
             elif isinstance(layer, (Flatten, Linear, BatchNorm1d)):

@@ -194,3 +194,22 @@ def test_relu_before_pool_applied_by_the_pool_gives_the_same_loss_and_gradients(
     assert float(lf) == pytest.approx(float(lp), rel=1e-12)
     for k in gf:
         np.testing.assert_allclose(backend.to_numpy(gf[k]), backend.to_numpy(gp[k]), rtol=1e-10, atol=1e-12)
+
+
+def test_layers_work_alone_in_nchw(xp):
+    """A layer used without Sequential has parameters and speaks (N, C, H, W), like the kernels."""
+    from gpunet.layers import conv2d_forward
+    rng = np.random.default_rng(8)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    conv.params = {k: xp.asarray(v.astype(np.float64)) for k, v in conv.params.items()}
+    X = xp.asarray(rng.standard_normal((4, 2, 5, 5)))
+    out = conv.forward(X, train=True)
+    np.testing.assert_allclose(backend.to_numpy(out),
+                               backend.to_numpy(conv2d_forward(X, conv.params["W"], conv.params["b"], padding=1)),
+                               rtol=1e-12)
+    dX = conv.backward(xp.ones_like(out))
+    assert dX.shape == X.shape and set(conv.grads) == {"W", "b"}
+    bn = nn.BatchNorm2d(3)
+    assert bn.forward(out, train=True).shape == out.shape
+    lin = nn.Linear(6, 2)
+    assert lin.params["W"].shape == (6, 2) and lin.forward(xp.asarray(np.ones((3, 6), np.float32))).shape == (3, 2)
