@@ -111,7 +111,7 @@ RECIPES = {
     ("cifar10", "fc"): _FC,
     ("fer2013", "fc"): _FC,                              # the same recipe serves both datasets
     ("cifar10", "cnn"): dict(_CNN, epochs=30),
-    ("fer2013", "cnn"): dict(_CNN, channels=[32, 64, 128, 256], epochs=30),
+    ("fer2013", "cnn"): dict(_CNN, channels=[32, 64, 128, 256], hidden=[512], dropout=0.3, epochs=36),
 }
 
 
