@@ -41,3 +41,15 @@ def test_save_figure_writes_png_and_cleans_up_on_error(tmp_path):
     assert _listing(tmp_path) == ["f.png"]
     write_json(tmp_path / "h.json", {"a": 1})
     assert os.path.getsize(tmp_path / "h.json") > 0
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    """A finished file gets 0666 minus the umask, not the 0600 of its temporary name."""
+    import os
+    from gpunet.io import write_json
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
