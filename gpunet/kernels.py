@@ -18,7 +18,6 @@ from . import backend
 
 CHUNK = 1 << 16        # elements per block of the blocked NumPy updates (256 KB per float32 array)
 PAR_MIN = 1 << 18      # elements per thread below which one thread is faster
-_CHUNK, _PAR_MIN = CHUNK, PAR_MIN  # older private names
 
 
 @dataclass(frozen=True)
@@ -95,8 +94,6 @@ def on_gpu(a) -> bool:
     """True when ``a`` is a CuPy array (the fused CUDA path applies)."""
     return not isinstance(a, np.ndarray) and backend.get_array_module(a) is not np
 
-
-_on_gpu = on_gpu
 
 
 # ------------------------------------------------------------------ CPU threads

@@ -31,12 +31,7 @@ class BufferedNet(FullyConnectedNet):
         super().set_params(params)
 
 
-def _data(n=120, d=10, c=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((c, d)) * 2
-    y = rng.integers(0, c, n)
-    X = (centers[y] + rng.standard_normal((n, d))).astype(np.float32)
-    return {"X_train": X[:90], "y_train": y[:90], "X_val": X[90:], "y_val": y[90:]}
+from test_solver import _data  # the same small separable problem
 
 
 def _solver(folder=None, hidden=(16, 16), **kw):

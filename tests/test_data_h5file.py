@@ -7,18 +7,11 @@ import pytest
 
 from gpunet import runs
 from gpunet.data import ArrayLoader, H5Loader, h5file as fmt, load_split, read_meta
-from h5_fixtures import write_raw
+from h5_fixtures import numpy_backend, write_raw  # noqa: F401 (numpy_backend is a fixture)
 
 SHAPE = (2, 3, 4)
 
 
-@pytest.fixture
-def numpy_backend():
-    from gpunet import backend
-    previous = backend.name()
-    backend.use("numpy")
-    yield
-    backend.use(previous)
 
 
 def write_file(path, n=40, chunk=8, **kw):

@@ -143,7 +143,7 @@ def _reference_update(rule, w, g, state, lr, mu=0.9):
 
 
 @pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "nesterov"])
-@pytest.mark.parametrize("shape", [(7,), (300, 171), (3 * kernels._CHUNK + 5,)])
+@pytest.mark.parametrize("shape", [(7,), (300, 171), (3 * kernels.CHUNK + 5,)])
 def test_fused_updates_match_formula(xp, rule, shape):
     """The blocked NumPy update and the CuPy kernel against whole-array formulas, several steps."""
     rng = np.random.default_rng(3)
@@ -161,7 +161,7 @@ def test_fused_updates_match_formula(xp, rule, shape):
 def test_threaded_blocked_update_covers_every_element(nesterov):
     """Three threads, ranges cut at block boundaries, a ragged last block: the same as the formula."""
     rng = np.random.default_rng(4)
-    n = 3 * kernels._PAR_MIN + kernels._CHUNK // 3
+    n = 3 * kernels.PAR_MIN + kernels.CHUNK // 3
     w, g, v = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
     w_ref, v_ref = w.copy(), 0.9 * v - 0.01 * g
     w_ref += 0.9 * v_ref - 0.01 * g if nesterov else v_ref
