@@ -31,6 +31,12 @@ class Layer:
     def config(self) -> dict:
         return {"type": type(self).__name__}
 
+    def to(self, name: str):
+        """Move this layer's parameters and buffers to backend ``name`` (a layer used alone); returns self."""
+        self.params = {k: backend.to_backend(v, name) for k, v in self.params.items()}
+        self.buffers = {k: backend.to_backend(v, name) for k, v in self.buffers.items()}
+        return self
+
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "type")
         return f"{type(self).__name__}({args})"

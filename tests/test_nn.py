@@ -210,6 +210,9 @@ def test_layers_work_alone_in_nchw(xp):
     dX = conv.backward(xp.ones_like(out))
     assert dX.shape == X.shape and set(conv.grads) == {"W", "b"}
     bn = nn.BatchNorm2d(3)
+    bn.init(None, np.float64)
+    bn.to(xp.__name__)                     # alone, a layer moves with its own to()
     assert bn.forward(out, train=True).shape == out.shape
-    lin = nn.Linear(6, 2)
+    assert backend.get_array_module(bn.buffers["running_mean"]) is xp
+    lin = nn.Linear(6, 2).to(xp.__name__)
     assert lin.params["W"].shape == (6, 2) and lin.forward(xp.asarray(np.ones((3, 6), np.float32))).shape == (3, 2)

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
-import optuna
 import pytest
+
+optuna = pytest.importorskip("optuna")
 from PIL import Image
 
 from gpunet import runs, tuning
