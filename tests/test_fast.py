@@ -235,9 +235,14 @@ def test_bench_compares_with_torch(tmp_path, monkeypatch):
     previous = backend.name()
     try:
         rc = bench.main(["--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
-                         "--warmup", "1", "--json", str(out), "--backend", "numpy", "-q"])
+                         "--warmup", "1", "--json", str(out), "--backend", "numpy", "-q", "--epoch-samples", "64"])
     finally:
         backend.use(previous)
     assert rc == 0
-    r = json.loads(out.read_text())["results"][0]
-    assert r["torch_train"] > 0 and r["train_ratio"] > 0 and r["torch_optimizer"] in ("fused", "foreach", "for-loop")
+    steps, epoch = json.loads(out.read_text())["results"]
+    forms = steps["torch_train_variants"]
+    assert set(forms) <= {"default", "foreach", "fused"} and "default" in forms
+    assert steps["torch_optimizer"] == max(forms, key=forms.get)            # compared against the fastest form
+    assert steps["torch_train"] == forms[steps["torch_optimizer"]] and steps["train_ratio"] > 0
+    assert epoch["view"] == "epoch" and epoch["samples"] == 64 and epoch["epoch_ratio"] > 0
+    assert epoch["torch_epoch"] == max(epoch[f"torch_epoch_{k}"] for k in forms)

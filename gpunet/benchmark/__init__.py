@@ -5,7 +5,11 @@ torch ... -- and returns ``{"command", "machine", "results"}`` with the median
 samples/s of the repeats and the ratio gpunet / torch; with ``json_path`` the
 document is rewritten after every case, so a run cut short keeps what it measured.
 Cases: the fully connected nets A and B (``fc.py``, with the GEMM-only bound) or,
-with ``cnn=True``, the FER-size CNN (``cnn.py``). ``machine.py`` records the
+with ``cnn=True``, the FER-size CNN (``cnn.py``). For the FC nets there are two views:
+``steps`` (bare training steps on device-held batches) and ``epoch`` (``epoch.py``: a whole
+``Solver.train()`` epoch against the PyTorch loop a user would write, the headline figure).
+PyTorch runs in every optimizer form that works (default, foreach, fused; ``compile`` adds
+the ``torch.compile``-d step) and each ratio is against the fastest, which is named. ``machine.py`` records the
 machine and pins the BLAS thread count; ``timing.py`` does the interleaving.
 """
 from __future__ import annotations
@@ -17,10 +21,12 @@ from dataclasses import dataclass, field
 from .. import backend
 from ..io import write_json
 from .cnn import bench_cnn
+from .epoch import EPOCH_TRAIN, bench_epoch
 from .fc import NETS, bench_case
 from .machine import loadavg, machine_info
 
-FC_BATCHES, CNN_BATCHES = [256, 1024], [128]
+FC_BATCHES, CNN_BATCHES, EPOCH_BATCH = [256, 1024], [128], 256
+VIEWS = ("steps", "epoch", "both")
 
 
 @dataclass
@@ -34,11 +40,14 @@ class BenchConfig:
     torch: bool = True                # time PyTorch beside gpunet
     tf32: bool = False                # allow TF32 matmuls on the GPU (both libraries)
     cnn: bool = False                 # the FER CNN instead of the FC nets
+    view: str = "both"                # FC nets: "steps", "epoch" (Solver.train() epochs) or "both"
+    compile: bool = False             # also time PyTorch's step under torch.compile
+    epoch_samples: int = EPOCH_TRAIN  # training samples per epoch in the epoch view
     json_path: str | None = None      # also write the results here, after every case
     command: str = ""                 # recorded in the JSON
 
     def __post_init__(self):
-        for k in ("steps", "repeats", "threads"):
+        for k in ("steps", "repeats", "threads", "epoch_samples"):
             if getattr(self, k) < 1:
                 raise ValueError(f"--{k}: expected >= 1, got {getattr(self, k)}")
         if self.warmup < 0:
@@ -47,6 +56,8 @@ class BenchConfig:
             self.batch_sizes = list(CNN_BATCHES if self.cnn else FC_BATCHES)
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"--batch-sizes: expected positive sizes, got {self.batch_sizes}")
+        if self.view not in VIEWS:
+            raise ValueError(f"--view: expected one of {', '.join(VIEWS)}, got {self.view!r}")
         unknown = sorted(set(self.nets) - set(NETS))
         if unknown:
             raise ValueError(f"--nets: expected some of {sorted(NETS)}, got {unknown}")
@@ -81,10 +92,13 @@ def run(cfg: BenchConfig, say=None) -> dict:
     info = machine_info()
     info.update(threads=cfg.threads, tf32=bool(cfg.tf32), loadavg_start=loadavg())
     doc = {"command": cfg.command, "machine": info, "results": []}
-    cases = [("cnn", b) for b in cfg.batch_sizes] if cfg.cnn else \
-        [(net, b) for net in cfg.nets for b in cfg.batch_sizes]
-    for net, batch in cases:
-        r = bench_cnn(batch, cfg) if net == "cnn" else bench_case(net, batch, cfg)
+    if cfg.cnn:
+        cases = [(bench_cnn, "cnn", b) for b in cfg.batch_sizes]
+    else:
+        cases = [(bench_case, net, b) for net in cfg.nets for b in cfg.batch_sizes] if cfg.view != "epoch" else []
+        cases += [(bench_epoch, net, EPOCH_BATCH) for net in cfg.nets] if cfg.view != "steps" else []
+    for fn, net, batch in cases:
+        r = fn(batch, cfg) if net == "cnn" else fn(net, batch, cfg)
         doc["results"].append(r)
         if cfg.json_path:
             write_json(cfg.json_path, doc)
@@ -98,6 +112,10 @@ def run(cfg: BenchConfig, say=None) -> dict:
 
 def progress_line(r: dict) -> str:
     """One line per finished case."""
+    if r.get("view") == "epoch":
+        return (f"{r['net']} epoch, batch {r['batch']}: gpunet {r['gpunet_epoch']:,.0f}/s"
+                + (f", torch ({r['torch_optimizer']}) {r['torch_epoch']:,.0f}/s ({r['epoch_ratio']:.2f}x)"
+                   if "torch_epoch" in r else ""))
     return (f"{r['net']} batch {r['batch']}: gpunet {r['gpunet_train']:,.0f}/s"
             + (f", torch {r['torch_train']:,.0f}/s ({r['train_ratio']:.2f}x)" if "torch_train" in r else "")
             + (f", gemm bound {r['gemm_bound']:,.0f}/s" if "gemm_bound" in r else ""))
@@ -111,18 +129,44 @@ def machine_line(info: dict) -> str:
 
 
 def format_table(results) -> str:
-    """The results as a Markdown table (samples/s), then the device-memory lines on CuPy."""
-    head = ["net", "batch", "gpunet train/s", "torch train/s", "ratio", "gemm bound/s", "of bound",
-            "gpunet infer/s", "torch infer/s", "ratio"]
+    """The results as Markdown tables (samples/s): steps, then epochs; the device-memory lines on CuPy."""
+    steps = [r for r in results if r.get("view") != "epoch"]
+    epochs = [r for r in results if r.get("view") == "epoch"]
+    return "\n\n".join(t for t in (_steps_table(steps) if steps else "", _epoch_table(epochs) if epochs else "") if t)
+
+
+def _markdown(head, rows) -> list:
+    w = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.rjust(w[i]) for i, c in enumerate(cells)) + " |"
+    return [line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows]
+
+
+def _epoch_table(results) -> str:
+    head = ["net", "batch", "gpunet epoch samples/s", "torch best samples/s", "torch best form",
+            "ratio (median)", "ratio range", "torch forms (samples/s)"]
+    rows = []
+    for r in results:
+        forms = ", ".join(f"{k[len('torch_epoch_'):]} {v:,.0f}" for k, v in r.items()
+                          if k.startswith("torch_epoch_") and isinstance(v, float))
+        rr = r.get("epoch_ratio_all")
+        rows.append([r["net"], str(r["batch"]), f"{r['gpunet_epoch']:,.0f}",
+                     f"{r['torch_epoch']:,.0f}" if "torch_epoch" in r else "-", r.get("torch_optimizer", "-"),
+                     f"{r['epoch_ratio']:.2f}x" if "epoch_ratio" in r else "-",
+                     f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "-", forms or "-"])
+    return "\n".join(["whole epochs (Solver.train() vs the PyTorch loop):"] + _markdown(head, rows))
+
+
+def _steps_table(results) -> str:
+    head = ["net", "batch", "gpunet train/s", "torch best train/s", "torch form", "ratio", "gemm bound/s",
+            "of bound", "gpunet infer/s", "torch infer/s", "ratio"]
     rows = []
     for r in results:
         f = lambda k, fmt="{:,.0f}": fmt.format(r[k]) if k in r else "-"
-        rows.append([r["net"], str(r["batch"]), f("gpunet_train"), f("torch_train"), f("train_ratio", "{:.2f}x"),
+        rows.append([r["net"], str(r["batch"]), f("gpunet_train"), f("torch_train"), r.get("torch_optimizer", "-"),
+                     f("train_ratio", "{:.2f}x"),
                      f("gemm_bound"), f("train_frac_of_gemm_bound", "{:.0%}"), f("gpunet_infer"),
                      f("torch_infer"), f("infer_ratio", "{:.2f}x")])
-    w = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w[i]) for i, c in enumerate(cells)) + " |"
-    out = [line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows]
+    out = _markdown(head, rows)
     for r in results:
         if "device_memory" in r:
             m = r["device_memory"]

@@ -4,23 +4,24 @@ Net (input (N, 1, 48, 48) float32, 7 classes):
   conv(1->32, 3, pad 1)-BN-ReLU-pool2, conv(32->64, 3, pad 1)-BN-ReLU-pool2,
   conv(64->128, 3, pad 1)-BN-ReLU-pool2, Linear(4608->256)-ReLU-dropout 0.5-Linear(256->7).
 The gpunet step is the Solver's: ``model.loss(X, y)`` then ``Optimizer("adam").step``;
-PyTorch's is eager mode with its fastest Adam that works on the device.
+PyTorch's is eager mode with each form of Adam that works on the device (default, foreach,
+fused; ``--compile`` adds the compiled step); the ratio is against the fastest.
 """
 from __future__ import annotations
 
 from .. import backend
 from ..nn import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from ..optim import Optimizer
-from .fc import GpunetCase, TorchCase, measure_memory, synthetic_batches
+from .fc import GpunetCase, add_torch_fns, measure_memory, summarise_torch, synthetic_batches, torch_cases
 from .machine import free_pool
-from .timing import interleaved, rates, torch_optimizer
+from .timing import TORCH_KINDS, interleaved, rates
 
 INPUT_SHAPE, NUM_CLASSES = (1, 48, 48), 7
 CHANNELS = (32, 64, 128)
 HIDDEN, DROPOUT = 256, 0.5
 LR = 1e-3
 DESC = "FER CNN: 3x[conv3x3-BN-ReLU-pool2] 32/64/128, 4608-256-7, dropout 0.5, Adam"
-ORDER = ["gpunet_train", "torch_train", "gpunet_infer", "torch_infer"]
+ORDER = ["gpunet_train"] + [f"torch_train_{k}" for k in TORCH_KINDS + ("compile",)] + ["gpunet_infer", "torch_infer"]
 
 
 def gpunet_cnn(seed=0):
@@ -58,22 +59,18 @@ def bench_cnn(batch: int, cfg) -> dict:
     free_pool()
     g = GpunetCase(gpunet_cnn(), Optimizer("adam", {"learning_rate": LR}), X, y, LR)
     memory = measure_memory(g)
-    t = None
+    cases = {}
     if cfg.torch:
         import torch
         torch.set_num_threads(cfg.threads)
-        make_opt = lambda ps: torch_optimizer(torch, torch.optim.Adam, ps, lr=LR)
-        t = TorchCase(torch, torch_cnn(torch), make_opt, X, y, "cuda" if backend.name() == "cupy" else "cpu")
+        cases = torch_cases(torch, lambda: torch_cnn(torch), torch.optim.Adam, {"lr": LR}, X, y,
+                            "cuda" if backend.name() == "cupy" else "cpu", compile=cfg.compile)
     fns = {"gpunet_train": (g.train_step, backend.synchronize), "gpunet_infer": (g.infer_step, backend.synchronize)}
-    if t is not None:
-        fns.update(torch_train=(t.train_step, t.sync), torch_infer=(t.infer_step, t.sync))
+    add_torch_fns(fns, cases)
     times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup)
     res = {"net": "cnn", "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}
     res.update(rates({k: times[k] for k in fns}, batch, cfg.steps))
-    if t is not None:
-        res["train_ratio"] = res["gpunet_train"] / res["torch_train"]
-        res["infer_ratio"] = res["gpunet_infer"] / res["torch_infer"]
-        res["torch_optimizer"] = t.optimizer_kind
+    summarise_torch(res, cases)
     res["final_loss"] = g.last_loss()
     if memory is not None:
         res["device_memory"] = memory

@@ -8,13 +8,15 @@ with the backend's matmul, so each figure reads as a fraction of what the hardwa
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .. import backend
 from ..model import FullyConnectedNet
 from ..optim import Optimizer
 from .machine import free_pool, pool_bytes
-from .timing import interleaved, rates, torch_optimizer
+from .timing import TORCH_KINDS, best_of, interleaved, rates, torch_optimizer
 
 NETS = {
     "A": {"hidden": [512, 256], "dropout": 0.0, "desc": "3072-512-256-10 ReLU"},
@@ -23,7 +25,8 @@ NETS = {
 INPUT_DIM, NUM_CLASSES = 3072, 10
 LR, MOMENTUM = 1e-3, 0.9
 N_BATCHES = 4          # distinct synthetic batches cycled through (all on the device)
-ORDER = ["gpunet_train", "torch_train", "gpunet_infer", "torch_infer", "gemm_bound"]
+ORDER = ["gpunet_train"] + [f"torch_train_{k}" for k in TORCH_KINDS + ("compile",)] + \
+    ["gpunet_infer", "torch_infer", "gemm_bound"]
 
 
 def synthetic_batches(shape, num_classes, seed=0, n=N_BATCHES):
@@ -59,35 +62,87 @@ class GpunetCase:
 
 
 class TorchCase:
-    """The same recipe in PyTorch eager mode: ``net`` (a torch module) and an optimizer factory."""
+    """The same recipe in PyTorch eager mode (or ``torch.compile``-d): ``net`` (a torch module) and
+    ``opt`` (its optimizer, in one of ``timing.TORCH_KINDS``)."""
 
-    def __init__(self, torch, net, make_opt, X, y, device: str):
+    def __init__(self, torch, net, opt, X, y, device: str, compile: bool = False):
         self.torch, self.device = torch, device
-        self.net = net.to(device)
-        self.opt, self.optimizer_kind = make_opt(self.net.parameters())
+        self.net, self.opt = net, opt
         self.X = [torch.from_numpy(x).to(device) for x in X]
         self.y = [torch.from_numpy(t).to(device) for t in y]
         self.i = 0
         self.loss = None
+        self.step_fn = torch.compile(self._step) if compile else self._step
+        self.compile_s = None
 
     def sync(self):
         if self.device != "cpu":
             self.torch.cuda.synchronize()
 
+    def _step(self, X, y):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.torch.nn.functional.cross_entropy(self.net(X), y)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def compile_now(self):
+        """Seconds of the first two steps (tracing and compiling, for a compiled step)."""
+        t0 = time.perf_counter()
+        for _ in range(2):
+            self.train_step()
+        self.sync()
+        self.compile_s = time.perf_counter() - t0
+        return self.compile_s
+
     def train_step(self):
         i = self.i = (self.i + 1) % len(self.X)
         self.net.train()
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.torch.nn.functional.cross_entropy(self.net(self.X[i]), self.y[i])
-        loss.backward()
-        self.opt.step()
-        self.loss = loss.detach()
+        self.loss = self.step_fn(self.X[i], self.y[i])
 
     def infer_step(self):
         i = self.i = (self.i + 1) % len(self.X)
         self.net.eval()
         with self.torch.inference_mode():
             self.net(self.X[i]).argmax(dim=1)
+
+
+def torch_cases(torch, make_net, opt_cls, opt_kw, X, y, device, compile=False) -> dict:
+    """``{kind: TorchCase}`` for every optimizer form that works on ``device`` (same seeded net each),
+    plus ``"compile"`` (the default form, the step under ``torch.compile``) when asked."""
+    cases = {}
+    for kind in TORCH_KINDS + (("compile",) if compile else ()):
+        net = make_net().to(device)
+        opt = torch_optimizer(torch, opt_cls, net.parameters(), "default" if kind == "compile" else kind, **opt_kw)
+        if opt is not None:
+            cases[kind] = TorchCase(torch, net, opt, X, y, device, compile=kind == "compile")
+    if "compile" in cases:
+        cases["compile"].compile_now()
+    return cases
+
+
+def add_torch_fns(fns: dict, cases: dict):
+    """Register ``torch_train_<kind>`` per case and one ``torch_infer`` (the default form's net)."""
+    for kind, c in cases.items():
+        fns[f"torch_train_{kind}"] = (c.train_step, c.sync)
+    if cases:
+        c = cases.get("default") or next(iter(cases.values()))
+        fns["torch_infer"] = (c.infer_step, c.sync)
+
+
+def summarise_torch(res: dict, cases: dict):
+    """``torch_train`` = PyTorch's best form, named in ``torch_optimizer``; ratios against it."""
+    best = best_of(res, "torch_train_", list(cases))
+    if best is None:
+        return
+    res["torch_optimizer"] = best
+    res["torch_train"] = res[f"torch_train_{best}"]
+    res["torch_train_variants"] = {k: res[f"torch_train_{k}"] for k in cases}
+    if "compile" in cases:
+        res["torch_compile_s"] = cases["compile"].compile_s
+    res["train_ratio"] = res["gpunet_train"] / res["torch_train"]
+    if "torch_infer" in res:
+        res["infer_ratio"] = res["gpunet_infer"] / res["torch_infer"]
 
 
 def torch_fc(torch, net: dict):
@@ -154,24 +209,20 @@ def bench_case(net_name: str, batch: int, cfg) -> dict:
                               dropout=net["dropout"], dtype=np.float32, seed=0)
     g = GpunetCase(model, Optimizer("sgd_momentum", {"learning_rate": LR, "momentum": MOMENTUM}), X, y, LR)
     memory = measure_memory(g)
-    t = None
+    cases = {}
     if cfg.torch:
         import torch
         torch.set_num_threads(cfg.threads)
-        make_opt = lambda ps: torch_optimizer(torch, torch.optim.SGD, ps, lr=LR, momentum=MOMENTUM)
-        t = TorchCase(torch, torch_fc(torch, net), make_opt, X, y, "cuda" if backend.name() == "cupy" else "cpu")
+        cases = torch_cases(torch, lambda: torch_fc(torch, net), torch.optim.SGD, {"lr": LR, "momentum": MOMENTUM},
+                            X, y, "cuda" if backend.name() == "cupy" else "cpu", compile=cfg.compile)
     gemm = GemmBound(net, batch)
     fns = {"gpunet_train": (g.train_step, backend.synchronize), "gpunet_infer": (g.infer_step, backend.synchronize),
            "gemm_bound": (gemm.step, backend.synchronize)}
-    if t is not None:
-        fns.update(torch_train=(t.train_step, t.sync), torch_infer=(t.infer_step, t.sync))
+    add_torch_fns(fns, cases)
     times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup)
     res = {"net": net_name, "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}
     res.update(rates({k: times[k] for k in fns}, batch, cfg.steps))
-    if t is not None:
-        res["train_ratio"] = res["gpunet_train"] / res["torch_train"]
-        res["infer_ratio"] = res["gpunet_infer"] / res["torch_infer"]
-        res["torch_optimizer"] = t.optimizer_kind
+    summarise_torch(res, cases)
     res["train_frac_of_gemm_bound"] = res["gpunet_train"] / res["gemm_bound"]
     res["final_loss"] = g.last_loss()
     if memory is not None:

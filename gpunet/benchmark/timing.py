@@ -40,21 +40,30 @@ def rates(times: dict, batch: int, steps: int) -> dict:
     return out
 
 
-def torch_optimizer(torch, cls, params, **kw):
-    """``cls(params, **kw)`` in its fastest form that works here: fused, then foreach, then the loop.
+TORCH_KINDS = ("default", "foreach", "fused")
 
-    Returns ``(optimizer, kind)``; a fused/foreach step unsupported on the device fails on first use,
-    so each candidate takes one zero-gradient step on throw-away copies of the parameters first.
+
+def torch_optimizer(torch, cls, params, kind="default", **kw):
+    """``cls(params, **kw)`` in form ``kind``: ``default`` (PyTorch's own choice), ``foreach`` or ``fused``.
+
+    Returns the optimizer, or None when that form does not work here: a fused/foreach step
+    unsupported on the device fails only on first use, so each form takes one zero-gradient
+    step on throw-away copies of the parameters first.
     """
     params = list(params)
-    for kind in ("fused", "foreach"):
-        try:
-            probe = [torch.zeros_like(p, requires_grad=True) for p in params]
-            opt = cls(probe, **kw, **{kind: True})
-            for p in probe:
-                p.grad = torch.zeros_like(p)
-            opt.step()
-            return cls(params, **kw, **{kind: True}), kind
-        except (RuntimeError, TypeError, ValueError):
-            continue
-    return cls(params, **kw), "for-loop"
+    extra = {} if kind == "default" else {kind: True}
+    try:
+        probe = [torch.zeros_like(p, requires_grad=True) for p in params]
+        opt = cls(probe, **kw, **extra)
+        for p in probe:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return cls(params, **kw, **extra)
+
+
+def best_of(res: dict, prefix: str, kinds) -> str | None:
+    """The kind whose ``res[prefix + kind]`` rate is highest (None when there is none)."""
+    have = [k for k in kinds if prefix + k in res]
+    return max(have, key=lambda k: res[prefix + k]) if have else None

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per measurement before the repeats")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for numpy's BLAS and torch (default: all cores)")
+    p.add_argument("--view", choices=["steps", "epoch", "both"], default="both",
+                   help="FC nets: bare training steps, whole Solver.train() epochs (the headline), or both")
+    p.add_argument("--epoch-samples", type=int, default=10240, metavar="N",
+                   help="training samples per epoch in the epoch view (default 10240)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time PyTorch's training step under torch.compile (compile time reported apart)")
     p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch comparison")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on the GPU (both libraries; off by default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -45,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _body(args) -> int:
     cfg = BenchConfig(nets=args.nets, batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats,
-                      warmup=args.warmup, threads=args.threads, torch=args.torch, tf32=args.tf32, cnn=args.cnn,
+                      warmup=args.warmup, threads=args.threads, torch=args.torch, tf32=args.tf32, cnn=args.cnn, view=args.view, compile=args.compile,
+                      epoch_samples=args.epoch_samples,
                       json_path=args.json, command="gpunet-bench " + " ".join(sys.argv[1:]))
     set_tf32_env(args.tf32)
     setup(args)

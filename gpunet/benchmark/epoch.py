@@ -1,0 +1,128 @@
+"""A whole epoch as users run it: ``Solver.train()`` beside the PyTorch loop a user would write.
+
+Both sides get the same in-memory data (``EPOCH_TRAIN`` CIFAR-shaped float32 samples,
+standard normal, 10 balanced classes, and ``EPOCH_VAL`` validation samples) and do, per epoch:
+a fresh shuffle; every mini-batch gathered from the arrays, forward, backward and the
+SGD-momentum update; then the train accuracy on the Solver's 1,000-sample subset, the
+validation accuracy, and a copy of the parameters when validation improved. One timed call
+is one epoch; repeats interleave gpunet with every PyTorch optimizer form (default, foreach,
+fused, and the compiled step with ``--compile``), and the ratio is against the fastest.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..model import FullyConnectedNet
+from ..solver import Solver
+from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc
+from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
+
+EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
+ORDER = ["gpunet_epoch"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
+
+
+def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
+    """The coursework's data dict: X_train (N, 3072) float32, y_train (N,), X_val, y_val."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_train + n_val, INPUT_DIM), dtype=np.float32)
+    y = np.arange(n_train + n_val) % NUM_CLASSES
+    rng.shuffle(y)
+    return {"X_train": X[:n_train], "y_train": y[:n_train], "X_val": X[n_train:], "y_val": y[n_train:]}
+
+
+class GpunetEpoch:
+    """One more epoch of a Solver per call (its loaders, evaluation and best-state bookkeeping)."""
+
+    def __init__(self, net: dict, data: dict, batch: int):
+        model = FullyConnectedNet(net["hidden"], input_dim=INPUT_DIM, num_classes=NUM_CLASSES,
+                                  dropout=net["dropout"], dtype=np.float32, seed=0)
+        self.solver = Solver(model, data, update_rule="sgd_momentum",
+                             optim_config={"learning_rate": LR, "momentum": MOMENTUM},
+                             batch_size=batch, num_epochs=0, num_train_samples=TRAIN_EVAL, verbose=False)
+
+    def epoch(self):
+        self.solver.num_epochs += 1
+        self.solver.schedule.total_epochs = self.solver.num_epochs
+        self.solver.train()
+
+
+class TorchEpoch:
+    """The plain PyTorch epoch: ``randperm``, index the tensors, step; then score and keep the best."""
+
+    def __init__(self, torch, net, opt, data: dict, batch: int, compile: bool = False):
+        self.torch, self.net, self.opt, self.batch = torch, net, opt, batch
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
+        self.X, self.y, self.Xv, self.yv = t["X_train"], t["y_train"], t["X_val"], t["y_val"]
+        self.gen = torch.Generator().manual_seed(0)
+        sub = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(1))[:TRAIN_EVAL]
+        self.Xs, self.ys = self.X[sub], self.y[sub]
+        self.best, self.best_state = -1.0, None
+        self.step = torch.compile(self._step) if compile else self._step
+
+    def _step(self, xb, yb):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.torch.nn.functional.cross_entropy(self.net(xb), yb)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def _accuracy(self, X, y):
+        correct = 0
+        with self.torch.inference_mode():
+            for i in range(0, len(y), 1024):
+                correct += int((self.net(X[i:i + 1024]).argmax(1) == y[i:i + 1024]).sum())
+        return correct / len(y)
+
+    def epoch(self):
+        torch = self.torch
+        self.net.train()
+        perm = torch.randperm(len(self.y), generator=self.gen)
+        losses = []
+        for i in range(0, len(perm), self.batch):
+            idx = perm[i:i + self.batch]
+            losses.append(self.step(self.X[idx], self.y[idx]))
+        if not bool(torch.isfinite(torch.stack(losses)).all()):
+            raise FloatingPointError("torch epoch diverged")
+        self.net.eval()
+        self._accuracy(self.Xs, self.ys)
+        val = self._accuracy(self.Xv, self.yv)
+        if val > self.best:
+            self.best = val
+            self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+
+def bench_epoch(net_name: str, batch: int, cfg) -> dict:
+    """Epochs per second of gpunet's Solver and of each PyTorch form, interleaved; samples/s reported."""
+    net = NETS[net_name]
+    data = epoch_data(cfg.epoch_samples)
+    fns = {}
+    g = GpunetEpoch(net, data, batch)
+    fns["gpunet_epoch"] = (g.epoch, backend.synchronize)
+    kinds = []
+    if cfg.torch:
+        import torch
+        torch.set_num_threads(cfg.threads)
+        for kind in TORCH_KINDS + (("compile",) if cfg.compile else ()):
+            tnet = torch_fc(torch, net)
+            opt = torch_optimizer(torch, torch.optim.SGD, tnet.parameters(),
+                                  "default" if kind == "compile" else kind, lr=LR, momentum=MOMENTUM)
+            if opt is not None:
+                fns[f"torch_epoch_{kind}"] = (TorchEpoch(torch, tnet, opt, data, batch, kind == "compile").epoch,
+                                              lambda: None)
+                kinds.append(kind)
+    n = len(data["y_train"])
+    times = interleaved(fns, ORDER, 1, cfg.repeats, max(1, min(cfg.warmup, 1)))
+    res = {"net": net_name, "batch": batch, "view": "epoch", "samples": n, "repeats": cfg.repeats}
+    for k, ts in times.items():
+        med = float(np.median(ts))
+        res[k] = n / med
+        res[k + "_all"] = [n / t for t in ts]
+        res[k + "_spread"] = [n / max(ts), n / min(ts)]
+    best = best_of(res, "torch_epoch_", kinds)
+    if best is not None:
+        res["torch_optimizer"] = best
+        res["torch_epoch"] = res[f"torch_epoch_{best}"]
+        res["epoch_ratio"] = res["gpunet_epoch"] / res["torch_epoch"]
+        res["epoch_ratio_all"] = [a / b for a, b in zip(res["gpunet_epoch_all"], res[f"torch_epoch_{best}_all"])]
+    return res
