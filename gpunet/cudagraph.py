@@ -20,6 +20,7 @@ stream, so nothing outside the graph is handed memory the graph writes.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 from . import backend, kernels
@@ -28,10 +29,30 @@ log = logging.getLogger("gpunet")
 
 
 def eager_step(model, optimizer):
-    """``step(X, y, lr) -> loss``: one eager training step."""
+    """``step(X, y, lr) -> loss``: one eager training step.
+
+    Where the model takes ``on_grad`` and the update is per parameter (NumPy; CuPy without the
+    one-launch update), each parameter is updated inside the backward pass the moment its
+    gradient is final, while that gradient is still in cache: the same arithmetic on the same
+    values as ``model.loss`` followed by ``optimizer.step``, so bit-identical to it.
+    """
+    fused = "on_grad" in inspect.signature(model.loss).parameters
+
     def step(X, y, lr):
-        loss, grads = model.loss(X, y)
-        optimizer.step(model.params, grads, lr)
+        params = model.params
+        if not fused or optimizer._use_multi(params):
+            loss, grads = model.loss(X, y)
+            optimizer.step(params, grads, lr)
+            return loss
+        done = set()
+
+        def on_grad(name, g):
+            optimizer.update(name, params[name], g, lr)
+            done.add(name)
+        loss, grads = model.loss(X, y, on_grad=on_grad)
+        for k in params:                   # a parameter the model did not report (none of ours)
+            if k not in done:
+                optimizer.update(k, params[k], grads[k], lr)
         return loss
     return step
 

@@ -74,13 +74,16 @@ class FullyConnectedNet:
         if y is not None and tuple(y.shape) != (X.shape[0],):
             raise ValueError(f"y: expected shape ({X.shape[0]},) (one label per sample), got {tuple(y.shape)}")
 
-    def loss(self, X, y=None):
+    def loss(self, X, y=None, on_grad=None):
         """Class scores, or the loss and gradients.
 
         X: (N, D) or (N, d1, ...) on the model's backend; y: (N,) int labels or None.
         Returns scores (N, C) when y is None (test mode, no dropout); otherwise
         ``(loss, grads)`` with grads shaped like ``self.params`` (training mode).
         The gradients are new arrays on every call; activations live in reused buffers.
+        on_grad: optional ``on_grad(name, grad)``, called as soon as a gradient is final and
+            the rest of the backward pass no longer reads ``params[name]`` (the Solver updates
+            each layer there, while its gradient is still in cache).
         """
         self._check_input(X, y)
         train = y is not None
@@ -116,10 +119,13 @@ class FullyConnectedNet:
             if self.reg:
                 dW += self.dtype.type(self.reg) * W
             grads[f"W{i}"], grads[f"b{i}"] = dW, db
+            if on_grad is not None:            # dout (the input gradient) is computed: W{i} is free
+                on_grad(f"W{i}", dW)
+                on_grad(f"b{i}", db)
             if i > 1:
                 # ReLU and dropout backward in one pass: acts[i-1] > 0 exactly where a unit passed both
                 relu_backward(dout, acts[i - 1], out=dout, scale=scale)
-        return loss, grads
+        return loss, {k: grads[k] for k in p}
 
     def predict(self, X, batch_size=1024):
         """Predicted labels (N,) on the model's backend, in batches of ``batch_size``."""

@@ -317,11 +317,12 @@ class Sequential:
             X = layer.forward(X, train)
         return X
 
-    def loss(self, X, y=None):
+    def loss(self, X, y=None, on_grad=None):
         """Scores (N, C) when ``y`` is None (test mode); otherwise ``(loss, grads)`` in training mode.
 
         X: (N, C, H, W) images or (N, D) features; y: (N,) integer labels.
         grads has the keys of ``params``; buffers (running statistics) update in training mode.
+        on_grad: optional ``on_grad(name, grad)`` called once each layer's backward is done.
         """
         if y is not None and tuple(y.shape) != (X.shape[0],):
             raise ValueError(f"y: expected shape ({X.shape[0]},) (one label per sample), got {tuple(y.shape)}")
@@ -329,20 +330,22 @@ class Sequential:
         if y is None:
             return scores
         loss, dout = softmax_loss(scores, y)
-        weights = [k for k in self.params if k.endswith(".W")]
         if self.reg:
-            loss = loss + self.dtype.type(0.5 * self.reg) * sum((self.params[k] ** 2).sum() for k in weights)
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+            loss = loss + self.dtype.type(0.5 * self.reg) * sum(
+                (w ** 2).sum() for k, w in self.params.items() if k.endswith(".W"))
         grads = {}
-        for i, layer in enumerate(self.layers):
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            dout = layer.backward(dout)
             for k, g in layer.grads.items():
-                grads[f"{i}.{k}"] = g
+                name = f"{i}.{k}"
+                if self.reg and k == "W":
+                    g += self.dtype.type(self.reg) * self.params[name]
+                grads[name] = g
+                if on_grad is not None:
+                    on_grad(name, g)
             layer.grads = {}
-        if self.reg:
-            for k in weights:
-                grads[k] += self.dtype.type(self.reg) * self.params[k]
-        return loss, grads
+        return loss, {k: grads[k] for k in self.params}
 
     def predict(self, X, batch_size=1024):
         """Predicted labels (N,) on the model's backend, in batches of ``batch_size``."""

@@ -299,6 +299,11 @@ class Optimizer:
         """Multi-tensor path: one launch updating every parameter (after ``prepare``)."""
         self._multi.apply(params, self._grads(params, grads))
 
+    def update(self, name: str, w, dw, lr: float):
+        """Update the one parameter ``w`` (named ``name``) in place from ``dw``: ``step`` for a
+        single parameter, so a model can apply it the moment that gradient is final."""
+        self.rule(w, grad_like(w, dw, name), self.config, self.state.setdefault(name, {}), lr)
+
     def step(self, params: dict, grads: dict, lr: float):
         """Update every ``params[k]`` in place from ``grads[k]`` (converted to the parameter's dtype)."""
         if self._use_multi(params):
