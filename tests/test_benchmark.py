@@ -31,6 +31,20 @@ def test_bench_config_refuses_bad_values():
     with pytest.raises(ValueError, match="--batch-sizes"):
         BenchConfig(batch_sizes=[0])
     assert BenchConfig(cnn=True).batch_sizes == [128] and BenchConfig().batch_sizes == [256, 1024]
+    with pytest.raises(ValueError, match="--view"):
+        BenchConfig(view="both-ways")
+    with pytest.raises(ValueError, match="--settle"):
+        BenchConfig(settle=-1)
+
+
+def test_interleaved_settles_untimed_and_takes_turns():
+    from gpunet.benchmark.timing import best_of, interleaved
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k), lambda: None) for k in ("a", "b")}
+    t = interleaved(fns, ["b", "a", "missing"], steps=2, repeats=3, warmup=1, settle=0.05)
+    assert calls == ["b", "a"] + ["b", "b", "a", "a"] * 3            # warm-up, then turns
+    assert all(s < 0.05 for ts in t.values() for s in ts)              # the settle sleep is not timed
+    assert best_of({"x_a": 2.0, "x_b": 5.0, "y_b": 9.0}, "x_", ["a", "b", "c"]) == "b"
 
 
 def test_cnn_is_the_same_net_as_pytorchs():
@@ -59,7 +73,7 @@ def test_bench_cnn_writes_json(tmp_path, monkeypatch):
     out = tmp_path / "cnn.json"
     previous = backend.name()
     try:
-        rc = bench.main(["--cnn", "--threads", "1", "--batch-sizes", "2", "--steps", "1", "--repeats", "2",
+        rc = bench.main(["--cnn", "--settle", "0", "--threads", "1", "--batch-sizes", "2", "--steps", "1", "--repeats", "2",
                          "--warmup", "0", "--json", str(out), "--backend", "numpy", "-q"])
     finally:
         backend.use(previous)

@@ -214,8 +214,9 @@ def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     previous = backend.name()
     try:
-        rc = bench.main(["--threads", "1", "--nets", "A", "--batch-sizes", "8", "--steps", "1", "--repeats", "2",
-                         "--warmup", "1", "--no-torch", "--json", str(out), "--backend", "numpy", "-q"])
+        rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "8", "--steps", "1", "--repeats", "2",
+                         "--warmup", "1", "--no-torch", "--json", str(out), "--backend", "numpy", "-q",
+                         "--epoch-samples", "64"])
     finally:
         backend.use(previous)
     assert rc == 0
@@ -234,7 +235,7 @@ def test_bench_compares_with_torch(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     previous = backend.name()
     try:
-        rc = bench.main(["--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
+        rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
                          "--warmup", "1", "--json", str(out), "--backend", "numpy", "-q", "--epoch-samples", "64"])
     finally:
         backend.use(previous)

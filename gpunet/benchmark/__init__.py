@@ -43,6 +43,7 @@ class BenchConfig:
     view: str = "both"                # FC nets: "steps", "epoch" (Solver.train() epochs) or "both"
     compile: bool = False             # also time PyTorch's step under torch.compile
     epoch_samples: int = EPOCH_TRAIN  # training samples per epoch in the epoch view
+    settle: float | None = None       # untimed sleep before each timed call; None: 0.2 s on the CPU, 0 on a GPU
     json_path: str | None = None      # also write the results here, after every case
     command: str = ""                 # recorded in the JSON
 
@@ -56,6 +57,8 @@ class BenchConfig:
             self.batch_sizes = list(CNN_BATCHES if self.cnn else FC_BATCHES)
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"--batch-sizes: expected positive sizes, got {self.batch_sizes}")
+        if self.settle is not None and self.settle < 0:
+            raise ValueError(f"--settle: expected >= 0 seconds, got {self.settle}")
         if self.view not in VIEWS:
             raise ValueError(f"--view: expected one of {', '.join(VIEWS)}, got {self.view!r}")
         unknown = sorted(set(self.nets) - set(NETS))
@@ -89,8 +92,10 @@ def set_tf32_env(tf32: bool):
 def run(cfg: BenchConfig, say=None) -> dict:
     """Run every case of ``cfg`` on the active backend; ``say(result)`` after each one."""
     cfg.torch = prepare_torch(cfg, say=lambda m: print(m, file=sys.stderr))
+    if cfg.settle is None:
+        cfg.settle = 0.0 if backend.name() == "cupy" else 0.2
     info = machine_info()
-    info.update(threads=cfg.threads, tf32=bool(cfg.tf32), loadavg_start=loadavg())
+    info.update(threads=cfg.threads, tf32=bool(cfg.tf32), settle_s=cfg.settle, loadavg_start=loadavg())
     doc = {"command": cfg.command, "machine": info, "results": []}
     if cfg.cnn:
         cases = [(bench_cnn, "cnn", b) for b in cfg.batch_sizes]

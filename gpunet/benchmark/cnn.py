@@ -67,7 +67,7 @@ def bench_cnn(batch: int, cfg) -> dict:
                             "cuda" if backend.name() == "cupy" else "cpu", compile=cfg.compile)
     fns = {"gpunet_train": (g.train_step, backend.synchronize), "gpunet_infer": (g.infer_step, backend.synchronize)}
     add_torch_fns(fns, cases)
-    times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup)
+    times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup, cfg.settle)
     res = {"net": "cnn", "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}
     res.update(rates({k: times[k] for k in fns}, batch, cfg.steps))
     summarise_torch(res, cases)

@@ -112,7 +112,7 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
                                               lambda: None)
                 kinds.append(kind)
     n = len(data["y_train"])
-    times = interleaved(fns, ORDER, 1, cfg.repeats, max(1, min(cfg.warmup, 1)))
+    times = interleaved(fns, ORDER, 1, cfg.repeats, 1, cfg.settle)
     res = {"net": net_name, "batch": batch, "view": "epoch", "samples": n, "repeats": cfg.repeats}
     for k, ts in times.items():
         med = float(np.median(ts))

@@ -219,7 +219,7 @@ def bench_case(net_name: str, batch: int, cfg) -> dict:
     fns = {"gpunet_train": (g.train_step, backend.synchronize), "gpunet_infer": (g.infer_step, backend.synchronize),
            "gemm_bound": (gemm.step, backend.synchronize)}
     add_torch_fns(fns, cases)
-    times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup)
+    times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup, cfg.settle)
     res = {"net": net_name, "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}
     res.update(rates({k: times[k] for k in fns}, batch, cfg.steps))
     summarise_torch(res, cases)

@@ -1,16 +1,21 @@
 """Interleaved timing: every measured function runs once per repeat, in turn, so a change in
-machine load hits all of them alike; the median over repeats is what gets reported."""
+machine load hits all of them alike; the median over repeats is what gets reported.
+
+Between two timed calls the machine may ``settle``: both BLAS/OpenMP thread pools keep
+spinning for a while after their work ends, and right after one library a spinning pool of
+the other would slow the next call, which no user running one library meets."""
 from __future__ import annotations
 
 import statistics
 import time
 
 
-def interleaved(fns: dict, order, steps: int, repeats: int, warmup: int) -> dict:
+def interleaved(fns: dict, order, steps: int, repeats: int, warmup: int, settle: float = 0.0) -> dict:
     """Seconds per repeat of ``steps`` calls for each ``fns[name] = (fn, sync)``.
 
     order: the names in the order they take turns (names missing from ``fns`` are skipped).
-    sync: drains the device before and after the timed calls. Returns ``{name: [seconds, ...]}``.
+    sync: drains the device before and after the timed calls. settle: seconds of sleep (not
+    timed) before each timed call. Returns ``{name: [seconds, ...]}``.
     """
     order = [k for k in order if k in fns]
     for k in order:                      # warm-up: caches, pools, kernel compilation
@@ -23,6 +28,8 @@ def interleaved(fns: dict, order, steps: int, repeats: int, warmup: int) -> dict
         for k in order:
             fn, sync = fns[k]
             sync()
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             for _ in range(steps):
                 fn()
