@@ -18,7 +18,7 @@ from .common import UserError, add_common_args, run, setup
 # Flags that map one-to-one onto TrainConfig fields (dest -> field).
 CONFIG_FLAGS = ("arch", "channels", "hidden", "dropout", "reg", "optimizer", "lr", "momentum", "weight_decay", "schedule",
                 "step_size", "gamma", "min_lr_ratio", "warmup_epochs", "batch_size", "epochs", "patience",
-                "seed", "augment", "crop_pad", "graph")
+                "seed", "augment", "crop_pad", "graph", "recipe")
 
 
 def add_model_args(p: argparse.ArgumentParser):
@@ -26,6 +26,8 @@ def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("recipe (defaults: the dataset's recipe, then --config)")
     g.add_argument("--arch", choices=runs.ARCHS, help="fc: fully connected net (fast, ~50%% on FER2013); "
                    "cnn: convnet (slower per epoch, far more accurate on images)")
+    g.add_argument("--recipe", metavar="NAME", help="a named variant of the dataset's recipe instead of its "
+                   "default: fast (cifar10, fc: 55%% test in about a minute on 2 cores)")
     g.add_argument("--channels", type=int, nargs="+", metavar="C",
                    help="cnn: widths of the conv3x3-BN-ReLU-maxpool2 blocks, e.g. 32 64 128")
     g.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer sizes, e.g. 1024 512 "
