@@ -61,9 +61,9 @@ step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_cudagra
 step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/test_nvrtc.py \
     tests/test_kernel_cpu.py
 # 3. the benchmarks (TF32 off is the bench's default)
-step bench_fc 75 "$PY" scripts/bench.py --backend cupy --steps 50 --repeats 5 --warmup 10 --json "$OUT/bench_fc.json"
+step bench_fc 150 "$PY" scripts/bench.py --backend cupy --steps 50 --repeats 5 --warmup 10 --json "$OUT/bench_fc.json"
 if "$PY" scripts/bench.py --help 2>/dev/null | grep -q -- "--cnn"; then
-    step bench_cnn 75 "$PY" scripts/bench.py --backend cupy --cnn --steps 20 --repeats 3 --warmup 5 \
+    step bench_cnn 100 "$PY" scripts/bench.py --backend cupy --cnn --steps 20 --repeats 3 --warmup 5 \
         --json "$OUT/bench_cnn.json"
 else
     summary+=("$(printf '%-16s %-13s %4ss  %s' bench_cnn SKIP 0 'this checkout has no gpunet-bench --cnn')")

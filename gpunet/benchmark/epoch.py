@@ -50,12 +50,12 @@ class GpunetEpoch:
 class TorchEpoch:
     """The plain PyTorch epoch: ``randperm``, index the tensors, step; then score and keep the best."""
 
-    def __init__(self, torch, net, opt, data: dict, batch: int, compile: bool = False):
-        self.torch, self.net, self.opt, self.batch = torch, net, opt, batch
-        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
+    def __init__(self, torch, net, opt, data: dict, batch: int, compile: bool = False, device: str = "cpu"):
+        self.torch, self.net, self.opt, self.batch, self.device = torch, net, opt, batch, device
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in data.items()}
         self.X, self.y, self.Xv, self.yv = t["X_train"], t["y_train"], t["X_val"], t["y_val"]
-        self.gen = torch.Generator().manual_seed(0)
-        sub = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(1))[:TRAIN_EVAL]
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        sub = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(1))[:TRAIN_EVAL].to(device)
         self.Xs, self.ys = self.X[sub], self.y[sub]
         self.best, self.best_state = -1.0, None
         self.step = torch.compile(self._step) if compile else self._step
@@ -68,16 +68,18 @@ class TorchEpoch:
         return loss.detach()
 
     def _accuracy(self, X, y):
-        correct = 0
         with self.torch.inference_mode():
-            for i in range(0, len(y), 1024):
-                correct += int((self.net(X[i:i + 1024]).argmax(1) == y[i:i + 1024]).sum())
-        return correct / len(y)
+            correct = sum((self.net(X[i:i + 1024]).argmax(1) == y[i:i + 1024]).sum() for i in range(0, len(y), 1024))
+        return int(correct) / len(y)
+
+    def sync(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
 
     def epoch(self):
         torch = self.torch
         self.net.train()
-        perm = torch.randperm(len(self.y), generator=self.gen)
+        perm = torch.randperm(len(self.y), generator=self.gen, device=self.device)
         losses = []
         for i in range(0, len(perm), self.batch):
             idx = perm[i:i + self.batch]
@@ -103,13 +105,14 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
     if cfg.torch:
         import torch
         torch.set_num_threads(cfg.threads)
+        device = "cuda" if backend.name() == "cupy" else "cpu"
         for kind in TORCH_KINDS + (("compile",) if cfg.compile else ()):
-            tnet = torch_fc(torch, net)
+            tnet = torch_fc(torch, net).to(device)
             opt = torch_optimizer(torch, torch.optim.SGD, tnet.parameters(),
                                   "default" if kind == "compile" else kind, lr=LR, momentum=MOMENTUM)
             if opt is not None:
-                fns[f"torch_epoch_{kind}"] = (TorchEpoch(torch, tnet, opt, data, batch, kind == "compile").epoch,
-                                              lambda: None)
+                t = TorchEpoch(torch, tnet, opt, data, batch, kind == "compile", device)
+                fns[f"torch_epoch_{kind}"] = (t.epoch, t.sync)
                 kinds.append(kind)
     n = len(data["y_train"])
     times = interleaved(fns, ORDER, 1, cfg.repeats, 1, cfg.settle)
