@@ -28,7 +28,7 @@ from . import backend, kernels
 log = logging.getLogger("gpunet")
 
 
-def eager_step(model, optimizer):
+def eager_step(model, optimizer, fused_update: bool = True):
     """``step(X, y, lr) -> loss``: one eager training step.
 
     Where the model takes ``on_grad`` and the update is per parameter (NumPy; CuPy without the
@@ -36,7 +36,7 @@ def eager_step(model, optimizer):
     gradient is final, while that gradient is still in cache: the same arithmetic on the same
     values as ``model.loss`` followed by ``optimizer.step``, so bit-identical to it.
     """
-    fused = "on_grad" in inspect.signature(model.loss).parameters
+    fused = fused_update and "on_grad" in inspect.signature(model.loss).parameters
 
     def step(X, y, lr):
         params = model.params
@@ -57,16 +57,17 @@ def eager_step(model, optimizer):
     return step
 
 
-def make_train_step(model, optimizer, graph: bool = True):
-    """``step(X, y, lr) -> loss`` for ``model`` and ``optimizer``; graph-replayed on CuPy when ``graph``."""
+def make_train_step(model, optimizer, graph: bool = True, fused_update: bool = True):
+    """``step(X, y, lr) -> loss`` for ``model`` and ``optimizer``; graph-replayed on CuPy when ``graph``;
+    ``fused_update``: eager steps update each parameter inside the backward pass (``eager_step``)."""
     first = next(iter(model.params.values()))
     if not graph or not kernels.on_gpu(first) or backend.cupy_module() is None:
-        return eager_step(model, optimizer)
+        return eager_step(model, optimizer, fused_update)
     if _uses_dropout(model):
         # a replayed graph would have to advance the generator's device state itself; until a
         # GPU run shows the masks differ from step to step, dropout nets step eagerly
         log.info("CUDA graph off, training step runs eagerly: the model uses dropout")
-        return eager_step(model, optimizer)
+        return eager_step(model, optimizer, fused_update)
     return GraphStep(model, optimizer)
 
 

@@ -64,6 +64,7 @@ class SolverConfig:
     progress: bool | None = None          # tqdm bars; None: only when stderr is a terminal
     on_epoch_end: Callable | None = None  # callable(solver, epoch) after each epoch; True stops
     graph: bool = True                    # CuPy: replay the training step from a CUDA graph (gpunet.cudagraph)
+    fused_update: bool = True             # update each layer inside the backward pass (bit-identical; off: after it)
 
     def __post_init__(self):
         self.optim_config = dict(self.optim_config or {})
@@ -132,7 +133,8 @@ class Solver:
         self.config, self.model = cfg, model
         for name in ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs",
                      "num_train_samples", "num_val_samples", "print_every", "verbose",
-                     "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end", "graph"):
+                     "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end", "graph",
+                     "fused_update"):
             setattr(self, name, getattr(cfg, name))
         self.optimizer = Optimizer(self.update_rule, self.optim_config)
         self._step = None   # the training step, built on first use (eager, or a CUDA graph on CuPy)
@@ -257,7 +259,8 @@ class Solver:
     def _train_step(self, X, y, lr):
         """One update on the batch ``X`` (B, ...), ``y`` (B,); returns the loss, left on the device."""
         if self._step is None:
-            self._step = make_train_step(self.model, self.optimizer, graph=self.graph)
+            self._step = make_train_step(self.model, self.optimizer, graph=self.graph,
+                                         fused_update=self.fused_update)
         return self._step(X, y, lr)
 
     def _run_epoch(self, epoch, disable):

@@ -43,6 +43,7 @@ class BenchConfig:
     view: str = "both"                # FC nets: "steps", "epoch" (Solver.train() epochs) or "both"
     compile: bool = False             # also time PyTorch's step under torch.compile
     epoch_samples: int = EPOCH_TRAIN  # training samples per epoch in the epoch view
+    levers: bool = False              # epoch view: also time gpunet with each speed lever off
     settle: float | None = None       # untimed sleep before each timed call; None: 0.2 s on the CPU, 0 on a GPU
     json_path: str | None = None      # also write the results here, after every case
     command: str = ""                 # recorded in the JSON
@@ -148,7 +149,7 @@ def _markdown(head, rows) -> list:
 
 def _epoch_table(results) -> str:
     head = ["net", "batch", "gpunet epoch samples/s", "torch best samples/s", "torch best form",
-            "ratio (median)", "ratio range", "torch forms (samples/s)"]
+            "ratio (median)", "ratio range", "torch forms (samples/s)", "update in backward: gain"]
     rows = []
     for r in results:
         forms = ", ".join(f"{k[len('torch_epoch_'):]} {v:,.0f}" for k, v in r.items()
@@ -157,7 +158,8 @@ def _epoch_table(results) -> str:
         rows.append([r["net"], str(r["batch"]), f"{r['gpunet_epoch']:,.0f}",
                      f"{r['torch_epoch']:,.0f}" if "torch_epoch" in r else "-", r.get("torch_optimizer", "-"),
                      f"{r['epoch_ratio']:.2f}x" if "epoch_ratio" in r else "-",
-                     f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "-", forms or "-"])
+                     f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "-", forms or "-",
+                     f"{r['fused_update_gain']:.3f}x" if "fused_update_gain" in r else "-"])
     return "\n".join(["whole epochs (Solver.train() vs the PyTorch loop):"] + _markdown(head, rows))
 
 

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=None, metavar="S",
                    help="untimed sleep before each timed call, so the other library's spinning threads "
                         "have gone idle (default 0.2 on the CPU, 0 on a GPU)")
+    p.add_argument("--levers", action="store_true",
+                   help="epoch view: also time gpunet with the update after the backward pass, for each lever's effect")
     p.add_argument("--compile", action="store_true",
                    help="also time PyTorch's training step under torch.compile (compile time reported apart)")
     p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch comparison")
@@ -56,6 +58,7 @@ def _body(args) -> int:
     cfg = BenchConfig(nets=args.nets, batch_sizes=args.batch_sizes, steps=args.steps, repeats=args.repeats,
                       warmup=args.warmup, threads=args.threads, torch=args.torch, tf32=args.tf32, cnn=args.cnn, view=args.view, compile=args.compile,
                       epoch_samples=args.epoch_samples, settle=args.settle,
+                      levers=args.levers,
                       json_path=args.json, command="gpunet-bench " + " ".join(sys.argv[1:]))
     set_tf32_env(args.tf32)
     setup(args)
