@@ -77,3 +77,18 @@ def test_models_without_on_grad_still_train(numpy_backend):
     cudagraph.eager_step(m, optim.Optimizer("sgd", {}))(np.zeros((1, 3), np.float32), np.zeros(1, int), 0.1)
     np.testing.assert_array_equal(m.params["W"], np.full((3, 2), 0.95, np.float32))
     assert backend.name() == "numpy"
+
+
+def test_solver_with_and_without_the_fused_update_train_alike(numpy_backend):
+    from gpunet import Solver
+    rng = np.random.default_rng(5)
+    data = {"X_train": rng.standard_normal((60, 20)).astype(np.float32), "y_train": rng.integers(0, 5, 60),
+            "X_val": rng.standard_normal((20, 20)).astype(np.float32), "y_val": rng.integers(0, 5, 20)}
+    models = []
+    for fused in (True, False):
+        m = _fc()
+        Solver(m, data, update_rule="adam", batch_size=16, num_epochs=2, verbose=False, seed=3,
+               fused_update=fused).train()
+        models.append(m)
+    for k in models[0].params:
+        assert np.array_equal(models[0].params[k], models[1].params[k]), k
