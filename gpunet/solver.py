@@ -65,6 +65,7 @@ class SolverConfig:
     on_epoch_end: Callable | None = None  # callable(solver, epoch) after each epoch; True stops
     graph: bool = True                    # CuPy: replay the training step from a CUDA graph (gpunet.cudagraph)
     fused_update: bool = True             # update each layer inside the backward pass (bit-identical; off: after it)
+    prefetch: bool = False                # array data on the CPU: gather the next batch in a background thread
 
     def __post_init__(self):
         self.optim_config = dict(self.optim_config or {})
@@ -134,7 +135,7 @@ class Solver:
         for name in ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs",
                      "num_train_samples", "num_val_samples", "print_every", "verbose",
                      "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end", "graph",
-                     "fused_update"):
+                     "fused_update", "prefetch"):
             setattr(self, name, getattr(cfg, name))
         self.optimizer = Optimizer(self.update_rule, self.optim_config)
         self._step = None   # the training step, built on first use (eager, or a CUDA graph on CuPy)
@@ -175,7 +176,8 @@ class Solver:
                                  f"[{y_np.min()}, {y_np.max()}]")
         if self.num_val_samples is not None and self.num_val_samples < len(y_val):
             X_val, y_val = X_val[: self.num_val_samples], y_val[: self.num_val_samples]
-        train = ArrayLoader(X_tr, y_tr, self.batch_size, shuffle=True, seed=self.seed, dtype=self.model.dtype)
+        train = ArrayLoader(X_tr, y_tr, self.batch_size, shuffle=True, seed=self.seed, dtype=self.model.dtype,
+                            prefetch=self.prefetch)
         val = ArrayLoader(X_val, y_val, 1024, shuffle=False, dtype=self.model.dtype)
         n = len(y_tr) if self.num_train_samples is None else min(int(self.num_train_samples), len(y_tr))
         sub = np.sort(np.random.default_rng([self.seed, TRAIN_EVAL_STREAM]).permutation(len(y_tr))[:n])

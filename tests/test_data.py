@@ -298,3 +298,24 @@ def test_array_loader_augment_flips_reproducibly(xp):
     assert 10 < flipped < 54  # about half, with overwhelming probability
     with pytest.raises(ValueError, match=r"augment: needs images shaped \(N, C, H, W\)"):
         ArrayLoader(X.reshape(64, -1), y, augment={"flip": True})
+
+
+def test_array_loader_prefetch_yields_the_same_batches(numpy_backend):
+    """Gathering one batch ahead in a thread changes nothing in what the loader yields."""
+    from gpunet.data import ArrayLoader
+    rng = np.random.default_rng(2)
+    X, y = rng.integers(0, 256, (53, 3, 4, 4)).astype(np.uint8), rng.integers(0, 3, 53)
+    kw = dict(batch_size=8, seed=4, mean=np.full((3, 1, 1), 100.0), std=np.full((3, 1, 1), 50.0),
+              augment={"flip": True, "crop_pad": 1})
+    plain, ahead = ArrayLoader(X, y, **kw), ArrayLoader(X, y, prefetch=True, **kw)
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        ahead.set_epoch(epoch)
+        got, want = list(ahead), list(plain)
+        assert len(got) == len(want) == 7
+        for (a, ya), (b, yb) in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(ya, yb)
+    it = iter(ahead)                     # stopped early: the background gather is waited for
+    next(it)
+    it.close()

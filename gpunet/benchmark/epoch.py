@@ -19,7 +19,7 @@ from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc
 from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
 
 EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
-ORDER = ["gpunet_epoch", "gpunet_epoch_unfused"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
+ORDER = ["gpunet_epoch", "gpunet_epoch_unfused", "gpunet_epoch_prefetch"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
 
 
 def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
@@ -34,13 +34,13 @@ def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
 class GpunetEpoch:
     """One more epoch of a Solver per call (its loaders, evaluation and best-state bookkeeping)."""
 
-    def __init__(self, net: dict, data: dict, batch: int, fused_update: bool = True):
+    def __init__(self, net: dict, data: dict, batch: int, fused_update: bool = True, prefetch: bool = False):
         model = FullyConnectedNet(net["hidden"], input_dim=INPUT_DIM, num_classes=NUM_CLASSES,
                                   dropout=net["dropout"], dtype=np.float32, seed=0)
         self.solver = Solver(model, data, update_rule="sgd_momentum",
                              optim_config={"learning_rate": LR, "momentum": MOMENTUM},
                              batch_size=batch, num_epochs=0, num_train_samples=TRAIN_EVAL, verbose=False,
-                             fused_update=fused_update)
+                             fused_update=fused_update, prefetch=prefetch)
 
     def epoch(self):
         self.solver.num_epochs += 1
@@ -104,6 +104,7 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
     fns["gpunet_epoch"] = (g.epoch, backend.synchronize)
     if cfg.levers:                     # the same Solver with the update after the backward pass
         fns["gpunet_epoch_unfused"] = (GpunetEpoch(net, data, batch, fused_update=False).epoch, backend.synchronize)
+        fns["gpunet_epoch_prefetch"] = (GpunetEpoch(net, data, batch, prefetch=True).epoch, backend.synchronize)
     kinds = []
     if cfg.torch:
         import torch
@@ -133,4 +134,5 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
         res["epoch_ratio_all"] = [a / b for a, b in zip(res["gpunet_epoch_all"], res[f"torch_epoch_{best}_all"])]
     if "gpunet_epoch_unfused" in res:
         res["fused_update_gain"] = res["gpunet_epoch"] / res["gpunet_epoch_unfused"]
+        res["prefetch_gain"] = res["gpunet_epoch_prefetch"] / res["gpunet_epoch"]
     return res

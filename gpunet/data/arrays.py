@@ -8,6 +8,7 @@ from .augment import augment_images, check_augment
 from .h5file import check_labels
 from .norm import norm_stats, normalize
 from .plan import augment_seed, epoch_permutation
+from .prefetch import lower_thread_priority
 
 
 class ArrayLoader:
@@ -23,11 +24,13 @@ class ArrayLoader:
         (N, C, H, W)); random per ``(seed, epoch)``, applied after normalisation.
     The arrays are moved to the active device once (uint8 stays uint8 there,
     converted per batch).
+    prefetch: on the CPU, gather and convert the next batch in a background thread (at lower
+        priority) while the caller works on this one; the batches are the same either way.
     """
 
     def __init__(self, X, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, mean=None, std=None, dtype=np.float32, augment=None,
-                 num_classes=None):
+                 num_classes=None, prefetch=False):
         if len(X) != len(y):
             raise ValueError(f"y: expected {len(X)} labels (one per row of X), got {len(y)}")
         if batch_size < 1:
@@ -47,6 +50,7 @@ class ArrayLoader:
         self.sample_shape = tuple(int(s) for s in self.X.shape[1:])
         self._epoch = 0
         self.augment = check_augment(augment)
+        self.prefetch = bool(prefetch)
         if self.augment and self.X.ndim != 4:
             raise ValueError(f"augment: needs images shaped (N, C, H, W), got X of shape {tuple(self.X.shape)}")
 
@@ -64,6 +68,23 @@ class ArrayLoader:
         return xb
 
     def __iter__(self):
+        if not self.prefetch or backend.name() == "cupy":
+            yield from self._batches()
+            return
+        # one batch ahead: the next gather (a copy NumPy does without the GIL) overlaps this step
+        batches = self._batches()
+        ahead = _gather_thread().submit(_next_or_none, batches)
+        try:
+            while True:
+                item = ahead.result()
+                if item is None:
+                    return
+                ahead = _gather_thread().submit(_next_or_none, batches)
+                yield item
+        finally:
+            ahead.result()                 # the generator is never advanced by two threads at once
+
+    def _batches(self):
         n, b = self.num_samples, self.batch_size
         order = epoch_permutation(n, self.seed, self._epoch) if self.shuffle else None
         if order is not None:
@@ -85,3 +106,19 @@ class ArrayLoader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_pool = None
+
+
+def _gather_thread():
+    """The one background thread that gathers batches ahead (started on first use)."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(1, thread_name_prefix="gpunet-gather", initializer=lower_thread_priority)
+    return _pool
+
+
+def _next_or_none(it):
+    return next(it, None)
