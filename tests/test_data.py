@@ -319,3 +319,14 @@ def test_array_loader_prefetch_yields_the_same_batches(numpy_backend):
     it = iter(ahead)                     # stopped early: the background gather is waited for
     next(it)
     it.close()
+
+
+def test_array_loader_batches_never_alias_the_data(numpy_backend):
+    """A float32 batch that needs no conversion is the gather itself, never a view of X."""
+    from gpunet.data import ArrayLoader
+    X = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    keep = X.copy()
+    for shuffle in (True, False):
+        for xb, _ in ArrayLoader(X, np.zeros(40, int), batch_size=7, shuffle=shuffle, seed=1):
+            xb[...] = -1.0
+    np.testing.assert_array_equal(X, keep)

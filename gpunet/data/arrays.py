@@ -61,8 +61,8 @@ class ArrayLoader:
     def set_epoch(self, epoch: int):
         self._epoch = int(epoch)
 
-    def _prepare(self, xb, rng):
-        xb = normalize(xb, self.mean, self.inv_std, self.dtype)  # always new: xb may be a view of X
+    def _prepare(self, xb, rng, fresh=False):
+        xb = normalize(xb, self.mean, self.inv_std, self.dtype, fresh)  # new unless fresh: xb may view X
         if rng is not None:
             xb = augment_images(xb, rng, **self.augment)
         return xb
@@ -96,7 +96,7 @@ class ArrayLoader:
                 yield self._prepare(self.X[sl], rng), self.y[sl]
             else:
                 idx = order[sl]
-                yield self._prepare(self.X[idx], rng), self.y[idx]
+                yield self._prepare(self.X[idx], rng, fresh=True), self.y[idx]   # a gather is a copy
 
     def close(self):
         pass

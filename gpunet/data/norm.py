@@ -32,17 +32,20 @@ def norm_stats(mean, std, dtype=np.float32, xp=None, shape=None):
     return put(mean, False), put(std, True)
 
 
-def normalize(x, mean, inv_std, dtype=np.float32):
+def normalize(x, mean, inv_std, dtype=np.float32, fresh=False):
     """``(x - mean) * inv_std`` as a new ``dtype`` array on x's backend.
 
     x: (B, ...) uint8 or float pixel values; mean, inv_std: from ``norm_stats`` (either may
     be None), broadcastable to one sample. Returns (B, ...) of ``dtype``, never a view of x.
+    fresh: x is the caller's own new array (a gathered batch), so it may be reused as the result.
     """
     dtype = np.dtype(dtype)
     if mean is not None:
         out = x - mean                     # uint8 - float: one pass, a new float array
         if out.dtype != dtype:
             out = out.astype(dtype)
+    elif fresh and x.dtype == dtype:
+        out = x                            # no copy of a batch nobody else holds
     else:
         out = x.astype(dtype)              # astype copies: safe to scale in place
     if inv_std is not None:
