@@ -15,7 +15,7 @@ import numpy as np
 from .. import backend
 from ..model import FullyConnectedNet
 from ..solver import Solver
-from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc
+from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc, torch_step
 from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
 
 EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
@@ -62,11 +62,7 @@ class TorchEpoch:
         self.step = torch.compile(self._step) if compile else self._step
 
     def _step(self, xb, yb):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.torch.nn.functional.cross_entropy(self.net(xb), yb)
-        loss.backward()
-        self.opt.step()
-        return loss.detach()
+        return torch_step(self.torch, self.net, self.opt, xb, yb)
 
     def _accuracy(self, X, y):
         with self.torch.inference_mode():

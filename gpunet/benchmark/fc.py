@@ -61,6 +61,15 @@ class GpunetCase:
         return float("nan") if self.loss is None else float(self.loss)
 
 
+def torch_step(torch, net, opt, X, y):
+    """The PyTorch training step every comparison uses: zero_grad, cross-entropy, backward, step."""
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(net(X), y)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 class TorchCase:
     """The same recipe in PyTorch eager mode (or ``torch.compile``-d): ``net`` (a torch module) and
     ``opt`` (its optimizer, in one of ``timing.TORCH_KINDS``)."""
@@ -80,11 +89,7 @@ class TorchCase:
             self.torch.cuda.synchronize()
 
     def _step(self, X, y):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.torch.nn.functional.cross_entropy(self.net(X), y)
-        loss.backward()
-        self.opt.step()
-        return loss.detach()
+        return torch_step(self.torch, self.net, self.opt, X, y)
 
     def compile_now(self):
         """Seconds of the first two steps (tracing and compiling, for a compiled step)."""
