@@ -167,15 +167,20 @@ def _epoch_table(results) -> str:
 
 def _steps_table(results) -> str:
     head = ["net", "batch", "gpunet train/s", "torch best train/s", "torch form", "ratio", "gemm bound/s",
-            "of bound", "gpunet infer/s", "torch infer/s", "ratio"]
+            "of bound", "gpunet infer/s", "torch infer/s", "ratio", "torch forms (train/s)"]
     rows = []
     for r in results:
         f = lambda k, fmt="{:,.0f}": fmt.format(r[k]) if k in r else "-"
         rows.append([r["net"], str(r["batch"]), f("gpunet_train"), f("torch_train"), r.get("torch_optimizer", "-"),
                      f("train_ratio", "{:.2f}x"),
                      f("gemm_bound"), f("train_frac_of_gemm_bound", "{:.0%}"), f("gpunet_infer"),
-                     f("torch_infer"), f("infer_ratio", "{:.2f}x")])
+                     f("torch_infer"), f("infer_ratio", "{:.2f}x"),
+                     ", ".join(f"{k} {v:,.0f}" for k, v in r.get("torch_train_variants", {}).items()) or "-"])
     out = _markdown(head, rows)
+    for r in results:
+        if r.get("torch_compile_s") is not None:
+            out.append(f"{r['net']} batch {r['batch']}: torch.compile took {r['torch_compile_s']:.1f} s "
+                       f"(first two steps, not in the throughput)")
     for r in results:
         if "device_memory" in r:
             m = r["device_memory"]
