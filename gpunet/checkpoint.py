@@ -29,6 +29,7 @@ import numpy as np
 from . import backend
 from .io import savez
 from .model import read_npz
+from .runfolder import naming
 
 CHECKPOINT_FORMAT = "gpunet-checkpoint"
 CHECKPOINT_VERSION = 2      # v2 adds buffer/ entries; v1 files (no buffers) still load
@@ -102,7 +103,8 @@ def save_checkpoint(path, solver):
             "update_rule": solver.update_rule, "optim_config": solver.optimizer.config.to_dict(),
             "opt_scalars": opt_scalars, "model": model.config()}
     arrays["__meta__"] = np.frombuffer(json.dumps(desc).encode("utf-8"), dtype=np.uint8)
-    savez(path, arrays)
+    with naming(path):                       # a full disk names the checkpoint, not just [Errno 28]
+        savez(path, arrays)
 
 
 def _check_arrays(path, kind, found: dict, expected: dict):
