@@ -187,7 +187,7 @@ def _save_model(model, cfg, run_dir):
 def _save_best(solver, model, cfg, run_dir) -> str:
     """After divergence: model.npz from the best epoch (the Solver left its state in ``model``)."""
     if not solver.best_params:
-        return "; no epoch finished, so no model.npz was written"
+        return "; no model.npz was written either"
     _save_model(model, cfg, run_dir)
     return (f"; {run_dir / 'model.npz'} holds the best epoch ({solver.best_epoch + 1}, "
             f"val acc {solver.best_val_acc:.4f})")
