@@ -214,6 +214,11 @@ def load_model(path):
         model.set_params({k: arrays[k].astype(model.dtype, copy=False) for k in arrays})
     except ValueError as e:
         raise ModelFileError(f"{path}: {e}") from None
+    if getattr(model, "input_shape", None):     # a Sequential: its layers must chain from its input shape
+        try:
+            model.loss(np.zeros((1,) + tuple(model.input_shape), model.dtype))
+        except ValueError as e:
+            raise ModelFileError(f"{path}: config.layers do not fit input_shape {list(model.input_shape)} ({e})") from None
     model.meta = _checked_meta(desc.get("meta"), model, os.fspath(path))
     model.source = os.fspath(path)  # named in later error messages
     return model

@@ -79,9 +79,11 @@ def _open(path, what):
     if os.path.isdir(path):
         raise ModelFileError(f"{path}: expected a gpunet {what} file, found a folder")
     try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                head = f.read(8)
+            raise ValueError(f"found {'an empty file' if not head else 'bytes ' + repr(head)}")
         z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array")
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as e:
         raise ModelFileError(f"{path}: not a gpunet {what} file (expected an .npz archive: {e})") from None
     try:
