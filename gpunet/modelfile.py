@@ -82,7 +82,8 @@ def _open(path, what):
         if not zipfile.is_zipfile(path):
             with open(path, "rb") as f:
                 head = f.read(8)
-            raise ValueError(f"found {'an empty file' if not head else 'bytes ' + repr(head)}")
+            raise ValueError("found an empty file" if not head else "found a truncated or damaged zip archive"
+                             if head.startswith(b"PK") else f"found bytes {head!r}")
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as e:
         raise ModelFileError(f"{path}: not a gpunet {what} file (expected an .npz archive: {e})") from None
