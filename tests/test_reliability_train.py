@@ -229,3 +229,31 @@ def test_temporaries_of_a_killed_trainer_are_swept(data_dir, tmp_path):
     (out / "notes.tmp-keep").write_text("mine")
     assert train.main(["--resume", str(out), "--backend", "numpy", "-q"]) == 0
     assert not any(p.exists() for p in stale) and (out / "notes.tmp-keep").exists()
+
+
+def test_full_disk_on_a_real_tmpfs_names_the_file(data_dir, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MB tmpfs here: {mounted.stderr.decode().strip()}")
+    try:                                       # a 2000-wide layer: the checkpoint (~1.5 MB) does not fit
+        assert new_run(data_dir, disk / "run", "--hidden", "2000") == 2
+        line = last_line(capsys)
+        assert line.startswith("error:") and "No space left on device" in line
+        assert str(disk / "run" / "solver.ckpt.npz") in line
+        assert not [p for p in (disk / "run").iterdir() if ".tmp-" in p.name]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_resume_with_more_patience_continues_a_run_that_stopped_early(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert new_run(data_dir, out, "--patience", "1", "--lr", "1e-6", epochs=8) == 0     # too slow: stops early
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stopped_early"] and m["epochs_done"] < 8
+    done = len(json.loads((out / "history.json").read_text())["val_acc"])
+    assert train.main(["--resume", str(out), "--patience", "50", "--lr", "1e-3", "--backend", "numpy", "-q"]) == 0
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["val_acc"]) == 8 and not hist["stopped_early"]
+    assert json.loads((out / "config.json").read_text())["resumes"][0]["at_epoch"] == done
