@@ -215,9 +215,10 @@ def load_model(path):
     except ValueError as e:
         raise ModelFileError(f"{path}: {e}") from None
     if getattr(model, "input_shape", None):     # a Sequential: its layers must chain from its input shape
+        xp = backend.get_array_module(next(iter(model.params.values())))
         try:
-            model.loss(np.zeros((1,) + tuple(model.input_shape), model.dtype))
-        except ValueError as e:
+            model.loss(xp.zeros((1,) + tuple(model.input_shape), model.dtype))
+        except (ValueError, TypeError, IndexError) as e:
             raise ModelFileError(f"{path}: config.layers do not fit input_shape {list(model.input_shape)} ({e})") from None
     model.meta = _checked_meta(desc.get("meta"), model, os.fspath(path))
     model.source = os.fspath(path)  # named in later error messages
