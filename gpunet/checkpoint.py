@@ -148,7 +148,9 @@ def read_checkpoint(path, solver) -> Checkpoint:
     Raises ``ValueError`` (``FileNotFoundError`` for a missing file) naming the file,
     the entry, what was expected and what was found.
     """
-    arrays, desc = read_npz(path, what="checkpoint")
+    groups = {"param": {}, "buffer": {}, "best": {}, "opt": {}}
+    arrays, desc = read_npz(path, what="checkpoint", accept=lambda k: k.partition("/")[0] in groups
+                            and k.partition("/")[2] != "")
     if desc.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a gpunet checkpoint (format {desc.get('format')!r}, "
                          f"expected {CHECKPOINT_FORMAT!r})")
@@ -176,7 +178,6 @@ def read_checkpoint(path, solver) -> Checkpoint:
         raise ValueError(f"{path}: checkpoint was trained with seed {desc['seed']}, not {solver.seed}; "
                          "resume with the same seed")
 
-    groups = {"param": {}, "buffer": {}, "best": {}, "opt": {}}
     for k, v in arrays.items():
         head, _, rest = k.partition("/")
         if head not in groups or not rest:

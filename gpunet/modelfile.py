@@ -115,11 +115,16 @@ def _read(z, name, path):
         raise ModelFileError(f"{path}: {name}: unreadable ({e})") from None
 
 
-def read_npz(path, what="model") -> tuple[dict, dict]:
+def read_npz(path, what="model", accept=None) -> tuple[dict, dict]:
     """Arrays and JSON description of a gpunet ``.npz`` file; ModelFileError (a ValueError)
-    naming the file if it is not one."""
+    naming the file if it is not one. accept: ``callable(name) -> bool``; an entry it
+    refuses is an error before any array is read."""
     z, desc = _open(path, what)
     with z:
+        refused = sorted(k for k in z.files if k != "__meta__" and accept is not None and not accept(k))
+        if refused:
+            raise ModelFileError(f"{path}: unexpected entr{'y' if len(refused) == 1 else 'ies'} {refused[:10]} "
+                                 f"in a gpunet {what} file")
         for name in z.files:
             _header(z, name, os.fspath(path))
         arrays = {k: _read(z, k, os.fspath(path)) for k in z.files if k != "__meta__"}

@@ -257,3 +257,34 @@ def test_resume_with_more_patience_continues_a_run_that_stopped_early(data_dir, 
     hist = json.loads((out / "history.json").read_text())
     assert len(hist["val_acc"]) == 8 and not hist["stopped_early"]
     assert json.loads((out / "config.json").read_text())["resumes"][0]["at_epoch"] == done
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ({"epoch": "x"}, "__meta__.epoch: expected an integer"), ({"model": 5}, "__meta__.model: expected a JSON object"),
+    ({"history": [1]}, "missing entries ['history.loss'"), ({"opt_scalars": [1]}, "__meta__.opt_scalars"),
+    ({"version": 99}, "version 99"), ("junk", "unexpected entry ['junk']"), ("truncate", "truncated or damaged zip"),
+])
+def test_a_damaged_checkpoint_is_one_line_and_changes_nothing(data_dir, tmp_path, capsys, monkeypatch, damage, needle):
+    import zipfile
+    out = tmp_path / "run"
+    assert new_run(data_dir, out) == 0
+    ckpt = out / "solver.ckpt.npz"
+    with np.load(ckpt) as z:
+        arrays, desc = {k: z[k] for k in z.files if k != "__meta__"}, json.loads(z["__meta__"].tobytes())
+    if damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[:200])
+    else:
+        if damage == "junk":
+            arrays["junk"] = np.zeros(10)
+        else:
+            desc.update(damage)
+        np.savez(ckpt, **arrays, __meta__=np.frombuffer(json.dumps(desc).encode(), np.uint8))
+    before = snapshot(out)
+    opened = []
+    real = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **kw: (
+        opened.append(getattr(name, "filename", name)), real(self, name, *a, **kw))[1])
+    assert train.main(["--resume", str(out), "--epochs", "3", "--backend", "numpy", "-q"]) == 2
+    line = last_line(capsys)
+    assert line.startswith("error:") and str(ckpt) in line and needle in line
+    assert snapshot(out) == before and "junk.npy" not in opened
