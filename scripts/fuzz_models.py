@@ -107,7 +107,8 @@ def fuzz_train(work, report):
     fast = ["--hidden", "8", "--batch-size", "40", "--epochs", "2", "--no-plots"]
     new = ["cifar10", "--data-dir", str(data), *fast]
     good = work / "good"
-    assert train_main([*new, "--out", str(good), "--backend", "numpy", "-q"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train_main([*new, "--out", str(good), "--backend", "numpy", "-q"]) == 0
     lost = Counter()
 
     def case(name, argv, needle, run=None, bad=True):
