@@ -74,6 +74,7 @@ def owned(run_dir):
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: expected a run folder, found a file")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -88,6 +89,11 @@ def owned(run_dir):
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         sweep_temporaries(run_dir)
         yield run_dir
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:   # refused before writing: no trace
+            (run_dir / LOCK_NAME).unlink()
+            run_dir.rmdir()
+        raise
     finally:
         os.close(fd)   # releases the lock
 

@@ -118,15 +118,17 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, force=False, changes=N
     plots: draw curves.png and confusion.png (matplotlib takes seconds to start).
     A run that diverges (``TrainingDiverged``) still writes model.npz from its best epoch.
     """
+    meta = check_data(cfg.data)
+    preprocess_meta_from_h5(cfg.data)          # finite mean and std > 0, checked before training uses them
+    check_crop_pad(cfg, meta)
     with runfolder.owned(run_dir) as run_dir:
         if not resume:
             runfolder.check_new_run(run_dir, force)
-        return _train_owned(cfg, run_dir, resume, force, changes or {}, on_epoch_end, verbose, progress, plots, say)
+        return _train_owned(cfg, meta, run_dir, resume, force, changes or {}, on_epoch_end, verbose, progress,
+                            plots, say)
 
 
-def _train_owned(cfg, run_dir, resume, force, changes, on_epoch_end, verbose, progress, plots, say):
-    meta = check_data(cfg.data)
-    check_crop_pad(cfg, meta)
+def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbose, progress, plots, say):
     resumes = load_run(run_dir)[1].get("resumes", []) if resume else []
     ckpt = run_dir / "solver.ckpt.npz"
     resume_from = str(ckpt) if resume and ckpt.is_file() else False

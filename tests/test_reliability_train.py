@@ -288,3 +288,14 @@ def test_a_damaged_checkpoint_is_one_line_and_changes_nothing(data_dir, tmp_path
     line = last_line(capsys)
     assert line.startswith("error:") and str(ckpt) in line and needle in line
     assert snapshot(out) == before and "junk.npy" not in opened
+
+
+def test_data_with_a_nan_mean_is_refused_before_training(data_dir, tmp_path, capsys):
+    import h5py
+    with h5py.File(data_dir / "cifar10.h5", "r+") as f:
+        f.attrs["mean"] = [float("nan")] * 3
+    out = tmp_path / "run"
+    assert new_run(data_dir, out) == 2
+    line = last_line(capsys)
+    assert line.startswith("error:") and "cifar10.h5" in line and "finite" in line
+    assert not out.exists()                                          # no empty run folder left behind
