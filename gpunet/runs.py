@@ -152,7 +152,8 @@ def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbo
             runfolder.clear_run(run_dir)
         save_json(run_dir / "config.json", {**cfg.to_dict(), "plots": bool(plots), "resumes": resumes})
         try:
-            solver.train()
+            with runfolder.naming(run_dir):     # the Solver's own writes (history.json): at least the folder
+                solver.train()
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}{_save_best(solver, model, cfg, run_dir)}") from None
     finally:

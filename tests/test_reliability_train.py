@@ -299,3 +299,14 @@ def test_data_with_a_nan_mean_is_refused_before_training(data_dir, tmp_path, cap
     line = last_line(capsys)
     assert line.startswith("error:") and "cifar10.h5" in line and "finite" in line
     assert not out.exists()                                          # no empty run folder left behind
+
+
+def test_full_disk_writing_the_history_names_the_run_folder(data_dir, tmp_path, monkeypatch, capsys):
+    from gpunet import solver as solver_module
+
+    def full(path, obj, indent=1):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(solver_module, "write_json", full)
+    assert new_run(data_dir, tmp_path / "run") == 2
+    line = last_line(capsys)
+    assert line.startswith("error:") and "No space left on device" in line and str(tmp_path / "run") in line
