@@ -9,6 +9,12 @@ GPU-trained model loads without CuPy.
 - version 2: ``config["kind"]`` is ``"fully_connected"`` or ``"sequential"`` (the
   layer list as JSON, see ``gpunet.nn``); arrays are the parameters and buffers
   by name (``"0.W"``, ``"1.running_mean"``), possibly stored as float16.
+
+Reading trusts nothing (``read_model``): the description is bounded (``MAX_META_BYTES``)
+and type-checked (``gpunet.modelspec``) first, then the entries present are compared
+with those it implies and each array's header with its shape and a float dtype, and
+only then are the arrays read and checked to be finite. Every refusal is a
+``ModelFileError`` (a ``ValueError``) naming the file and the entry.
 """
 from __future__ import annotations
 
