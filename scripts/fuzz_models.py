@@ -54,7 +54,12 @@ def api_outcome(call, path, bad):
 def cli_outcome(main, argv, bad, needle):
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main([*argv, "--backend", "numpy", "-q"])
+        try:
+            rc = main([*argv, "--backend", "numpy", "-q"])
+        except SystemExit as e:           # argparse's own refusals exit 2 through SystemExit
+            rc = e.code if isinstance(e.code, int) else 1
+        except Exception as e:  # noqa: BLE001 (an escaped exception is a crash: count it)
+            return f"exception {type(e).__name__}"
     lines = err.getvalue().strip().splitlines()
     last = lines[-1] if lines else ""
     if "Traceback" in err.getvalue() or rc not in (0, 2):
