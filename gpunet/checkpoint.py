@@ -29,6 +29,7 @@ import numpy as np
 from . import backend
 from .io import savez
 from .model import read_npz
+from .runfolder import naming
 
 CHECKPOINT_FORMAT = "gpunet-checkpoint"
 CHECKPOINT_VERSION = 2      # v2 adds buffer/ entries; v1 files (no buffers) still load
@@ -102,7 +103,8 @@ def save_checkpoint(path, solver):
             "update_rule": solver.update_rule, "optim_config": solver.optimizer.config.to_dict(),
             "opt_scalars": opt_scalars, "model": model.config()}
     arrays["__meta__"] = np.frombuffer(json.dumps(desc).encode("utf-8"), dtype=np.uint8)
-    savez(path, arrays)
+    with naming(path):                       # a full disk names the checkpoint, not just [Errno 28]
+        savez(path, arrays)
 
 
 def _check_arrays(path, kind, found: dict, expected: dict):
@@ -118,13 +120,37 @@ def _check_arrays(path, kind, found: dict, expected: dict):
             raise ValueError(f"{path}: {kind}/{k}: expected shape {want}, found {tuple(v.shape)}")
 
 
+def _check_desc_types(path, desc):
+    """ValueError naming the entry when a field of the description has the wrong type."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)                     # noqa: E731
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)            # noqa: E731
+    h = desc["history"]
+    checks = [("epoch", is_int(desc["epoch"]) and desc["epoch"] >= 0, "an integer >= 0"),
+              ("seed", is_int(desc["seed"]), "an integer"), ("best_val_acc", is_num(desc["best_val_acc"]), "a number"),
+              ("best_epoch", is_int(desc["best_epoch"]) and desc["best_epoch"] >= -1, "an integer >= -1"),
+              ("update_rule", isinstance(desc["update_rule"], str), "a name"),
+              ("model", isinstance(desc["model"], dict), "a JSON object"),
+              ("stopped_early", isinstance(desc.get("stopped_early", False), bool), "true or false"),
+              ("opt_scalars", isinstance(desc.get("opt_scalars", {}), dict), "a JSON object")]
+    checks += [(f"history.{k}", isinstance(h[k], list) and all(is_num(v) or v is None for v in h[k]),
+                "a list of numbers") for k in _HISTORY_KEYS]
+    checks.append(("history.epoch_time", isinstance(h.get("epoch_time", []), list)
+                   and all(is_num(v) for v in h.get("epoch_time", [])), "a list of numbers"))
+    for key, ok, expected in checks:
+        if not ok:
+            value = desc.get(key) if "." not in key else h.get(key.split(".")[1])
+            raise ValueError(f"{path}: __meta__.{key}: expected {expected}, found {value!r:.80}")
+
+
 def read_checkpoint(path, solver) -> Checkpoint:
     """Open ``path`` and check it completely against ``solver``; nothing is changed.
 
     Raises ``ValueError`` (``FileNotFoundError`` for a missing file) naming the file,
     the entry, what was expected and what was found.
     """
-    arrays, desc = read_npz(path, what="checkpoint")
+    groups = {"param": {}, "buffer": {}, "best": {}, "opt": {}}
+    arrays, desc = read_npz(path, what="checkpoint", accept=lambda k: k.partition("/")[0] in groups
+                            and k.partition("/")[2] != "")
     if desc.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a gpunet checkpoint (format {desc.get('format')!r}, "
                          f"expected {CHECKPOINT_FORMAT!r})")
@@ -134,9 +160,11 @@ def read_checkpoint(path, solver) -> Checkpoint:
                          f"(1..{CHECKPOINT_VERSION}); a newer gpunet wrote it, or it is damaged")
     needed = ("epoch", "seed", "best_val_acc", "best_epoch", "history", "update_rule", "model")
     missing = [k for k in needed if k not in desc]
-    missing += [f"history.{k}" for k in _HISTORY_KEYS if k not in desc.get("history", {})]
+    history = desc.get("history") if isinstance(desc.get("history"), dict) else {}
+    missing += [f"history.{k}" for k in _HISTORY_KEYS if k not in history]
     if missing:
         raise ValueError(f"{path}: __meta__: missing entries {missing}")
+    _check_desc_types(path, desc)
     model = solver.model
     own, saved = _json_normal(model.config()), dict(desc["model"])
     if "kind" not in saved and own.get("kind") == "fully_connected":
@@ -150,7 +178,6 @@ def read_checkpoint(path, solver) -> Checkpoint:
         raise ValueError(f"{path}: checkpoint was trained with seed {desc['seed']}, not {solver.seed}; "
                          "resume with the same seed")
 
-    groups = {"param": {}, "buffer": {}, "best": {}, "opt": {}}
     for k, v in arrays.items():
         head, _, rest = k.partition("/")
         if head not in groups or not rest:

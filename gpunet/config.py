@@ -7,6 +7,7 @@ folder's ``config.json`` is a ``TrainConfig`` written back out (``load_config``)
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
@@ -50,6 +51,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"{where}: expected a JSON object of settings, found {type(d).__name__}")
         types = {f.name: f.type for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RUN_KEYS}     # a run's config.json is a valid --config
         unknown = sorted(set(d) - set(types))
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {unknown}; expected some of {sorted(types)}")
@@ -60,6 +62,10 @@ class TrainConfig:
         return cfg
 
     def validate(self, where: str = "config"):
+        finite = all(math.isfinite(getattr(self, k)) for k in _FLOATS)
+        if not finite:
+            bad = next(k for k in _FLOATS if not math.isfinite(getattr(self, k)))
+            raise ValueError(f"{where}: {bad}: expected a finite number, got {getattr(self, bad)!r}")
         checks = [("dataset", self.dataset in DATASETS, f"one of {list(DATASETS)}"),
                   ("arch", self.arch in ARCHS, f"one of {list(ARCHS)}"),
                   ("channels", len(self.channels) > 0 and all(c > 0 for c in self.channels), "positive widths"),
@@ -71,7 +77,14 @@ class TrainConfig:
                   ("weight_decay", self.weight_decay >= 0, ">= 0"),
                   ("batch_size", self.batch_size >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
                   ("patience", self.patience is None or self.patience >= 1, ">= 1 or null"),
-                  ("crop_pad", self.crop_pad >= 0, ">= 0")]
+                  ("crop_pad", 0 <= self.crop_pad <= MAX_CROP_PAD, f"0..{MAX_CROP_PAD} pixels"),
+                  ("hidden", all(h <= MAX_WIDTH for h in self.hidden), f"sizes up to {MAX_WIDTH}"),
+                  ("channels", all(c <= MAX_WIDTH for c in self.channels), f"widths up to {MAX_WIDTH}"),
+                  ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
+                  ("step_size", self.step_size >= 1, ">= 1"), ("gamma", self.gamma > 0, "> 0"),
+                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+                  ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"0..epochs ({self.epochs})"),
+                  ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2**32)")]
         for key, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{where}: {key}: expected {expected}, got {getattr(self, key)!r}")
@@ -79,6 +92,36 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_FLOATS = ("dropout", "reg", "lr", "momentum", "weight_decay", "gamma", "min_lr_ratio")
+MAX_CROP_PAD = 64        # random-crop padding in pixels (gpunet.runs also refuses more than half an image side)
+MAX_WIDTH = 1 << 16      # a layer wider than this is a typo, not a recipe (it would need GiBs of weights)
+# Keys a run folder's config.json holds beside the settings: whether plots are drawn, and the
+# history of --resume calls that changed settings ([{"at_epoch": 3, "changed": {"lr": {"from": .., "to": ..}}}]).
+RUN_KEYS = ("plots", "resumes")
+# Settings --resume may change: how long and how fast to train, never the model or its data.
+# batch_size is refused too: it fixes each epoch's batch order and the loss history's iterations.
+RESUMABLE = ("epochs", "lr", "patience", "schedule", "step_size", "gamma", "min_lr_ratio", "warmup_epochs",
+             "momentum", "weight_decay", "graph")
+
+
+def resume_changes(cfg: TrainConfig, overrides: dict, where: str) -> tuple[TrainConfig, dict]:
+    """``(cfg with overrides applied, {key: {"from": old, "to": new}})`` for a resumed run.
+
+    overrides: flag values (None = not given). ValueError naming the flags that would
+    change the model or its data (only ``RESUMABLE`` settings may change).
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    refused = sorted(k for k in given if k not in RESUMABLE)
+    if refused:
+        raise ValueError(f"--resume keeps the model and data of {where}; drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in refused)} (only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change)")
+    new = TrainConfig.from_dict({**cfg.to_dict(), **given}, where="--resume settings")
+    changed = {k: {"from": getattr(cfg, k), "to": getattr(new, k)} for k in given
+               if getattr(new, k) != getattr(cfg, k)}
+    return new, changed
 
 
 def _coerce(key, value, default, where):
@@ -168,11 +211,26 @@ def resolve_config(dataset=None, config_file=None, overrides=None) -> TrainConfi
 
 
 def load_config(run_dir) -> TrainConfig:
-    """The ``TrainConfig`` saved in ``run_dir/config.json``."""
+    """The ``TrainConfig`` saved in ``run_dir/config.json``, its data path made absolute
+    (a relative one is taken from the run folder, or for older runs the working directory)."""
+    return load_run(run_dir)[0]
+
+
+def load_run(run_dir) -> tuple[TrainConfig, dict]:
+    """``(TrainConfig, run keys)`` of ``run_dir/config.json`` (see ``RUN_KEYS``)."""
     path = os.path.join(os.fspath(run_dir), "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file; is {run_dir} a gpunet-train run folder?")
-    return TrainConfig.from_dict(read_json(path), where=path)
+    d = read_json(path)
+    cfg = TrainConfig.from_dict(d, where=path)
+    if cfg.data and not os.path.isabs(cfg.data):
+        beside = os.path.join(os.fspath(run_dir), cfg.data)
+        cfg.data = os.path.abspath(beside if os.path.exists(beside) or not os.path.exists(cfg.data) else cfg.data)
+    extra = {k: d[k] for k in RUN_KEYS if k in d}
+    if not isinstance(extra.get("plots", True), bool) or not isinstance(extra.get("resumes", []), list):
+        raise ValueError(f"{path}: plots/resumes: expected true/false and a list, found "
+                         f"{extra.get('plots')!r}/{extra.get('resumes')!r:.80}")
+    return cfg, extra
 
 
 def solver_options(cfg: TrainConfig) -> dict:

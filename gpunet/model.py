@@ -5,12 +5,15 @@ Architecture: ``[linear - relu - (dropout)] x (L-1) - linear - softmax``.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 
 from . import backend, seeding
-from .modelfile import MODEL_FORMAT, MODEL_VERSION, read_model, read_npz, save_model, write_model  # noqa: F401
+from .modelfile import (MODEL_FORMAT, MODEL_VERSION, ModelFileError, read_model, read_npz, save_model,  # noqa: F401
+                        write_model)
+from .preprocess import check_meta
 from .nn import Sequential
 from .layers import dropout_forward, linear_backward, linear_forward, relu_backward, softmax_loss
 
@@ -169,34 +172,60 @@ class FullyConnectedNet:
 
 
 def _build(cfg: dict, path):
-    kind = cfg.get("kind", "fully_connected")           # version 1 files have no kind
+    """The model ``cfg`` describes; ``cfg`` was checked (``gpunet.modelspec``), so sizes fit the file."""
     try:
-        if kind == "sequential":
+        if cfg.get("kind", "fully_connected") == "sequential":   # version 1 files have no kind
             return Sequential.from_config(cfg)
-        if kind == "fully_connected":
-            return FullyConnectedNet(cfg["hidden_dims"], input_dim=cfg["input_dim"],
-                                     num_classes=cfg["num_classes"], dropout=cfg.get("dropout", 0.0),
-                                     reg=cfg.get("reg", 0.0), dtype=np.dtype(cfg.get("dtype", "float32")), seed=0)
+        return FullyConnectedNet(cfg["hidden_dims"], input_dim=cfg["input_dim"],
+                                 num_classes=cfg["num_classes"], dropout=cfg.get("dropout", 0.0),
+                                 reg=cfg.get("reg", 0.0), dtype=np.dtype(cfg.get("dtype", "float32")), seed=0)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: bad model config ({type(e).__name__}: {e})") from None
-    raise ValueError(f"{path}: unknown model kind {kind!r}; expected 'fully_connected' or 'sequential'")
+        raise ModelFileError(f"{path}: bad model config ({type(e).__name__}: {e})") from None
+
+
+def _checked_meta(meta, model, path) -> dict:
+    """The file's ``meta`` (a dict) with its preprocessing fields checked where present
+    (all of them together by ``check_meta`` when a file has all three); ModelFileError naming ``path``."""
+    meta = meta or {}
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if v is not None and not (isinstance(v, list) and v and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            raise ModelFileError(f"{path}: meta.{key}: expected a list of finite numbers (one per channel), "
+                                 f"found {v!r:.120}")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != model.num_classes
+                              or not all(isinstance(n, str) for n in names)):
+        raise ModelFileError(f"{path}: meta.class_names: expected a list of {model.num_classes} names "
+                             f"(one per class), found {names!r:.120}")
+    if all(meta.get(k) is not None for k in ("mean", "std", "image_shape")):
+        try:
+            check_meta(meta, f"{path}: meta")
+        except ValueError as e:
+            raise ModelFileError(str(e)) from None
+    return meta
 
 
 def load_model(path):
     """Load a model saved by ``FullyConnectedNet.save`` or ``Sequential.save`` onto the active backend.
 
     Reads model format versions 1 and 2; returns a ``FullyConnectedNet`` or a ``gpunet.nn.Sequential``.
+    Raises ``FileNotFoundError`` for a missing file and ``gpunet.modelfile.ModelFileError`` (a
+    ``ValueError``) naming the file and the entry for anything else wrong with it
+    (see ``gpunet.modelfile.read_model`` for what is checked, and in which order).
     """
     arrays, desc = read_model(path)
     model = _build(dict(desc["config"]), path)
-    wanted = {**model.params, **getattr(model, "buffers", {})}
-    missing = sorted(set(wanted) - set(arrays))
-    if missing:
-        raise ValueError(f"{path}: missing parameter(s) {missing}")
     try:
-        model.set_params({k: arrays[k].astype(model.dtype, copy=False) for k in wanted})
+        model.set_params({k: arrays[k].astype(model.dtype, copy=False) for k in arrays})
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    model.meta = desc.get("meta", {})
+        raise ModelFileError(f"{path}: {e}") from None
+    if getattr(model, "input_shape", None):     # a Sequential: its layers must chain from its input shape
+        xp = backend.get_array_module(next(iter(model.params.values())))
+        try:
+            model.loss(xp.zeros((1,) + tuple(model.input_shape), model.dtype))
+        except (ValueError, TypeError, IndexError) as e:
+            raise ModelFileError(f"{path}: config.layers do not fit input_shape {list(model.input_shape)} ({e})") from None
+    model.meta = _checked_meta(desc.get("meta"), model, os.fspath(path))
     model.source = os.fspath(path)  # named in later error messages
     return model

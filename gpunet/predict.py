@@ -137,6 +137,8 @@ def list_image_files(folder) -> list:
     from data_prep.errors import PrepError
     from data_prep.images import IMAGE_EXTENSIONS, list_images
 
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"img_folder: expected a folder path, got {type(folder).__name__}")
     try:
         files = list_images(folder)
     except PrepError as e:

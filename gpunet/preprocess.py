@@ -31,14 +31,20 @@ def check_meta(meta, where: str = "model") -> dict:
         have = sorted(k for k, v in (meta or {}).items() if v is not None) if isinstance(meta, dict) else meta
         raise ValueError(f"{where}: expected preprocessing meta with mean, std and image_shape "
                          f"(saved by gpunet-train), found {have or 'none'}")
-    shape = [int(s) for s in np.atleast_1d(meta["image_shape"])]
-    mean = [float(v) for v in np.atleast_1d(meta["mean"])]
-    std = [float(v) for v in np.atleast_1d(meta["std"])]
+    try:
+        shape = [int(s) for s in np.atleast_1d(meta["image_shape"])]
+        mean = [float(v) for v in np.atleast_1d(meta["mean"])]
+        std = [float(v) for v in np.atleast_1d(meta["std"])]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: expected meta image_shape [C, H, W] and per-channel mean and std numbers, "
+                         f"found image_shape={meta['image_shape']!r:.80}, mean={meta['mean']!r:.80}, "
+                         f"std={meta['std']!r:.80}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"{where}: expected meta image_shape [C, H, W], found {shape}")
     c = shape[0]
-    if len(mean) != c or len(std) != c or not all(s > 0 for s in std):
-        raise ValueError(f"{where}: expected meta mean and std of {c} value(s) with std > 0 "
+    if len(mean) != c or len(std) != c or not all(s > 0 and np.isfinite(s) for s in std) \
+            or not all(np.isfinite(m) for m in mean):
+        raise ValueError(f"{where}: expected meta mean and std of {c} value(s) with std > 0 and finite values "
                          f"(one per channel of image_shape {shape}), found mean={mean}, std={std}")
     out = dict(meta)
     out.update(mean=mean, std=std, image_shape=shape)

@@ -4,7 +4,9 @@
 live in ``gpunet.config``, finding and converting datasets in ``gpunet.datasets``).
 A run folder holds
 
-- ``config.json``: the resolved ``TrainConfig`` (reads back with ``load_config``);
+- ``config.json``: the resolved ``TrainConfig`` (reads back with ``load_config``), its data path
+  absolute, with ``plots`` and ``resumes`` (the settings each ``--resume`` changed, and when);
+- ``.gpunet-train.lock``: held while a trainer owns the folder (``gpunet.runfolder``);
 - ``history.json``: per-epoch losses and accuracies (written by the Solver each epoch);
 - ``solver.ckpt.npz``: the Solver checkpoint, so ``--resume RUN_DIR`` continues;
 - ``model.npz``: the best model, with the preprocessing meta prediction tools need;
@@ -19,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, nn
-from .config import (ARCHS, DATASETS, OPTIMIZERS, RECIPES, TrainConfig, load_config, read_json,  # noqa: F401
-                     resolve_config, solver_options)
+from . import backend, nn, runfolder
+from .config import (ARCHS, DATASETS, OPTIMIZERS, RECIPES, RESUMABLE, TrainConfig, load_config, load_run,  # noqa: F401
+                     read_json, resolve_config, resume_changes, solver_options)
 from .data import ArrayLoader, H5Loader, channel_stats, load_split
 from .data.plan import TRAIN_EVAL_STREAM
 from .datasets import SOURCE_NAMES, check_data, default_data_dir, find_data, find_source  # noqa: F401
@@ -31,14 +33,15 @@ from .model import FullyConnectedNet
 from .optim import SCHEDULES  # noqa: F401
 from .predict import evaluate
 from .preprocess import preprocess_meta_from_h5
-from .solver import Solver
+from .solver import Solver, TrainingDiverged
 
 TRAIN_EVAL_SAMPLES = 5000  # training samples scored each epoch for the train-accuracy curve
 
 
 def save_json(path, obj):
-    """Write ``obj`` as JSON atomically (a reader never sees half a file)."""
-    write_json(path, obj)
+    """Write ``obj`` as JSON atomically (a reader never sees half a file); an OSError names ``path``."""
+    with runfolder.naming(path):
+        write_json(path, obj)
 
 
 def cnn_layers(image_shape, channels, hidden, num_classes, dropout=0.5) -> list:
@@ -94,17 +97,39 @@ def build_loaders(cfg: TrainConfig, meta, arrays=None) -> dict:
     return {"train": train, "val": val, "train_eval": on_host(X_sub, y_sub, batch_size=1000, shuffle=False)}
 
 
-def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, verbose=True,
-              progress=None, plots=True, say=print) -> dict:
+def check_crop_pad(cfg: TrainConfig, meta):
+    """ValueError when ``cfg.crop_pad`` exceeds half the side of the data's images."""
+    side = min(int(d) for d in meta["image_shape"][1:])
+    if cfg.crop_pad > side // 2:
+        raise ValueError(f"crop_pad: expected 0..{side // 2} pixels for {cfg.data}'s {side}-pixel images "
+                         f"(half a side), got {cfg.crop_pad}")
+
+
+def train_run(cfg: TrainConfig, run_dir, *, resume=False, force=False, changes=None, on_epoch_end=None,
+              verbose=True, progress=None, plots=True, say=print) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming its checkpoint when ``resume``); return the metrics.
 
+    The folder is owned (``gpunet.runfolder``) for the whole run: a second trainer on it
+    is refused, and so is a new run in a folder that holds one unless ``force``, whose
+    old files are removed only once everything is checked and the new run writes.
+    changes: ``{setting: {"from", "to"}}`` a resume made (``config.resume_changes``),
+    recorded in config.json's ``resumes``; the resumed checkpoint must not be past ``cfg.epochs``.
     on_epoch_end: passed to the Solver (``callable(solver, epoch) -> stop?``).
     plots: draw curves.png and confusion.png (matplotlib takes seconds to start).
+    A run that diverges (``TrainingDiverged``) still writes model.npz from its best epoch.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     meta = check_data(cfg.data)
-    save_json(run_dir / "config.json", cfg.to_dict())
+    preprocess_meta_from_h5(cfg.data)          # finite mean and std > 0, checked before training uses them
+    check_crop_pad(cfg, meta)
+    with runfolder.owned(run_dir) as run_dir:
+        if not resume:
+            runfolder.check_new_run(run_dir, force)
+        return _train_owned(cfg, meta, run_dir, resume, force, changes or {}, on_epoch_end, verbose, progress,
+                            plots, say)
+
+
+def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbose, progress, plots, say):
+    resumes = load_run(run_dir)[1].get("resumes", []) if resume else []
     ckpt = run_dir / "solver.ckpt.npz"
     resume_from = str(ckpt) if resume and ckpt.is_file() else False
     if resume and not resume_from:
@@ -116,13 +141,26 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, ver
         solver = Solver(model, data, checkpoint_name=str(run_dir / "solver"), history_path=str(run_dir / "history.json"),
                         resume=resume_from, on_epoch_end=on_epoch_end, verbose=verbose, progress=progress,
                         **solver_options(cfg))
-        solver.train()
+        done = len(solver.val_acc_history)
+        if done > cfg.epochs:
+            raise ValueError(f"--epochs: expected at least the {done} epochs {run_dir} has done, got {cfg.epochs}")
+        if changes:
+            resumes.append({"at_epoch": done, "changed": changes})
+            if solver.stopped_early and ("epochs" in changes or "patience" in changes):
+                solver.epoch, solver.stopped_early = done, False      # train on under the new settings
+        if force:
+            runfolder.clear_run(run_dir)
+        save_json(run_dir / "config.json", {**cfg.to_dict(), "plots": bool(plots), "resumes": resumes})
+        try:
+            with runfolder.naming(run_dir):     # the Solver's own writes (history.json): at least the folder
+                solver.train()
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}{_save_best(solver, model, cfg, run_dir)}") from None
     finally:
         for loader in data.values():
             loader.close()
     wall = time.perf_counter() - t0
-    model.meta = {**preprocess_meta_from_h5(cfg.data), "train_config": cfg.to_dict()}
-    model.save(run_dir / "model.npz")
+    _save_model(model, cfg, run_dir)
 
     split = "test" if "test" in meta["counts"] else "val"
     if split == "val":
@@ -141,6 +179,21 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, on_epoch_end=None, ver
     if plots:
         write_plots(history, report, run_dir, say)
     return metrics
+
+
+def _save_model(model, cfg, run_dir):
+    model.meta = {**preprocess_meta_from_h5(cfg.data), "train_config": cfg.to_dict()}
+    with runfolder.naming(run_dir / "model.npz"):
+        model.save(run_dir / "model.npz")
+
+
+def _save_best(solver, model, cfg, run_dir) -> str:
+    """After divergence: model.npz from the best epoch (the Solver left its state in ``model``)."""
+    if not solver.best_params:
+        return "; no model.npz was written either"
+    _save_model(model, cfg, run_dir)
+    return (f"; {run_dir / 'model.npz'} holds the best epoch ({solver.best_epoch + 1}, "
+            f"val acc {solver.best_val_acc:.4f})")
 
 
 def write_plots(history, report, run_dir, say=print):

@@ -33,13 +33,10 @@ from .checkpoint import model_state, read_checkpoint, save_checkpoint
 from .cudagraph import make_train_step
 from .data import ArrayLoader
 from .data.plan import CHECK_STREAM, DROPOUT_STREAM, TRAIN_EVAL_STREAM
+from .divergence import TrainingDiverged, check_epoch, diverged  # noqa: F401 (TrainingDiverged: public here)
 from .io import write_json
 from .optim import Optimizer, Schedule
 
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -290,6 +287,7 @@ class Solver:
                     self._say(f"(epoch {epoch + 1}, iteration {it + 1} / {len(loader)}) loss: {recent[-1]:f}")
         bar.close()
         losses = self._check_finite(losses, epoch, len(losses) - 1)
+        check_epoch(self, losses, epoch)
         self.loss_history.extend(losses)
 
         train_acc = self.check_accuracy(self.train_eval_loader)
@@ -322,13 +320,7 @@ class Solver:
         values = backend.to_numpy(xp.stack([xp.asarray(v) for v in losses])).astype(float).tolist() if losses else []
         if values and not all(math.isfinite(v) for v in values):
             first = next(i for i, v in enumerate(values) if not math.isfinite(v))
-            it = it - (len(values) - 1) + first
-            where = f"checkpoint {self.checkpoint_path} (epoch {self.epoch})" if self.checkpoint_path else "no checkpoint"
-            if self.best_params:
-                self.model.set_params(self.best_params)
-            raise TrainingDiverged(
-                f"loss became {values[first]} at epoch {epoch + 1}, iteration {it + 1}: "
-                f"lower the learning rate; the last good state is kept in {where}")
+            raise diverged(self, f"loss became {values[first]}", epoch, it - (len(values) - 1) + first)
         return values
 
     # -------------------------------------------------------------- persistence

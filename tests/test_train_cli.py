@@ -62,7 +62,9 @@ def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
     assert rc == 0
     assert "test accuracy" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
-    assert runs.TrainConfig.from_dict(cfg).to_dict() == cfg            # round-trips
+    settings = {k: v for k, v in cfg.items() if k not in ("plots", "resumes")}
+    assert runs.TrainConfig.from_dict(cfg).to_dict() == settings       # round-trips
+    assert cfg["plots"] is True and cfg["resumes"] == [] and os.path.isabs(cfg["data"])
     assert cfg["hidden"] == [16] and cfg["lr"] == 3e-3 and cfg["epochs"] == 3 and cfg["optimizer"] == "adam"
     hist = json.loads((out / "history.json").read_text())
     assert len(hist["val_acc"]) == len(hist["train_acc"]) == len(hist["lr"]) == 3

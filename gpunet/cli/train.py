@@ -4,14 +4,16 @@
     gpunet-train fer2013 --arch cnn --source fer2013.csv
     gpunet-train fer2013 --hidden 1024 512 --epochs 30 --out runs/fer
     gpunet-train --resume runs/fer        # continue an interrupted run
+    gpunet-train --resume runs/fer --epochs 60 --lr 3e-4    # train on, slower
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
-from .. import runs
+from .. import runfolder, runs
 from ..solver import TrainingDiverged
 from .common import UserError, add_common_args, run, setup
 
@@ -76,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", nargs="?", choices=runs.DATASETS, help="which dataset (not with --resume)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<timestamp>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip curves.png and confusion.png")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (interrupted, or for more "
+                   "epochs); only " + ", ".join("--" + k.replace("_", "-") for k in runs.RESUMABLE) + " may change")
+    p.add_argument("--force", action="store_true", help="start afresh in an --out that holds a run (its files "
+                   "are replaced once the new run starts writing)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw curves.png and confusion.png (default: on; a resumed run keeps its choice)")
     add_data_args(p)
     add_model_args(p)
     add_common_args(p)
@@ -87,29 +93,34 @@ def build_parser() -> argparse.ArgumentParser:
 def _body(args):
     setup(args)
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    changes = {}
     if args.resume:
-        given = [k for k, v in overrides(args).items() if v is not None] + [
-            k for k in ("dataset", "config", "source", "out") if getattr(args, k)]
+        given = [k for k in ("dataset", "config", "source", "out", "data_dir", "force") if getattr(args, k)]
         if given:
-            raise UserError(f"--resume takes its settings from {args.resume}/config.json; "
+            raise UserError(f"--resume takes its data and model from {args.resume}/config.json; "
                             f"drop {', '.join('--' + g.replace('_', '-') for g in given)}")
-        cfg, run_dir = runs.load_config(args.resume), args.resume
+        cfg, saved = runs.load_run(args.resume)
+        cfg, changes = runs.resume_changes(cfg, overrides(args), f"{args.resume}/config.json")
+        run_dir, plots = args.resume, saved.get("plots", True) if args.plots is None else args.plots
     else:
         cfg = runs.resolve_config(args.dataset, args.config, overrides(args))
-        cfg.data = runs.find_data(cfg.dataset, args.data_dir, args.source, args.download, say=say)
         run_dir = args.out or f"runs/{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        runfolder.check_new_run(run_dir, args.force)      # before a dataset is converted or downloaded
+        cfg.data = os.path.abspath(runs.find_data(cfg.dataset, args.data_dir, args.source, args.download, say=say))
+        plots = args.plots is not False
     say(f"run folder: {run_dir}")
     try:
-        metrics = runs.train_run(cfg, run_dir, resume=bool(args.resume), verbose=not args.quiet,
-                                 plots=args.plots, say=say)
+        metrics = runs.train_run(cfg, run_dir, resume=bool(args.resume), force=args.force, changes=changes,
+                                 verbose=not args.quiet, plots=plots, say=say)
     except KeyboardInterrupt:
         print(f"interrupted: continue with  gpunet-train --resume {run_dir}", file=sys.stderr)
         raise
     except TrainingDiverged as e:
-        raise UserError(f"{e} (run folder {run_dir})") from None
+        raise UserError(f"{e} (run folder {run_dir}; continue with gpunet-train --resume {run_dir} "
+                        f"--lr <lower>)") from None
     print(runs.format_summary(metrics))
     print(f"results in {run_dir}/ (model.npz, metrics.json, history.json"
-          f"{', curves.png, confusion.png' if args.plots else ''})")
+          f"{', curves.png, confusion.png' if plots else ''})")
     return 0
 
 

@@ -1,0 +1,110 @@
+"""Owning a gpunet-train run folder: one trainer at a time, no run replaced by accident.
+
+- ``owned(run_dir)``: a context that holds an exclusive ``fcntl`` lock on
+  ``run_dir/.gpunet-train.lock`` while a run trains; a second trainer on the same
+  folder is refused at once (``RunFolderError``) instead of mixing its files with the
+  first one's. The kernel drops the lock when the process ends, however it ends.
+  While the lock is held the folder's leftover temporaries (``.<name>.tmp-*`` from a
+  killed writer, see ``gpunet.io``) are swept: no other process can be writing them.
+- ``check_new_run(run_dir, force)``: a folder that already holds a run needs
+  ``--resume`` or ``--force``; ``clear_run`` removes the old run's files, which a
+  forced run does only once it is about to write its own.
+- ``naming(path)``: an ``OSError`` raised while writing ``path`` (a full disk gives
+  ``[Errno 28]`` and no file name) is re-raised with ``path`` as its file name.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no locking there
+    fcntl = None
+
+LOCK_NAME = ".gpunet-train.lock"
+# what a run writes (gpunet.runs); any of them means the folder holds a run
+RUN_FILES = ("config.json", "history.json", "solver.ckpt.npz", "model.npz", "metrics.json",
+             "curves.png", "confusion.png")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (in use, or holding another run)."""
+
+
+def run_files(run_dir) -> list:
+    """The names of ``RUN_FILES`` present in ``run_dir``."""
+    run_dir = Path(run_dir)
+    return [n for n in RUN_FILES if (run_dir / n).exists()]
+
+
+def check_new_run(run_dir, force=False):
+    """RunFolderError unless a new run may start in ``run_dir`` (absent, empty of run files, or ``force``)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: expected a run folder, found a file")
+    found = run_files(run_dir) if run_dir.is_dir() else []
+    if found and not force:
+        raise RunFolderError(f"{run_dir}: already holds a run ({', '.join(found)}); continue it with "
+                             f"--resume {run_dir}, replace it with --force, or choose another --out")
+
+
+def clear_run(run_dir):
+    """Remove the run files of ``run_dir`` (``--force``: the new run is about to write its own)."""
+    for name in run_files(run_dir):
+        (Path(run_dir) / name).unlink()
+
+
+def sweep_temporaries(run_dir):
+    """Remove the temporaries a killed writer left for the run files (``.config.json.tmp-123.json``)."""
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        for tmp in run_dir.glob(f".{name}.tmp-*"):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+@contextmanager
+def owned(run_dir):
+    """Hold ``run_dir`` (created if needed) for one trainer; RunFolderError when another holds it."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: expected a run folder, found a file")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+                raise RunFolderError(f"{run_dir}: in use by another gpunet-train (pid {holder}); wait for it "
+                                     "to finish or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        sweep_temporaries(run_dir)
+        yield run_dir
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:   # refused before writing: no trace
+            (run_dir / LOCK_NAME).unlink()
+            run_dir.rmdir()
+        raise
+    finally:
+        os.close(fd)   # releases the lock
+
+
+@contextmanager
+def naming(path):
+    """Re-raise an ``OSError`` without a file name (``[Errno 28]`` from a full disk) naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, os.strerror(e.errno) if e.errno in errno.errorcode else e.strerror,
+                      os.fspath(path)) from None
