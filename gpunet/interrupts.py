@@ -1,0 +1,104 @@
+"""Stop signals as a clean stop: SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted`.
+
+Python turns only SIGINT into an exception; SIGTERM and SIGHUP kill the process at
+once, leaving temporary files behind. Inside :func:`stop_signals` all three raise
+``Interrupted`` (a ``KeyboardInterrupt`` whose ``exit_code`` is 128 + the signal:
+130 SIGINT, 143 SIGTERM, 129 SIGHUP), so ``finally`` blocks run and a command exits
+with that code. A signal whose handler is not Python's default (ignored under
+``nohup``, or the caller's own handler) is left alone.
+
+An exception raised inside a C callback is lost ("Exception ignored in ...": h5py
+closing a file is one), so code that calls such libraries runs in :func:`deferred`:
+a signal is only recorded there, and raised by :func:`check` at a safe point or when
+the block ends. Handlers live in the main thread; elsewhere both are no-ops.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+_previous: dict = {}   # signal -> handler before stop_signals; non-empty while installed
+_deferring = 0         # depth of deferred() blocks
+_pending = None        # a signal received while deferring
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop asked by a signal. ``signum``: the signal; ``exit_code``: 128 + signum."""
+
+    def __init__(self, signum: int):
+        self.signum, self.exit_code = int(signum), 128 + int(signum)
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def _handler(signum, frame):
+    global _pending
+    if _deferring:
+        _pending = _pending or signum
+        return
+    raise Interrupted(signum)
+
+
+def _is_default(handler) -> bool:
+    return handler in (signal.SIG_DFL, signal.default_int_handler)
+
+
+@contextmanager
+def stop_signals():
+    """While the block runs, SIGINT/SIGTERM/SIGHUP raise ``Interrupted`` (nested: no-op).
+
+    When an ``Interrupted`` for SIGTERM or SIGHUP leaves the block, the signal is sent
+    again with its default action after the ``finally`` blocks ran, so a caller that
+    does not catch it ends as the signal would have ended it (without the litter).
+    """
+    if _previous or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    for s in STOP_SIGNALS:
+        h = signal.getsignal(s)
+        if _is_default(h):
+            _previous[s] = h
+            signal.signal(s, _handler)
+    installed = dict(_previous)
+    try:
+        yield
+    except Interrupted as e:
+        _restore(installed)
+        if installed.get(e.signum) == signal.SIG_DFL:
+            os.kill(os.getpid(), e.signum)   # default action: the process ends here
+        raise
+    finally:
+        _restore(installed)
+
+
+def _restore(installed: dict) -> None:
+    global _pending
+    for s, h in installed.items():
+        signal.signal(s, h)
+    _previous.clear()
+    _pending = None
+
+
+@contextmanager
+def deferred():
+    """Record stop signals instead of raising them in the block; raise a recorded one
+    (``Interrupted``) when the outermost such block ends, even if the block failed."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring:
+            check()
+
+
+def check() -> None:
+    """Raise ``Interrupted`` for a signal recorded by :func:`deferred`; call at safe points."""
+    global _pending
+    if _pending is not None:
+        signum, _pending = _pending, None
+        raise Interrupted(signum)
