@@ -10,12 +10,16 @@ with that code. A signal whose handler is not Python's default (ignored under
 An exception raised inside a C callback is lost ("Exception ignored in ...": h5py
 closing a file is one), so code that calls such libraries runs in :func:`deferred`:
 a signal is only recorded there, and raised by :func:`check` at a safe point or when
-the block ends. Handlers live in the main thread; elsewhere both are no-ops.
+the block ends. A signal whose exception was lost anyway (raised inside some other
+library's callback, where Python would print "Exception ignored") is raised when the
+``stop_signals`` block ends (:func:`raise_lost`), without that noise.
+Handlers live in the main thread; elsewhere these functions are no-ops.
 """
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -23,7 +27,8 @@ STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
 
 _previous: dict = {}   # signal -> handler before stop_signals; non-empty while installed
 _deferring = 0         # depth of deferred() blocks
-_pending = None        # a signal received while deferring
+_pending = None        # a signal received while deferring, not raised yet
+_received = None       # the first signal received since stop_signals began or forget()
 
 
 class Interrupted(KeyboardInterrupt):
@@ -35,7 +40,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _handler(signum, frame):
-    global _pending
+    global _pending, _received
+    _received = _received or signum
     if _deferring:
         _pending = _pending or signum
         return
@@ -62,24 +68,43 @@ def stop_signals():
         if _is_default(h):
             _previous[s] = h
             signal.signal(s, _handler)
-    installed = dict(_previous)
+    installed, hook = dict(_previous), sys.unraisablehook
+    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, Interrupted) else hook(u)
     try:
         yield
+        raise_lost()
     except Interrupted as e:
+        sys.unraisablehook = hook
         _restore(installed)
         if installed.get(e.signum) == signal.SIG_DFL:
             os.kill(os.getpid(), e.signum)   # default action: the process ends here
         raise
     finally:
+        sys.unraisablehook = hook
         _restore(installed)
 
 
 def _restore(installed: dict) -> None:
-    global _pending
     for s, h in installed.items():
         signal.signal(s, h)
     _previous.clear()
-    _pending = None
+    forget()
+
+
+def forget() -> None:
+    """Mark the signals received so far as handled (a caller caught their ``Interrupted``)."""
+    global _pending, _received
+    _pending = _received = None
+
+
+def raise_lost() -> None:
+    """Raise ``Interrupted`` for a signal received (since ``stop_signals`` began or the last
+    ``forget``) whose exception never reached the caller: call where a stopped command
+    would otherwise report success."""
+    if _received is not None:
+        signum = _received
+        forget()
+        raise Interrupted(signum)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import sys
 import traceback
 
 from .. import backend
-from ..interrupts import stop_signals
+from .. import interrupts
 
 
 class UserError(Exception):
@@ -59,15 +59,17 @@ def setup(args) -> str:
 
 def run(body, args) -> int:
     """Run ``body(args)``; map user errors to a one-line message and a non-zero exit code."""
-    with stop_signals():                 # SIGTERM and SIGHUP stop as cleanly as Ctrl-C
+    with interrupts.stop_signals():      # SIGTERM and SIGHUP stop as cleanly as Ctrl-C
         return _run(body, args)
 
 
 def _run(body, args) -> int:
     try:
         rc = body(args)
+        interrupts.raise_lost()          # a signal whose exception a library swallowed
         return EXIT_OK if rc is None else int(rc)
     except KeyboardInterrupt as e:       # gpunet.interrupts.Interrupted carries its exit code
+        interrupts.forget()
         print(str(e) or "interrupted", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_INTERRUPTED)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as cat does
