@@ -190,6 +190,7 @@ def open_file(path, check: bool = True):
         if check:
             check_version(f, path)
             check_storage(f, path)
+            file_meta(f, path)          # refuses a non-finite mean or std
     except BaseException:
         f.close()
         raise
