@@ -123,7 +123,7 @@ def deferred():
 
 def check() -> None:
     """Raise ``Interrupted`` for a signal recorded by :func:`deferred`; call at safe points."""
-    global _pending
     if _pending is not None:
-        signum, _pending = _pending, None
+        signum = _pending
+        forget()                 # raised from plain Python code: it reaches the caller
         raise Interrupted(signum)
