@@ -9,7 +9,13 @@ as a ``ValueError`` too (the convention of every gpunet API for bad input).
 """
 from __future__ import annotations
 
+import re
+
 
 class PrepError(ValueError):
-    """A conversion cannot go on because of its input; ``str(e)`` is the user-facing line."""
+    """A conversion cannot go on because of its input; ``str(e)`` is the user-facing line
+    (one line: the text of a library's multi-line exception is joined)."""
+
+    def __init__(self, message):
+        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
 

@@ -34,7 +34,7 @@ class _Reader:
         try:
             present = key in self.a
             raw = self.a[key] if present else None
-        except Exception as e:  # a type h5py cannot read
+        except Exception as e:  # a type the HDF5 library cannot read
             self.problem(f"root attribute {key} is unreadable ({type(e).__name__})")
             return default
         if not present:

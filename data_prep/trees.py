@@ -36,6 +36,11 @@ _ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib
                    lzma.LZMAError)
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's text on one line (tarfile's ReadError spans five)."""
+    return " ".join(str(e).split())
+
+
 def is_junk(path: str) -> bool:
     """True for files no dataset contains: hidden files, ``__MACOSX/``, ``Thumbs.db``."""
     return any(part.startswith(".") or part in _JUNK_NAMES for part in path.split("/"))
@@ -182,7 +187,7 @@ class TarTree(SourceTree):
             raise
         except _ARCHIVE_ERRORS as e:
             raise PrepError(f"{self.label}: after {name}: corrupt or truncated archive "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({type(e).__name__}: {one_line(e)})") from None
         if not self._files:
             raise PrepError(f"{self.label}: expected files in the archive, found none")
         self._paths = sorted(self._files)
@@ -210,7 +215,7 @@ class ZipTree(SourceTree):
             infos = self._zip.infolist()
         except _ARCHIVE_ERRORS as e:
             raise PrepError(f"{self.label}: corrupt or truncated zip archive "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({type(e).__name__}: {one_line(e)})") from None
         self._members = {}
         try:
             self._check(infos)
@@ -238,7 +243,7 @@ class ZipTree(SourceTree):
             return self._zip.read(self._members[path])
         except _ARCHIVE_ERRORS + (zipfile.LargeZipFile, NotImplementedError) as e:
             raise PrepError(f"{self.label}: {path}: corrupt member "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({type(e).__name__}: {one_line(e)})") from None
 
     def fingerprint(self):
         return file_digests(self.path)

@@ -7,7 +7,7 @@ once, leaving temporary files behind. Inside :func:`stop_signals` all three rais
 with that code. A signal whose handler is not Python's default (ignored under
 ``nohup``, or the caller's own handler) is left alone.
 
-An exception raised inside a C callback is lost ("Exception ignored in ...": h5py
+An exception raised inside a C callback is lost ("Exception ignored in ...": the HDF5 binding
 closing a file is one), so code that calls such libraries runs in :func:`deferred`:
 a signal is only recorded there, and raised by :func:`check` at a safe point or when
 the block ends. A signal whose exception was lost anyway (raised inside some other
