@@ -155,7 +155,11 @@ def _split(f, s, names, shape, r):
                   f"found {y.shape[0]}")
     counts, bad, first = np.zeros(len(names), np.int64), 0, None
     for a in range(0, y.shape[0], LABEL_BLOCK):
-        block = y[a:a + LABEL_BLOCK].astype(np.int64)
+        try:
+            block = y[a:a + LABEL_BLOCK].astype(np.int64)
+        except Exception as e:  # a filter that is not installed, a damaged chunk
+            r.problem(f"/{s}/y: cannot read labels from entry {a} ({' '.join(str(e).split())})")
+            return d
         out = (block < 0) | (block >= len(names))
         if out.any():
             i = int(np.flatnonzero(out)[0])

@@ -85,7 +85,10 @@ def read_info(path, strict: bool = True) -> dict:
     except (OSError, ValueError) as e:
         raise PrepError(f"{path}: cannot open as a gpunet HDF5 file ({e})") from None
     with f:
-        info = describe(f, path)
+        try:
+            info = describe(f, path)
+        except (OSError, RuntimeError, KeyError) as e:   # the HDF5 library on a damaged file
+            raise PrepError(f"{path}: damaged HDF5 file ({type(e).__name__}: {e})") from None
     if strict and info["problems"]:
         raise PrepError(info["problems"][0])
     return info

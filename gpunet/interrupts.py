@@ -112,6 +112,9 @@ def deferred():
     """Record stop signals instead of raising them in the block; raise a recorded one
     (``Interrupted``) when the outermost such block ends, even if the block failed."""
     global _deferring
+    if threading.current_thread() is not threading.main_thread():
+        yield                    # signals are handled in the main thread only
+        return
     _deferring += 1
     try:
         yield
@@ -123,7 +126,7 @@ def deferred():
 
 def check() -> None:
     """Raise ``Interrupted`` for a signal recorded by :func:`deferred`; call at safe points."""
-    if _pending is not None:
+    if _pending is not None and threading.current_thread() is threading.main_thread():
         signum = _pending
         forget()                 # raised from plain Python code: it reaches the caller
         raise Interrupted(signum)

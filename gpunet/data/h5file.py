@@ -138,8 +138,26 @@ def create(path, *, dataset: str, class_names, mean, std, image_shape, overwrite
         yield f
 
 
+class _Checked:
+    """A dataset being written whose every block write is a safe point for a stop signal."""
+
+    def __init__(self, ds):
+        self._ds = ds
+
+    def __setitem__(self, key, value):
+        interrupts.check()
+        self._ds[key] = value
+
+    def __getattr__(self, name):
+        return getattr(self._ds, name)
+
+    def __len__(self):
+        return len(self._ds)
+
+
 def create_split(f, name: str, n: int, image_shape, chunk: int, compression=None, usage=None):
-    """Empty datasets ``(/name/x uint8 (n, C, H, W), /name/y int64 (n,))`` to fill block by block."""
+    """Empty datasets ``(/name/x uint8 (n, C, H, W), /name/y int64 (n,))`` to fill block by block
+    (``x[a:b] = block``; a stop signal received meanwhile is raised before the next block)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression: expected one of gzip, lzf or None, found {compression!r}")
     shape, k = tuple(int(s) for s in image_shape), max(1, min(int(chunk), max(int(n), 1)))
@@ -148,7 +166,7 @@ def create_split(f, name: str, n: int, image_shape, chunk: int, compression=None
     y = g.create_dataset("y", (n,), np.int64, chunks=(k,), compression=compression)
     if usage:
         g.attrs["usage"] = usage
-    return x, y
+    return _Checked(x), _Checked(y)
 
 
 def write_split(f, name: str, x, y, chunk: int, compression=None, usage=None):
@@ -161,7 +179,6 @@ def write_split(f, name: str, x, y, chunk: int, compression=None, usage=None):
     k = dx.chunks[0] if dx.chunks else 1
     rows = max(k, BLOCK_BYTES // max(int(np.prod(x.shape[1:])), 1) // k * k)
     for a in range(0, len(x), rows):   # in blocks, so a stop signal is raised between them
-        interrupts.check()
         dx[a:a + rows], dy[a:a + rows] = x[a:a + rows], y[a:a + rows].astype(np.int64)
 
 
