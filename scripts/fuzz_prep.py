@@ -8,7 +8,7 @@ classified: a *clean refusal* is a non-zero exit with exactly one ``error:`` lin
 stderr and nothing left in the output folder; a *traceback* is an exception escaping
 the command, a ``Traceback`` on stderr, or exit 1 (the "unexpected error" code); an
 *accepted* input exited 0; a *partial output* is any file left in the output folder
-after a refusal. ``--signals N`` also sends SIGINT, SIGTERM and SIGHUP N times each to
+after a refusal (for bad outputs: any change to the folder). ``--signals N`` also sends SIGINT, SIGTERM and SIGHUP N times each to
 a conversion while HDF5 writes (a subprocess whose writes are slowed), expecting exit
 130/143/129 and an empty output folder. Prints one table; exits 1 if anything was
 not a clean refusal.
@@ -391,6 +391,67 @@ def fuzz_info(work: Path) -> dict:
     return results
 
 
+def _full_disk(where: Path) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def fuzz_outputs(work: Path) -> dict:
+    """Bad outputs: a folder, an existing file, a file as parent, a full disk (a real 1 MB
+    tmpfs when it can be mounted, else ENOSPC simulated), a full disk under --force."""
+    src = write_cifar_python(work / "out_src", cifar_batches(per_batch=100))
+    results = {}
+
+    def trial(name, out: Path, check_dir: Path, *extra, keep=None):
+        before = {p.name: p.read_bytes() for p in check_dir.iterdir()} if check_dir.exists() else {}
+        t0 = time.perf_counter()
+        r = _classify(lambda: cli.main(["cifar10", str(src), "-o", str(out), "--val-size", "50", *extra]),
+                      Path("/nonexistent"))
+        after = {p.name: p.read_bytes() for p in check_dir.iterdir()} if check_dir.exists() else {}
+        if r == "refused" and after != before:
+            r = "partial"
+        results[name] = (r, time.perf_counter() - t0)
+
+    d = Path(tempfile.mkdtemp(dir=work))
+    trial("output is a folder", d, d)
+    (d / "o.h5").write_bytes(b"precious")
+    trial("output exists, no --force", d / "o.h5", d)
+    trial("output under a file", d / "o.h5" / "x.h5", d)
+    full = work / "full"
+    if _full_disk(full):
+        try:
+            trial("full disk (1 MB tmpfs)", full / "o.h5", full)
+            (full / "old.h5").write_bytes(b"old")
+            trial("full disk under --force (1 MB tmpfs)", full / "old.h5", full, "--force")
+        finally:
+            subprocess.run(["umount", str(full)])
+    else:
+        class Full:
+            def __init__(self, p, m):
+                self.f = open(p, m)
+
+            def write(self, b):
+                raise OSError(28, os.strerror(28))
+
+            def __getattr__(self, k):
+                return getattr(self.f, k)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *e):
+                self.f.close()
+        fmt.open = Full
+        try:
+            trial("full disk (ENOSPC simulated)", d / "n.h5", d)
+            trial("full disk under --force (simulated)", d / "o.h5", d, "--force")
+        finally:
+            del fmt.open
+    return results
+
+
 SLOW = ("import sys, time\nfrom gpunet.data import h5file\nreal = h5file._DiskWriter.write\n"
         "def w(self, b):\n    open(sys.argv[1], 'a').close(); time.sleep(0.03); return real(self, b)\n"
         "h5file._DiskWriter.write = w\nfrom data_prep.cli import main\nsys.exit(main(sys.argv[2:]))\n")
@@ -443,6 +504,7 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         bad = report("gpunet-prep convert", fuzz_convert(work))
         bad += report("gpunet-prep info", fuzz_info(work))
+        bad += report("gpunet-prep outputs", fuzz_outputs(work))
         if args.signals:
             bad += report("signals during the HDF5 write", fuzz_signals(work, args.signals))
     return 1 if bad else 0
