@@ -393,9 +393,11 @@ def fuzz_info(work: Path) -> dict:
 
 def _full_disk(where: Path) -> bool:
     where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                       capture_output=True)
-    return r.returncode == 0
+    try:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 def fuzz_outputs(work: Path) -> dict:
