@@ -128,6 +128,29 @@ def _huge_member_tgz(d: Path) -> Path:
     return p
 
 
+class _Zeros(io.RawIOBase):
+    def __init__(self, n):
+        self.n = n
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        k = min(len(b), self.n)
+        b[:k] = bytes(k)
+        self.n -= k
+        return k
+
+
+def _real_huge_member_tgz(d: Path) -> Path:
+    """A real 11 MB tar.gz holding a 2.5 GB member of zeros (about 3 s to write)."""
+    info = _info("cifar-10-batches-py/data_batch_1", 2_500_000_000)
+    p = d / "big.tar.gz"
+    with tarfile.open(p, "w:gz", compresslevel=1) as tf:
+        tf.addfile(info, io.BufferedReader(_Zeros(info.size), 1 << 20))
+    return p
+
+
 def _png_header(w, h) -> bytes:
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -217,6 +240,7 @@ CONVERT = {  # name -> (dataset, build(dir) -> src)
     "binary label byte 10": ("cifar10", lambda d: (lambda r: ((r / "test_batch.bin").write_bytes(b"\x0a" + b"\0" * 3072), r)[1])(write_cifar_binary(d / "b", cifar_batches(per_batch=4)))),
     # archives
     "tar.gz with a 2.5 GB member header": ("cifar10", _huge_member_tgz),
+    "11 MB tar.gz holding a 2.5 GB member": ("cifar10", _real_huge_member_tgz),
     "tar path traversal": ("fer2013", lambda d: _tar(d, [(_info("../../x.csv", 3), b"abc")])),
     "tar absolute path": ("fer2013", lambda d: _tar(d, [(_info("/etc/x.csv", 3), b"abc")])),
     "tar symlink": ("fer2013", lambda d: _tar(d, [(_info("fer2013.csv", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None)])),
