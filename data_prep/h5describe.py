@@ -99,7 +99,7 @@ def describe(f, path) -> dict:
     if info["std"] is not None and min(info["std"]) <= 0:
         r.problem(f"expected root attribute std > 0 per channel, found {info['std']}")
     declared = r.attr("splits", lambda v: [_str(s) for s in np.atleast_1d(v).tolist()],
-                      "a list of split names", default=[])
+                      "a list of split names", required=False, default=[])  # gpunet-prep's
     present, elsewhere = [], []
     for k in f.keys():
         why = fmt.storage_problem(f, k)

@@ -344,7 +344,7 @@ INFO = {
     "missing std": _del("std", attr=True),
     "missing class_names": _del("class_names", attr=True),
     "missing image_shape": _del("image_shape", attr=True),
-    "missing splits attribute": _del("splits", attr=True),
+    "missing splits attribute": _del("splits", attr=True),   # optional: valid
     "missing split": _del("test"),
     "missing /train/y": _del("train/y"),
     "NaN mean": _set_attr("mean", [np.nan]),
@@ -367,7 +367,7 @@ INFO = {
     "missing file": lambda d: d / "nope.h5",
     "a folder": lambda d: d,
 }
-VALID_INFO = {"unchunked x"}
+VALID_INFO = {"unchunked x", "missing splits attribute"}
 
 
 # --------------------------------------------------------------------------- running
