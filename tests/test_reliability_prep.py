@@ -300,3 +300,12 @@ def test_every_reader_refuses(tmp_path, case):
             read(path)
         assert str(e.value).startswith(str(path)) and pattern in str(e.value)
         assert "\n" not in str(e.value)
+
+
+def test_info_of_a_valid_file_without_gpunet_prep_attributes(tmp_path, capsys):
+    """``splits``, ``source`` and the like are gpunet-prep's additions, not the format's."""
+    from gpunet.data.bench import write_synthetic
+    write_synthetic(tmp_path / "s.h5", 20)
+    assert cli.main(["info", str(tmp_path / "s.h5")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "total         20" in out
