@@ -4,7 +4,7 @@ Public API::
 
     convert(dataset, src, out, *, val_size=None, seed=0, force=False, resize=False,
             download=False, cache_dir=None, compress=None, progress=None) -> Path
-    info(path) -> dict
+    info(path, strict=True) -> dict   (strict=False: also damaged files, with 'problems')
     images.load_image(path, shape=(48, 48), resize=False, grayscale=True) -> uint8 (H, W)
     images.list_images(folder) -> list[Path]
     errors.PrepError

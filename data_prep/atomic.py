@@ -1,12 +1,21 @@
-"""Writing an output file so that it either exists complete or not at all."""
+"""Writing an output file so that it either exists complete or not at all.
+
+The rule itself is ``gpunet.io.atomic_path`` (temporary name, rename when complete,
+clean-up on errors and stop signals, a full disk named in one line); this module adds
+gpunet-prep's ``--force`` wording and the sweep of temporary files that killed runs left.
+"""
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
 
-from gpunet.io import atomic_path
+from gpunet.io import OutputExists, atomic_path, sweep_temporaries
 
 from .errors import PrepError
+
+
+def exists_message(out) -> str:
+    return f"{out}: output exists; pass --force (force=True) to overwrite it"
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -14,25 +23,29 @@ def check_output(out: Path, force: bool) -> None:
     if out.is_dir():
         raise PrepError(f"{out}: expected an output file name, found a folder")
     if out.exists() and not force:
-        raise PrepError(f"{out}: output exists; pass --force (force=True) to overwrite it")
+        raise PrepError(exists_message(out))
+
+
+def sweep(out: Path) -> list:
+    """Remove the temporary files of ``out`` that dead processes left beside it."""
+    return sweep_temporaries(Path(out).parent, Path(out).name)
+
+
+@contextmanager
+def refusing_existing(out):
+    """Turn ``gpunet.io.OutputExists`` (``out`` appeared while writing) into a PrepError."""
+    try:
+        yield
+    except OutputExists:
+        raise PrepError(exists_message(out)) from None
 
 
 @contextmanager
 def atomic_output(out, force: bool = False):
-    """Yield a temporary path beside ``out`` (``gpunet.io.atomic_path``, the one atomic-write
-    rule of the package): renamed to ``out`` when the block ends normally, deleted when it
-    raises (KeyboardInterrupt too), with the folders this call created removed again."""
+    """Yield a temporary path beside ``out`` (``gpunet.io.atomic_path``): renamed to ``out``
+    when the block ends normally (refused if ``out`` appeared meanwhile and not ``force``),
+    deleted when it raises, with the folders this call created removed again."""
     out = Path(out)
     check_output(out, force)
-    created = [p for p in reversed(out.absolute().parents) if not p.exists()]
-    try:
-        with atomic_path(out) as tmp:
-            yield Path(tmp)
-            check_output(out, force)  # another process may have written it meanwhile
-    except BaseException:
-        for folder in reversed(created):  # the folders this call made, deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
+    with refusing_existing(out), atomic_path(out, overwrite=force) as tmp:
+        yield Path(tmp)

@@ -113,20 +113,41 @@ def _python_batch(tree: SourceTree, name: str) -> tuple:
         raise PrepError(f"{where}: expected a dict with data and labels, found {type(d).__name__}")
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
-        raise PrepError(f"{where}: expected keys data and labels, found {sorted(map(str, d))}")
+        keys = sorted(k[:40] for k in d if isinstance(k, str))[:10]  # never str() a crafted key
+        raise PrepError(f"{where}: expected keys data and labels, found {keys} "
+                        f"({len(d)} keys)")
     data = d["data"]
-    if isinstance(data, (bytes, bytearray)):
+    if isinstance(data, (bytes, bytearray)) and len(data) % ROW == 0:
         data = np.frombuffer(data, dtype=np.uint8).reshape(-1, ROW)
-    data = np.asarray(data)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW:
-        raise PrepError(f"{where}: expected data uint8 (N, {ROW}), found {data.dtype} {data.shape}")
-    try:
-        y = np.asarray(d["labels"], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise PrepError(f"{where}: expected labels as a list of ints ({e})") from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != ROW:
+        found = (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray)
+                 else f"{type(data).__name__} of {len(data)} bytes" if isinstance(data, (bytes, bytearray))
+                 else type(data).__name__)
+        raise PrepError(f"{where}: expected data uint8 (N, {ROW}), found {found}")
+    y = _labels(where, d["labels"])
     if len(y) != len(data):
         raise PrepError(f"{where}: expected {len(data)} labels (one per image), found {len(y)}")
-    return data.reshape((-1,) + IMAGE_SHAPE), _check_labels(where, y, "image")
+    return data.reshape((-1,) + IMAGE_SHAPE), y
+
+
+def _labels(where: str, labels) -> np.ndarray:
+    """(N,) int64 from a batch's ``labels``: a flat list of Python ints 0..9 or a 1-D integer
+    array. Checked element by element before NumPy sees it: a nested list (even one
+    sharing sublists, which NumPy would expand exponentially) or a huge int is refused."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise PrepError(f"{where}: expected labels as a list of ints, found an array "
+                            f"{labels.dtype} {labels.shape}")
+        return _check_labels(where, labels.astype(np.int64), "image")
+    if not isinstance(labels, (list, tuple)):
+        raise PrepError(f"{where}: expected labels as a list of ints, found {type(labels).__name__}")
+    for i, v in enumerate(labels):
+        if type(v) is not int or not 0 <= v < len(CLASS_NAMES):
+            found = (type(v).__name__ if type(v) is not int else repr(v) if v.bit_length() <= 64
+                     else f"an integer of {v.bit_length()} bits")
+            raise PrepError(f"{where}: image {i}: expected a label 0..9, found {found}")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def _binary_batch(tree: SourceTree, name: str) -> tuple:
@@ -146,11 +167,21 @@ def _python_names(tree: SourceTree) -> list:
     where = tree.where("batches.meta")
     try:
         meta = safe_pickle.loads(tree.read("batches.meta"))
-        names = meta.get(b"label_names", meta.get("label_names"))
-        names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
-    except Exception as e:
+    except PrepError:
+        raise
+    except Exception as e:  # a damaged pickle raises nearly anything
         raise PrepError(f"{where}: expected a dict with label_names "
                         f"({type(e).__name__}: {e})") from None
+    names = meta.get(b"label_names", meta.get("label_names")) if isinstance(meta, dict) else None
+    if not isinstance(names, (list, tuple)) or len(names) != len(CLASS_NAMES) \
+            or not all(isinstance(n, (bytes, str)) and len(n) < 100 for n in names):
+        found = f"{len(names)} entries" if isinstance(names, (list, tuple)) else type(names).__name__
+        raise PrepError(f"{where}: expected label_names, a list of {len(CLASS_NAMES)} short "
+                        f"names, found {found}")
+    try:
+        names = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as e:
+        raise PrepError(f"{where}: label_names: expected UTF-8 names ({e.reason})") from None
     return _check_names(where, names)
 
 

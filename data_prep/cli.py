@@ -6,8 +6,9 @@
     gpunet-prep info OUT.h5 [--json]
 
 Bad input prints ``error: <file>: <entry>: <problem>`` and exits with status 2,
-as bad usage does; an unexpected error exits 1 and Ctrl-C 130, without a
-traceback unless --debug. These are the codes of every gpunet command (the
+as bad usage does; an unexpected error exits 1; Ctrl-C 130, SIGTERM 143 and SIGHUP
+129 (no output, no temporary file), without a traceback unless --debug. ``info`` on a
+damaged file prints what it could read, each problem, and exits 2. These are the codes of every gpunet command (the
 table is in ``gpunet/cli/common.py``; data_prep does not import gpunet).
 """
 from __future__ import annotations
@@ -67,8 +68,12 @@ def main(argv=None) -> int:
 def _body(args, argv):
     try:
         if args.command == "info":
-            info = read_info(args.path)
+            info = read_info(args.path, strict=False)
             print(json.dumps(info, indent=2) if args.json else format_info(info))
+            problems = info["problems"]
+            if problems:
+                more = f" (and {len(problems) - 1} more problem(s), listed above)" if len(problems) > 1 else ""
+                raise PrepError(f"{problems[0]}{more}")
             return EXIT_OK
         start = time.perf_counter()
         out = convert(args.command, args.src, args.output, val_size=args.val_size,

@@ -21,12 +21,12 @@ import io
 from pathlib import Path
 
 from .errors import PrepError
-from .fer_csv import NUM_CLASSES, read_csv
+from .fer_csv import NUM_CLASSES, is_ascii_digits, read_csv
 from .hashing import file_digests
 from .image_tree import SPLIT_FOLDERS, has_split_folders, read_image_tree
 from .images import decode_image
 from .splits import SourceData, stack_split
-from .trees import SourceTree, find_root, open_tree
+from .trees import SizeBudget, SourceTree, find_root, open_tree
 
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 IMAGE_SHAPE = (1, 48, 48)  # (C, H, W)
@@ -66,6 +66,7 @@ def read(src, *, resize: bool = False, progress: bool = False) -> SourceData:
     src = Path(src)
     notes: list = []
     if src.is_file() and src.suffix.lower() == ".csv":
+        SizeBudget(str(src)).take(src.name, src.stat().st_size)
         with open(src, newline="", encoding="utf-8-sig") as f:
             splits = read_csv(f, str(src), progress)
         fingerprint = file_digests(src)
@@ -106,7 +107,7 @@ def _read_tree(tree: SourceTree, src, resize: bool, progress: bool, notes: list)
 
 def _parse_label(text: str, where: str) -> int:
     t = text.strip()
-    if t.isdigit() and int(t) < NUM_CLASSES:
+    if is_ascii_digits(t) and int(t) < NUM_CLASSES:
         return int(t)
     if t.lower() in CLASS_NAMES:
         return CLASS_NAMES.index(t.lower())

@@ -23,6 +23,12 @@ NUM_CLASSES = 7
 USAGE_SPLITS = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 
 
+def is_ascii_digits(text: str) -> bool:
+    """True for a non-empty run of the ASCII digits 0-9 only (``str.isdigit`` also takes
+    "²" and "٣", which ``int`` then rejects or reads as 3)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_pixels(text: str, where: str) -> np.ndarray:
     """uint8 (2304,) from the pixels field; PrepError naming ``where`` when it is not
     2304 integers 0..255."""
@@ -36,7 +42,7 @@ def parse_pixels(text: str, where: str) -> np.ndarray:
     if len(tokens) != PIXELS:
         raise PrepError(f"{where}: expected {PIXELS} pixel values, found {len(tokens)}")
     for i, tok in enumerate(tokens, 1):
-        if not tok.isdigit() or int(tok) > 255:
+        if not is_ascii_digits(tok) or int(tok) > 255:
             raise PrepError(f"{where}: pixel {i}: expected an integer 0..255, found {tok!r}")
     raise PrepError(f"{where}: unreadable pixel values")  # not reached
 
@@ -44,7 +50,7 @@ def parse_pixels(text: str, where: str) -> np.ndarray:
 def parse_label(text: str, where: str) -> int:
     """The emotion label 0..6 in ``text``; PrepError otherwise."""
     t = text.strip()
-    if not (t.isdigit() and int(t) < NUM_CLASSES):
+    if not (is_ascii_digits(t) and int(t) < NUM_CLASSES):
         raise PrepError(f"{where}: expected an emotion label 0..6, found {t!r}")
     return int(t)
 
@@ -61,6 +67,9 @@ def read_csv(stream: TextIO, name: str, progress: bool = False) -> dict:
         raise PrepError(f"{name}: empty file; expected the header emotion,pixels,Usage") from None
     except csv.Error as e:
         raise PrepError(f"{name} line 1: not a CSV file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise PrepError(f"{name}: expected UTF-8 text, found byte {e.object[e.start:e.start + 1]!r} "
+                        f"at offset {e.start} of a block that cannot be decoded") from None
     cols = {h.strip().lower(): i for i, h in enumerate(header)}
     missing = [c for c in ("emotion", "pixels") if c not in cols]
     if missing:
@@ -87,7 +96,8 @@ def read_csv(stream: TextIO, name: str, progress: bool = False) -> dict:
     except csv.Error as e:
         raise PrepError(f"{name} line {reader.line_num}: malformed CSV ({e})") from None
     except UnicodeDecodeError as e:
-        raise PrepError(f"{name}: not a text file ({e})") from None
+        raise PrepError(f"{name} near line {reader.line_num + 1}: expected UTF-8 text, found "
+                        f"byte {e.object[e.start:e.start + 1]!r} that is not ({e.reason})") from None
     return {USAGE_SPLITS[u]: Split(np.stack(xs).reshape(-1, 1, 48, 48),
                                    np.asarray(ys, dtype=np.int64), u)
             for u, (xs, ys) in rows.items()}

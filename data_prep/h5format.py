@@ -17,6 +17,7 @@ import numpy as np
 from gpunet.data import h5file as fmt
 
 from .errors import PrepError
+from .h5describe import describe
 from .splits import SPLIT_ORDER, SourceData
 
 FORMAT_VERSION = fmt.FORMAT_VERSION
@@ -48,8 +49,9 @@ def channel_stats(x: np.ndarray) -> tuple:
 
 
 def write(path, data: SourceData, *, dataset: str, source: str, command: str,
-          compress=None) -> None:
-    """Write ``data`` to ``path`` in the layout above. The train split must be present."""
+          compress=None, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` in the layout above, atomically (``gpunet.data.h5file.create``;
+    overwrite: False refuses a ``path`` that appears meanwhile). The train split must be present."""
     if compress not in COMPRESSIONS:
         raise PrepError(f"--compress: expected one of gzip, lzf, found {compress!r}")
     if "train" not in data.splits or len(data.splits["train"].y) == 0:
@@ -63,59 +65,30 @@ def write(path, data: SourceData, *, dataset: str, source: str, command: str,
     extra["command"] = command
     extra["created"] = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
     with fmt.create(path, dataset=dataset, class_names=list(data.class_names), mean=mean, std=std,
-                    image_shape=image_shape, splits=list(names), notes=list(data.notes), **extra) as f:
+                    image_shape=image_shape, splits=list(names), notes=list(data.notes),
+                    overwrite=overwrite, **extra) as f:
         for name in names:
             split = data.splits[name]
             k = chunk_rows(int(np.prod(image_shape)), len(split.y))
             fmt.write_split(f, name, split.x, split.y, k, compression=compress, usage=split.usage)
 
 
-def _str(v):
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
-def read_info(path) -> dict:
-    """A summary of a prepared file: root attributes plus, per split, count, shapes,
-    dtypes, chunks, usage and ``class_counts`` (class name -> samples)."""
+def read_info(path, strict: bool = True) -> dict:
+    """A summary of a prepared file: root attributes plus, per split, count, shapes, dtypes,
+    chunks, usage and ``class_counts`` (class name -> samples), and ``problems``: one line
+    per thing that is wrong (see ``data_prep.h5describe``). strict: raise PrepError with
+    the first problem instead of returning them. PrepError when it cannot be opened at all."""
     try:
-        f = fmt.open_file(path)
+        f = fmt.open_file(path, check=False)
+    except FileNotFoundError as e:
+        raise PrepError(str(e)) from None
     except (OSError, ValueError) as e:
         raise PrepError(f"{path}: cannot open as a gpunet HDF5 file ({e})") from None
     with f:
-        a = f.attrs
-        missing = [k for k in ("format_version", "dataset", "class_names", "splits") if k not in a]
-        if missing:
-            raise PrepError(f"{path}: expected a gpunet-prep file, found no attribute "
-                            f"{missing[0]!r}")
-        if int(a["format_version"]) != FORMAT_VERSION:
-            raise PrepError(f"{path}: expected format_version {FORMAT_VERSION}, "
-                            f"found {a['format_version']}")
-        names = [_str(s) for s in a["class_names"]]
-        info = {
-            "path": str(path),
-            "format_version": int(a["format_version"]),
-            "dataset": _str(a["dataset"]),
-            "class_names": names,
-            "image_shape": tuple(int(v) for v in a["image_shape"]),
-            "mean": [float(v) for v in a["mean"]],
-            "std": [float(v) for v in a["std"]],
-            "source": _str(a.get("source", "")),
-            "source_sha256": _str(a.get("source_sha256", "")),
-            "source_md5": _str(a["source_md5"]) if "source_md5" in a else None,
-            "command": _str(a.get("command", "")),
-            "created": _str(a.get("created", "")),
-            "notes": [_str(s) for s in a.get("notes", [])],
-            "splits": {},
-        }
-        for s in (_str(v) for v in a["splits"]):
-            x, y = f[s]["x"], f[s]["y"]
-            counts = np.bincount(y[()], minlength=len(names))
-            info["splits"][s] = {
-                "count": int(y.shape[0]),
-                "x_shape": tuple(x.shape), "x_dtype": str(x.dtype),
-                "y_shape": tuple(y.shape), "y_dtype": str(y.dtype),
-                "chunks": tuple(x.chunks), "compression": x.compression,
-                "usage": _str(f[s].attrs["usage"]) if "usage" in f[s].attrs else None,
-                "class_counts": dict(zip(names, (int(c) for c in counts))),
-            }
+        try:
+            info = describe(f, path)
+        except (OSError, RuntimeError, KeyError) as e:   # the HDF5 library on a damaged file
+            raise PrepError(f"{path}: damaged HDF5 file ({type(e).__name__}: {e})") from None
+    if strict and info["problems"]:
+        raise PrepError(info["problems"][0])
     return info

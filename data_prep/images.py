@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from .errors import PrepError
 
+MAX_PIXELS = 50_000_000   # a 50-megapixel photo; a larger header is refused before decoding
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -35,20 +36,33 @@ def decode_image(data: bytes, name: str, shape: tuple[int, int] = (48, 48), *,
     shape: (H, W) wanted. Returns uint8 ``(H, W)`` when ``grayscale`` else ``(H, W, 3)`` RGB.
     Raises PrepError when the bytes are not an image, or the size differs and not ``resize``.
     """
+    h, w = int(shape[0]), int(shape[1])
     try:
         with Image.open(io.BytesIO(data)) as im:
+            _check_size(im.size, (w, h), name, resize)   # from the header, before decoding
             if im.info.get("exif"):  # only photos carry an orientation; skip the parse otherwise
                 im = ImageOps.exif_transpose(im)
             im = im.convert("L" if grayscale else "RGB")
+    except PrepError:
+        raise
     except Exception as e:  # Pillow raises many types for bad data
         raise PrepError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
-    h, w = int(shape[0]), int(shape[1])
     if im.size != (w, h):
         if not resize:
             raise PrepError(f"{name}: expected a {w}x{h} image, found {im.size[0]}x{im.size[1]} "
                             "(pass --resize / resize=True to scale it)")
         im = ImageOps.fit(im, (w, h), method=Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _check_size(size, want, name, resize) -> None:
+    """PrepError for another size without ``resize``, or more than MAX_PIXELS to scale."""
+    if size != want and not resize:
+        raise PrepError(f"{name}: expected a {want[0]}x{want[1]} image, found {size[0]}x{size[1]} "
+                        "(pass --resize / resize=True to scale it)")
+    if size[0] * size[1] > MAX_PIXELS:
+        raise PrepError(f"{name}: expected at most {MAX_PIXELS} pixels to scale, found "
+                        f"{size[0]}x{size[1]}")
 
 
 def load_image(path, shape: tuple[int, int] = (48, 48), resize: bool = False,

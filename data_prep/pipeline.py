@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import cifar10, fer2013, h5format
-from .atomic import atomic_output, check_output
+from .atomic import check_output, refusing_existing, sweep
 from .download import download_cifar10
 from .errors import PrepError
 from .splits import carve_validation
@@ -37,8 +37,11 @@ def convert(dataset: str, src, out, *, val_size: Optional[int] = None, seed: int
         tarball into ``cache_dir`` (then ``src`` must be None). compress: None, 'gzip'
         or 'lzf'. progress: tqdm bars (None: when stderr is a terminal).
     command: recorded in the file (default: this call written as Python).
-    Returns the output path. Raises PrepError for any problem with the input;
-    ``out`` is then left as it was.
+    Returns the output path. Raises PrepError (a ValueError) for any problem with the
+    input, ``gpunet.io.WriteError`` (an OSError naming ``out``) for a full disk, and
+    ``gpunet.interrupts.Interrupted`` for SIGINT/SIGTERM/SIGHUP; ``out`` is then left as
+    it was and no temporary file remains. Temporary files of ``out`` that killed
+    conversions left are removed first.
     """
     module = DATASETS.get(dataset)
     if module is None:
@@ -47,6 +50,7 @@ def convert(dataset: str, src, out, *, val_size: Optional[int] = None, seed: int
         raise PrepError(f"compress: expected gzip or lzf, found {compress!r}")
     out = Path(out)
     check_output(out, force)
+    sweep(out)
     progress = progress_default() if progress is None else progress
     if command is None:
         command = (f"data_prep.convert({dataset!r}, {None if src is None else str(src)!r}, "
@@ -78,7 +82,7 @@ def convert(dataset: str, src, out, *, val_size: Optional[int] = None, seed: int
         data.splits["train"], data.splits["val"] = carve_validation(
             data.splits["train"], n_val, seed, len(data.class_names))
     name = src.resolve().name
-    with atomic_output(out, force) as tmp:
-        h5format.write(tmp, data, dataset=dataset, source=name, command=command,
-                       compress=compress)
+    with refusing_existing(out):
+        h5format.write(out, data, dataset=dataset, source=name, command=command,
+                       compress=compress, overwrite=force)
     return out

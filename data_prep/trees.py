@@ -6,7 +6,9 @@ extracted: a tar is streamed once (``mode="r:*"``) and its regular files kept
 in memory, a zip is read member by member. Member names that are absolute or
 contain ``..``, and links or device entries, are rejected. Junk that
 operating systems leave in archives (``__MACOSX/``, dot files, ``Thumbs.db``)
-is skipped. :func:`find_root` looks one or two single top-level folders deep
+is skipped. Sizes are checked before anything is read (the tar or zip header's size, a
+file's ``stat``): a member over ``MAX_MEMBER_BYTES`` or members adding up to more than
+``MAX_TOTAL_BYTES`` are refused, so a small archive cannot expand into gigabytes. :func:`find_root` looks one or two single top-level folders deep
 for the layout a reader expects (``cifar-10-batches-py/...``).
 """
 from __future__ import annotations
@@ -28,13 +30,36 @@ from .hashing import file_digests, folder_files_sha256
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
+MAX_MEMBER_BYTES = 1 << 30   # the largest real member, fer2013.csv, is 287 MB
+MAX_TOTAL_BYTES = 3 << 30    # CIFAR-10's python release expands to 178 MB
 _ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error,
                    lzma.LZMAError)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's text on one line (tarfile's ReadError spans five)."""
+    return " ".join(str(e).split())
 
 
 def is_junk(path: str) -> bool:
     """True for files no dataset contains: hidden files, ``__MACOSX/``, ``Thumbs.db``."""
     return any(part.startswith(".") or part in _JUNK_NAMES for part in path.split("/"))
+
+
+class SizeBudget:
+    """Counts the bytes a source will expand to; PrepError before a limit is passed."""
+
+    def __init__(self, label: str):
+        self.label, self.total = label, 0
+
+    def take(self, name: str, size: int) -> None:
+        if size > MAX_MEMBER_BYTES:
+            raise PrepError(f"{self.label}: {name}: expected at most {MAX_MEMBER_BYTES >> 20} MiB "
+                            f"per file, found {size / 2**20:.0f} MiB; refusing to read it")
+        self.total += size
+        if self.total > MAX_TOTAL_BYTES:
+            raise PrepError(f"{self.label}: expected at most {MAX_TOTAL_BYTES >> 20} MiB in all, "
+                            f"found more by {name}; refusing to read this source")
 
 
 def safe_member_name(label: str, name: str) -> str:
@@ -123,6 +148,7 @@ class DirTree(SourceTree):
     def read(self, path):
         self._used.add(path)
         try:
+            SizeBudget(self.label).take(path, (self.root / path).stat().st_size)
             return (self.root / path).read_bytes()
         except OSError as e:
             raise PrepError(f"{self.label}: {path}: cannot read ({e.strerror or e})") from None
@@ -136,7 +162,7 @@ class TarTree(SourceTree):
 
     def __init__(self, path, progress: bool = False):
         self.path, self.label, self._files = Path(path), str(path), {}
-        name = "(start of archive)"
+        name, budget = "(start of archive)", SizeBudget(str(path))
         try:
             with open(self.path, "rb") as raw, \
                     tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True, leave=False,
@@ -154,13 +180,14 @@ class TarTree(SourceTree):
                         raise PrepError(f"{self.label}: {m.name}: special file in archive "
                                         "(device, fifo); refusing to read this archive")
                     if not is_junk(rel):
+                        budget.take(m.name, m.size)     # the header's size, before reading
                         self._files[rel] = tf.extractfile(m).read()
                     bar.update(raw.tell() - bar.n)
         except PrepError:
             raise
         except _ARCHIVE_ERRORS as e:
             raise PrepError(f"{self.label}: after {name}: corrupt or truncated archive "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({type(e).__name__}: {one_line(e)})") from None
         if not self._files:
             raise PrepError(f"{self.label}: expected files in the archive, found none")
         self._paths = sorted(self._files)
@@ -188,7 +215,7 @@ class ZipTree(SourceTree):
             infos = self._zip.infolist()
         except _ARCHIVE_ERRORS as e:
             raise PrepError(f"{self.label}: corrupt or truncated zip archive "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({type(e).__name__}: {one_line(e)})") from None
         self._members = {}
         try:
             self._check(infos)
@@ -198,12 +225,14 @@ class ZipTree(SourceTree):
         self._paths = sorted(self._members)
 
     def _check(self, infos) -> None:
+        budget = SizeBudget(self.label)
         for info in infos:
             rel = safe_member_name(self.label, info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise PrepError(f"{self.label}: {info.filename}: archive links are not "
                                 "allowed; refusing to read this archive")
             if not info.is_dir() and rel and not is_junk(rel):
+                budget.take(info.filename, info.file_size)   # zipfile reads no more than this
                 self._members[rel] = info
 
     def paths(self):
@@ -214,7 +243,7 @@ class ZipTree(SourceTree):
             return self._zip.read(self._members[path])
         except _ARCHIVE_ERRORS + (zipfile.LargeZipFile, NotImplementedError) as e:
             raise PrepError(f"{self.label}: {path}: corrupt member "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({type(e).__name__}: {one_line(e)})") from None
 
     def fingerprint(self):
         return file_digests(self.path)

@@ -6,13 +6,19 @@ official tarball into it (md5 check, resume of an interrupted transfer, a progre
 bar), converts it once to ``cifar10.h5`` and returns that path. FER2013 cannot be
 downloaded without a Kaggle login, so its error says where to get it and how to
 pass it (``--source``). Sources already sitting in the data home are found by name.
+
+Conversions into one data home are serialised by a lock file (``.<dataset>.h5.lock``,
+``flock``): a second ``find_data`` waits for the first and then uses its result, and
+removes what killed conversions left (``gpunet.io.sweep_temporaries``).
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .data import read_meta
+from .io import sweep_temporaries
 
 # Source files looked for (in this order) in the data home.
 SOURCE_NAMES = {"cifar10": ("cifar-10-python.tar.gz",), "fer2013": ("fer2013-images.tar.gz", "fer2013.csv")}
@@ -70,14 +76,40 @@ def find_data(dataset, data_dir=None, source=None, download=True, say=print) -> 
     except ImportError as e:
         raise ValueError(f"converting {src or 'the download'} needs the data_prep package ({e})") from None
     data_dir.mkdir(parents=True, exist_ok=True)
-    say(f"converting {src} -> {out}" if src else f"downloading {CIFAR10_URL} into {data_dir}, then -> {out}")
-    try:
-        path = data_prep.convert(dataset, str(src) if src else None, str(out), download=src is None,
-                                 cache_dir=str(data_dir))
-    except PrepError as e:
-        msg = str(e).replace("pass it as SRC", "pass it with --source PATH")
-        raise ValueError(msg) from None
+    with conversion_lock(out, say):
+        if out.is_file():                   # another process converted it while we waited
+            say(f"using {out}, converted by another process meanwhile")
+            return str(out)
+        sweep_temporaries(data_dir)
+        say(f"converting {src} -> {out}" if src else f"downloading {CIFAR10_URL} into {data_dir}, then -> {out}")
+        try:
+            path = data_prep.convert(dataset, str(src) if src else None, str(out), download=src is None,
+                                     cache_dir=str(data_dir))
+        except PrepError as e:
+            msg = str(e).replace("pass it as SRC", "pass it with --source PATH")
+            raise ValueError(msg) from None
     return str(path or out)
+
+
+@contextmanager
+def conversion_lock(out: Path, say=print):
+    """Hold an exclusive ``flock`` on ``.<out name>.lock`` beside ``out`` (waiting, with a
+    message, while another process holds it). Without ``fcntl`` (Windows): no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(out.with_name(f".{out.name}.lock"), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process that is converting into {out} ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_data(path) -> dict:

@@ -14,6 +14,7 @@ from prep_fixtures import (cifar_batches, fer_rows, folder_listing, make_tar, wr
 
 import data_prep
 from data_prep import cli, h5format
+from gpunet.data import h5file as fmt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,14 +200,14 @@ def test_existing_output_refused_then_forced(tmp_path):
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, exc):
     src = write_fer_csv(tmp_path / "fer2013.csv", fer_rows(6))
-    real_write = h5format.write
+    real_write = fmt.write_split
 
-    def write_then_fail(path, *a, **kw):
-        real_write(path, *a, **kw)
-        assert Path(path).exists() and Path(path).name.startswith(".out.h5.tmp-")
+    def write_then_fail(f, *a, **kw):
+        real_write(f, *a, **kw)
+        assert [p.name for p in tmp_path.glob(".out.h5.tmp-*.h5")]      # written to a temporary name
         raise exc("stop")
 
-    monkeypatch.setattr(h5format, "write", write_then_fail)
+    monkeypatch.setattr(fmt, "write_split", write_then_fail)
     before = folder_listing(tmp_path)
     with pytest.raises(exc):
         data_prep.convert("fer2013", src, tmp_path / "out.h5")
@@ -218,7 +219,7 @@ def test_failed_write_removes_folders_it_made(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(h5format, "write", interrupted)
+    monkeypatch.setattr(fmt, "write_split", interrupted)
     before = folder_listing(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         data_prep.convert("fer2013", src, tmp_path / "new" / "deeper" / "out.h5")

@@ -12,7 +12,8 @@ Exit codes, the same for every command (``gpunet-*`` and ``gpunet-prep``):
       or a check the command runs did not pass (``gpunet-overfit`` short of 100%)
 2     bad input or usage: a bad flag (argparse's own code), a missing, foreign or
       damaged file, a value out of range; nothing half-written is left behind
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C); 143 SIGTERM, 129 SIGHUP (``gpunet.interrupts``: a clean stop,
+      no half-written file)
 141   stdout was closed by its reader (``| head``), as for any Unix tool
 ====  ==============================================================================
 """
@@ -25,6 +26,7 @@ import sys
 import traceback
 
 from .. import backend
+from .. import interrupts
 
 
 class UserError(Exception):
@@ -57,12 +59,19 @@ def setup(args) -> str:
 
 def run(body, args) -> int:
     """Run ``body(args)``; map user errors to a one-line message and a non-zero exit code."""
+    with interrupts.stop_signals():      # SIGTERM and SIGHUP stop as cleanly as Ctrl-C
+        return _run(body, args)
+
+
+def _run(body, args) -> int:
     try:
         rc = body(args)
+        interrupts.raise_lost()          # a signal whose exception a library swallowed
         return EXIT_OK if rc is None else int(rc)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:       # gpunet.interrupts.Interrupted carries its exit code
+        interrupts.forget()
+        print(str(e) or "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_INTERRUPTED)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE

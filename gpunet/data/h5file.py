@@ -11,41 +11,118 @@ Root attributes: ``format_version`` (int), ``dataset`` (str), ``class_names``
 (variable-length str array, label order), ``mean`` and ``std`` (float64 (C,), per
 channel over the train split, pixel units 0..255), ``image_shape`` (C, H, W); writers
 may add more (``data_prep`` adds ``source``, ``source_sha256``, ``command``, ``created``,
-``splits``, ``notes``). A file without ``format_version`` is read as version 1; a newer
-version than ``FORMAT_VERSION`` is refused with an error naming the file.
+``splits``, ``notes``). Readers refuse, in one line naming the file: a missing,
+non-integer or newer ``format_version``; a non-finite ``mean`` or ``std`` (or a std <= 0);
+datasets whose bytes live outside the file (external storage, virtual datasets, external
+links), which would make a reader take some other file's bytes as pixels.
 
 Files are written whole or not at all (``gpunet.io.atomic_path``), uncompressed unless
-asked, so batches stream fast. Files are opened read-only without a lock, so several
-readers may share one.
+asked, so batches stream fast. HDF5 writes through a Python file object
+(``_DiskWriter``): a full disk is then an ordinary ``OSError`` after HDF5 has closed the
+file (HDF5 itself crashes when its own writes fail), and a signal during the write is
+raised between blocks (``gpunet.interrupts.deferred``), never lost inside h5py. Files are
+opened read-only without a lock, so several readers may share one.
 """
 from __future__ import annotations
 
+import io
 import os
 from contextlib import contextmanager
 
 import h5py
 import numpy as np
 
+from .. import interrupts
 from ..io import atomic_path
 from .plan import limit_seed
 
 FORMAT_VERSION = 1
 COMPRESSIONS = (None, "gzip", "lzf")
 _STR = h5py.string_dtype()
+BLOCK_BYTES = 16 << 20   # image bytes written between two checks for a stop signal
 
 
 # --------------------------------------------------------------------------- writing
 
+class _DiskWriter(io.RawIOBase):
+    """The file object h5py writes through. After the first failed write (a full disk) it
+    keeps the error and discards the rest, so HDF5 never sees a failure; ``_h5_writing``
+    raises the error once HDF5 has let go of the file."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b):
+        return self._f.readinto(b)
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._f.seek(offset, whence)
+
+    def tell(self):
+        return self._f.tell()
+
+    def write(self, b):
+        n = memoryview(b).nbytes
+        if self.error is None:
+            try:
+                self._f.write(b)
+                return n
+            except OSError as e:
+                self.error = e
+        self._f.seek(n, io.SEEK_CUR)
+        return n
+
+    def _keep(self, call, *args):
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as e:
+                self.error = e
+
+    def truncate(self, size=None):
+        self._keep(self._f.truncate, size)
+        return size
+
+    def flush(self):
+        self._keep(self._f.flush)
+
+
 @contextmanager
-def create(path, *, dataset: str, class_names, mean, std, image_shape, **attrs):
+def _h5_writing(tmp):
+    """``h5py.File(tmp, "w")`` through ``_DiskWriter``; stop signals are deferred inside."""
+    with interrupts.deferred(), open(tmp, "w+b") as raw:
+        disk = _DiskWriter(raw)
+        try:
+            with h5py.File(disk, "w") as f:
+                yield f
+        finally:
+            disk.flush()
+        if disk.error is not None:
+            raise disk.error
+
+
+@contextmanager
+def create(path, *, dataset: str, class_names, mean, std, image_shape, overwrite: bool = True,
+           **attrs):
     """Write a gpunet HDF5 file at ``path`` atomically: yield the open ``h5py.File`` (add
     splits with ``write_split``/``create_split``); it appears at ``path`` only when the block
     ends without an error.
 
     mean, std: (C,) pixel units; image_shape: (C, H, W); attrs: extra root attributes
-    (a list of str is stored as a variable-length str array).
+    (a list of str is stored as a variable-length str array). overwrite: False refuses
+    (``gpunet.io.OutputExists``) a ``path`` that appeared meanwhile. A full disk raises
+    ``gpunet.io.WriteError`` naming ``path``; a stop signal ``gpunet.interrupts.Interrupted``.
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, overwrite=overwrite) as tmp, _h5_writing(tmp) as f:
         a = f.attrs
         a["format_version"] = FORMAT_VERSION
         a["dataset"] = str(dataset)
@@ -61,8 +138,26 @@ def create(path, *, dataset: str, class_names, mean, std, image_shape, **attrs):
         yield f
 
 
+class _Checked:
+    """A dataset being written whose every block write is a safe point for a stop signal."""
+
+    def __init__(self, ds):
+        self._ds = ds
+
+    def __setitem__(self, key, value):
+        interrupts.check()
+        self._ds[key] = value
+
+    def __getattr__(self, name):
+        return getattr(self._ds, name)
+
+    def __len__(self):
+        return len(self._ds)
+
+
 def create_split(f, name: str, n: int, image_shape, chunk: int, compression=None, usage=None):
-    """Empty datasets ``(/name/x uint8 (n, C, H, W), /name/y int64 (n,))`` to fill block by block."""
+    """Empty datasets ``(/name/x uint8 (n, C, H, W), /name/y int64 (n,))`` to fill block by block
+    (``x[a:b] = block``; a stop signal received meanwhile is raised before the next block)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression: expected one of gzip, lzf or None, found {compression!r}")
     shape, k = tuple(int(s) for s in image_shape), max(1, min(int(chunk), max(int(n), 1)))
@@ -71,7 +166,7 @@ def create_split(f, name: str, n: int, image_shape, chunk: int, compression=None
     y = g.create_dataset("y", (n,), np.int64, chunks=(k,), compression=compression)
     if usage:
         g.attrs["usage"] = usage
-    return x, y
+    return _Checked(x), _Checked(y)
 
 
 def write_split(f, name: str, x, y, chunk: int, compression=None, usage=None):
@@ -81,17 +176,21 @@ def write_split(f, name: str, x, y, chunk: int, compression=None, usage=None):
         raise ValueError(f"split {name!r}: expected x uint8 (N, C, H, W) and y (N,), "
                          f"found x {x.dtype} {x.shape} and y {y.shape}")
     dx, dy = create_split(f, name, len(x), x.shape[1:], chunk, compression, usage)
-    if len(x):
-        dx[...], dy[...] = x, y.astype(np.int64)
+    k = dx.chunks[0] if dx.chunks else 1
+    rows = max(k, BLOCK_BYTES // max(int(np.prod(x.shape[1:])), 1) // k * k)
+    for a in range(0, len(x), rows):   # in blocks, so a stop signal is raised between them
+        dx[a:a + rows], dy[a:a + rows] = x[a:a + rows], y[a:a + rows].astype(np.int64)
 
 
 # --------------------------------------------------------------------------- reading
 
-def open_file(path):
-    """Open ``path`` read-only without a file lock, after checking its ``format_version``.
+def open_file(path, check: bool = True):
+    """Open ``path`` read-only without a file lock, after checking its ``format_version`` and
+    that every dataset of the layout keeps its bytes in the file (``check=False``: neither,
+    for a tool that describes broken files; it must call ``storage_problem`` itself).
 
     FileNotFoundError when it does not exist; ValueError naming the file when it is not
-    HDF5 or its format is newer than this gpunet reads.
+    HDF5, has no or a foreign ``format_version``, or stores data elsewhere.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -105,27 +204,84 @@ def open_file(path):
     except OSError as e:
         raise ValueError(f"{path}: expected an HDF5 file, could not open it ({e})") from None
     try:
-        check_version(f, path)
+        if check:
+            check_version(f, path)
+            check_storage(f, path)
+            file_meta(f, path)          # refuses a non-finite mean or std
     except BaseException:
         f.close()
         raise
     return f
 
 
+def show(v, width=60) -> str:
+    text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def check_version(f, path) -> int:
-    """The file's ``format_version`` (1 when absent); ValueError when it is not one this reads."""
-    v = f.attrs.get("format_version", 1)
+    """The file's ``format_version``; ValueError naming the file when it is missing, not an
+    integer, or not one this gpunet reads."""
+    where = os.fspath(path)
     try:
-        v = int(np.asarray(v).reshape(()))
-    except (TypeError, ValueError):
-        raise ValueError(f"{os.fspath(path)}: expected an integer root attribute format_version, "
-                         f"found {v!r}") from None
+        raw = f.attrs["format_version"] if "format_version" in f.attrs else None
+        v = None if raw is None else np.asarray(raw)
+    except Exception as e:  # an attribute of a type h5py cannot read
+        raise ValueError(f"{where}: root attribute format_version is unreadable ({e})") from None
+    if v is None:
+        raise ValueError(f"{where}: expected a gpunet HDF5 file with root attribute format_version "
+                         f"{FORMAT_VERSION}, found none (write it with gpunet-prep)")
+    if v.dtype.kind not in "iu" or v.size != 1:
+        raise ValueError(f"{where}: expected an integer root attribute format_version, "
+                         f"found {show(v)}")
+    v = int(v.reshape(()))
     if v > FORMAT_VERSION:
-        raise ValueError(f"{os.fspath(path)}: format_version {v} is newer than this gpunet reads "
+        raise ValueError(f"{where}: format_version {v} is newer than this gpunet reads "
                          f"(up to {FORMAT_VERSION}); update gpunet or re-run gpunet-prep")
     if v < 1:
-        raise ValueError(f"{os.fspath(path)}: expected format_version 1..{FORMAT_VERSION}, found {v}")
+        raise ValueError(f"{where}: expected format_version 1..{FORMAT_VERSION}, found {v}")
     return v
+
+
+def storage_problem(f, name: str):
+    """Why the object ``name`` of an open file keeps bytes outside it (None when it does not):
+    an external link, external raw storage or a virtual dataset."""
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        return f"/{name} is an external link to {link.filename}:{link.path}"
+    try:
+        obj = f.get(name)
+    except (KeyError, OSError, RuntimeError):   # a dangling soft link
+        return None
+    if isinstance(obj, h5py.Dataset):
+        if obj.external:
+            return f"/{name} keeps its data in external file(s) {obj.external[0][0]!r}"
+        if obj.is_virtual:
+            return f"/{name} is a virtual dataset (its data lives in other files)"
+    return None
+
+
+def check_storage(f, path) -> None:
+    """ValueError naming the file when a group or dataset of the layout (root and one level
+    below) stores its bytes outside the file, which readers refuse to follow."""
+    names = []
+    for k in f.keys():
+        names.append(k)
+        if isinstance(f.get(k, getlink=True), h5py.HardLink) and isinstance(f.get(k), h5py.Group):
+            names += [f"{k}/{c}" for c in f[k].keys()]
+    for name in names:
+        problem = storage_problem(f, name)
+        if problem:
+            raise ValueError(f"{os.fspath(path)}: {problem}; refusing to read data stored "
+                             "outside the file")
+
+
+def is_group(obj) -> bool:
+    return isinstance(obj, h5py.Group)
+
+
+def is_dataset(obj) -> bool:
+    return isinstance(obj, h5py.Dataset)
 
 
 def _attr_str(v):
@@ -137,16 +293,32 @@ def file_meta(f, path) -> dict:
     a = f.attrs
     counts = {k: int(g["x"].shape[0]) for k, g in f.items() if isinstance(g, h5py.Group) and "x" in g}
     get = lambda k, conv: conv(a[k]) if k in a else None  # noqa: E731
-    return {
+    meta = {
         "path": os.fspath(path),
         "class_names": get("class_names", lambda v: [_attr_str(s) for s in np.atleast_1d(v)]),
-        "mean": get("mean", lambda v: np.asarray(v, np.float64).reshape(-1)),
-        "std": get("std", lambda v: np.asarray(v, np.float64).reshape(-1)),
+        "mean": get("mean", lambda v: channel_attr(v, "mean", path)),
+        "std": get("std", lambda v: channel_attr(v, "std", path)),
         "image_shape": get("image_shape", lambda v: tuple(int(s) for s in np.atleast_1d(v))),
         "counts": counts,
         "format_version": get("format_version", int),
         "dataset": get("dataset", _attr_str),
     }
+    if meta["std"] is not None and (meta["std"] <= 0).any():
+        raise ValueError(f"{os.fspath(path)}: expected a root attribute std > 0 per channel, "
+                         f"found {show(meta['std'])}")
+    return meta
+
+
+def channel_attr(v, name: str, path) -> np.ndarray:
+    """Root attribute ``mean`` or ``std`` as finite float64 (C,); ValueError otherwise."""
+    try:
+        a = np.asarray(v, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or not a.size or not np.isfinite(a).all():
+        raise ValueError(f"{os.fspath(path)}: expected a root attribute {name} of finite "
+                         f"numbers per channel, found {show(np.asarray(v))}")
+    return a
 
 
 def read_meta(path) -> dict:
