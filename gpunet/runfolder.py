@@ -19,6 +19,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import io
+
 try:
     import fcntl
 except ImportError:  # not on Windows: no locking there
@@ -58,8 +60,11 @@ def clear_run(run_dir):
 
 
 def sweep_temporaries(run_dir):
-    """Remove the temporaries a killed writer left for the run files (``.config.json.tmp-123.json``)."""
+    """Remove what killed writers left in the run folder: the temporaries of dead processes
+    (``gpunet.io.sweep_temporaries``), and, since the caller holds the run's lock, any other
+    temporary of a run file (``.config.json.tmp-...``, older names included)."""
     run_dir = Path(run_dir)
+    io.sweep_temporaries(run_dir)
     for name in RUN_FILES:
         for tmp in run_dir.glob(f".{name}.tmp-*"):
             try:

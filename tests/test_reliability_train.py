@@ -223,7 +223,10 @@ def test_out_of_range_options_are_one_line(data_dir, tmp_path, capsys, flags, ne
 def test_temporaries_of_a_killed_trainer_are_swept(data_dir, tmp_path):
     out = tmp_path / "run"
     assert new_run(data_dir, out) == 0
-    stale = [out / ".solver.ckpt.npz.tmp-abc123.npz", out / ".curves.png.tmp-x.png"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                      # a pid that no longer runs
+    stale = [out / ".solver.ckpt.npz.tmp-abc123.npz", out / ".curves.png.tmp-x.png",
+             out / f".history.json.tmp-{dead.pid}-0123abcd.json", out / f".notes.txt.tmp-{dead.pid}-89abcdef.txt"]
     for p in stale:
         p.write_bytes(b"")
     (out / "notes.tmp-keep").write_text("mine")
