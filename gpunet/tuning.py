@@ -242,7 +242,8 @@ def results_rows(study) -> list[dict]:
         dur = t.duration.total_seconds() if t.duration else None
         rows.append({"trial": t.number, "state": t.state.name, "val_acc": value,
                      "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
-                     "seconds": None if dur is None else round(dur, 1), **t.params})
+                     "seconds": None if dur is None else round(dur, 1), **t.params,
+                     "worker": t.user_attrs.get("worker")})
     rows.sort(key=lambda r: (rank.get(S[r["state"]], 2), -(r["val_acc"] if r["val_acc"] is not None else -1)))
     return rows
 

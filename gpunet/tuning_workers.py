@@ -138,6 +138,20 @@ def _environ(values: dict):
                 os.environ[k] = v
 
 
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    """Optuna logs a trial stopped by Ctrl-C with its traceback; the command says "interrupted" instead."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def quiet_optuna():
+    """Optuna's log: warnings only, and no traceback for a trial stopped by Ctrl-C."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if _not_an_interrupt not in handler.filters:
+            handler.addFilter(_not_an_interrupt)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -159,8 +173,7 @@ def _worker_main(search: Search, slot: int, device, cores, tickets: Tickets, dea
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     say = (lambda m: None) if search.quiet else (lambda m: print(f"[worker {slot}] {m}", file=sys.stderr, flush=True))
     try:
-        import optuna
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        quiet_optuna()
         backend.use(search.backend, device)
         study = open_study(search)
         run_trials(study, make_objective(search, device, say), tickets, deadline, parent)

@@ -122,8 +122,7 @@ def _body(args):
     runs.save_json(Path(run_dir) / "tune_config.json",
                    {"base": base.to_dict(), "space": space, "sampler": args.sampler, "pruner": args.pruner,
                     "subset": args.subset, "study_name": args.study_name, "storage": storage.shown})
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tuning_workers.quiet_optuna()
     search = tuning_workers.Search(base, space, str(run_dir), storage, args.study_name, args.sampler, args.pruner,
                                    args.subset, args.heartbeat, args.backend,
                                    shared=args.storage is not None or workers > 1, quiet=args.quiet)
