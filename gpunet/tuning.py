@@ -273,13 +273,20 @@ def format_table(rows, limit=20) -> str:
 
 
 def save_best_model(study, run_dir) -> str | None:
-    """Copy the best trial's model to RUN_DIR/best_model.npz; None when there is none on disk."""
+    """Copy the best trial's model to RUN_DIR/best_model.npz; None when there is none on disk.
+
+    Among trials tied for the best value, the first whose model is here (parallel workers
+    save a model only when it beats the best finished so far, so a tie may have none)."""
+    import optuna
     try:
-        best = study.best_trial
+        best = study.best_value
     except ValueError:
         return None
-    rel = best.user_attrs.get("model")
-    if not rel or not (Path(run_dir) / rel).is_file():
+    tied = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value == best]
+    rels = [t.user_attrs.get("model") for t in sorted(tied, key=lambda t: t.number)]
+    rel = next((r for r in rels if r and (Path(run_dir) / r).is_file()), None)
+    if rel is None:
         return None
     dst = Path(run_dir) / "best_model.npz"
     copy_file(Path(run_dir) / rel, dst)

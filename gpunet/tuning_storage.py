@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import time
 import warnings
@@ -73,7 +74,8 @@ def resolve(storage: str | None, run_dir) -> Storage:
         url = make_url(text)
     except (ArgumentError, ValueError) as e:
         raise StorageError(f"--storage {storage}: not a database URL ({_first_line(e)})") from None
-    return Storage("rdb", _with_installed_mysql_driver(url), url.render_as_string(hide_password=True))
+    shown = re.sub(r"^([^:/]+://[^:/@]*:)[^@]*@", r"\1***@", text)      # as typed, password hidden
+    return Storage("rdb", _with_installed_mysql_driver(url), shown)
 
 
 def _with_installed_mysql_driver(url) -> str:
@@ -204,7 +206,7 @@ def open_storage(st: Storage, heartbeat: int = 60):
     if st.kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         Path(st.target).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(st.target))
+        return JournalStorage(JournalFileBackend(st.target, lock_obj=JournalLock(st.target)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = {_retry_hook_name(): retry_callback()}
@@ -213,6 +215,48 @@ def open_storage(st: Storage, heartbeat: int = 60):
                 st.target, heartbeat_interval=heartbeat, grace_period=3 * heartbeat, **retry))
         except RuntimeError as e:  # e.g. a schema from another Optuna version
             raise StorageError(f"--storage {st.shown}: {_first_line(e)}") from None
+
+
+class JournalLock:
+    """Optuna's symlink lock on a journal file, taken under an ``flock`` the kernel drops when its
+    holder dies.
+
+    Writers append to the journal under the symlink lock; a worker SIGKILLed while appending
+    leaves the symlink behind, and Optuna waits 30 s before breaking it. Holding the flock, no
+    other gpunet worker can hold the symlink, so one left there is stale (or a foreign writer's
+    that takes milliseconds): broken after 3 s. Tools that use Optuna's own lock stay compatible.
+    """
+
+    GRACE_S = 3
+
+    def __init__(self, path: str):
+        from optuna.storages.journal import JournalFileSymlinkLock
+        self._symlink = JournalFileSymlinkLock(path, grace_period=self.GRACE_S)
+        self._path, self._fd = path + ".flock", None
+
+    def acquire(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:             # not Unix: the symlink lock alone
+            return self._symlink.acquire()
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            return self._symlink.acquire()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def release(self) -> None:
+        try:
+            self._symlink.release()
+        finally:
+            self._unlock()
+
+    def _unlock(self):
+        if self._fd is not None:
+            os.close(self._fd)          # closing drops the flock
+            self._fd = None
 
 
 def _retry_hook_name() -> str:

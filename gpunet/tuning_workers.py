@@ -1,10 +1,10 @@
 """Running a search: one worker in this process, or N local worker processes sharing one study.
 
 ``run_workers`` (``gpunet-tune --workers N``) spawns N processes. They share the study through
-its storage and the ``--trials`` budget through a pool of tickets: a worker takes a ticket
-before each trial and stops when none is left. Each worker has its own thread budget (the
-machine's cores split N ways: BLAS/OpenMP thread counts and, on Linux, CPU affinity) or its
-own GPU (``devices``, given round-robin).
+its storage; the launcher holds the ``--trials`` budget and grants each trial over a pipe, so a
+worker stops when none is left (or ``--timeout`` has passed, or the launcher is gone). Each
+worker has its own thread budget (the machine's cores split N ways: BLAS/OpenMP thread counts
+and, on Linux, CPU affinity) or its own GPU (``devices``, given round-robin).
 
 Faults: the launcher waits on its workers. One that dies from a signal (SIGKILL, the OOM
 killer) mid-trial has that trial marked FAIL and queued again once (``max_retry=1``); another
@@ -86,29 +86,34 @@ def make_objective(search: Search, device: int | None, say=print) -> tuning.Obje
 
 
 class Tickets:
-    """The shared ``--trials`` budget of the local workers."""
+    """The ``--trials`` budget, held by the launcher; workers ask for each trial over a pipe."""
 
-    def __init__(self, ctx, n: int):
-        self.left = ctx.Value("i", n)
+    def __init__(self, n: int):
+        self.left = n
 
     def take(self) -> bool:
-        with self.left.get_lock():
-            if self.left.value <= 0:
-                return False
-            self.left.value -= 1
-            return True
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
 
     def give_back(self, n: int = 1):
-        with self.left.get_lock():
-            self.left.value += n
+        self.left += n
 
 
-def run_trials(study, objective, tickets: Tickets, deadline=None, parent=None):
-    """One trial per ticket until the budget, the deadline or the grid is spent (or the launcher is gone)."""
+def _ask(conn) -> bool:
+    """A worker's request for one more trial (False: stop; also when the launcher is gone)."""
+    try:
+        conn.send("next")
+        return bool(conn.recv())
+    except (EOFError, OSError):
+        return False
+
+
+def run_trials(study, objective, conn):
+    """One trial per ticket the launcher grants, until it says stop or the grid is spent."""
     import optuna
-    while (deadline is None or time.time() < deadline) and (parent is None or os.getppid() == parent):
-        if not tickets.take():
-            return
+    while _ask(conn):
         study.optimize(objective, n_trials=1, gc_after_trial=True)
         if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
             return
@@ -164,7 +169,7 @@ def _terminate(signum, frame):
     raise _Terminated
 
 
-def _worker_main(search: Search, slot: int, device, cores, tickets: Tickets, deadline, parent: int):
+def _worker_main(search: Search, slot: int, device, cores, conn):
     """A spawned worker: join the study and run trials while tickets last; exit 0, 1, 2 or 130."""
     os.setpgid(0, 0)                      # Ctrl-C at the terminal goes to the launcher, which stops us once
     signal.signal(signal.SIGTERM, _interrupt)
@@ -176,7 +181,7 @@ def _worker_main(search: Search, slot: int, device, cores, tickets: Tickets, dea
         quiet_optuna()
         backend.use(search.backend, device)
         study = open_study(search)
-        run_trials(study, make_objective(search, device, say), tickets, deadline, parent)
+        run_trials(study, make_objective(search, device, say), conn)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except (ValueError, OSError, backend.BackendError) as e:
@@ -194,20 +199,22 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
     Raises KeyboardInterrupt after stopping every worker on Ctrl-C; returns 143 on SIGTERM.
     """
     ctx = mp.get_context("spawn")         # a fresh interpreter: thread settings apply before NumPy loads
-    tickets = Tickets(ctx, trials)
+    tickets = Tickets(trials)
     deadline = time.time() + timeout if timeout else None
     cores = thread_budget(n_workers)
-    procs, failures, restarts = {}, [], 0
+    procs, conns, failures, restarts = {}, {}, [], 0
 
     def start(slot):
         env = {k: str(len(cores[slot])) for k in THREAD_VARS}
         device = devices[slot % len(devices)] if devices else None
+        mine, theirs = ctx.Pipe()
         with _environ(env):
             p = ctx.Process(target=_worker_main, name=f"gpunet-tune-worker-{slot}",
-                            args=(search, slot, device, None if devices else cores[slot], tickets, deadline,
-                                  os.getpid()))
+                            args=(search, slot, device, None if devices else cores[slot], theirs))
             p.start()
+        theirs.close()
         procs[p.sentinel] = (p, slot)
+        conns[mine] = p
         say(f"worker {slot}: {worker_id(p.pid)} on {f'gpu:{device}' if devices else f'{len(cores[slot])} core(s)'}")
 
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -215,9 +222,17 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
         for slot in range(n_workers):
             start(slot)
         while procs:
-            for sentinel in mp.connection.wait(list(procs), timeout=1.0):
-                p, slot = procs.pop(sentinel)
+            for ready in mp.connection.wait([*procs, *conns], timeout=1.0):
+                if ready in conns:                # a worker asks for its next trial
+                    _answer(ready, conns, tickets, deadline)
+                    continue
+                if ready not in procs:            # the pipe of a worker whose end was handled just now
+                    continue
+                p, slot = procs.pop(ready)
                 p.join()
+                for c in [c for c, q in conns.items() if q is p]:
+                    del conns[c]
+                    c.close()
                 if p.exitcode >= 0:
                     if p.exitcode:
                         failures.append(p.exitcode)
@@ -227,7 +242,7 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
                 how = signal.Signals(-p.exitcode).name
                 say(f"worker {slot} ({worker_id(p.pid)}) died ({how})"
                     + (f" during trial {', '.join(map(str, lost))}: queued again" if lost else ""))
-                if tickets.left.value > 0 and restarts < n_workers and (deadline is None or time.time() < deadline):
+                if tickets.left > 0 and restarts < n_workers and (deadline is None or time.time() < deadline):
                     restarts += 1
                     start(slot)
     except KeyboardInterrupt as e:
@@ -240,6 +255,20 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
     finally:
         signal.signal(signal.SIGTERM, previous)
     return failures[0] if failures else 0
+
+
+def _answer(conn, conns: dict, tickets: Tickets, deadline):
+    """Grant a worker's request for one more trial while tickets and time are left."""
+    go = False
+    try:
+        conn.recv()
+        go = (deadline is None or time.time() < deadline) and tickets.take()
+        conn.send(go)
+    except (EOFError, OSError):       # it died while asking: its sentinel says so next
+        if go:
+            tickets.give_back()
+        del conns[conn]
+        conn.close()
 
 
 def _stop(procs: dict, say) -> set:

@@ -25,7 +25,7 @@ from test_train_cli import ROOT, write_h5  # noqa: E402
 HOST = socket.gethostname()
 FAST = ["--sampler", "random", "--hidden", "8", "--batch-size", "30", "--backend", "numpy", "--no-plots",
         "--param", "hidden=8,16", "--param", "optimizer=adam", "--pruner", "none", "--patience", "1000"]
-SLOW_TRIAL = ["--epochs", "300"]   # about 1-2 s a trial here: long enough to be caught in the middle
+SLOW_TRIAL = ["--epochs", "150"]   # about 0.5-1 s a trial here: long enough to be caught in the middle
 
 
 def _require(module):
@@ -50,7 +50,12 @@ def pg_server():
         home = tempfile.mkdtemp(prefix="gpunet-pg-")
         srv = pgserver.get_server(os.path.join(home, "data"), cleanup_mode="delete")
     yield srv
-    srv.cleanup()
+    pid = srv.get_pid()
+    os.kill(pid, signal.SIGQUIT)              # immediate shutdown: the data is thrown away anyway
+    end = time.time() + 30
+    while pid_alive(pid) and time.time() < end:
+        time.sleep(0.05)
+    srv.cleanup()                              # deletes the data folder (and stops it, had SIGQUIT failed)
     shutil.rmtree(home, ignore_errors=True)
 
 

@@ -1,0 +1,101 @@
+"""gpunet-tune --storage: every bad URL or file is one line naming --storage and the file, refused
+before the run folder exists; a foreign SQLite file is left byte for byte as it was."""
+import hashlib
+import sqlite3
+import sys
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from gpunet import tuning_storage  # noqa: E402
+from gpunet.cli import tune  # noqa: E402
+from test_train_cli import data_dir  # noqa: E402,F401 (a shared fixture)
+
+FAST = ["--trials", "1", "--sampler", "random", "--hidden", "8", "--epochs", "1", "--batch-size", "30",
+        "--backend", "numpy", "-q", "--no-plots"]
+
+
+def refused(capsys, data_dir, out, storage, *extra):
+    """Run gpunet-tune with a bad --storage; return its one error line."""
+    rc = tune.main(["cifar10", "--data-dir", str(data_dir), "--out", str(out), "--storage", storage, *FAST, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: --storage {storage}") or err[0].startswith("error: --workers")
+    assert not out.exists()                                 # nothing created before the check failed
+    return err[0]
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sqlite_paths_that_cannot_hold_a_study(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    line = refused(capsys, data_dir, out, f"sqlite:///{tmp_path}/missing/s.db")
+    assert line.endswith(f"folder {tmp_path}/missing does not exist")
+    (tmp_path / "adir").mkdir()
+    assert "is a folder, expected an SQLite file" in refused(capsys, data_dir, out, f"sqlite:///{tmp_path}/adir")
+    text = tmp_path / "notes.db"
+    text.write_text("just some notes\n")
+    line = refused(capsys, data_dir, out, f"sqlite:///{text}")
+    assert f"{text} is not an SQLite database" in line and "found b'just some notes" in line
+    assert text.read_text() == "just some notes\n"
+    assert "in-memory" in refused(capsys, data_dir, out, "sqlite:///:memory:")
+
+
+def test_a_foreign_sqlite_database_is_left_alone(capsys, data_dir, tmp_path):
+    db = tmp_path / "shop.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+        conn.execute("INSERT INTO orders (item) VALUES ('tea')")
+    before = sha(db)
+    line = refused(capsys, data_dir, tmp_path / "run", f"sqlite:///{db}")
+    assert "holds other tables (orders) and no Optuna study" in line
+    assert sha(db) == before
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["orders"]
+
+
+def test_urls_that_name_no_usable_database(capsys, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert "unknown database kind 'postgres'" in refused(capsys, data_dir, out, "postgres://u@h/db")
+    assert "expected a database URL" in refused(capsys, data_dir, out, "my-study")
+    assert "not a database URL" in refused(capsys, data_dir, out, "postgresql://u@h:port/db")
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)             # as if no MySQL driver were installed
+    monkeypatch.setitem(sys.modules, "pymysql", None)
+    assert refused(capsys, data_dir, out, "mysql://u@h/db").endswith("pip install 'gpunet[mysql]'")
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(capsys, data_dir, tmp_path):
+    pytest.importorskip("psycopg")
+    url = f"postgresql://tuner:s3cret@/gpunet?host={tmp_path}/no-server-here"
+    rc = tune.main(["cifar10", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--storage", url, *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: --storage postgresql://tuner:***@/gpunet?host={tmp_path}/no-server-here: "
+                             "cannot open the database (")
+    assert "s3cret" not in err[0] and not (tmp_path / "run").exists()
+
+
+def test_a_journal_file_must_be_a_journal(capsys, data_dir, tmp_path):
+    j = tmp_path / "study.journal"
+    j.write_text("hello\n")
+    assert "not an Optuna journal file" in refused(capsys, data_dir, tmp_path / "run", str(j))
+    assert j.read_text() == "hello\n"
+
+
+def test_sqlite_is_refused_for_several_workers(capsys, data_dir, tmp_path):
+    line = refused(capsys, data_dir, tmp_path / "run", f"sqlite:///{tmp_path}/s.db", "--workers", "2")
+    assert "not safe for concurrent workers" in line and not (tmp_path / "s.db").exists()
+
+
+def test_an_older_search_folder_keeps_its_sqlite_study(data_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    url = f"sqlite:///{out}/study.db"
+    optuna.create_study(study_name="gpunet-tune", storage=url, direction="maximize")
+    assert tune.main(["cifar10", "--data-dir", str(data_dir), "--out", str(out), *FAST]) == 0
+    assert len(optuna.load_study(study_name="gpunet-tune", storage=url).trials) == 1
+    assert not (out / "study.journal").exists()
+    assert tuning_storage.resolve(None, tmp_path / "new").kind == "journal"
