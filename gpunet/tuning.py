@@ -195,7 +195,10 @@ class Objective:
         def report(solver, epoch):
             acc = solver.val_acc_history[-1]
             self.reported.append((trial.number, epoch, acc))
-            trial.report(acc, epoch)
+            try:
+                trial.report(acc, epoch)
+            except optuna.exceptions.UpdateFinishedTrialError:   # declared dead by another worker
+                raise optuna.TrialPruned("taken over by another worker") from None
             if trial.should_prune():
                 trial.set_user_attr("epochs", epoch + 1)
                 raise optuna.TrialPruned(f"val acc {acc:.4f} at epoch {epoch + 1}")

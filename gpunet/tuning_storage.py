@@ -74,7 +74,7 @@ def resolve(storage: str | None, run_dir) -> Storage:
         url = make_url(text)
     except (ArgumentError, ValueError) as e:
         raise StorageError(f"--storage {storage}: not a database URL ({_first_line(e)})") from None
-    shown = re.sub(r"^([^:/]+://[^:/@]*:)[^@]*@", r"\1***@", text)      # as typed, password hidden
+    shown = re.sub(r"^([^:/]+://[^:/@]*:)[^@]+@", r"\1***@", text)      # as typed, password hidden
     return Storage("rdb", _with_installed_mysql_driver(url), shown)
 
 

@@ -34,7 +34,7 @@ from .tuning_storage import Storage, worker_id
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                "NUMEXPR_NUM_THREADS")
 STOP_WAIT_S = 30        # how long a stopped worker may take to record its trial before it is killed
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -110,11 +110,48 @@ def _ask(conn) -> bool:
         return False
 
 
-def run_trials(study, objective, conn):
-    """One trial per ticket the launcher grants, until it says stop or the grid is spent."""
+def budget(n_trials: int, timeout=None):
+    """A lone worker's grant: ``n_trials`` trials, none started after ``timeout`` seconds."""
+    end = time.time() + timeout if timeout else None
+    left = [n_trials]
+
+    def grant() -> bool:
+        if left[0] <= 0 or (end is not None and time.time() >= end):
+            return False
+        left[0] -= 1
+        return True
+    return grant
+
+
+def run_trials(study, objective, grant, say=print):
+    """One trial each time ``grant()`` says yes, until it says no or the grid is spent.
+
+    A trial that another worker declared dead while it ran (its heartbeats came late) is
+    already FAIL and queued again; Optuna then fails to record this worker's result. This
+    worker leaves the trial to that retry and goes on."""
     import optuna
-    while _ask(conn):
-        study.optimize(objective, n_trials=1, gc_after_trial=True)
+    last = {}
+
+    def tracked(trial):
+        last.update(id=trial._trial_id, own_error=True)
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            last["own_error"] = False
+            raise
+        last["own_error"] = False
+        return value
+
+    while grant():
+        last.clear()
+        try:
+            study.optimize(tracked, n_trials=1, gc_after_trial=True)
+        except (ValueError, AssertionError):   # Optuna could not record a trial someone else finished
+            if not last or last["own_error"] or \
+                    study._storage.get_trial(last["id"]).state != optuna.trial.TrialState.FAIL:
+                raise
+            say("note: this worker's trial was declared dead by another worker (late heartbeats) and "
+                "queued again; carrying on")
         if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
             return
 
@@ -161,12 +198,22 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM: stop like Ctrl-C, exit 143."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop like Ctrl-C (the trial in flight is recorded as FAIL), exit 143."""
 
 
 def _terminate(signum, frame):
-    raise _Terminated
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within: SIGTERM raises ``Terminated`` (a KeyboardInterrupt), so Optuna records the trial."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _worker_main(search: Search, slot: int, device, cores, conn):
@@ -181,7 +228,7 @@ def _worker_main(search: Search, slot: int, device, cores, conn):
         quiet_optuna()
         backend.use(search.backend, device)
         study = open_study(search)
-        run_trials(study, make_objective(search, device, say), conn)
+        run_trials(study, make_objective(search, device, say), lambda: _ask(conn), say)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except (ValueError, OSError, backend.BackendError) as e:
@@ -196,7 +243,7 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
     """Run ``trials`` trials on ``n_workers`` local processes sharing ``study``; return the exit code.
 
     ``devices``: GPU indices given to the workers round-robin (None: CPU thread budgets).
-    Raises KeyboardInterrupt after stopping every worker on Ctrl-C; returns 143 on SIGTERM.
+    On Ctrl-C (or ``Terminated``, under ``sigterm_as_interrupt``) stops every worker, then re-raises.
     """
     ctx = mp.get_context("spawn")         # a fresh interpreter: thread settings apply before NumPy loads
     tickets = Tickets(trials)
@@ -217,7 +264,6 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
         conns[mine] = p
         say(f"worker {slot}: {worker_id(p.pid)} on {f'gpu:{device}' if devices else f'{len(cores[slot])} core(s)'}")
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         for slot in range(n_workers):
             start(slot)
@@ -245,15 +291,10 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
                 if tickets.left > 0 and restarts < n_workers and (deadline is None or time.time() < deadline):
                     restarts += 1
                     start(slot)
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt:
         killed = _stop(procs, say)
         tuning_storage.reap_dead_workers(study, pids=killed)    # their trials must not stay RUNNING
-        if isinstance(e, _Terminated):
-            print("terminated", file=sys.stderr)
-            return EXIT_TERMINATED
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return failures[0] if failures else 0
 
 

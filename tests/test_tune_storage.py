@@ -99,3 +99,26 @@ def test_an_older_search_folder_keeps_its_sqlite_study(data_dir, tmp_path):
     assert len(optuna.load_study(study_name="gpunet-tune", storage=url).trials) == 1
     assert not (out / "study.journal").exists()
     assert tuning_storage.resolve(None, tmp_path / "new").kind == "journal"
+
+
+def test_a_worker_whose_trial_was_taken_over_goes_on(capsys):
+    """A live worker declared dead (late heartbeats) finds its trial FAIL and queued again: it
+    leaves that trial to the retry and keeps running trials instead of dying."""
+    from gpunet import tuning_workers
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        seen.append((trial.number, x))
+        if trial.number == 0:               # another worker fails it and queues it again, mid-trial
+            frozen = study.get_trials(deepcopy=False)[0]
+            assert tuning_storage.fail_and_retry(study, frozen)
+            assert not tuning_storage.fail_and_retry(study, frozen)      # only once
+        return x
+
+    tuning_workers.run_trials(study, objective, tuning_workers.budget(3), say=print)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].system_attrs["failed_trial"] == 0 and seen[1][1] == seen[0][1]   # the same point
+    assert "declared dead by another worker" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from .common import UserError, add_common_args, run, setup
 from .train import add_data_args, add_model_args, overrides
 
 TUNE_EPOCHS = 8  # per trial, unless --epochs says otherwise
+EXIT_TERMINATED = 143  # SIGTERM: the search stopped cleanly, as after Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,15 +137,21 @@ def _body(args):
     logging.getLogger("gpunet").setLevel(logging.WARNING)  # one line per trial is enough
     rc = 0
     try:
-        if workers == 1:
-            device = devices[0] if devices else args.device
-            objective = tuning_workers.make_objective(search, device, say)
-            study.optimize(objective, n_trials=args.trials, timeout=args.timeout, gc_after_trial=True)
-        else:
-            rc = tuning_workers.run_workers(search, study, workers, args.trials, args.timeout, devices, say)
+        with tuning_workers.sigterm_as_interrupt():
+            if workers == 1:
+                device = devices[0] if devices else args.device
+                objective = tuning_workers.make_objective(search, device, say)
+                tuning_workers.run_trials(study, objective, tuning_workers.budget(args.trials, args.timeout), say)
+            else:
+                rc = tuning_workers.run_workers(search, study, workers, args.trials, args.timeout, devices, say)
+    except tuning_workers.Terminated:
+        rc = EXIT_TERMINATED
     finally:
         rows = tuning.results_rows(study)
         tuning.write_table(rows, Path(run_dir) / "results.csv")
+    if rc == EXIT_TERMINATED:
+        print("terminated", file=sys.stderr)
+        return rc
     print(tuning.format_table(rows))
     best = tuning.save_best_model(study, run_dir)
     plots = tuning.save_plots(study, run_dir, say=say) if args.plots else []
