@@ -217,6 +217,31 @@ def open_storage(st: Storage, heartbeat: int = 60):
             raise StorageError(f"--storage {st.shown}: {_first_line(e)}") from None
 
 
+_in_journal_write = 0     # > 0 while this process appends to a journal (or waits to)
+_deferred = None          # the interrupt that arrived meanwhile, raised once the write is done
+
+
+def interrupt_handler(exc_type):
+    """A signal handler raising ``exc_type``, except in the middle of a journal write: an
+    exception there would break Optuna's lock protocol (and remove another writer's lock),
+    so it waits until the write is over."""
+    def handler(signum, frame):
+        global _deferred
+        if _in_journal_write:
+            _deferred = exc_type
+            return
+        raise exc_type
+    return handler
+
+
+def _end_journal_write():
+    global _in_journal_write, _deferred
+    _in_journal_write -= 1
+    if not _in_journal_write and _deferred is not None:
+        exc, _deferred = _deferred, None
+        raise exc
+
+
 class JournalLock:
     """Optuna's symlink lock on a journal file, taken under an ``flock`` the kernel drops when its
     holder dies.
@@ -235,6 +260,8 @@ class JournalLock:
         self._path, self._fd = path + ".flock", None
 
     def acquire(self) -> bool:
+        global _in_journal_write
+        _in_journal_write += 1          # until release: Ctrl-C waits (interrupt_handler)
         try:
             import fcntl
         except ImportError:             # not Unix: the symlink lock alone
@@ -245,6 +272,7 @@ class JournalLock:
             return self._symlink.acquire()
         except BaseException:
             self._unlock()
+            _end_journal_write()
             raise
 
     def release(self) -> None:
@@ -252,6 +280,7 @@ class JournalLock:
             self._symlink.release()
         finally:
             self._unlock()
+            _end_journal_write()
 
     def _unlock(self):
         if self._fd is not None:

@@ -194,32 +194,28 @@ def quiet_optuna():
             handler.addFilter(_not_an_interrupt)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM: stop like Ctrl-C (the trial in flight is recorded as FAIL), exit 143."""
 
 
-def _terminate(signum, frame):
-    raise Terminated
-
-
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """Within: SIGTERM raises ``Terminated`` (a KeyboardInterrupt), so Optuna records the trial."""
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    """Within: Ctrl-C raises KeyboardInterrupt and SIGTERM ``Terminated``, so Optuna records the
+    trial in flight; neither cuts a journal write short (``tuning_storage.interrupt_handler``)."""
+    previous = {sig: signal.signal(sig, tuning_storage.interrupt_handler(exc))
+                for sig, exc in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated))}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _worker_main(search: Search, slot: int, device, cores, conn):
     """A spawned worker: join the study and run trials while tickets last; exit 0, 1, 2 or 130."""
     os.setpgid(0, 0)                      # Ctrl-C at the terminal goes to the launcher, which stops us once
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, tuning_storage.interrupt_handler(KeyboardInterrupt))
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -317,7 +313,8 @@ def _stop(procs: dict, say) -> set:
 
     Returns the pids of workers that had to be killed."""
     killed = set()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # a second Ctrl-C must not cut the clean stop short
+    # a second Ctrl-C (or SIGTERM) must not cut the clean stop short
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for p, _ in procs.values():
             with contextlib.suppress(ProcessLookupError):
@@ -331,5 +328,6 @@ def _stop(procs: dict, say) -> set:
                 p.join()
                 killed.add(p.pid)
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return killed

@@ -48,7 +48,10 @@ def pg_server():
         warnings.simplefilter("ignore")   # platformdirs: XDG_RUNTIME_DIR unset
         pgserver = _require("pgserver")
         home = tempfile.mkdtemp(prefix="gpunet-pg-")
-        srv = pgserver.get_server(os.path.join(home, "data"), cleanup_mode="delete")
+        try:
+            srv = pgserver.get_server(os.path.join(home, "data"), cleanup_mode="delete")
+        except subprocess.CalledProcessError:   # as root: another test process created its user first
+            srv = pgserver.get_server(os.path.join(home, "data"), cleanup_mode="delete")
     yield srv
     pid = srv.get_pid()
     os.kill(pid, signal.SIGQUIT)              # immediate shutdown: the data is thrown away anyway
@@ -99,6 +102,16 @@ def load(storage, name="gpunet-tune"):
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def peek(storage):
+    """The study while workers may still be creating it: None until it exists. (Opening an
+    RDB storage creates the tables too, so the test itself can lose that race.)"""
+    from sqlalchemy.exc import SQLAlchemyError
+    try:
+        return load(storage)
+    except (KeyError, ValueError, SQLAlchemyError):
+        return None
+
+
 def journal(out):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     return JournalStorage(JournalFileBackend(str(out / "study.journal")))
@@ -126,9 +139,8 @@ def wait_for(cond, timeout, what):
 
 def running_trial_of(storage, pids):
     """(pid, trial number) of a RUNNING trial of one of ``pids``, or None."""
-    try:
-        study = load(storage)
-    except (KeyError, ValueError):      # not created yet
+    study = peek(storage)
+    if study is None:
         return None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = int(t.user_attrs.get("worker", ":0").rpartition(":")[2])
@@ -198,11 +210,8 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(pg_url, data_dir, tmp_p
                                 start_new_session=True)               # a terminal's Ctrl-C hits the whole group
 
     def two_running_one_done():
-        try:
-            trials = load(pg_url).trials
-        except KeyError:
-            return None
-        states = [t.state for t in trials]
+        study = peek(pg_url)
+        states = [t.state for t in study.trials] if study else []
         return states.count(TrialState.RUNNING) == 2 and TrialState.COMPLETE in states
 
     wait_for(two_running_one_done, 90, "two running trials and a finished one")
@@ -235,11 +244,8 @@ def test_launcher_retries_the_trial_of_a_killed_local_worker(data_dir, tmp_path)
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def a_running_worker_trial():
-        if not (out / "study.journal").exists():
-            return None
-        try:
-            study = load(journal(out))
-        except KeyError:
+        study = peek(journal(out)) if (out / "study.journal").exists() else None
+        if study is None:
             return None
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = int(t.user_attrs.get("worker", ":0").rpartition(":")[2])

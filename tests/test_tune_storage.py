@@ -1,8 +1,12 @@
 """gpunet-tune --storage: every bad URL or file is one line naming --storage and the file, refused
 before the run folder exists; a foreign SQLite file is left byte for byte as it was."""
 import hashlib
+import os
+import signal
 import sqlite3
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -10,7 +14,7 @@ optuna = pytest.importorskip("optuna")
 
 from gpunet import tuning_storage  # noqa: E402
 from gpunet.cli import tune  # noqa: E402
-from test_train_cli import data_dir  # noqa: E402,F401 (a shared fixture)
+from test_train_cli import ROOT, data_dir  # noqa: E402,F401 (data_dir is a shared fixture)
 
 FAST = ["--trials", "1", "--sampler", "random", "--hidden", "8", "--epochs", "1", "--batch-size", "30",
         "--backend", "numpy", "-q", "--no-plots"]
@@ -122,3 +126,30 @@ def test_a_worker_whose_trial_was_taken_over_goes_on(capsys):
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
     assert study.trials[1].system_attrs["failed_trial"] == 0 and seen[1][1] == seen[0][1]   # the same point
     assert "declared dead by another worker" in capsys.readouterr().out
+
+
+def test_an_interrupt_waits_for_the_journal_write_to_end(tmp_path):
+    lock = tuning_storage.JournalLock(str(tmp_path / "j.journal"))
+    handler = tuning_storage.interrupt_handler(KeyboardInterrupt)
+    lock.acquire()
+    handler(signal.SIGINT, None)                       # Ctrl-C mid-write: nothing raised yet
+    assert os.path.islink(tmp_path / "j.journal.lock")
+    with pytest.raises(KeyboardInterrupt):
+        lock.release()                                 # raised once the lock is given back
+    assert not os.path.lexists(tmp_path / "j.journal.lock")
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)                   # outside a write: at once
+
+
+def test_a_writer_killed_holding_the_journal_lock_holds_it_up_3_s_not_30(tmp_path):
+    path = str(tmp_path / "j.journal")
+    open(path, "w").close()                            # as JournalFileBackend makes it (the lock links to it)
+    code = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); from gpunet.tuning_storage import JournalLock; "
+            "JournalLock(sys.argv[2]).acquire(); os.kill(os.getpid(), signal.SIGKILL)")
+    p = subprocess.run([sys.executable, "-c", code, ROOT, path], timeout=60)
+    assert p.returncode == -signal.SIGKILL and os.path.islink(path + ".lock")     # left behind
+    start = time.monotonic()
+    lock = tuning_storage.JournalLock(path)
+    assert lock.acquire()
+    lock.release()
+    assert time.monotonic() - start < 10                 # Optuna's own lock alone waits 30 s
