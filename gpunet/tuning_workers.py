@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, runs, tuning, tuning_storage
+from . import backend, runs, tuning, tuning_journal, tuning_storage
 from .tuning_storage import Storage, worker_id
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -201,8 +201,8 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """Within: Ctrl-C raises KeyboardInterrupt and SIGTERM ``Terminated``, so Optuna records the
-    trial in flight; neither cuts a journal write short (``tuning_storage.interrupt_handler``)."""
-    previous = {sig: signal.signal(sig, tuning_storage.interrupt_handler(exc))
+    trial in flight; neither cuts a journal write short (``tuning_journal.interrupt_handler``)."""
+    previous = {sig: signal.signal(sig, tuning_journal.interrupt_handler(exc))
                 for sig, exc in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated))}
     try:
         yield
@@ -215,7 +215,7 @@ def _worker_main(search: Search, slot: int, device, cores, conn):
     """A spawned worker: join the study and run trials while tickets last; exit 0, 1, 2 or 130."""
     os.setpgid(0, 0)                      # Ctrl-C at the terminal goes to the launcher, which stops us once
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, tuning_storage.interrupt_handler(KeyboardInterrupt))
+        signal.signal(sig, tuning_journal.interrupt_handler(KeyboardInterrupt))
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)

@@ -12,7 +12,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from gpunet import tuning_storage  # noqa: E402
+from gpunet import tuning_journal, tuning_storage  # noqa: E402
 from gpunet.cli import tune  # noqa: E402
 from test_train_cli import ROOT, data_dir  # noqa: E402,F401 (data_dir is a shared fixture)
 
@@ -129,8 +129,8 @@ def test_a_worker_whose_trial_was_taken_over_goes_on(capsys):
 
 
 def test_an_interrupt_waits_for_the_journal_write_to_end(tmp_path):
-    lock = tuning_storage.JournalLock(str(tmp_path / "j.journal"))
-    handler = tuning_storage.interrupt_handler(KeyboardInterrupt)
+    lock = tuning_journal.JournalLock(str(tmp_path / "j.journal"))
+    handler = tuning_journal.interrupt_handler(KeyboardInterrupt)
     lock.acquire()
     handler(signal.SIGINT, None)                       # Ctrl-C mid-write: nothing raised yet
     assert os.path.islink(tmp_path / "j.journal.lock")
@@ -144,12 +144,12 @@ def test_an_interrupt_waits_for_the_journal_write_to_end(tmp_path):
 def test_a_writer_killed_holding_the_journal_lock_holds_it_up_3_s_not_30(tmp_path):
     path = str(tmp_path / "j.journal")
     open(path, "w").close()                            # as JournalFileBackend makes it (the lock links to it)
-    code = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); from gpunet.tuning_storage import JournalLock; "
+    code = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); from gpunet.tuning_journal import JournalLock; "
             "JournalLock(sys.argv[2]).acquire(); os.kill(os.getpid(), signal.SIGKILL)")
     p = subprocess.run([sys.executable, "-c", code, ROOT, path], timeout=60)
     assert p.returncode == -signal.SIGKILL and os.path.islink(path + ".lock")     # left behind
     start = time.monotonic()
-    lock = tuning_storage.JournalLock(path)
+    lock = tuning_journal.JournalLock(path)
     assert lock.acquire()
     lock.release()
     assert time.monotonic() - start < 10                 # Optuna's own lock alone waits 30 s
