@@ -66,8 +66,10 @@ def resolve(storage: str | None, run_dir) -> Storage:
     text = storage.strip()
     if "://" not in text:
         if text.endswith(JOURNAL_SUFFIXES):
-            path = str(Path(text).expanduser().resolve())
-            return Storage("journal", path, path)
+            path = Path(text).expanduser().resolve()
+            if not path.parent.is_dir():
+                raise StorageError(f"--storage {storage}: folder {path.parent} does not exist")
+            return Storage("journal", str(path), str(path))
         raise StorageError(f"--storage {storage}: expected a database URL (postgresql://USER@HOST/DB, "
                            f"mysql://..., sqlite:///FILE.db) or a journal file ending in .journal or .log")
     from sqlalchemy.engine import make_url
@@ -109,7 +111,8 @@ def _check_journal(st: Storage) -> None:
     except OSError as e:
         raise StorageError(f"--storage {st.shown}: cannot read the journal file ({e.strerror})") from None
     try:
-        ok = not head or "op_code" in json.loads(head)
+        entry = json.loads(head) if head else {"op_code": None}
+        ok = isinstance(entry, dict) and "op_code" in entry
     except (ValueError, TypeError):
         ok = False
     if not ok:

@@ -87,6 +87,10 @@ def test_a_journal_file_must_be_a_journal(capsys, data_dir, tmp_path):
     j.write_text("hello\n")
     assert "not an Optuna journal file" in refused(capsys, data_dir, tmp_path / "run", str(j))
     assert j.read_text() == "hello\n"
+    j.write_text('"op_code"\n')
+    assert "not an Optuna journal file" in refused(capsys, data_dir, tmp_path / "run", str(j))
+    line = refused(capsys, data_dir, tmp_path / "run", f"{tmp_path}/missing/s.journal")
+    assert line.endswith(f"folder {tmp_path}/missing does not exist") and not (tmp_path / "missing").exists()
 
 
 def test_sqlite_is_refused_for_several_workers(capsys, data_dir, tmp_path):
@@ -153,3 +157,14 @@ def test_a_writer_killed_holding_the_journal_lock_holds_it_up_3_s_not_30(tmp_pat
     assert lock.acquire()
     lock.release()
     assert time.monotonic() - start < 10                 # Optuna's own lock alone waits 30 s
+
+
+def test_a_journal_file_named_by_storage_holds_the_study(data_dir, tmp_path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    j = tmp_path / "shared.journal"
+    for run in ("a", "b"):                                # two search folders, one study
+        assert tune.main(["cifar10", "--data-dir", str(data_dir), "--out", str(tmp_path / run),
+                          "--storage", str(j), *FAST]) == 0
+    study = optuna.load_study(study_name="gpunet-tune", storage=JournalStorage(JournalFileBackend(str(j))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert not (tmp_path / "a" / "study.journal").exists()
