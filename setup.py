@@ -16,7 +16,7 @@ setup(
         "tqdm>=4.0",
         "Pillow>=9.0",        # reading face images (prep tools, gpunet-predict)
         "matplotlib>=3.5",    # loss/accuracy curves and confusion-matrix heat maps
-        "optuna>=3.0",        # gpunet-tune: samplers, pruning, resumable storage
+        "optuna>=4.0",        # gpunet-tune: samplers, pruning, resumable storage (journal files: 4.0)
     ],
     extras_require={
         "cuda12x": ["cupy-cuda12x>=13"],
@@ -24,10 +24,14 @@ setup(
         # NVRTC compile tests without a GPU (gpunet/nvrtc.py is pinned to this CuPy; .ci/run installs the same)
         "nvrtc": ["cupy-cuda13x==14.2.0", "nvidia-cuda-nvrtc==13.0.88"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.7",   # scipy: test oracles only
-                "scikit-image>=0.19", "onnx>=1.12", "onnxruntime>=1.12"],  # so CI runs those tests
+                "scikit-image>=0.19", "onnx>=1.12", "onnxruntime>=1.12",  # so CI runs those tests
+                "psycopg[binary]>=3.1", "pgserver>=0.1.4"],  # distributed tuning on a real PostgreSQL
         "faces": ["scikit-image>=0.19"],      # gpunet.detect_emotions: its bundled face cascade
         "onnx": ["onnx>=1.12", "onnxruntime>=1.12"],  # gpunet-export (onnxruntime: to run the export)
         "bench": ["torch"],
+        # gpunet-tune --storage postgresql://... (SQLAlchemy 2 maps postgresql:// to psycopg v3)
+        "postgres": ["psycopg[binary]>=3.1"],
+        "mysql": ["PyMySQL>=1.0"],            # gpunet-tune --storage mysql://... (used when mysqlclient is absent)
     },
     entry_points={
         "console_scripts": [

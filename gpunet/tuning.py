@@ -8,14 +8,14 @@ or an int when both ends are ints), a list of choices, or a fixed value::
 
 Each trial trains with the Solver on (a subset of) the training split and is scored by its
 best validation accuracy; the Solver's ``on_epoch_end`` hook reports every epoch to Optuna so
-the pruner can stop bad trials early. The study lives in an Optuna storage (by default
-``sqlite:///RUN_DIR/study.db``), so an interrupted search resumes where it stopped.
+the pruner can stop bad trials early. Each trial records which worker ran it
+(``user_attrs["worker"] = "<hostname>:<pid>"``) and on which device. Where the study lives and
+how several workers share it: ``tuning_storage`` and ``tuning_workers``.
 """
 from __future__ import annotations
 
 import csv
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 from . import runs
 from .io import atomic_open, copy_file, save_figure
 from .solver import Solver, TrainingDiverged
+from .tuning_storage import worker_id
 
 DEFAULT_SPACE = {
     "lr": {"low": 1e-4, "high": 3e-3, "log": True},
@@ -145,10 +146,14 @@ def suggest(trial, space, grid=False) -> dict:
     return params
 
 
-def make_sampler(name: str, space, seed: int):
+def make_sampler(name: str, space, seed: int, parallel: bool = False):
+    """``parallel``: other workers share the study, so TPE treats their running trials as
+    finished with a poor value ("constant liar") instead of drawing the same point."""
     import optuna
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, constant_liar=parallel)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -167,39 +172,11 @@ def make_pruner(name: str):
     raise ValueError(f"pruner: expected median, halving or none, got {name!r}")
 
 
-def open_study(run_dir, study_name, storage=None, sampler="tpe", pruner="median", space=None, seed=0):
-    """Create or load the study; an interrupted search carries on with its finished trials."""
-    import optuna
-    url = storage or f"sqlite:///{os.path.abspath(os.path.join(run_dir, 'study.db'))}"
-    if url.startswith(("sqlite:", "postgresql", "mysql")):
-        # heartbeats let another process notice a trial whose worker died, and retry it once
-        st = optuna.storages
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if hasattr(st, "RetryHeartbeatStaleTrialCallback"):   # optuna >= 4.9 renamed the hook
-                retry = {"heartbeat_stale_trial_callback": st.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-            else:
-                retry = {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)}
-            store = st.RDBStorage(url, heartbeat_interval=60, grace_period=180, **retry)
-    else:
-        store = url
-    # A resumed search must not draw the same random points again: offset the seed by the
-    # number of trials already in the study.
-    done = 0
-    try:
-        done = len(optuna.load_study(study_name=study_name, storage=store).trials)
-    except KeyError:
-        pass
-    return optuna.create_study(study_name=study_name, storage=store, direction="maximize",
-                               sampler=make_sampler(sampler, space, seed + done),
-                               pruner=make_pruner(pruner), load_if_exists=True)
-
-
 class Objective:
     """One trial: train ``base`` with the trial's settings on in-memory (subset) data."""
 
-    def __init__(self, base: runs.TrainConfig, space, run_dir, subset=None, grid=False, say=print):
-        self.base, self.space, self.grid, self.say = base, space, grid, say
+    def __init__(self, base: runs.TrainConfig, space, run_dir, subset=None, grid=False, say=print, device="cpu"):
+        self.base, self.space, self.grid, self.say, self.device = base, space, grid, say, device
         self.run_dir = Path(run_dir)
         self.meta = runs.check_data(base.data)
         self.train = runs.load_split(base.data, "train", subset, base.seed)
@@ -208,6 +185,8 @@ class Objective:
 
     def __call__(self, trial):
         import optuna
+        trial.set_user_attr("worker", worker_id())    # first: a retried trial inherits the dead worker's
+        trial.set_user_attr("device", self.device)
         settings = {**self.base.to_dict(), **suggest(trial, self.space, self.grid)}
         cfg = runs.TrainConfig.from_dict(settings, where=f"trial {trial.number}")
         model = runs.build_model(cfg, self.meta)
@@ -216,7 +195,10 @@ class Objective:
         def report(solver, epoch):
             acc = solver.val_acc_history[-1]
             self.reported.append((trial.number, epoch, acc))
-            trial.report(acc, epoch)
+            try:
+                trial.report(acc, epoch)
+            except optuna.exceptions.UpdateFinishedTrialError:   # declared dead by another worker
+                raise optuna.TrialPruned("taken over by another worker") from None
             if trial.should_prune():
                 trial.set_user_attr("epochs", epoch + 1)
                 raise optuna.TrialPruned(f"val acc {acc:.4f} at epoch {epoch + 1}")
@@ -263,7 +245,8 @@ def results_rows(study) -> list[dict]:
         dur = t.duration.total_seconds() if t.duration else None
         rows.append({"trial": t.number, "state": t.state.name, "val_acc": value,
                      "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
-                     "seconds": None if dur is None else round(dur, 1), **t.params})
+                     "seconds": None if dur is None else round(dur, 1), **t.params,
+                     "worker": t.user_attrs.get("worker")})
     rows.sort(key=lambda r: (rank.get(S[r["state"]], 2), -(r["val_acc"] if r["val_acc"] is not None else -1)))
     return rows
 
@@ -293,13 +276,20 @@ def format_table(rows, limit=20) -> str:
 
 
 def save_best_model(study, run_dir) -> str | None:
-    """Copy the best trial's model to RUN_DIR/best_model.npz; None when there is none on disk."""
+    """Copy the best trial's model to RUN_DIR/best_model.npz; None when there is none on disk.
+
+    Among trials tied for the best value, the first whose model is here (parallel workers
+    save a model only when it beats the best finished so far, so a tie may have none)."""
+    import optuna
     try:
-        best = study.best_trial
+        best = study.best_value
     except ValueError:
         return None
-    rel = best.user_attrs.get("model")
-    if not rel or not (Path(run_dir) / rel).is_file():
+    tied = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value == best]
+    rels = [t.user_attrs.get("model") for t in sorted(tied, key=lambda t: t.number)]
+    rel = next((r for r in rels if r and (Path(run_dir) / r).is_file()), None)
+    if rel is None:
         return None
     dst = Path(run_dir) / "best_model.npz"
     copy_file(Path(run_dir) / rel, dst)

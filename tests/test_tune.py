@@ -20,8 +20,14 @@ FAST = ["--hidden", "8", "--epochs", "3", "--batch-size", "30", "--backend", "nu
         "--param", "hidden=8,16", "--param", "optimizer=adam", "--param", "reg=1e-5:1e-3:log"]
 
 
+def load(out, name="gpunet-tune"):
+    """The study of a search folder, read through Optuna's own journal storage."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(out / "study.journal"))))
+
+
 def n_trials(out):
-    return len(optuna.load_study(study_name="gpunet-tune", storage=f"sqlite:///{out}/study.db").trials)
+    return len(load(out).trials)
 
 
 def test_tune_runs_resumes_and_reports(data_dir, tmp_path, capsys, monkeypatch):
@@ -43,7 +49,7 @@ def test_tune_runs_resumes_and_reports(data_dir, tmp_path, capsys, monkeypatch):
     assert len(rows) == 2 and {"lr", "dropout", "reg", "hidden", "optimizer"} <= set(rows[0])
     vals = [float(r["val_acc"]) for r in rows]
     assert vals == sorted(vals, reverse=True)                            # best first
-    study = optuna.load_study(study_name="gpunet-tune", storage=f"sqlite:///{out}/study.db")
+    study = load(out)
     assert float(rows[0]["val_acc"]) == pytest.approx(study.best_value)
     model = load_model(out / "best_model.npz")
     assert model.hidden_dims == [int(study.best_params["hidden"])]
@@ -55,7 +61,7 @@ def test_tune_runs_resumes_and_reports(data_dir, tmp_path, capsys, monkeypatch):
         with Image.open(out / png) as im:
             assert im.format == "PNG"
     assert tune.main(args[:6] + ["1"] + args[7:] + ["--no-plots"]) == 0                  # resume: one more trial
-    study = optuna.load_study(study_name="gpunet-tune", storage=f"sqlite:///{out}/study.db")
+    study = load(out)
     assert len(study.trials) == 3
     assert {n for n, _ in calls} == {2}                                  # finished trials not rerun
     assert {t.number: t.params for t in study.trials[:2]} == first
@@ -87,7 +93,7 @@ def test_grid_sampler_stops_when_the_grid_is_done(data_dir, tmp_path):
                     "--space", str(space), "--hidden", "8", "--epochs", "2", "--batch-size", "30",
                     "--backend", "numpy", "-q", "--no-plots", "--pruner", "none"])
     assert rc == 0
-    study = optuna.load_study(study_name="gpunet-tune", storage=f"sqlite:///{out}/study.db")
+    study = load(out)
     assert sorted(t.params["lr"] for t in study.trials) == [1e-3, 1e-2]  # each grid point once
 
 
@@ -129,7 +135,7 @@ def test_tune_searches_convnet_settings(data_dir, tmp_path):
             "--sampler", "random", "--epochs", "2", "--batch-size", "30", "--backend", "numpy", "-q", "--no-plots",
             "--hidden", "8", "--param", "channels=4,4-8", "--param", "lr=1e-3:3e-3:log", "--param", "crop_pad=0,1"]
     assert tune.main(args) == 0
-    study = optuna.load_study(study_name="gpunet-tune", storage=f"sqlite:///{out}/study.db")
+    study = load(out)
     assert len(study.trials) == 2 and all(t.params["channels"] in ("4", "4-8") for t in study.trials)
     model = load_model(out / "best_model.npz")
     assert isinstance(model, Sequential)

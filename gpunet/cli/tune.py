@@ -4,6 +4,12 @@
     gpunet-tune cifar10 --out runs/tune-c10 --trials 10      # resume: 10 more trials
     gpunet-tune fer2013 --space space.json --sampler random --pruner halving
     gpunet-tune cifar10 --param lr=1e-4:1e-2:log --param optimizer=adam,nesterov
+    gpunet-tune cifar10 --workers 2 --trials 20                  # two local worker processes
+    gpunet-tune cifar10 --devices 0,1,2,3 --trials 40            # one worker per GPU
+    gpunet-tune cifar10 --storage postgresql://tuner@db-host/gpunet --study-name c10   # on each machine
+
+Without --storage the study is the journal file RUN_DIR/study.journal (safe for concurrent
+workers). docs/SCALING.md: one study from several machines.
 """
 from __future__ import annotations
 
@@ -14,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from .. import runs, tuning
+from .. import runs, tuning, tuning_storage, tuning_workers
 from .common import UserError, add_common_args, run, setup
 from .train import add_data_args, add_model_args, overrides
 
 TUNE_EPOCHS = 8  # per trial, unless --epochs says otherwise
+EXIT_TERMINATED = 143  # SIGTERM: the search stopped cleanly, as after Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--subset", type=int, metavar="N", help="tune on N random training samples")
     g.add_argument("--no-plots", dest="plots", action="store_false", help="skip Optuna's PNG plots")
     g.add_argument("--study-name", default="gpunet-tune", help="study name in the storage")
-    g.add_argument("--storage", metavar="URL", help="Optuna storage URL shared by several workers "
-                   "(default: sqlite:///RUN_DIR/study.db)")
+    g.add_argument("--storage", metavar="URL", help="where the study lives, shared by every worker that names "
+                   "it: postgresql://USER@HOST/DB (pip install 'gpunet[postgres]'), mysql://..., sqlite:///FILE.db "
+                   "(one worker at a time) or FILE.journal (default: RUN_DIR/study.journal)")
+    w = p.add_argument_group("workers")
+    w.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine sharing the study "
+                   "and the --trials budget; each gets 1/N of the cores, or one of --devices (default 1, or one "
+                   "per --devices entry)")
+    w.add_argument("--devices", metavar="I,J,...", help="GPU indices given to the workers round-robin (cupy backend)")
+    w.add_argument("--heartbeat", type=int, default=60, metavar="SEC", help="with a database: each running trial "
+                   "beats every SEC seconds; one silent for 3*SEC is failed and retried once (default 60)")
     add_data_args(p)
     add_model_args(p)
     add_common_args(p)
@@ -61,13 +76,36 @@ def search_space(args, arch="fc") -> dict:
     return tuning.check_space(space, where)
 
 
+def parse_devices(args) -> list[int] | None:
+    if args.devices is None:
+        return None
+    try:
+        devices = [int(d) for d in args.devices.split(",")]
+    except ValueError:
+        devices = []
+    if not devices or min(devices) < 0:
+        raise UserError(f"--devices: expected GPU indices like 0,1,2, got {args.devices!r}")
+    if args.backend in ("numpy", "cpu"):
+        raise UserError("--devices: GPU indices need the cupy backend, not --backend numpy")
+    args.backend = args.backend or "cupy"
+    return devices
+
+
+def check_counts(args):
+    for flag, value in (("--trials", args.trials), ("--workers", args.workers), ("--subset", args.subset),
+                        ("--heartbeat", args.heartbeat)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag}: expected a positive number, got {value}")
+
+
 def _body(args):
-    setup(args)
+    check_counts(args)
+    devices = parse_devices(args)
+    workers = args.workers or (len(devices) if devices else 1)
+    if workers == 1 and devices:
+        args.device = devices[0]
+    setup(args if workers == 1 else argparse.Namespace(**{**vars(args), "backend": "numpy"}))  # workers pick their own
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    if args.trials < 1:
-        raise UserError(f"--trials: expected a positive number, got {args.trials}")
-    if args.subset is not None and args.subset < 1:
-        raise UserError(f"--subset: expected a positive number of samples, got {args.subset}")
     settings = overrides(args)
     if settings["epochs"] is None:
         settings["epochs"] = TUNE_EPOCHS
@@ -75,23 +113,45 @@ def _body(args):
     space = search_space(args, base.arch)
     base.data = runs.find_data(base.dataset, args.data_dir, args.source, args.download, say=say)
     run_dir = args.out or f"runs/tune-{base.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = tuning_storage.resolve(args.storage, run_dir)
+    tuning_storage.check(storage)                 # before the run folder or the study is created
+    if workers > 1 and not storage.shared_safely:
+        raise UserError(f"--workers {workers}: the SQLite study {storage.shown} is not safe for concurrent "
+                        f"workers; use a PostgreSQL or MySQL --storage, a FILE.journal, or a new --out")
+    runs.check_data(base.data)
     (Path(run_dir) / "trials").mkdir(parents=True, exist_ok=True)
     runs.save_json(Path(run_dir) / "tune_config.json",
                    {"base": base.to_dict(), "space": space, "sampler": args.sampler, "pruner": args.pruner,
-                    "subset": args.subset, "study_name": args.study_name, "storage": args.storage})
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = tuning.open_study(run_dir, args.study_name, args.storage, args.sampler, args.pruner, space, base.seed)
+                    "subset": args.subset, "study_name": args.study_name, "storage": storage.shown})
+    tuning_workers.quiet_optuna()
+    search = tuning_workers.Search(base, space, str(run_dir), storage, args.study_name, args.sampler, args.pruner,
+                                   args.subset, args.heartbeat, args.backend,
+                                   shared=args.storage is not None or workers > 1, quiet=args.quiet)
+    study = tuning_workers.open_study(search)
+    retried = tuning_storage.reap_dead_workers(study)   # trials left RUNNING by killed workers of this machine
     before = len(study.trials)
-    say(f"study {args.study_name!r}: {before} trial(s) so far; running up to {args.trials} more "
-        f"({args.sampler} sampler, {args.pruner} pruner{f', {args.subset} training samples' if args.subset else ''})")
-    objective = tuning.Objective(base, space, run_dir, args.subset, grid=args.sampler == "grid", say=say)
+    say(f"study {args.study_name!r}: {before} trial(s) so far"
+        f"{f' ({len(retried)} left running by a dead worker, queued again)' if retried else ''}; running up to "
+        f"{args.trials} more on {workers} worker(s) ({args.sampler} sampler, {args.pruner} pruner"
+        f"{f', {args.subset} training samples' if args.subset else ''})")
     logging.getLogger("gpunet").setLevel(logging.WARNING)  # one line per trial is enough
+    rc = 0
     try:
-        study.optimize(objective, n_trials=args.trials, timeout=args.timeout, gc_after_trial=True)
+        with tuning_workers.sigterm_as_interrupt():
+            if workers == 1:
+                device = devices[0] if devices else args.device
+                objective = tuning_workers.make_objective(search, device, say)
+                tuning_workers.run_trials(study, objective, tuning_workers.budget(args.trials, args.timeout), say)
+            else:
+                rc = tuning_workers.run_workers(search, study, workers, args.trials, args.timeout, devices, say)
+    except tuning_workers.Terminated:
+        rc = EXIT_TERMINATED
     finally:
         rows = tuning.results_rows(study)
         tuning.write_table(rows, Path(run_dir) / "results.csv")
+    if rc == EXIT_TERMINATED:
+        print("terminated", file=sys.stderr)
+        return rc
     print(tuning.format_table(rows))
     best = tuning.save_best_model(study, run_dir)
     plots = tuning.save_plots(study, run_dir, say=say) if args.plots else []
@@ -101,8 +161,8 @@ def _body(args):
     except ValueError:
         print("no trial finished")
     print(f"results in {run_dir}/ (results.csv{', best_model.npz' if best else ''}"
-          f"{''.join(', ' + p for p in plots)}; study in {args.storage or run_dir + '/study.db'})")
-    return 0
+          f"{''.join(', ' + p for p in plots)}; study in {storage.shown})")
+    return rc
 
 
 def main(argv=None) -> int:
