@@ -95,3 +95,17 @@ def test_move_helpers_round_trip(xp):
     assert isinstance(back, np.ndarray)
     np.testing.assert_array_equal(back, a)
     assert backend.to_device(a, dtype=np.float64).dtype == np.float64
+
+
+def test_gpunet_shortens_openblas_spinning_unless_told_otherwise():
+    """Importing gpunet sets OPENBLAS_THREAD_TIMEOUT=4 before NumPy loads; a user's value wins."""
+    import os
+    import subprocess
+    import sys
+    code = "import gpunet, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "4"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "28"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "28"
