@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("GPUNET_BACKEND", "numpy")
 
 import numpy as np  # noqa: E402
-from bad_models import variants  # noqa: E402
+from bad_models import variants, write_fer_inputs  # noqa: E402
 from test_reliability_model import fer_cnn, fer_fc  # noqa: E402
 from test_train_cli import write_h5  # noqa: E402
 
@@ -73,20 +73,17 @@ def cli_outcome(main, argv, bad, needle):
     return "refused" if last.startswith("error:") and needle in last else f"refused, unclear: {last[:80]}"
 
 
-def fuzz_models(work, report):
-    from PIL import Image
-    from gpunet.data import h5file as fmt
-    from gpunet.predict import FER2013_CLASSES
+def copy_run(good, run):
+    """A copy of run folder ``good``'s run files in the new folder ``run``."""
+    run.mkdir()
+    for f in good.iterdir():
+        if f.name in runfolder.RUN_FILES:
+            (run / f.name).write_bytes(f.read_bytes())
+    return run
 
-    faces = work / "faces"
-    faces.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L").save(faces / f"{i}.png")
-    h5 = work / "fer.h5"
-    with fmt.create(h5, dataset="fer2013", class_names=list(FER2013_CLASSES), mean=[129.0], std=[65.0],
-                    image_shape=(1, 48, 48)) as f:
-        fmt.write_split(f, "test", rng.integers(0, 256, (20, 1, 48, 48), dtype=np.uint8), rng.integers(0, 7, 20), 8)
+
+def fuzz_models(work, report):
+    faces, h5 = write_fer_inputs(work)
     files = []
     for kind, model in (("fc", fer_fc()), ("cnn", fer_cnn())):
         files += variants(model.save(work / f"{kind}.npz"), work / kind)
@@ -161,19 +158,11 @@ def fuzz_train(work, report):
                      "model is a number": {**desc, "model": 5}, "history list": {**desc, "history": [1]},
                      "seed changed": {**desc, "seed": 9}, "opt_scalars list": {**desc, "opt_scalars": [1]}}
     for name, text in damaged_configs.items():
-        run = work / f"cfg-{len(report['gpunet-train'])}"
-        run.mkdir()
-        for f in good.iterdir():
-            if f.name in runfolder.RUN_FILES:
-                (run / f.name).write_bytes(f.read_bytes())
+        run = copy_run(good, work / f"cfg-{len(report['gpunet-train'])}")
         (run / "config.json").write_text(text)
         case(f"config.json {name}", ["--resume", str(run)], "config.json" if "data" not in name else "gone.h5", run=run)
     for name, content in damaged_ckpts.items():
-        run = work / f"ckpt-{len(report['gpunet-train'])}"
-        run.mkdir()
-        for f in good.iterdir():
-            if f.name in runfolder.RUN_FILES:
-                (run / f.name).write_bytes(f.read_bytes())
+        run = copy_run(good, work / f"ckpt-{len(report['gpunet-train'])}")
         if isinstance(content, bytes):
             (run / "solver.ckpt.npz").write_bytes(content)
         else:

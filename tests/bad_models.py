@@ -182,3 +182,21 @@ def _npy(a, shape=None):
                                                    "fortran_order": False, "shape": shape})
         buf.write(a.tobytes())
     return buf.getvalue()
+
+
+def write_fer_inputs(folder):
+    """Three random 48x48 face PNGs in ``folder/faces`` and a 20-image FER2013 test split in
+    ``folder/fer.h5``: inputs every bad model file is tried against. Returns (faces, h5)."""
+    from PIL import Image
+    from gpunet.data import h5file as fmt
+    from gpunet.predict import FER2013_CLASSES
+    faces = folder / "faces"
+    faces.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L").save(faces / f"{i}.png")
+    h5 = folder / "fer.h5"
+    with fmt.create(h5, dataset="fer2013", class_names=list(FER2013_CLASSES), mean=[129.0], std=[65.0],
+                    image_shape=(1, 48, 48)) as f:
+        fmt.write_split(f, "test", rng.integers(0, 256, (20, 1, 48, 48), dtype=np.uint8), rng.integers(0, 7, 20), 8)
+    return faces, h5

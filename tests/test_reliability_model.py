@@ -6,15 +6,12 @@ import os
 import tracemalloc
 import zipfile
 
-import numpy as np
 import pytest
-from bad_models import variants
-from PIL import Image
+from bad_models import variants, write_fer_inputs
 
 from gpunet import modelspec, nn, pretrained
 from gpunet.cli.evaluate import main as evaluate_main
 from gpunet.cli.predict import main as predict_main
-from gpunet.data import h5file as fmt
 from gpunet.model import FullyConnectedNet, load_model
 from gpunet.modelfile import ModelFileError
 from gpunet.predict import FER2013_CLASSES, test_fer_model
@@ -44,15 +41,7 @@ def cases(tmp_path_factory):
     for kind, model in (("fc", fer_fc()), ("cnn", fer_cnn())):
         good = model.save(d / f"{kind}.npz")
         out += [(kind, name, path, bad) for name, path, bad in variants(good, d / kind, compress_bomb_mb=8)]
-    faces = d / "faces"
-    faces.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L").save(faces / f"{i}.png")
-    h5 = d / "fer.h5"
-    with fmt.create(h5, dataset="fer2013", class_names=list(FER2013_CLASSES), mean=[129.0], std=[65.0],
-                    image_shape=(1, 48, 48)) as f:
-        fmt.write_split(f, "test", rng.integers(0, 256, (20, 1, 48, 48), dtype=np.uint8), rng.integers(0, 7, 20), 8)
+    faces, h5 = write_fer_inputs(d)
     return out, faces, h5
 
 

@@ -8,20 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from test_train_cli import ROOT, write_h5
+from test_train_cli import ROOT, data_dir  # noqa: F401 (data_dir is a shared fixture)
 
 from gpunet import divergence, runfolder, runs
 from gpunet.cli import train
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--backend", "numpy", "-q", "--no-plots", "--schedule", "constant"]
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    write_h5(d / "cifar10.h5")
-    return d
 
 
 def new_run(data_dir, out, *extra, epochs=2):
