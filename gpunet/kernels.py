@@ -1,4 +1,4 @@
-"""Kernel plumbing: the registry of CUDA sources, their lazy compilation, and the CPU thread pool.
+"""Kernel plumbing: the registry of CUDA sources and their lazy compilation (CPU threads: ``gpunet.threads``).
 
 No arithmetic lives here. Each rule's CUDA text is declared beside its NumPy
 twin (in ``gpunet/layers/`` and ``gpunet/optim.py``) with ``elementwise(...)`` or
@@ -8,16 +8,11 @@ tests can find every CUDA source in the project) and compiles it through
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import backend
-
-CHUNK = 1 << 16        # elements per block of the blocked NumPy updates (256 KB per float32 array)
-PAR_MIN = 1 << 18      # elements per thread below which one thread is faster
 
 
 @dataclass(frozen=True)
@@ -97,45 +92,8 @@ def on_gpu(a) -> bool:
 
 
 # ------------------------------------------------------------------ CPU threads
-_threads = None         # CPU threads for the blocked NumPy updates (None: from the environment)
-_pool, _pool_size = None, 0
+# The thread team lives in ``gpunet.threads``; these names stay here for existing callers.
+from .threads import CHUNK, PAR_MIN, num_threads, parallel, set_num_threads  # noqa: E402
 
-
-def set_num_threads(n: int | None):
-    """Threads for the blocked NumPy updates (None: $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS or all cores)."""
-    global _threads, _pool, _pool_size
-    _threads = None if n is None else max(1, int(n))
-    if _pool is not None:
-        _pool.shutdown(wait=True)
-    _pool, _pool_size = None, 0
-
-
-def num_threads() -> int:
-    """Threads the blocked NumPy updates use."""
-    if _threads is not None:
-        return _threads
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        try:
-            return max(1, int(os.environ[var]))
-        except (KeyError, ValueError):
-            continue
-    return os.cpu_count() or 1
-
-
-def parallel(fn, n: int):
-    """Run ``fn(lo, hi)`` over [0, n) split into CHUNK-aligned ranges, one per thread.
-
-    NumPy's ufuncs release the GIL, so plain threads use every core for
-    memory-bound updates (as BLAS does for the products).
-    """
-    global _pool, _pool_size
-    t = min(num_threads(), n // PAR_MIN)
-    if t <= 1:
-        fn(0, n)
-        return
-    if _pool_size < t:
-        _pool = ThreadPoolExecutor(max_workers=t, thread_name_prefix="gpunet-update")
-        _pool_size = t
-    blocks = -(-n // CHUNK)
-    cuts = [min(n, (blocks * k // t) * CHUNK) for k in range(t + 1)]
-    list(_pool.map(fn, cuts[:-1], cuts[1:]))
+__all__ = ["CudaSource", "Kernel", "SOURCES", "elementwise", "raw", "on_gpu",
+           "CHUNK", "PAR_MIN", "num_threads", "parallel", "set_num_threads"]

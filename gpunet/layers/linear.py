@@ -1,7 +1,9 @@
 """Affine layer ``X @ W + b`` (optionally fused with the ReLU that follows it)."""
 from __future__ import annotations
 
-from .. import backend, kernels
+import numpy as np
+
+from .. import backend, kernels, threads
 
 # CUDA twins of the bias add: h = h + b, and h = relu(h + b) (NaN propagates as in np.maximum)
 _BIAS_ADD = kernels.elementwise("bias_add", "T b", "T h", "h = h + b", module=__name__)
@@ -41,13 +43,20 @@ def linear_backward(dout, X, W, b, need_dx=True, out=None):
     dout: (N, M) upstream gradient. Returns ``(dX, dW, db)`` with dX shaped like X
     (None when ``need_dx`` is False: nothing consumes the input gradient of the
     first layer), dW: (D, M), db: (M,). ``out`` is an optional (dX, dW, db) buffer triple.
+    On the CPU the two products are independent and run side by side, one per core
+    (``gpunet.threads.concurrently``), when they are large.
     """
     xp = backend.get_array_module(dout)
     X2 = X.reshape(X.shape[0], -1)
     o_dx, o_dw, o_db = out if out is not None else (None, None, None)
-    dW = xp.matmul(X2.T, dout, out=o_dw)
-    db = dout.sum(axis=0, out=o_db)
-    dX = None
-    if need_dx:
-        dX = xp.matmul(dout, W.T, out=o_dx).reshape(X.shape)
-    return dX, dW, db
+    if not need_dx:
+        return None, xp.matmul(X2.T, dout, out=o_dw), dout.sum(axis=0, out=o_db)
+    if xp is not np:
+        dW = xp.matmul(X2.T, dout, out=o_dw)
+        dX = xp.matmul(dout, W.T, out=o_dx)
+    else:
+        dW = np.empty(W.shape, np.result_type(X2, dout)) if o_dw is None else o_dw
+        dX = np.empty((dout.shape[0], W.shape[0]), np.result_type(dout, W)) if o_dx is None else o_dx
+        threads.concurrently(lambda: np.matmul(X2.T, dout, out=dW), lambda: np.matmul(dout, W.T, out=dX),
+                             work=dout.size * W.shape[0])
+    return dX.reshape(X.shape), dW, dout.sum(axis=0, out=o_db)

@@ -1,0 +1,165 @@
+"""The CPU thread team (the calling thread plus ``num_threads() - 1`` pool threads) and BLAS's thread count.
+
+NumPy's ufuncs and BLAS calls release the GIL, so plain threads use every core. The team runs
+
+- ``parallel(fn, n)``: a memory-bound pass (the optimizer updates) over CHUNK-aligned ranges;
+- ``concurrently(f, g, ...)``: independent products side by side, one per thread, each a
+  single-threaded BLAS call (a hidden layer's input and weight gradients). On 2 cores two
+  single-threaded 256x1024x1024 products ran at 248 GFLOP/s together, where OpenBLAS's own two
+  threads ran one at 222 (docs/BENCHMARKS.md).
+
+OpenBLAS's thread count is process-wide (its ``_local`` setter too, in the pthreads builds that
+NumPy's wheels ship), so ``concurrently`` sets it to 1 for the call and restores it after; where
+NumPy's BLAS cannot be driven (not OpenBLAS, not found, not Linux) the products run one after the
+other with BLAS's own threads. This module is the only one that talks to the BLAS library.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+CHUNK = 1 << 16        # elements per block of the blocked NumPy updates (256 KB per float32 array)
+PAR_MIN = 1 << 18      # elements per thread below which one thread is faster
+CONCURRENT_MIN = 1 << 27   # multiply-adds per product below which ``concurrently`` runs them in turn
+
+_threads = None        # team size (None: from the environment)
+_pool, _pool_size = None, 0
+_pool_lock = threading.Lock()
+_blas = None           # (get_num_threads, set_num_threads) of NumPy's OpenBLAS; False: none usable
+_concurrent = True
+_held, _held_before, _held_lock = 0, None, threading.Lock()   # callers inside ``concurrently`` now
+
+
+def set_num_threads(n: int | None):
+    """Threads of the team (None: $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS, $MKL_NUM_THREADS or all cores)."""
+    global _threads, _pool, _pool_size
+    _threads = None if n is None else max(1, int(n))
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool, _pool_size = None, 0
+
+
+def num_threads() -> int:
+    """Threads the team uses, the caller included."""
+    if _threads is not None:
+        return _threads
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        try:
+            return max(1, int(os.environ[var]))
+        except (KeyError, ValueError):
+            continue
+    return os.cpu_count() or 1
+
+
+def _in_team() -> bool:
+    return threading.current_thread().name.startswith("gpunet-team")
+
+
+def _run(jobs):
+    """Run the callables ``jobs``: the first on the caller, the others on pool threads; wait for all."""
+    global _pool, _pool_size
+    rest = jobs[1:]
+    if rest and _pool_size < len(rest):
+        with _pool_lock:
+            if _pool_size < len(rest):
+                _pool = ThreadPoolExecutor(max_workers=len(rest), thread_name_prefix="gpunet-team")
+                _pool_size = len(rest)
+    futures = [_pool.submit(job) for job in rest]
+    try:
+        jobs[0]()
+    finally:
+        for f in futures:
+            f.result()
+
+
+def parallel(fn, n: int):
+    """Run ``fn(lo, hi)`` over [0, n) split into CHUNK-aligned ranges, one per thread of the team.
+
+    The caller takes the first range: on 2 cores that made whole epochs of nets A and B about
+    1-3 % faster than handing every range to the pool while the caller waits (docs/BENCHMARKS.md).
+    """
+    t = min(num_threads(), n // PAR_MIN)
+    if t <= 1 or _in_team():                       # never nested inside a team job
+        fn(0, n)
+        return
+    blocks = -(-n // CHUNK)
+    cuts = [min(n, (blocks * k // t) * CHUNK) for k in range(t + 1)]
+    _run([lambda lo=lo, hi=hi: fn(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])])
+
+
+# ------------------------------------------------------------------ BLAS
+_SYMBOLS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),  # NumPy's wheels
+            ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+            ("openblas_get_num_threads", "openblas_set_num_threads"))
+
+
+def _find_openblas():
+    """``(get, set)`` thread-count functions of an OpenBLAS this process has loaded, or None (Linux only)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split(None, 5)[5].strip() for line in f
+                            if len(line.split(None, 5)) == 6 and "openblas" in line.rsplit("/", 1)[-1].lower()})
+    except OSError:
+        return None
+    for get_name, set_name in _SYMBOLS:
+        for path in paths:
+            try:   # RTLD_NOLOAD: only a library that is already loaded (never a second copy)
+                lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+            except (OSError, AttributeError):
+                continue
+            if hasattr(lib, get_name) and hasattr(lib, set_name):
+                get, set_ = getattr(lib, get_name), getattr(lib, set_name)
+                get.argtypes, get.restype = [], ctypes.c_int
+                set_.argtypes, set_.restype = [ctypes.c_int], None
+                return get, set_
+    return None
+
+
+def blas_control():
+    """``(get_num_threads, set_num_threads)`` of NumPy's OpenBLAS, or None where it cannot be driven."""
+    global _blas
+    if _blas is None:
+        __import__("numpy")             # NumPy's BLAS must be loaded to be found
+        _blas = _find_openblas() or False
+    return _blas or None
+
+
+def concurrent_products(on: bool | None = None) -> bool:
+    """Whether ``concurrently`` may run products side by side (``on`` sets it); returns the setting."""
+    global _concurrent
+    if on is not None:
+        _concurrent = bool(on)
+    return _concurrent
+
+
+def concurrently(*jobs, work: int):
+    """Run the independent products ``jobs`` (callables), each ``work`` multiply-adds or more.
+
+    Side by side, one per team thread with BLAS held to one thread, when the team has a thread
+    for each, the products are large enough and NumPy's BLAS can be driven; otherwise in turn.
+    The values may differ from the sequential run in the last bits (BLAS sums in another order).
+    """
+    ctl = None
+    if _concurrent and work >= CONCURRENT_MIN and len(jobs) <= num_threads() and not _in_team():
+        ctl = blas_control()
+    if ctl is None:
+        for job in jobs:
+            job()
+        return
+    global _held, _held_before
+    get, set_ = ctl
+    with _held_lock:            # the first caller in saves BLAS's count, the last one out restores it
+        if _held == 0:
+            _held_before = get()
+            set_(1)
+        _held += 1
+    try:
+        _run(list(jobs))
+    finally:
+        with _held_lock:
+            _held -= 1
+            if _held == 0:
+                set_(_held_before)

@@ -1,0 +1,112 @@
+"""The CPU thread team (``gpunet.threads``): independent products side by side, BLAS's thread count.
+
+Oracles: the same products run one after the other, and float64 products (the concurrent
+single-threaded BLAS calls may sum in another order, so values agree to float32 rounding).
+"""
+import threading
+
+import numpy as np
+import pytest
+
+from gpunet import threads
+from gpunet.layers import linear_backward
+
+
+@pytest.fixture
+def always_concurrent(monkeypatch):
+    """Every product counts as large, on a team of two (one pool thread beside the caller)."""
+    monkeypatch.setattr(threads, "CONCURRENT_MIN", 0)
+    threads.set_num_threads(2)
+    yield
+    threads.set_num_threads(None)
+
+
+def test_concurrently_runs_every_job_on_two_threads(always_concurrent):
+    if threads.blas_control() is None:
+        pytest.skip("NumPy's BLAS cannot be driven here: the jobs run in turn")
+    seen = []
+    barrier = threading.Barrier(2, timeout=10)     # both jobs must be running at once to pass it
+
+    def job(k):
+        def run():
+            barrier.wait()
+            seen.append((k, threading.current_thread().name))
+        return run
+    threads.concurrently(job(0), job(1), work=1)
+    assert sorted(k for k, _ in seen) == [0, 1]
+    assert len({name for _, name in seen}) == 2
+
+
+def test_blas_thread_count_is_restored(always_concurrent):
+    ctl = threads.blas_control()
+    if ctl is None:
+        pytest.skip("NumPy's BLAS cannot be driven here")
+    get, _ = ctl
+    before = get()
+    inside = []
+    a = np.ones((64, 64), np.float32)
+    threads.concurrently(lambda: inside.append(get()), lambda: a @ a, work=1)
+    assert inside == [1]
+    assert get() == before
+    with pytest.raises(ZeroDivisionError):         # a failing job still restores the count, and propagates
+        threads.concurrently(lambda: None, lambda: 1 / 0, work=1)
+    assert get() == before
+
+
+def test_small_products_and_nested_calls_run_in_turn(monkeypatch):
+    order = []
+    threads.concurrently(lambda: order.append(1), lambda: order.append(2), work=1)   # below CONCURRENT_MIN
+    assert order == [1, 2]
+    monkeypatch.setattr(threads, "CONCURRENT_MIN", 0)
+    inner = []
+    threads.set_num_threads(2)
+    try:   # a job that itself asks for the team: no deadlock, the inner jobs run on its thread
+        threads.concurrently(lambda: None, lambda: threads.concurrently(lambda: inner.append(1),
+                                                                          lambda: inner.append(2), work=1), work=1)
+    finally:
+        threads.set_num_threads(None)
+    assert inner == [1, 2]
+
+
+def test_concurrent_callers_leave_the_blas_count_as_found(always_concurrent):
+    ctl = threads.blas_control()
+    if ctl is None:
+        pytest.skip("NumPy's BLAS cannot be driven here")
+    before = ctl[0]()
+    a = np.ones((128, 128), np.float32)
+
+    def caller():
+        for _ in range(20):
+            threads.concurrently(lambda: a @ a, lambda: a @ a, work=1)
+    ts = [threading.Thread(target=caller) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert ctl[0]() == before
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_linear_backward_concurrent_matches_float64(always_concurrent, need_dx):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((96, 3, 40)).astype(np.float32)
+    W = rng.standard_normal((120, 70)).astype(np.float32)
+    b = rng.standard_normal(70).astype(np.float32)
+    dout = rng.standard_normal((96, 70)).astype(np.float32)
+    dX, dW, db = linear_backward(dout, X, W, b, need_dx=need_dx)
+    X64, d64 = X.reshape(96, -1).astype(np.float64), dout.astype(np.float64)
+    np.testing.assert_allclose(dW, X64.T @ d64, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, d64.sum(0), rtol=1e-5, atol=1e-4)
+    if need_dx:
+        assert dX.shape == X.shape
+        np.testing.assert_allclose(dX.reshape(96, -1), d64 @ W.astype(np.float64).T, rtol=1e-4, atol=1e-4)
+    else:
+        assert dX is None
+    # into caller-given buffers, as the model passes them
+    o = (np.empty((96, 120), np.float32), np.empty((120, 70), np.float32), np.empty(70, np.float32))
+    dX2, dW2, db2 = linear_backward(dout, X, W, b, need_dx=need_dx, out=o)
+    assert dW2 is o[1] and db2 is o[2]
+    np.testing.assert_array_equal(dW2, dW)
+    if need_dx:
+        assert np.shares_memory(dX2, o[0])
+        np.testing.assert_array_equal(dX2, dX)
