@@ -82,3 +82,23 @@ def test_bench_cnn_writes_json(tmp_path, monkeypatch):
     assert [x["net"] for x in r] == ["cnn"] and r[0]["batch"] == 2 and len(r[0]["gpunet_train_all"]) == 2
     assert r[0]["train_ratio"] == pytest.approx(r[0]["gpunet_train"] / r[0]["torch_train"])
     assert np.isfinite(r[0]["final_loss"]) and "gemm_bound" not in r[0]
+
+
+def test_bench_epoch_levers_time_each_lever_off(tmp_path, monkeypatch):
+    from gpunet import threads
+    from gpunet.cli import bench
+    monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
+    out = tmp_path / "levers.json"
+    previous = backend.name()
+    try:
+        rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "8", "--repeats", "1",
+                         "--view", "epoch", "--levers", "--no-torch", "--epoch-samples", "32",
+                         "--json", str(out), "--backend", "numpy", "-q"])
+    finally:
+        backend.use(previous)
+    assert rc == 0
+    (r,) = json.loads(out.read_text())["results"]
+    for lever in ("fused_update_gain", "prefetch_gain", "concurrent_gain"):
+        assert r[lever] > 0, lever
+    assert r["concurrent_gain"] == pytest.approx(r["gpunet_epoch"] / r["gpunet_epoch_sequential"])
+    assert threads.concurrent_products()          # the lever is back on after its epochs

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, threads
 from ..model import FullyConnectedNet
 from ..solver import Solver
 from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc, torch_step
 from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
 
 EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
-ORDER = ["gpunet_epoch", "gpunet_epoch_unfused", "gpunet_epoch_prefetch"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
+ORDER = ["gpunet_epoch", "gpunet_epoch_unfused", "gpunet_epoch_prefetch", "gpunet_epoch_sequential"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
 
 
 def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
@@ -46,6 +46,14 @@ class GpunetEpoch:
         self.solver.num_epochs += 1
         self.solver.schedule.total_epochs = self.solver.num_epochs
         self.solver.train()
+
+    def sequential_epoch(self):
+        """The epoch with a layer's two backward products run one after the other (BLAS's own threads)."""
+        threads.concurrent_products(False)
+        try:
+            self.epoch()
+        finally:
+            threads.concurrent_products(True)
 
 
 class TorchEpoch:
@@ -101,6 +109,7 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
     if cfg.levers:                     # the same Solver with the update after the backward pass
         fns["gpunet_epoch_unfused"] = (GpunetEpoch(net, data, batch, fused_update=False).epoch, backend.synchronize)
         fns["gpunet_epoch_prefetch"] = (GpunetEpoch(net, data, batch, prefetch=True).epoch, backend.synchronize)
+        fns["gpunet_epoch_sequential"] = (GpunetEpoch(net, data, batch).sequential_epoch, backend.synchronize)
     kinds = []
     if cfg.torch:
         import torch
@@ -131,4 +140,5 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
     if "gpunet_epoch_unfused" in res:
         res["fused_update_gain"] = res["gpunet_epoch"] / res["gpunet_epoch_unfused"]
         res["prefetch_gain"] = res["gpunet_epoch_prefetch"] / res["gpunet_epoch"]
+        res["concurrent_gain"] = res["gpunet_epoch"] / res["gpunet_epoch_sequential"]
     return res

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed sleep before each timed call, so the other library's spinning threads "
                         "have gone idle (default 0.2 on the CPU, 0 on a GPU)")
     p.add_argument("--levers", action="store_true",
-                   help="epoch view: also time gpunet with the update after the backward pass, for each lever's effect")
+                   help="epoch view: also time gpunet with each lever off (the update after the backward "
+                        "pass; batch prefetch on; a layer's backward products one after the other)")
     p.add_argument("--compile", action="store_true",
                    help="also time PyTorch's training step under torch.compile (compile time reported apart)")
     p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch comparison")
