@@ -247,3 +247,4 @@ def test_bench_compares_with_torch(tmp_path, monkeypatch):
     assert steps["torch_train"] == forms[steps["torch_optimizer"]] and steps["train_ratio"] > 0
     assert epoch["view"] == "epoch" and epoch["samples"] == 64 and epoch["epoch_ratio"] > 0
     assert epoch["torch_epoch"] == max(epoch[f"torch_epoch_{k}"] for k in forms)
+    assert epoch["epoch_ratio_paired"] == pytest.approx(float(np.median(epoch["epoch_ratio_all"])))

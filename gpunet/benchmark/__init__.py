@@ -149,7 +149,7 @@ def _markdown(head, rows) -> list:
 
 def _epoch_table(results) -> str:
     head = ["net", "batch", "gpunet epoch samples/s", "torch best samples/s", "torch best form",
-            "ratio (median)", "ratio range", "torch forms (samples/s)", "update in backward: gain",
+            "ratio (median)", "paired ratio (median)", "ratio range", "torch forms (samples/s)", "update in backward: gain",
             "batch prefetch: gain", "products side by side: gain"]
     rows = []
     for r in results:
@@ -159,6 +159,7 @@ def _epoch_table(results) -> str:
         rows.append([r["net"], str(r["batch"]), f"{r['gpunet_epoch']:,.0f}",
                      f"{r['torch_epoch']:,.0f}" if "torch_epoch" in r else "-", r.get("torch_optimizer", "-"),
                      f"{r['epoch_ratio']:.2f}x" if "epoch_ratio" in r else "-",
+                     f"{r['epoch_ratio_paired']:.2f}x" if "epoch_ratio_paired" in r else "-",
                      f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "-", forms or "-",
                      f"{r['fused_update_gain']:.3f}x" if "fused_update_gain" in r else "-",
                      f"{r['prefetch_gain']:.3f}x" if "prefetch_gain" in r else "-",

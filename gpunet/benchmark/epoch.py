@@ -137,6 +137,9 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
         res["torch_epoch"] = res[f"torch_epoch_{best}"]
         res["epoch_ratio"] = res["gpunet_epoch"] / res["torch_epoch"]
         res["epoch_ratio_all"] = [a / b for a, b in zip(res["gpunet_epoch_all"], res[f"torch_epoch_{best}_all"])]
+        # each repeat's two epochs ran side by side in time: the median of their ratios is immune to
+        # the machine's slow swings between fast and slow spells, which the ratio of medians is not
+        res["epoch_ratio_paired"] = float(np.median(res["epoch_ratio_all"]))
     if "gpunet_epoch_unfused" in res:
         res["fused_update_gain"] = res["gpunet_epoch"] / res["gpunet_epoch_unfused"]
         res["prefetch_gain"] = res["gpunet_epoch_prefetch"] / res["gpunet_epoch"]
