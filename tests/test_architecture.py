@@ -1,5 +1,6 @@
 """The shape of the tree, checked: no import cycle, small modules, one owner per format, thin models."""
 import ast
+import re
 import os
 import sys
 from pathlib import Path
@@ -96,3 +97,8 @@ def test_one_module_writes_hdf5():
 def test_no_product_code_knows_the_workspace():
     for p in modules().values():
         assert "shared/datasets" not in p.read_text() and '"shared"' not in p.read_text(), p
+
+
+def test_one_module_talks_to_the_blas_library():
+    users = sorted(name for name, p in modules().items() if re.search(r"^\s*import ctypes|^\s*from ctypes", p.read_text(), re.M))
+    assert users == ["gpunet.threads"]
