@@ -44,7 +44,8 @@ def linear_backward(dout, X, W, b, need_dx=True, out=None):
     (None when ``need_dx`` is False: nothing consumes the input gradient of the
     first layer), dW: (D, M), db: (M,). ``out`` is an optional (dX, dW, db) buffer triple.
     On the CPU the two products are independent and run side by side, one per core
-    (``gpunet.threads.concurrently``), when they are large.
+    (``gpunet.threads.concurrently``), when they are large; BLAS may then sum in another
+    order, so the values can differ from the one-after-the-other run's in the last bits.
     """
     xp = backend.get_array_module(dout)
     X2 = X.reshape(X.shape[0], -1)
