@@ -85,9 +85,23 @@ def parallel(fn, n: int):
     if t <= 1 or _in_team():                       # never nested inside a team job
         fn(0, n)
         return
+    c = cuts(n, t)
+    _run([lambda lo=lo, hi=hi: fn(lo, hi) for lo, hi in zip(c[:-1], c[1:])])
+
+
+def cuts(n: int, t: int) -> list:
+    """The boundaries of ``parallel``'s t CHUNK-aligned ranges over [0, n): range k runs on team thread k."""
     blocks = -(-n // CHUNK)
-    cuts = [min(n, (blocks * k // t) * CHUNK) for k in range(t + 1)]
-    _run([lambda lo=lo, hi=hi: fn(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])])
+    return [min(n, (blocks * k // t) * CHUNK) for k in range(t + 1)]
+
+
+def ways(work: int) -> int:
+    """Into how many side-by-side products (one per team thread) a product of ``work`` multiply-adds
+    may be split: the team's size when ``concurrently`` would run them side by side, else 1."""
+    t = num_threads()
+    if t < 2 or not _concurrent or work < CONCURRENT_MIN or _in_team() or blas_control() is None:
+        return 1
+    return t
 
 
 # ------------------------------------------------------------------ BLAS

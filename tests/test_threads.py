@@ -110,3 +110,31 @@ def test_linear_backward_concurrent_matches_float64(always_concurrent, need_dx):
     if need_dx:
         assert np.shares_memory(dX2, o[0])
         np.testing.assert_array_equal(dX2, dX)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_linear_forward_split_over_rows_of_W_matches_float64(always_concurrent, relu):
+    from gpunet.layers import linear_forward
+    if threads.ways(1 << 40) < 2:
+        pytest.skip("NumPy's BLAS cannot be driven here: the product is not split")
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((40, 2, 100)).astype(np.float32)
+    W = rng.standard_normal((200, 30)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32)
+    want = X.reshape(40, -1).astype(np.float64) @ W.astype(np.float64) + b
+    if relu:
+        want = np.maximum(want, 0)
+    got = linear_forward(X, W, b, relu=relu)
+    assert got.shape == (40, 30) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    buf = np.full((40, 30), np.nan, np.float32)                 # into a caller's buffer, as the model does
+    assert linear_forward(X, W, b, out=buf, relu=relu) is buf
+    np.testing.assert_array_equal(buf, got)
+
+
+def test_the_forward_split_follows_the_update_s_ranges():
+    """The rows of W each core reads in the forward pass are those it updates (``parallel``'s ranges)."""
+    D, M = 3072, 512
+    c = threads.cuts(D * M, 2)
+    assert c[0] == 0 and c[-1] == D * M and c[1] % threads.CHUNK == 0
+    assert c[1] // M == 1536

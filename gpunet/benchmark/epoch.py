@@ -48,7 +48,8 @@ class GpunetEpoch:
         self.solver.train()
 
     def sequential_epoch(self):
-        """The epoch with a layer's two backward products run one after the other (BLAS's own threads)."""
+        """The epoch without side-by-side products (``threads.concurrent_products(False)``): every
+        product is one BLAS call on OpenBLAS's own threads."""
         threads.concurrent_products(False)
         try:
             self.epoch()

