@@ -18,6 +18,7 @@ which the best-epoch snapshot and checkpoints carry along with the parameters.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backend
+from . import backend, threads
 from .checkpoint import model_state, read_checkpoint, save_checkpoint
 from .cudagraph import make_train_step
 from .data import ArrayLoader
@@ -63,6 +64,7 @@ class SolverConfig:
     graph: bool = True                    # CuPy: replay the training step from a CUDA graph (gpunet.cudagraph)
     fused_update: bool = True             # update each layer inside the backward pass (bit-identical; off: after it)
     prefetch: bool = False                # array data on the CPU: gather the next batch in a background thread
+    pin_threads: bool = True              # CPU (Linux): keep the caller and BLAS's workers on separate cores while training
 
     def __post_init__(self):
         self.optim_config = dict(self.optim_config or {})
@@ -132,7 +134,7 @@ class Solver:
         for name in ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs",
                      "num_train_samples", "num_val_samples", "print_every", "verbose",
                      "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end", "graph",
-                     "fused_update", "prefetch"):
+                     "fused_update", "prefetch", "pin_threads"):
             setattr(self, name, getattr(cfg, name))
         self.optimizer = Optimizer(self.update_rule, self.optim_config)
         self._step = None   # the training step, built on first use (eager, or a CUDA graph on CuPy)
@@ -245,10 +247,12 @@ class Solver:
         disable = self._bars()
         epochs = tqdm(range(self.epoch, self.num_epochs), desc="epochs", initial=self.epoch,
                       total=self.num_epochs, disable=disable, unit="ep", leave=True)
+        pin = self.pin_threads and backend.get_array_module(next(iter(self.model.params.values()))) is np
         try:
-            for epoch in epochs:
-                if self._run_epoch(epoch, disable):
-                    break
+            with threads.pinned() if pin else contextlib.nullcontext():
+                for epoch in epochs:
+                    if self._run_epoch(epoch, disable):
+                        break
         finally:
             epochs.close()
         if self.best_params:

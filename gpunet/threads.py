@@ -104,6 +104,67 @@ def ways(work: int) -> int:
     return t
 
 
+def _current_cpu(tid: int):
+    """The CPU thread ``tid`` of this process last ran on (Linux), or None."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class pinned:
+    """``with threads.pinned():`` the calling thread stays on one CPU, the team's pool threads and
+    the process's native threads (OpenBLAS's workers among them) on the others (Linux).
+
+    On this 2-core VM, OpenBLAS's worker woken onto the caller's CPU stalled the products that use
+    it, most after a pause; keeping the two apart made net A's epochs about 9 % faster
+    (docs/BENCHMARKS.md). Python threads other than the team's are left alone. Every affinity
+    changed is restored on exit, and threads started inside get the process's whole CPU set.
+    A no-op with fewer than 2 allowed CPUs or a team of 1, and inside a team job.
+    """
+
+    def __enter__(self):
+        self.saved, self.allowed, self.before = {}, None, set()
+        if not hasattr(os, "sched_setaffinity") or num_threads() < 2 or _in_team():
+            return self
+        try:
+            allowed = os.sched_getaffinity(0)
+            if len(allowed) < 2:
+                return self
+            _run([lambda: None] * min(num_threads(), len(allowed)))       # the pool threads exist now
+            me = threading.get_native_id()
+            cpu = _current_cpu(me)
+            cpu = cpu if cpu in allowed else min(allowed)
+            python = {t.native_id for t in threading.enumerate()}
+            team = {t.native_id for t in threading.enumerate() if t.name.startswith("gpunet-team")}
+            self.allowed, self.before = allowed, {int(t) for t in os.listdir("/proc/self/task")}
+            for tid in self.before:
+                target = {cpu} if tid == me else allowed - {cpu} if tid in team or tid not in python else None
+                if target is not None:
+                    old = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, target)
+                    self.saved[tid] = old
+        except OSError:
+            self.__exit__()
+        return self
+
+    def __exit__(self, *exc):
+        for tid, cpus in self.saved.items():
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:                     # the thread has ended
+                pass
+        if self.allowed is not None:
+            try:
+                for tid in {int(t) for t in os.listdir("/proc/self/task")} - self.before:
+                    os.sched_setaffinity(tid, self.allowed)
+            except OSError:
+                pass
+        self.saved = {}
+        return False
+
+
 # ------------------------------------------------------------------ BLAS
 _SYMBOLS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),  # NumPy's wheels
             ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),

@@ -98,7 +98,7 @@ def test_bench_epoch_levers_time_each_lever_off(tmp_path, monkeypatch):
         backend.use(previous)
     assert rc == 0
     (r,) = json.loads(out.read_text())["results"]
-    for lever in ("fused_update_gain", "prefetch_gain", "concurrent_gain"):
+    for lever in ("fused_update_gain", "prefetch_gain", "concurrent_gain", "pin_gain"):
         assert r[lever] > 0, lever
     assert r["concurrent_gain"] == pytest.approx(r["gpunet_epoch"] / r["gpunet_epoch_sequential"])
     assert threads.concurrent_products()          # the lever is back on after its epochs

@@ -138,3 +138,58 @@ def test_the_forward_split_follows_the_update_s_ranges():
     c = threads.cuts(D * M, 2)
     assert c[0] == 0 and c[-1] == D * M and c[1] % threads.CHUNK == 0
     assert c[1] // M == 1536
+
+
+def _affinity(tid=0):
+    import os
+    return os.sched_getaffinity(tid)
+
+
+def test_pinned_keeps_the_caller_apart_and_restores_every_thread():
+    import os
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and two CPUs")
+    threads.set_num_threads(2)
+    stop = threading.Event()
+    bystander = threading.Thread(target=stop.wait, name="user-thread")     # a Python thread of the user's
+    bystander.start()
+    try:
+        me, before = threading.get_native_id(), _affinity()
+        started = []
+        with threads.pinned():
+            mine = _affinity()
+            assert len(mine) == 1 and mine <= before
+            team = [t.native_id for t in threading.enumerate() if t.name.startswith("gpunet-team")]
+            assert team and all(_affinity(t) == before - mine for t in team)
+            assert _affinity(bystander.native_id) == before                # left alone
+            late = threading.Thread(target=stop.wait)                      # started inside: inherits the pin
+            late.start()
+            started.append(late)
+        assert _affinity() == before and all(_affinity(t) == before for t in team)
+        assert _affinity(started[0].native_id) == before                   # given the whole set on exit
+        assert threading.get_native_id() == me
+    finally:
+        stop.set()
+        bystander.join()
+        threads.set_num_threads(None)
+
+
+def test_solver_train_restores_the_caller_s_cpus():
+    import os
+    from gpunet import FullyConnectedNet, Solver
+    rng = np.random.default_rng(0)
+    data = {"X_train": rng.standard_normal((64, 6)).astype(np.float32), "y_train": rng.integers(0, 3, 64),
+            "X_val": rng.standard_normal((16, 6)).astype(np.float32), "y_val": rng.integers(0, 3, 16)}
+    before = _affinity() if hasattr(os, "sched_getaffinity") else None
+    seen = []
+    probe = (lambda s, e: seen.append(_affinity())) if before is not None else None
+    for pin in (True, False):
+        seen.clear()
+        Solver(FullyConnectedNet([5], input_dim=6, num_classes=3, seed=0), data, batch_size=16, num_epochs=1,
+               verbose=False, pin_threads=pin, on_epoch_end=probe).train()
+        if before is not None:
+            assert _affinity() == before
+            if not pin or len(before) < 2 or threads.num_threads() < 2:
+                assert seen == [before]
+            else:
+                assert len(seen[0]) == 1

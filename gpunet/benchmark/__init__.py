@@ -150,7 +150,7 @@ def _markdown(head, rows) -> list:
 def _epoch_table(results) -> str:
     head = ["net", "batch", "gpunet epoch samples/s", "torch best samples/s", "torch best form",
             "ratio (median)", "paired ratio (median)", "ratio range", "torch forms (samples/s)", "update in backward: gain",
-            "batch prefetch: gain", "products side by side: gain"]
+            "batch prefetch: gain", "products side by side: gain", "threads pinned: gain"]
     rows = []
     for r in results:
         forms = ", ".join(f"{k[len('torch_epoch_'):]} {v:,.0f}" for k, v in r.items()
@@ -163,7 +163,8 @@ def _epoch_table(results) -> str:
                      f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "-", forms or "-",
                      f"{r['fused_update_gain']:.3f}x" if "fused_update_gain" in r else "-",
                      f"{r['prefetch_gain']:.3f}x" if "prefetch_gain" in r else "-",
-                     f"{r['concurrent_gain']:.3f}x" if "concurrent_gain" in r else "-"])
+                     f"{r['concurrent_gain']:.3f}x" if "concurrent_gain" in r else "-",
+                     f"{r['pin_gain']:.3f}x" if "pin_gain" in r else "-"])
     return "\n".join(["whole epochs (Solver.train() vs the PyTorch loop):"] + _markdown(head, rows))
 
 

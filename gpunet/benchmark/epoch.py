@@ -19,7 +19,8 @@ from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc, torch_step
 from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
 
 EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
-ORDER = ["gpunet_epoch", "gpunet_epoch_unfused", "gpunet_epoch_prefetch", "gpunet_epoch_sequential"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
+ORDER = ["gpunet_epoch", "gpunet_epoch_unfused", "gpunet_epoch_prefetch", "gpunet_epoch_sequential",
+         "gpunet_epoch_unpinned"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
 
 
 def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
@@ -34,13 +35,14 @@ def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
 class GpunetEpoch:
     """One more epoch of a Solver per call (its loaders, evaluation and best-state bookkeeping)."""
 
-    def __init__(self, net: dict, data: dict, batch: int, fused_update: bool = True, prefetch: bool = False):
+    def __init__(self, net: dict, data: dict, batch: int, fused_update: bool = True, prefetch: bool = False,
+                 pin_threads: bool = True):
         model = FullyConnectedNet(net["hidden"], input_dim=INPUT_DIM, num_classes=NUM_CLASSES,
                                   dropout=net["dropout"], dtype=np.float32, seed=0)
         self.solver = Solver(model, data, update_rule="sgd_momentum",
                              optim_config={"learning_rate": LR, "momentum": MOMENTUM},
                              batch_size=batch, num_epochs=0, num_train_samples=TRAIN_EVAL, verbose=False,
-                             fused_update=fused_update, prefetch=prefetch)
+                             fused_update=fused_update, prefetch=prefetch, pin_threads=pin_threads)
 
     def epoch(self):
         self.solver.num_epochs += 1
@@ -111,6 +113,7 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
         fns["gpunet_epoch_unfused"] = (GpunetEpoch(net, data, batch, fused_update=False).epoch, backend.synchronize)
         fns["gpunet_epoch_prefetch"] = (GpunetEpoch(net, data, batch, prefetch=True).epoch, backend.synchronize)
         fns["gpunet_epoch_sequential"] = (GpunetEpoch(net, data, batch).sequential_epoch, backend.synchronize)
+        fns["gpunet_epoch_unpinned"] = (GpunetEpoch(net, data, batch, pin_threads=False).epoch, backend.synchronize)
     kinds = []
     if cfg.torch:
         import torch
@@ -145,4 +148,5 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
         res["fused_update_gain"] = res["gpunet_epoch"] / res["gpunet_epoch_unfused"]
         res["prefetch_gain"] = res["gpunet_epoch_prefetch"] / res["gpunet_epoch"]
         res["concurrent_gain"] = res["gpunet_epoch"] / res["gpunet_epoch_sequential"]
+        res["pin_gain"] = res["gpunet_epoch"] / res["gpunet_epoch_unpinned"]
     return res

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "have gone idle (default 0.2 on the CPU, 0 on a GPU)")
     p.add_argument("--levers", action="store_true",
                    help="epoch view: also time gpunet with each lever off (the update after the backward "
-                        "pass; batch prefetch on; every product on BLAS's own threads)")
+                        "pass; batch prefetch on; every product on BLAS's own threads; threads not pinned)")
     p.add_argument("--compile", action="store_true",
                    help="also time PyTorch's training step under torch.compile (compile time reported apart)")
     p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch comparison")
