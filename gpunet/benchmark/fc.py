@@ -8,11 +8,12 @@ with the backend's matmul, so each figure reads as a fraction of what the hardwa
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
-from .. import backend
+from .. import backend, threads
 from ..model import FullyConnectedNet
 from ..optim import Optimizer
 from .machine import free_pool, pool_bytes
@@ -47,15 +48,21 @@ class GpunetCase:
         self.i = 0
         self.loss = None
 
+    def _pinned(self):
+        """As ``Solver.train`` runs its steps on the CPU: with the threads pinned (``threads.pinned``)."""
+        return threads.pinned() if backend.name() == "numpy" else contextlib.nullcontext()
+
     def train_step(self):
         i = self.i = (self.i + 1) % len(self.X)
-        loss, grads = self.model.loss(self.X[i], self.y[i])
-        self.opt.step(self.model.params, grads, self.lr)
+        with self._pinned():
+            loss, grads = self.model.loss(self.X[i], self.y[i])
+            self.opt.step(self.model.params, grads, self.lr)
         self.loss = loss                 # stays on the device: no host synchronisation per step
 
     def infer_step(self):
         i = self.i = (self.i + 1) % len(self.X)
-        self.model.loss(self.X[i]).argmax(axis=1)
+        with self._pinned():
+            self.model.loss(self.X[i]).argmax(axis=1)
 
     def last_loss(self) -> float:
         return float("nan") if self.loss is None else float(self.loss)
