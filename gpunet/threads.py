@@ -29,6 +29,7 @@ _pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 _blas = None           # (get_num_threads, set_num_threads) of NumPy's OpenBLAS; False: none usable
 _concurrent = True
+_pinning, _pin_lock = False, threading.Lock()    # a ``pinned`` section is open (one at a time)
 _held, _held_before, _held_lock = 0, None, threading.Lock()   # callers inside ``concurrently`` now
 
 
@@ -125,9 +126,14 @@ class pinned:
     """
 
     def __enter__(self):
-        self.saved, self.allowed, self.before = {}, None, set()
+        global _pinning
+        self.saved, self.allowed, self.before, self.owner = {}, None, set(), False
         if not hasattr(os, "sched_setaffinity") or num_threads() < 2 or _in_team():
             return self
+        with _pin_lock:                 # one pinning at a time in the process: later entrants do nothing
+            if _pinning:
+                return self
+            _pinning = self.owner = True
         try:
             allowed = os.sched_getaffinity(0)
             if len(allowed) < 2:
@@ -150,6 +156,9 @@ class pinned:
         return self
 
     def __exit__(self, *exc):
+        global _pinning
+        if not self.owner:
+            return False
         for tid, cpus in self.saved.items():
             try:
                 os.sched_setaffinity(tid, cpus)
@@ -162,6 +171,8 @@ class pinned:
             except OSError:
                 pass
         self.saved = {}
+        with _pin_lock:
+            _pinning = self.owner = False
         return False
 
 

@@ -193,3 +193,30 @@ def test_solver_train_restores_the_caller_s_cpus():
                 assert seen == [before]
             else:
                 assert len(seen[0]) == 1
+
+
+def test_pinned_sections_do_not_nest_or_overlap():
+    import os
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and two CPUs")
+    threads.set_num_threads(2)
+    try:
+        before = _affinity()
+        with threads.pinned():
+            mine = _affinity()
+            with threads.pinned():                     # nested: leaves the outer pin as it is
+                assert _affinity() == mine
+            assert _affinity() == mine
+            other = []
+
+            def second():                              # another thread's Solver meanwhile: a no-op
+                own = _affinity()
+                with threads.pinned():
+                    other.append(_affinity() == own)
+            t = threading.Thread(target=second)
+            t.start()
+            t.join()
+            assert other == [True] and _affinity() == mine
+        assert _affinity() == before
+    finally:
+        threads.set_num_threads(None)
