@@ -4,9 +4,12 @@ NumPy's ufuncs and BLAS calls release the GIL, so plain threads use every core. 
 
 - ``parallel(fn, n)``: a memory-bound pass (the optimizer updates) over CHUNK-aligned ranges;
 - ``concurrently(f, g, ...)``: independent products side by side, one per thread, each a
-  single-threaded BLAS call (a hidden layer's input and weight gradients). On 2 cores two
-  single-threaded 256x1024x1024 products ran at 248 GFLOP/s together, where OpenBLAS's own two
-  threads ran one at 222 (docs/BENCHMARKS.md).
+  single-threaded BLAS call (a hidden layer's input and weight gradients; the parts of a large
+  forward product split by ``cuts``/``ways`` over the rows of W each core updates). On 2 cores
+  two single-threaded 256x1024x1024 products ran at 248 GFLOP/s together, where OpenBLAS's own
+  two threads ran one at 222 (docs/BENCHMARKS.md).
+
+``pinned`` keeps the caller and BLAS's worker threads on separate cores while the Solver trains.
 
 OpenBLAS's thread count is process-wide (its ``_local`` setter too, in the pthreads builds that
 NumPy's wheels ship), so ``concurrently`` sets it to 1 for the call and restores it after; where
@@ -119,7 +122,7 @@ class pinned:
     the process's native threads (OpenBLAS's workers among them) on the others (Linux).
 
     On this 2-core VM, OpenBLAS's worker woken onto the caller's CPU stalled the products that use
-    it, most after a pause; keeping the two apart made net A's epochs about 9 % faster
+    it, most after a pause; keeping the two apart made net A's epochs about 10 % faster
     (docs/BENCHMARKS.md). Python threads other than the team's are left alone. Every affinity
     changed is restored on exit, and threads started inside get the process's whole CPU set.
     A no-op with fewer than 2 allowed CPUs or a team of 1, and inside a team job.
