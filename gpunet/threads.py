@@ -225,19 +225,18 @@ def concurrent_products(on: bool | None = None) -> bool:
 
 
 def concurrently(*jobs, work: int):
-    """Run the independent products ``jobs`` (callables), each ``work`` multiply-adds or more.
+    """Run the independent products ``jobs`` (callables); ``work``: the multiply-adds that decide
+    whether running them side by side pays (as for ``ways``).
 
-    Side by side, one per team thread with BLAS held to one thread, when the team has a thread
-    for each, the products are large enough and NumPy's BLAS can be driven; otherwise in turn.
-    The values may differ from the sequential run in the last bits (BLAS sums in another order).
+    Side by side, one per team thread with BLAS held to one thread, when ``ways(work)`` gives the
+    team a thread for each job; otherwise in turn. The values may differ from the sequential run
+    in the last bits (BLAS sums in another order).
     """
-    ctl = None
-    if _concurrent and work >= CONCURRENT_MIN and len(jobs) <= num_threads() and not _in_team():
-        ctl = blas_control()
-    if ctl is None:
+    if len(jobs) < 2 or ways(work) < len(jobs):
         for job in jobs:
             job()
         return
+    ctl = blas_control()
     global _held, _held_before
     get, set_ = ctl
     with _held_lock:            # the first caller in saves BLAS's count, the last one out restores it

@@ -58,7 +58,7 @@ def _split_rows(X2, W, out, t):
     out = np.empty((X2.shape[0], M), dtype) if out is None else out
     parts = [out] + [np.empty((X2.shape[0], M), dtype) for _ in range(t - 1)]
     threads.concurrently(*[lambda k=k: np.matmul(X2[:, rows[k]:rows[k + 1]], W[rows[k]:rows[k + 1]], out=parts[k])
-                           for k in range(t)], work=1 << 62)
+                           for k in range(t)], work=X2.size * M)
     for part in parts[1:]:
         out += part
     return out
