@@ -9,6 +9,9 @@ variable ``GPUNET_BACKEND`` or by a script's ``--backend`` flag:
 - ``numpy`` / ``cpu``: NumPy.
 - ``cupy`` / ``gpu``: CuPy; a ``BackendError`` when no GPU is usable (never a
   silent fall-back).
+- ``emulated``: the GPU emulated on the CPU (``gpunet.testing.emulated``): every CuPy-only
+  branch runs, on NumPy arrays, with the CUDA kernel bodies compiled for the CPU by g++.
+  ``name()`` then says ``"cupy"`` and ``emulated()`` says True. For tests and debugging.
 """
 from __future__ import annotations
 
@@ -20,13 +23,14 @@ import numpy
 
 log = logging.getLogger("gpunet")
 
-_ALIASES = {"auto": "auto", "numpy": "numpy", "cpu": "numpy", "cupy": "cupy", "gpu": "cupy"}
+_ALIASES = {"auto": "auto", "numpy": "numpy", "cpu": "numpy", "cupy": "cupy", "gpu": "cupy", "emulated": "emulated"}
 
 _cupy = None            # the cupy module once it has been imported and probed
 _cupy_error = None      # why cupy is not usable (str), once probed
 _probed = False
 _active = None          # "numpy" or "cupy"; None until first use
 _device = 0
+_emulated = False       # _cupy is gpunet.testing.emulated's stand-in module
 
 
 class BackendError(RuntimeError):
@@ -61,16 +65,27 @@ def _probe_cupy(device: int = 0):
 
 
 def use(name: str | None = None, device: int | None = None) -> str:
-    """Select the backend (``auto``, ``numpy``/``cpu``, ``cupy``/``gpu``); return the one chosen.
+    """Select the backend (``auto``, ``numpy``/``cpu``, ``cupy``/``gpu``, ``emulated``); return the one chosen
+    (``"numpy"`` or ``"cupy"``; the emulated GPU is ``"cupy"``).
 
     ``name=None`` reads ``GPUNET_BACKEND`` (default ``auto``); ``device`` is the GPU index.
     """
-    global _active, _device, _probed
+    global _active, _device, _probed, _cupy, _cupy_error, _emulated
     if name is None:
         name = os.environ.get("GPUNET_BACKEND", "auto")
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
         raise ValueError(f"backend: expected one of {sorted(_ALIASES)}, got {name!r}")
+    if key == "emulated":
+        from .testing import emulated
+        why = emulated.available()
+        if why:
+            raise BackendError(f"backend 'emulated' requested but {why}")
+        _cupy, _cupy_error, _probed, _emulated, _active = emulated.module(), None, True, True, "cupy"
+        log.info("gpunet backend: cupy emulated on the CPU (asked for explicitly)")
+        return _active
+    if _emulated:                       # leaving the emulated GPU: probe for a real one again
+        _cupy, _cupy_error, _probed, _emulated = None, None, False, False
     if device is not None:
         device = int(device)
         if device < 0:
@@ -106,6 +121,11 @@ def name() -> str:
     if _active is None:
         use()
     return _active
+
+
+def emulated() -> bool:
+    """True while the emulated GPU stands in for CuPy (``use("emulated")``)."""
+    return _emulated
 
 
 def gpu_available() -> bool:

@@ -86,8 +86,8 @@ def _build(src: CudaSource):
 
 
 def on_gpu(a) -> bool:
-    """True when ``a`` is a CuPy array (the fused CUDA path applies)."""
-    return not isinstance(a, np.ndarray) and backend.get_array_module(a) is not np
+    """True when ``a`` is a CuPy array (the fused CUDA path applies), the emulated GPU's included."""
+    return backend.is_device_array(a)
 
 
 

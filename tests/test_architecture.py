@@ -100,5 +100,7 @@ def test_no_product_code_knows_the_workspace():
 
 
 def test_one_module_talks_to_the_blas_library():
+    """ctypes is for the BLAS library, in one module; gpunet.testing loads the g++-built kernel bodies
+    of the emulated GPU with it (no BLAS)."""
     users = sorted(name for name, p in modules().items() if re.search(r"^\s*import ctypes|^\s*from ctypes", p.read_text(), re.M))
-    assert users == ["gpunet.threads"]
+    assert [u for u in users if not u.startswith("gpunet.testing.")] == ["gpunet.threads"]

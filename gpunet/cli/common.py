@@ -43,8 +43,9 @@ USER_ERRORS = (UserError, ValueError, FileNotFoundError, IsADirectoryError, Perm
 
 def add_common_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("device")
-    g.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cupy", "gpu"],
-                   help="array backend (default: $GPUNET_BACKEND or auto: GPU when usable)")
+    g.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cupy", "gpu", "emulated"],
+                   help="array backend (default: $GPUNET_BACKEND or auto: GPU when usable; emulated: the "
+                        "GPU code paths run on the CPU, for testing)")
     g.add_argument("--device", type=int, default=None, metavar="N", help="GPU index (default 0)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--quiet", "-q", action="store_true", help="only print errors and the final report")
