@@ -12,6 +12,10 @@ vector, so one launch walks all parameters as one flat index range.
   ``write_scalars`` fills it on the stream before each step, outside any CUDA
   graph, so a captured launch reads each step's values (lr is never baked in).
 
+A raw pointer carries no strides: ``refusal`` says when the outputs cannot be updated this
+way (the optimizer then updates parameter by parameter), ``safe_gradients`` copies a gradient
+the kernel could not read as flat memory (a strided view, another dtype, memory it writes).
+
 Tables are uploaded from page-locked host copies kept alive with them, so an
 upload can also be captured into a graph; a table made during a capture is never dropped.
 """
@@ -65,12 +69,81 @@ def declare(src, dtype_name: str, module: str):
     return kernels.raw(f"multi_{src.name}_{dtype_name}", code, fn, module=module)
 
 
+def _ptr(a) -> int:
+    """The address of ``a``'s first element (CuPy: device memory; NumPy: host memory)."""
+    return a.data.ptr if hasattr(a, "data") and hasattr(a.data, "ptr") else a.ctypes.data
+
+
+def _span(a):
+    """[first byte, last byte + 1) of a C-contiguous array."""
+    p = _ptr(a)
+    return p, p + a.nbytes
+
+
+def _overlaps(a, spans) -> bool:
+    lo, hi = _span(a)
+    return a.nbytes > 0 and any(lo < h and l < hi for l, h in spans)
+
+
+def refusal(arrays_per_param) -> str | None:
+    """Why the kernel cannot update [[dw, w, state...] per parameter] in place; None when it can.
+
+    The kernel indexes every array as flat memory of ``w``'s size and writes w and the
+    state arrays (the outputs): each output must be C-contiguous, of one float dtype
+    (``CTYPES``) and ``w``'s shape, and no two outputs may share memory. Gradients are
+    not checked here: ``safe_gradients`` copies any that the kernel could not read.
+    """
+    spans, dtype = [], None
+    for k, arrays in enumerate(arrays_per_param):
+        w = arrays[1]
+        dtype = dtype or w.dtype
+        for j, a in enumerate(arrays[1:], 1):
+            what = f"array {j} of parameter {k}"
+            if a.dtype != dtype or a.dtype.name not in CTYPES:
+                return f"{what} is {a.dtype}, expected {dtype} (one float dtype for all)"
+            if tuple(a.shape) != tuple(w.shape):
+                return f"{what} has shape {tuple(a.shape)}, expected {tuple(w.shape)}"
+            if not a.flags.c_contiguous:
+                return f"{what} is not C-contiguous (strides {a.strides})"
+            if _overlaps(a, spans):
+                return f"{what} shares memory with another array the update writes"
+            if a.nbytes:
+                spans.append(_span(a))
+    return None
+
+
+def safe_gradients(xp, arrays_per_param):
+    """[[dw, w, state...]] with each gradient made readable as flat memory: a C-contiguous array of
+    w's dtype and shape that shares no memory with any output (a copy where it was not)."""
+    outs = [_span(a) for arrays in arrays_per_param for a in arrays[1:] if a.nbytes]
+    fixed = []
+    for dw, w, *state in arrays_per_param:
+        if tuple(dw.shape) != tuple(w.shape):
+            raise ValueError(f"multi-tensor update: gradient of shape {tuple(dw.shape)} for a parameter of "
+                             f"shape {tuple(w.shape)}")
+        if dw.dtype != w.dtype or not dw.flags.c_contiguous:
+            dw = xp.ascontiguousarray(dw, dtype=w.dtype)
+        elif _overlaps(dw, outs):
+            dw = dw.copy()
+        fixed.append([dw, w] + state)
+    return fixed
+
+
 def table_rows(arrays_per_param):
-    """Host rows of ``tab`` for [[dw, w, state...] per parameter] and the total element count."""
+    """Host rows of ``tab`` for [[dw, w, state...] per parameter] and the total element count.
+
+    Raises ValueError for arrays the kernel would misread (see ``refusal``; a gradient must be
+    C-contiguous and of w's dtype and shape too): a raw pointer carries no strides.
+    """
+    why = refusal(arrays_per_param)
+    for k, (dw, w, *_) in enumerate(arrays_per_param):
+        if why is None and (dw.dtype != w.dtype or tuple(dw.shape) != tuple(w.shape) or not dw.flags.c_contiguous):
+            why = f"the gradient of parameter {k} is not a C-contiguous {w.dtype} array of shape {tuple(w.shape)}"
+    if why is not None:
+        raise ValueError(f"multi-tensor update: {why}")
     rows, start = [], 0
     for arrays in arrays_per_param:
-        rows.append([start] + [a.data.ptr if hasattr(a, "data") and hasattr(a.data, "ptr") else a.ctypes.data
-                               for a in arrays])
+        rows.append([start] + [_ptr(a) for a in arrays])
         start += arrays[1].size
     return rows, start
 
@@ -111,7 +184,9 @@ class MultiTensor:
         return hit[1]
 
     def launch(self, xp, arrays_per_param):
-        """One launch over [[dw, w, state...] per parameter] (all of one dtype, C-contiguous)."""
+        """One launch over [[dw, w, state...] per parameter]; the outputs (w, state) must pass ``refusal``,
+        gradients are copied where the kernel could not read them (``safe_gradients``)."""
+        arrays_per_param = safe_gradients(xp, arrays_per_param)
         rows, total = table_rows(arrays_per_param)
         dtype = arrays_per_param[0][1].dtype.name
         kern = kernels.SOURCES[f"multi_{self.src.name}_{dtype}"]

@@ -49,7 +49,6 @@ class OptimConfig:
 
 
 # ---------------------------------------------------------------- in-place kernels
-
 # Each in-place update rule: its CUDA twin (one elementwise launch per parameter), then the NumPy form.
 _SGD = kernels.elementwise("sgd", "T dw, T lr", "T w", "w -= lr * dw", module=__name__,
                            scalars=("lr",))
@@ -166,7 +165,6 @@ def adam_(w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
 
 
 # ---------------------------------------------------------------- update rules
-
 # The coursework's (and CS231n's) functional form: defaults, and the state kept in its config dict.
 _COURSEWORK = {"sgd": ({"learning_rate": 1e-2}, ()),
                "sgd_momentum": ({"learning_rate": 1e-2, "momentum": 0.9}, ("velocity",)),
@@ -279,15 +277,18 @@ class Optimizer:
         self._multi = None
 
     def _grads(self, params, grads):
-        missing = sorted(set(params) - set(grads))
-        if missing:
+        if missing := sorted(set(params) - set(grads)):
             raise KeyError(f"grads: no gradient for parameter(s) {missing}")
         return {k: grad_like(w, grads[k], k) for k, w in params.items()}
 
     def _use_multi(self, params) -> bool:
-        ws = list(params.values())
-        return (self.multi_tensor and bool(ws) and all(kernels.on_gpu(w) and w.flags.c_contiguous for w in ws)
-                and len({w.dtype for w in ws}) == 1)
+        """One launch can update every parameter: CuPy weights and state that pass ``multi_tensor.refusal``
+        (gradients need not: the launch copies any it could not read; w stands in for them here)."""
+        if not (self.multi_tensor and params and all(kernels.on_gpu(w) for w in params.values())):
+            return False
+        names, st = _MULTI_RULES["sgd_momentum" if self.rule is sgd_momentum else self.rule.__name__][0], self.state
+        return multi_tensor.refusal([[w, w] + [st[k][n] for n in names if n in st.get(k, {})]
+                                     for k, w in params.items()]) is None
 
     def prepare(self, params: dict, lr: float):
         """Multi-tensor path: create missing state, advance step counters, write the step's scalars."""

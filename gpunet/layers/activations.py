@@ -41,7 +41,7 @@ def relu_backward(dout, X, out=None, scale=1.0):
     ``scale``: multiply the passed gradient too (1/(1-p) after an in-place dropout).
     """
     xp = backend.get_array_module(dout)
-    if out is dout and kernels.on_gpu(dout):
+    if out is dout and kernels.on_gpu(dout) and X.dtype == dout.dtype:   # the kernel's one type T
         _RELU_BWD(X, dout.dtype.type(scale), dout)
         return dout
     out = xp.multiply(dout, X > 0, out=out)
@@ -114,7 +114,7 @@ def dropout_forward(X, p=0.5, train=True, seed=None, rng=None, out=None):
         keep = xp.asarray(np.random.RandomState(seed).random_sample(X.shape) >= p)
     else:
         rng = rng if rng is not None else _rng_for(xp)
-        if out is not None and kernels.on_gpu(X):
+        if out is X and kernels.on_gpu(X):      # the kernel scales its output in place: only out=X
             _DROPOUT(_uniforms(rng, X), np.float32(p), scale, out)
             return out, None
         keep = keep_mask(rng, X.shape, p)

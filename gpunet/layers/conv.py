@@ -112,7 +112,8 @@ def conv2d_backward(dout, X, W, b, stride=1, padding=0, cache=None, need_dx=True
         cols1 = im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(C * KH * KW + 1, N * Ho * Wo)
     d2 = xp.ascontiguousarray(_as_cnhw(dout, layout)).reshape(F, N * Ho * Wo)
     dWb = xp.matmul(d2, cols1.T)                                     # [dW | db]: the ones row sums dout
-    dW, db = dWb[:, :-1].reshape(W.shape), xp.ascontiguousarray(dWb[:, -1])
+    # both columns of [dW | db] are strided views: copy them out, so a gradient is always a plain array
+    dW, db = xp.ascontiguousarray(dWb[:, :-1]).reshape(W.shape), xp.ascontiguousarray(dWb[:, -1])
     dX = None
     if need_dx:
         dcols = xp.matmul(W.reshape(F, -1).T, d2).reshape(C, KH, KW, N, Ho, Wo)

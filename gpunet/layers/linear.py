@@ -13,7 +13,7 @@ _BIAS_RELU = kernels.elementwise("bias_relu", "T b", "T h", "T t = h + b; h = t 
 
 def _bias_(h, b, relu):
     """``h += b`` (then ReLU) in place. h: (N, M); b: (M,)."""
-    if kernels.on_gpu(h):
+    if kernels.on_gpu(h) and b.dtype == h.dtype:          # the kernel's one type T
         (_BIAS_RELU if relu else _BIAS_ADD)(b, h)
         return h
     h += b

@@ -54,7 +54,8 @@ def softmax_loss(logits, y):
         x = xp.ascontiguousarray(logits).reshape(-1)
         dx = xp.empty(N * C, dtype=logits.dtype)
         row = xp.empty(N, dtype=logits.dtype)
-        _SOFTMAX_XENT(x, y, C, logits.dtype.type(1.0 / N), row, dx)
+        # raw arguments are read as flat rows: x and y contiguous (copies only for views)
+        _SOFTMAX_XENT(x, xp.ascontiguousarray(y), C, logits.dtype.type(1.0 / N), row, dx)
         return row.mean(), dx.reshape(N, C)
     if y.min() < 0 or y.max() >= C:
         bad = y[(y < 0) | (y >= C)][0]
