@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# GPU acceptance run: at most 11 minutes on one H100 (the step time limits below add up to 10.3).
-#   1. the CuPy test cases (mark "gpu": gradient checks, fused vs plain kernels, optimizer and dropout
-#      kernels, steady memory pool), then the graph-versus-eager training-step test on its own;
-#   2. the NVRTC compile and CPU-execution tests of every CUDA source (cheap; needs the pinned CuPy);
-#   3. gpunet-bench on CuPy beside PyTorch eager, TF32 off: the FC nets, then the CNN (--cnn; skipped
-#      when this checkout's bench has no --cnn);
-#   4. gpunet-train cifar10 --epochs 3 end to end on a SYNTHETIC CIFAR-10 python tarball made here
-#      (random pixels, the real layout, 5000 train / 1000 test images: no internet on the GPU machine),
-#      converted by the train command itself; its accuracy means nothing, only that it runs;
-#   5. gpunet-train fer2013 --arch cnn, 2 epochs on a SYNTHETIC FER2013-sized file: the time per epoch;
-#   6. a one-screen summary (also in $OUT/summary.txt).
-# Everything lands in $OUT (default ./gpu_check_out). Usage: [OUT=dir] [PYTHON=python] scripts/gpu_check.sh
-# Exit status 0 only if every step passed (2: no usable GPU, nothing run).
+# GPU acceptance run on one NVIDIA GPU. Steps (GPU_CHECK_STEPS, default all, in this order):
+#   pytest_gpu     the CuPy test cases (mark "gpu": gradient checks, fused vs plain kernels, optimizer and
+#                  dropout kernels, steady memory pool), the backend-parity cases left to `parity`;
+#   graph_vs_eager the graph-versus-eager training-step test on its own;
+#   parity         backend parity (issue 19): the FC and CNN recipes, dropout 0, identical weights, one
+#                  fixed batch of 128, 50 Adam and 50 SGD-momentum steps, float32 and float64, on NumPy
+#                  and CuPy; loss curves and final parameters within 1e-3 (tests/test_backend_parity.py);
+#   nvrtc_cpu      the NVRTC compile and CPU-execution tests of every CUDA source (needs the pinned CuPy);
+#   bench_fc, bench_cnn  gpunet-bench on CuPy beside PyTorch eager, TF32 off;
+#   train_cifar10  gpunet-train cifar10 --epochs 3 on a SYNTHETIC CIFAR-10 tarball (it runs, nothing more);
+#   train_fer_cnn  gpunet-train fer2013 --arch cnn, 2 epochs on a SYNTHETIC FER2013-sized file (time per epoch);
+#   real_fer       the acceptance run: `gpunet-train fer2013 --arch cnn --backend cupy` (the default 36-epoch
+#                  recipe) on the REAL FER2013 image tarball named by FER_SOURCE (skipped without it);
+#                  PublicTest accuracy must reach 0.63, as on the CPU.
+# Then a one-screen summary (also in $OUT/summary.txt). Everything lands in $OUT (default ./gpu_check_out).
+# Usage: [OUT=dir] [PYTHON=python] [GPU_CHECK_STEPS="parity real_fer"] [FER_SOURCE=fer2013-images.tar.gz] \
+#        scripts/gpu_check.sh
+# Exit status 0 only if every step run passed (2: no usable GPU, nothing run).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_check_out}"
@@ -21,10 +26,14 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # run from the checkout, i
 status=0
 summary=()
 
+STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager parity nvrtc_cpu bench_fc bench_cnn train_cifar10 make_data make_fer train_fer_cnn real_fer} "
+wanted() { [[ "$STEPS" == *" $1 "* ]]; }
+
 # step NAME LIMIT_S CMD...: run CMD with a time limit, output to $OUT/NAME.txt, one summary line
 step() {
     local name=$1 limit=$2 t0 rc res
     shift 2
+    wanted "$name" || return 0
     t0=$(date +%s)
     timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
     rc=$?
@@ -55,8 +64,10 @@ sys.exit(0 if backend.gpu_available() else 'no usable GPU: %s' % backend.gpu_una
 fi
 
 # 1. CuPy test cases, then the graph-vs-eager test alone (it is among them too; this names it in the summary)
-step pytest_gpu 120 env GPUNET_BACKEND=cupy "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
+step pytest_gpu 120 env GPUNET_BACKEND=cupy "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ \
+    --deselect tests/test_backend_parity.py
 step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_cudagraph.py -k cupy
+step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/test_backend_parity.py -k test_gpu_trains_as_numpy
 # 2. every CUDA source through NVRTC and on the CPU
 step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/test_nvrtc.py \
     tests/test_kernel_cpu.py
@@ -100,6 +111,22 @@ print('SYNTHETIC FER2013 file: $OUT/fer/fer2013.h5')
 "
 step train_fer_cnn 150 "$PY" scripts/train.py fer2013 --arch cnn --backend cupy --epochs 2 \
     --data-dir "$OUT/fer" --no-download --out "$OUT/run_fer_cnn" --no-plots
+# 5b. the acceptance run on the REAL FER2013 tarball (the default CNN recipe), converted by the train command
+if wanted real_fer && [ -z "${FER_SOURCE:-}" ]; then
+    summary+=("$(printf '%-16s %-13s %4ss  %s' real_fer SKIP 0 'FER_SOURCE (the real fer2013-images.tar.gz) not given')")
+elif wanted real_fer; then
+    rm -rf "$OUT/run_fer_real" "${TMPDIR:-/tmp}/gpu_check_fer_real"
+    step real_fer 420 "$PY" scripts/train.py fer2013 --arch cnn --backend cupy --source "$FER_SOURCE" \
+        --data-dir "${TMPDIR:-/tmp}/gpu_check_fer_real" --no-download --out "$OUT/run_fer_real"
+    step real_fer_acc 10 "$PY" -c "
+import json, sys
+h = json.load(open('$OUT/run_fer_real/history.json'))
+val = h.get('val_acc_history') or h.get('val_acc')
+print('val acc per epoch:', ' '.join(f'{v:.3f}' for v in val))
+best = max(val)
+print(f'best PublicTest {best:.4f} (target 0.63)')
+sys.exit(0 if best >= 0.63 else 1)"
+fi
 
 # 6. summary
 {

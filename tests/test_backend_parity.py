@@ -29,6 +29,8 @@ def _check(kind, rule, steps, dtype, other, tol, n=64):
     got = parity.curve(kind, other, rule, steps, dtype, n)
     skip = parity.cancelled_by_batchnorm(kind) if dtype == np.float32 else ()
     d = parity.compare(ref, got, skip)
+    print(f"PARITY {kind} {rule} {np.dtype(dtype).name} {steps} steps vs {other}: loss {d['loss']:.2e}, "
+          f"param {d['param']:.2e} ({d['worst_param']}); final loss numpy {ref[0][-1]:.6f}, {other} {got[0][-1]:.6f}")
     assert np.all(np.isfinite(got[0])), got[0]
     assert d["loss"] <= tol, f"{kind} {rule} {np.dtype(dtype).name}: loss curves differ by {d['loss']:.2e}\n" \
                              f"numpy    {ref[0]}\n{other} {got[0]}"
