@@ -1,12 +1,20 @@
 """Shared fixtures: run a test body on every array backend.
 
-``xp`` is parametrized over NumPy and CuPy; the CuPy case skips with the reason
-the backend module gives when no GPU is usable, and runs when one is.
+``xp`` is parametrized over NumPy, the emulated GPU and CuPy:
+
+- ``emulated`` runs the CuPy-only branches on the CPU (``gpunet.testing.emulated``: NumPy arrays
+  standing for device memory, the CUDA kernel bodies compiled by g++), so CI executes the GPU
+  path's own code; it skips only where g++ is missing;
+- ``cupy`` skips with the reason the backend module gives when no GPU is usable, and runs when one is.
+
+A test that checks what only a real GPU has (memory pools, cuRAND's streams) asks for
+``real_gpu`` or skips itself on ``backend.emulated()``.
 """
 import numpy as np
 import pytest
 
 from gpunet import backend
+from gpunet.testing import emulated
 
 
 def _gpu_skip_reason():
@@ -15,6 +23,7 @@ def _gpu_skip_reason():
 
 BACKENDS = [
     pytest.param("numpy", id="numpy"),
+    pytest.param("emulated", id="emulated", marks=pytest.mark.emulated),
     pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
 ]
 
@@ -27,6 +36,8 @@ def xp(request):
         reason = _gpu_skip_reason()
         if reason:
             pytest.skip(reason)
+    if name == "emulated" and emulated.available():
+        pytest.skip(emulated.available())
     previous = backend.name()
     backend.use(name)
     try:

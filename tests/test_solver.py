@@ -232,7 +232,7 @@ def test_epoch_generator_is_a_function_of_seed_and_epoch(xp):
     fresh = backend.default_rng([5, 3, 1])
     np.testing.assert_array_equal(backend.to_numpy(again.random(1000, dtype=np.float32)),
                                   backend.to_numpy(fresh.random(1000, dtype=np.float32)))
-    if xp is not np:
+    if xp is not np and not backend.emulated():   # cuRAND's state (the emulated GPU draws with NumPy's)
         assert again is first                     # the same device state, reseeded
     other = _epoch_rng(again, [5, 4, 1])
     epoch3 = backend.default_rng([5, 3, 1])

@@ -45,8 +45,8 @@ class CaptureRefused(RuntimeError):
 
 def _refuse_during_capture(what):
     if _capturing:
-        raise CaptureRefused(f"{what}: cuBLAS calls are not allowed while a stream is being captured "
-                             "(emulating CuPy 14.2's cublas.setStream during capture)")
+        raise CaptureRefused(f"{what}: calling cuBLAS API during stream capture is currently unsupported "
+                             "(CuPy 14.2's message; the emulated GPU refuses as it does)")
 
 
 # ------------------------------------------------------------------ arrays
