@@ -15,6 +15,7 @@ variable ``GPUNET_BACKEND`` or by a script's ``--backend`` flag:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -121,6 +122,23 @@ def name() -> str:
     if _active is None:
         use()
     return _active
+
+
+def selected() -> str:
+    """What ``use`` was last given, resolved: ``"numpy"``, ``"cupy"`` or ``"emulated"`` (``name()``
+    says ``"cupy"`` for the emulated GPU too); ``use(selected())`` restores it."""
+    return "emulated" if _emulated and name() == "cupy" else name()
+
+
+@contextlib.contextmanager
+def using(backend_name: str):
+    """``with using("numpy"): ...``: run a block on another backend, then restore the one before."""
+    previous = selected()
+    use(backend_name)
+    try:
+        yield xp()
+    finally:
+        use(previous)
 
 
 def emulated() -> bool:

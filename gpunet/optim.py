@@ -66,17 +66,17 @@ _ADAM = kernels.elementwise("adam", "T dw, T b1, T b2, T lr_t, T inv_sqrt_bc2, T
                             scalars=("b1", "b2", "lr_t", "inv_sqrt_bc2", "eps"))
 
 def grad_like(w, dw, name="parameter"):
-    """``dw`` as an array of ``w``'s dtype and shape: a float gradient of another precision is converted.
-
-    The same on NumPy and CuPy (CuPy's kernels would refuse a float64 gradient for float32
-    weights, NumPy would silently compute in float64). Anything else is refused.
-    """
+    """``dw`` as an array of ``w``'s dtype and shape, the same on NumPy and CuPy: a float gradient of
+    another precision is converted (CuPy's kernels would refuse it, NumPy would compute in float64),
+    one that may share memory with ``w`` is copied (the update writes w first); anything else is refused."""
     if tuple(dw.shape) != tuple(w.shape):
         raise ValueError(f"gradient of {name}: expected shape {tuple(w.shape)}, got {tuple(dw.shape)}")
     if dw.dtype != w.dtype:
         if dw.dtype.kind != "f":
             raise TypeError(f"gradient of {name}: expected a floating-point array, got {dw.dtype}")
         dw = dw.astype(w.dtype)
+    elif backend.get_array_module(w).may_share_memory(w, dw):   # the update writes w before it reads dw
+        dw = dw.copy()
     return dw
 
 

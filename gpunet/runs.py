@@ -174,7 +174,7 @@ def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbo
                "final_val_acc": history["val_acc"][-1] if history["val_acc"] else None,
                "epochs_done": solver.epoch, "stopped_early": solver.stopped_early,
                "train_time_s": float(sum(solver.epoch_time_history)), "wall_time_s": wall,
-               "backend": backend.name(), "report": report}
+               "backend": backend.selected(), "report": report}
     save_json(run_dir / "metrics.json", metrics)
     if plots:
         write_plots(history, report, run_dir, say)

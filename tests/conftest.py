@@ -38,12 +38,8 @@ def xp(request):
             pytest.skip(reason)
     if name == "emulated" and emulated.available():
         pytest.skip(emulated.available())
-    previous = backend.name()
-    backend.use(name)
-    try:
-        yield backend.xp()
-    finally:
-        backend.use(previous)
+    with backend.using(name) as module:
+        yield module
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ Solver's own training step (``gpunet.testing.parity``), on NumPy and on
   steps must match NumPy. float64 shows the logic (rounding then stays near 1e-12); float32, the
   dtype of every recipe, one step. The update that read a strided conv gradient as flat memory
   failed both by far (see the note of issue 19);
-- a real GPU (marker ``gpu``): 50 Adam and 50 SGD-momentum steps, the loss curves and the final
-  parameters within 1e-3 relative (max-norm).
+- a real GPU (marker ``gpu``): 50 Adam and 50 SGD-momentum steps on a batch of 128; in float64 the
+  loss curves and the final parameters within 1e-3 relative (max-norm); in float32 the first 10
+  losses within 1e-2 (see ``test_gpu_trains_as_numpy_float32`` for why no tighter).
 
 In float32 a conv bias followed by batch norm has an exact gradient of zero, and Adam turns the
 rounding noise into steps of +-lr, so those biases are left out of float32 parameter comparisons
@@ -24,18 +25,24 @@ from gpunet.testing import emulated, parity
 emulated_only = pytest.mark.skipif(emulated.available() is not None, reason=str(emulated.available()))
 
 
-def _check(kind, rule, steps, dtype, other, tol, n=64):
+def _check(kind, rule, steps, dtype, other, tol, n=64, loss_steps=None, params=True):
+    """Curves on NumPy and ``other``; the first ``loss_steps`` losses (all by default) and, with ``params``,
+    the final parameters must agree within ``tol`` (relative)."""
     ref = parity.curve(kind, "numpy", rule, steps, dtype, n)
     got = parity.curve(kind, other, rule, steps, dtype, n)
     skip = parity.cancelled_by_batchnorm(kind) if dtype == np.float32 else ()
     d = parity.compare(ref, got, skip)
-    print(f"PARITY {kind} {rule} {np.dtype(dtype).name} {steps} steps vs {other}: loss {d['loss']:.2e}, "
-          f"param {d['param']:.2e} ({d['worst_param']}); final loss numpy {ref[0][-1]:.6f}, {other} {got[0][-1]:.6f}")
+    k = loss_steps or steps
+    early = parity.compare((ref[0][:k], ref[1]), (got[0][:k], got[1]), skip)["loss"]
+    print(f"PARITY {kind} {rule} {np.dtype(dtype).name} {steps} steps vs {other}: loss {d['loss']:.2e} "
+          f"(first {k} steps {early:.2e}), param {d['param']:.2e} ({d['worst_param']}); "
+          f"final loss numpy {ref[0][-1]:.6f}, {other} {got[0][-1]:.6f}")
     assert np.all(np.isfinite(got[0])), got[0]
-    assert d["loss"] <= tol, f"{kind} {rule} {np.dtype(dtype).name}: loss curves differ by {d['loss']:.2e}\n" \
-                             f"numpy    {ref[0]}\n{other} {got[0]}"
-    assert d["param"] <= tol, f"{kind} {rule} {np.dtype(dtype).name}: parameter {d['worst_param']} differs " \
-                              f"by {d['param']:.2e} (relative max-norm); all: {d['params']}"
+    assert early <= tol, f"{kind} {rule} {np.dtype(dtype).name}: loss curves differ by {early:.2e} in the " \
+                         f"first {k} steps\nnumpy    {ref[0]}\n{other} {got[0]}"
+    if params:
+        assert d["param"] <= tol, f"{kind} {rule} {np.dtype(dtype).name}: parameter {d['worst_param']} " \
+                                  f"differs by {d['param']:.2e} (relative max-norm); all: {d['params']}"
     return d
 
 
@@ -76,8 +83,22 @@ def test_emulated_gpu_takes_the_one_launch_update(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", parity.KINDS)
 @pytest.mark.parametrize("rule", sorted(parity.RULES))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_gpu_trains_as_numpy(kind, rule, dtype):
+def test_gpu_trains_as_numpy(kind, rule):
+    """float64, 50 steps: every loss and every final parameter within 1e-3 (rounding leaves ~1e-9)."""
     if not backend.gpu_available():
         pytest.skip(f"no usable GPU: {backend.gpu_unavailable_reason()}")
-    _check(kind, rule, 50, dtype, "cupy", 1e-3, n=128)
+    _check(kind, rule, 50, np.float64, "cupy", 1e-3, n=128)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", parity.KINDS)
+@pytest.mark.parametrize("rule", sorted(parity.RULES))
+def test_gpu_trains_as_numpy_float32(kind, rule):
+    """float32, 50 steps: the first 10 losses within 1e-2. Not tighter, and not the parameters: training
+    one batch to zero loss is chaotic in float32. Between NumPy and the emulated GPU, two summation
+    orders on one CPU, the CNN's Adam curves part by 1e-3 at step 10, 1e-2 at step 16, 15 % by step 50
+    (SGD-momentum: 2.6e-2 in a BN shift after 50 steps). The strided-gradient defect parted them by
+    a factor of 2 to 4 (0.36 against 1.73 at step 20 on an H200)."""
+    if not backend.gpu_available():
+        pytest.skip(f"no usable GPU: {backend.gpu_unavailable_reason()}")
+    _check(kind, rule, 50, np.float32, "cupy", 1e-2, n=128, loss_steps=10, params=False)

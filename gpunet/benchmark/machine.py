@@ -42,7 +42,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "blas": blas_name(), "backend": backend.name(),
+            "numpy": np.__version__, "blas": blas_name(), "backend": backend.selected(),
             "threads_env": {k: os.environ.get(k) for k in THREAD_ENV}}
     try:
         import torch

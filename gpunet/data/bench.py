@@ -220,7 +220,7 @@ def run_all(sources=None, tmp=None, big_gb=2.2, batch_size=100, repeats=1, block
             skip_memory=False, skip_train=False) -> dict:
     """Every measurement above, as a JSON-ready dict; temporary files go under ``tmp``
     (default: the system's) and are deleted."""
-    r = {"backend": backend.name(), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
+    r = {"backend": backend.selected(), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
     work = Path(tempfile.mkdtemp(prefix="gpunet-bench-", dir=tmp))
     try:
         if not skip_memory:

@@ -44,17 +44,13 @@ def curve(kind: str, backend_name: str, rule: str = "adam", steps: int = 20, dty
     The weights are drawn on the host from ``seed``, so every backend starts from the same ones.
     graph: as the Solver's ``graph`` option (CuPy may replay the step from a CUDA graph).
     """
-    previous = backend.name()
-    backend.use(backend_name)
-    try:
+    with backend.using(backend_name):
         model = build(kind, dtype, seed)        # drawn on the host from seed: identical weights everywhere
         X, y = batch(kind, n, seed, dtype)
         X, y = backend.to_device(X), backend.to_device(y)
         step = make_train_step(model, Optimizer(rule, RULES[rule]), graph=graph)
         losses = [float(step(X, y, RULES[rule]["learning_rate"])) for _ in range(steps)]
         return np.array(losses), {k: backend.to_numpy(v).copy() for k, v in model.params.items()}
-    finally:
-        backend.use(previous)
 
 
 def cancelled_by_batchnorm(kind: str) -> set:
