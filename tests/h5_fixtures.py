@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gpunet import backend
+from gpunet.testing import emulated
 from gpunet.data import h5file as fmt
 
 N, SHAPE, CHUNK = 1000, (3, 4, 5), 64          # 16 chunks, the last one partial (40 rows)
@@ -23,15 +24,17 @@ def write_raw(path, x, y, chunks=None, class_names=None, mean=(127.0,), std=(64.
     return path
 
 
-@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["numpy", pytest.param("emulated", marks=pytest.mark.emulated),
+                        pytest.param("cupy", marks=pytest.mark.gpu)])
 def xb(request):
-    """Run the test body on each backend; CuPy skips when no GPU is usable."""
+    """Run the test body on each backend (the emulated GPU runs the CuPy streaming path on the CPU);
+    CuPy skips when no GPU is usable. Yields the backend's name ("cupy" for the emulated GPU too)."""
     if request.param == "cupy" and not backend.gpu_available():
         pytest.skip(f"CuPy backend not testable here: {backend.gpu_unavailable_reason()}")
-    previous = backend.name()
-    backend.use(request.param)
-    yield request.param
-    backend.use(previous)
+    if request.param == "emulated" and emulated.available():
+        pytest.skip(emulated.available())
+    with backend.using(request.param):
+        yield backend.name()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ In float32 a conv bias followed by batch norm has an exact gradient of zero, and
 rounding noise into steps of +-lr, so those biases are left out of float32 parameter comparisons
 (``parity.cancelled_by_batchnorm``); float64 compares every parameter.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,31 @@ def test_gpu_trains_as_numpy_float32(kind, rule):
     if not backend.gpu_available():
         pytest.skip(f"no usable GPU: {backend.gpu_unavailable_reason()}")
     _check(kind, rule, 50, np.float32, "cupy", 1e-2, n=128, loss_steps=10, params=False)
+
+
+@emulated_only
+def test_gpunet_train_on_the_emulated_gpu_gives_the_numpy_run(tmp_path):
+    """End to end (HDF5 streaming to the device, the Solver, evaluation): with dropout and augmentation
+    off the FER CNN recipe's run on the emulated GPU is the NumPy run, up to rounding."""
+    from data_prep import h5format
+    from data_prep.splits import SourceData, Split
+    from gpunet.cli import train
+    rng = np.random.default_rng(0)
+    splits = {k: Split(rng.integers(0, 256, (n, 1, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), u)
+              for k, (n, u) in {"train": (300, "Training"), "val": (100, "PublicTest"),
+                                "test": (100, "PrivateTest")}.items()}
+    names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    h5format.write(tmp_path / "fer2013.h5", SourceData(splits, names, {"sha256": "0" * 64}), dataset="fer2013",
+                   source="synthetic", command="test")
+    runs = {}
+    for b in ("numpy", "emulated"):
+        out = tmp_path / b
+        assert train.main(["fer2013", "--arch", "cnn", "--backend", b, "--epochs", "2", "--channels", "8", "16",
+                           "--hidden", "32", "--dropout", "0", "--no-augment", "--crop-pad", "0", "--data-dir",
+                           str(tmp_path), "--no-download", "--out", str(out), "--no-plots", "-q"]) == 0
+        runs[b] = (json.loads((out / "history.json").read_text()), json.loads((out / "metrics.json").read_text()))
+    (h_np, m_np), (h_emu, m_emu) = runs["numpy"], runs["emulated"]
+    assert m_emu["backend"] == "emulated" and m_np["backend"] == "numpy"
+    assert len(h_np["loss"]) == len(h_emu["loss"]) > 4
+    np.testing.assert_allclose(h_emu["loss"], h_np["loss"], rtol=1e-4)
+    assert h_emu["val_acc"] == h_np["val_acc"]
