@@ -261,3 +261,32 @@ def test_safe_gradients_copies_only_what_it_must():
     assert fixed[3][0] is not w and not np.shares_memory(fixed[3][0], w)
     with pytest.raises(ValueError, match="gradient of shape"):
         multi_tensor.safe_gradients(np, [[np.ones(3), w]])
+
+
+# ------------------------------------------------------------------ other awkward inputs
+
+def test_bias_of_another_dtype(xp, r):
+    """The fused bias kernel has one type T: a float64 bias for float32 activations takes the plain path."""
+    X, W, b = r.standard_normal((6, 5)).astype(np.float32), r.standard_normal((5, 4)).astype(np.float32), r.standard_normal(4)
+    for relu in (False, True):
+        got = linear_forward(xp.asarray(X), xp.asarray(W), xp.asarray(b), relu=relu)
+        want = reference(linear_forward, X, W, b, relu=relu)
+        assert got.dtype == want.dtype
+        same(got, want, 1e-6)
+
+
+def test_relu_backward_of_another_dtype(xp, r):
+    a, dout = r.standard_normal((5, 4)), r.standard_normal((5, 4)).astype(np.float32)
+    d = xp.asarray(dout.copy())                                 # changed in place
+    out = relu_backward(d, xp.asarray(a), out=d, scale=2.0)
+    same(out, reference(relu_backward, dout, a, scale=2.0), 1e-6)
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+def test_coursework_rules_on_views(xp, r, rule):
+    """``next_w, config = rule(w, dw, config)`` with a transposed w and a strided dw."""
+    w, dw = r.standard_normal((4, 6)), r.standard_normal((4, 6))
+    want, cfg = reference(lambda a, b: getattr(optim, rule)(a, b, config={}), w, dw)
+    got, config = getattr(optim, rule)(view(xp, w, "transposed"), view(xp, dw, "strided"), config={})
+    same(got, want)
+    same(view(xp, w, "transposed"), w)                       # the coursework form leaves w alone
