@@ -45,3 +45,13 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _backend_restored():
+    """Whatever a test selects (a CLI's --backend, say) ends with it: the next test starts on the same backend."""
+    before = backend.selected()
+    yield
+    if backend.selected() != before:
+        backend.use(before)
+

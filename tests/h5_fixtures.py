@@ -39,7 +39,7 @@ def xb(request):
 
 @pytest.fixture
 def numpy_backend():
-    previous = backend.name()
+    previous = backend.selected()
     backend.use("numpy")
     yield
     backend.use(previous)

@@ -44,7 +44,7 @@ def test_the_checker_catches_an_import(tmp_path):
 
 @pytest.mark.parametrize("alias", ["numpy", "cpu", "NumPy"])
 def test_numpy_aliases(alias):
-    prev = backend.name()
+    prev = backend.selected()
     try:
         assert backend.use(alias) == "numpy"
         assert backend.xp() is np
@@ -60,14 +60,14 @@ def test_unknown_backend_name():
 def test_asking_for_gpu_without_one_is_an_error():
     if backend.gpu_available():
         pytest.skip("a GPU is usable here")
-    prev = backend.name()
+    prev = backend.selected()
     with pytest.raises(backend.BackendError, match="backend 'cupy' requested but"):
         backend.use("gpu")
     assert backend.name() == prev  # nothing changed, no silent fall-back
 
 
 def test_auto_logs_its_choice_and_reason(caplog):
-    prev = backend.name()
+    prev = backend.selected()
     try:
         with caplog.at_level("INFO", logger="gpunet"):
             chosen = backend.use("auto")

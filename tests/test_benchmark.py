@@ -71,7 +71,7 @@ def test_bench_cnn_writes_json(tmp_path, monkeypatch):
     from gpunet.cli import bench
     monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
     out = tmp_path / "cnn.json"
-    previous = backend.name()
+    previous = backend.selected()
     try:
         rc = bench.main(["--cnn", "--settle", "0", "--threads", "1", "--batch-sizes", "2", "--steps", "1", "--repeats", "2",
                          "--warmup", "0", "--json", str(out), "--backend", "numpy", "-q"])
@@ -89,7 +89,7 @@ def test_bench_epoch_levers_time_each_lever_off(tmp_path, monkeypatch):
     from gpunet.cli import bench
     monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
     out = tmp_path / "levers.json"
-    previous = backend.name()
+    previous = backend.selected()
     try:
         rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "8", "--repeats", "1",
                          "--view", "epoch", "--levers", "--no-torch", "--epoch-samples", "32",

@@ -56,7 +56,7 @@ def test_replayed_steps_match_eager_steps(xp, rule):
 
 
 def test_numpy_gets_the_eager_step():
-    prev = backend.name()
+    prev = backend.selected()
     backend.use("numpy")
     try:
         model = FullyConnectedNet([8], input_dim=D, num_classes=C, seed=1)

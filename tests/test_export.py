@@ -24,7 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(autouse=True)
 def _numpy_backend():
-    previous = backend.name()
+    previous = backend.selected()
     backend.use("numpy")
     yield
     backend.use(previous)

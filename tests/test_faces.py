@@ -30,7 +30,7 @@ MEAN, STD = 129.4, 65.0
 
 @pytest.fixture(autouse=True)
 def _numpy_backend():
-    previous = backend.name()
+    previous = backend.selected()
     backend.use("numpy")
     yield
     backend.use(previous)

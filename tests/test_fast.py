@@ -212,7 +212,7 @@ def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     from gpunet.cli import bench
     monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
     out = tmp_path / "bench.json"
-    previous = backend.name()
+    previous = backend.selected()
     try:
         rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "8", "--steps", "1", "--repeats", "2",
                          "--warmup", "1", "--no-torch", "--json", str(out), "--backend", "numpy", "-q",
@@ -233,7 +233,7 @@ def test_bench_compares_with_torch(tmp_path, monkeypatch):
     from gpunet.cli import bench
     monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
     out = tmp_path / "bench.json"
-    previous = backend.name()
+    previous = backend.selected()
     try:
         rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
                          "--warmup", "1", "--json", str(out), "--backend", "numpy", "-q", "--epoch-samples", "64"])
