@@ -1,8 +1,8 @@
 """Kernel plumbing: the registry of CUDA sources and their lazy compilation (CPU threads: ``gpunet.threads``).
 
-No arithmetic lives here. Each rule's CUDA text is declared beside its NumPy
-twin (in ``gpunet/layers/`` and ``gpunet/optim.py``) with ``elementwise(...)`` or
-``raw(...)``; this module records it in ``SOURCES`` (so the NVRTC and CPU-execution
+No arithmetic lives here. Each CUDA text is declared beside the ``CupyOps`` method that
+launches it (``gpunet/ops/cupy_ops.py``; the one-launch update in ``gpunet/multi_tensor.py``)
+with ``elementwise(...)`` or ``raw(...)``; this module records it in ``SOURCES`` (so the NVRTC and CPU-execution
 tests can find every CUDA source in the project) and compiles it through
 ``backend.cupy_module()`` on first use. It never imports cupy itself.
 """

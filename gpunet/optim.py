@@ -12,9 +12,9 @@ import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
-
-from . import backend, kernels, multi_tensor
+from . import backend, multi_tensor
+from .ops import get_ops
+from .ops.cupy_ops import ADAM, MOMENTUM, NESTEROV, RMSPROP, SGD
 
 
 @dataclass
@@ -49,21 +49,8 @@ class OptimConfig:
 
 
 # ---------------------------------------------------------------- in-place kernels
-# Each in-place update rule: its CUDA twin (one elementwise launch per parameter), then the NumPy form.
-_SGD = kernels.elementwise("sgd", "T dw, T lr", "T w", "w -= lr * dw", module=__name__,
-                           scalars=("lr",))
-_MOMENTUM = kernels.elementwise("momentum", "T dw, T mu, T lr", "T w, T v", "v = mu * v - lr * dw; w += v",
-                                module=__name__, scalars=("mu", "lr"))
-_NESTEROV = kernels.elementwise("nesterov", "T dw, T mu, T lr", "T w, T v",
-                                "v = mu * v - lr * dw; w += mu * v - lr * dw", module=__name__,
-                                scalars=("mu", "lr"))
-_RMSPROP = kernels.elementwise("rmsprop", "T dw, T r, T lr, T eps", "T w, T c",
-                               "c = r * c + ((T)1 - r) * dw * dw; w -= lr * dw / (sqrt(c) + eps)",
-                               module=__name__, scalars=("r", "lr", "eps"))
-_ADAM = kernels.elementwise("adam", "T dw, T b1, T b2, T lr_t, T inv_sqrt_bc2, T eps", "T w, T m, T v",
-                            "m = b1 * m + ((T)1 - b1) * dw; v = b2 * v + ((T)1 - b2) * dw * dw; "
-                            "w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)", module=__name__,
-                            scalars=("b1", "b2", "lr_t", "inv_sqrt_bc2", "eps"))
+# Each rule's in-place update is an ops method (``gpunet.ops``: the NumPy form in ``NumpyOps``, the
+# CUDA kernel in ``CupyOps``); these functions convert the gradient and pick the ops.
 
 def grad_like(w, dw, name="parameter"):
     """``dw`` as an array of ``w``'s dtype and shape, the same on NumPy and CuPy: a float gradient of
@@ -82,66 +69,21 @@ def grad_like(w, dw, name="parameter"):
 
 def sgd_(w, dw, lr):
     """``w -= lr * dw`` in place."""
-    dw = grad_like(w, dw)
-    lr = w.dtype.type(lr)
-    if kernels.on_gpu(w):
-        _SGD(dw, lr, w)
-    else:
-        w -= lr * dw
-    return w
+    return get_ops(w).sgd_(w, grad_like(w, dw), lr)
 
 
 def sgd_momentum_(w, dw, v, mu, lr, nesterov=False):
     """``v = mu * v - lr * dw`` then ``w += v`` (Nesterov: ``w += mu * v - lr * dw``), in place.
 
     On NumPy the update runs block by block so w, dw and v are read from memory
-    once per step instead of once per operation (the arrays of net B's first
-    layer are 12 MB each), with the blocks shared among ``num_threads()`` threads.
+    once per step instead of once per operation, with the blocks shared among the CPU threads.
     """
-    dw = grad_like(w, dw)
-    mu, lr = w.dtype.type(mu), w.dtype.type(lr)
-    if kernels.on_gpu(w):
-        (_NESTEROV if nesterov else _MOMENTUM)(dw, mu, lr, w, v)
-        return w
-    if not (w.flags.c_contiguous and dw.flags.c_contiguous and v.flags.c_contiguous):
-        v *= mu
-        v -= lr * dw
-        w += mu * v - lr * dw if nesterov else v
-        return w
-    wf, gf, vf = w.reshape(-1), dw.reshape(-1), v.reshape(-1)
-
-    def blocks(lo, hi):
-        tmp = np.empty((2, min(hi - lo, kernels.CHUNK)), w.dtype)
-        for i in range(lo, hi, kernels.CHUNK):
-            wb, gb, vb = wf[i:i + kernels.CHUNK], gf[i:i + kernels.CHUNK], vf[i:i + kernels.CHUNK]
-            if i + kernels.CHUNK > hi:
-                wb, gb, vb = wb[:hi - i], gb[:hi - i], vb[:hi - i]
-            t, u = tmp[0, :wb.size], tmp[1, :wb.size]
-            vb *= mu
-            np.multiply(gb, lr, out=t)
-            vb -= t
-            if nesterov:            # w += (mu * v - lr * dw), the same rounding as the formula
-                np.multiply(vb, mu, out=u)
-                u -= t
-                wb += u
-            else:
-                wb += vb
-
-    kernels.parallel(blocks, w.size)
-    return w
+    return get_ops(w).momentum_(w, grad_like(w, dw), v, mu, lr, nesterov)
 
 
 def rmsprop_(w, dw, c, decay, lr, eps):
     """``c = decay * c + (1 - decay) * dw**2``; ``w -= lr * dw / (sqrt(c) + eps)``, in place."""
-    dw = grad_like(w, dw)
-    t = w.dtype.type
-    if kernels.on_gpu(w):
-        _RMSPROP(dw, t(decay), t(lr), t(eps), w, c)
-        return w
-    c *= t(decay)
-    c += t(1 - decay) * dw * dw
-    w -= t(lr) * dw / (np.sqrt(c) + t(eps))
-    return w
+    return get_ops(w).rmsprop_(w, grad_like(w, dw), c, decay, lr, eps)
 
 
 def adam_(w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
@@ -149,19 +91,7 @@ def adam_(w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
 
     lr_t = lr / (1 - b1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) carry the bias corrections.
     """
-    dw = grad_like(w, dw)
-    t = w.dtype.type
-    if kernels.on_gpu(w):
-        _ADAM(dw, t(b1), t(b2), t(lr_t), t(inv_sqrt_bc2), t(eps), w, m, v)
-        return w
-    m *= t(b1)
-    m += t(1 - b1) * dw
-    v *= t(b2)
-    v += t(1 - b2) * dw * dw
-    denom = np.sqrt(v) * t(inv_sqrt_bc2)
-    denom += t(eps)
-    w -= t(lr_t) * m / denom
-    return w
+    return get_ops(w).adam_(w, grad_like(w, dw), m, v, b1, b2, lr_t, inv_sqrt_bc2, eps)
 
 
 # ---------------------------------------------------------------- update rules
@@ -284,11 +214,11 @@ class Optimizer:
     def _use_multi(self, params) -> bool:
         """One launch can update every parameter: CuPy weights and state that pass ``multi_tensor.refusal``
         (gradients need not: the launch copies any it could not read; w stands in for them here)."""
-        if not (self.multi_tensor and params and all(kernels.on_gpu(w) for w in params.values())):
+        if not (self.multi_tensor and params):
             return False
         names, st = _MULTI_RULES["sgd_momentum" if self.rule is sgd_momentum else self.rule.__name__][0], self.state
-        return multi_tensor.refusal([[w, w] + [st[k][n] for n in names if n in st.get(k, {})]
-                                     for k, w in params.items()]) is None
+        return get_ops(*params.values()).one_launch_refusal(
+            [[w, w] + [st[k][n] for n in names if n in st.get(k, {})] for k, w in params.items()]) is None
 
     def prepare(self, params: dict, lr: float):
         """Multi-tensor path: create missing state, advance step counters, write the step's scalars."""
@@ -318,10 +248,10 @@ class Optimizer:
 
 # ---------------------------------------------------------------- multi-tensor update (CuPy)
 # rule -> (its state arrays, in the kernel's output order after w; its elementwise kernel)
-_MULTI_RULES = {"sgd": ((), _SGD), "sgd_momentum": (("velocity",), _MOMENTUM), "rmsprop": (("cache",), _RMSPROP),
-                "adam": (("m", "v"), _ADAM)}
+_MULTI_RULES = {"sgd": ((), SGD), "sgd_momentum": (("velocity",), MOMENTUM), "rmsprop": (("cache",), RMSPROP),
+                "adam": (("m", "v"), ADAM)}
 MULTI_KERNELS = {(k.source.name, dt): multi_tensor.declare(k.source, dt, __name__)
-                 for k in (_SGD, _MOMENTUM, _NESTEROV, _RMSPROP, _ADAM) for dt in ("float32", "float64")}
+                 for k in (SGD, MOMENTUM, NESTEROV, RMSPROP, ADAM) for dt in ("float32", "float64")}
 
 
 class _Multi:
@@ -331,7 +261,7 @@ class _Multi:
         name = "sgd_momentum" if opt.rule is sgd_momentum else opt.rule.__name__
         self.opt, (self.state_names, k) = opt, _MULTI_RULES[name]
         if name == "sgd_momentum" and opt.config.nesterov:
-            k = _NESTEROV
+            k = NESTEROV
         self.launcher = multi_tensor.MultiTensor(k.source)
 
     def prepare(self, params, lr):

@@ -104,3 +104,10 @@ def test_one_module_talks_to_the_blas_library():
     of the emulated GPU with it (no BLAS)."""
     users = sorted(name for name, p in modules().items() if re.search(r"^\s*import ctypes|^\s*from ctypes", p.read_text(), re.M))
     assert [u for u in users if not u.startswith("gpunet.testing.")] == ["gpunet.threads"]
+
+
+def test_gpu_kernels_live_in_the_cupy_ops():
+    """What runs only on a GPU is visible in one place: every elementwise CUDA kernel is declared in
+    gpunet/ops/cupy_ops.py (the one-launch update's raw kernels are generated in multi_tensor)."""
+    declaring = sorted(name for name, p in modules().items() if re.search(r"kernels\.(elementwise|raw)\(", p.read_text()))
+    assert declaring == ["gpunet.multi_tensor", "gpunet.ops.cupy_ops"]

@@ -4,7 +4,8 @@
   agrees with ``use('cupy')`` (checked with a stand-in cupy module);
 - #4 a float64 gradient for float32 weights is converted (NumPy and CuPy alike), other
   gradients are refused with the parameter's name;
-- #6 dropout on the GPU reuses one uniform buffer per shape instead of a new N x M array.
+- #6 dropout on the GPU reuses one uniform buffer per shape instead of a new N x M array (on the
+  emulated GPU).
 """
 import sys
 import types
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from gpunet import backend, optim
+from gpunet.testing import emulated
 
 
 def _fake_cupy(n_devices):
@@ -94,20 +96,23 @@ class _RecordingRng:
         return out
 
 
+@pytest.mark.skipif(emulated.available() is not None, reason=str(emulated.available()))
 def test_gpu_dropout_reuses_its_uniform_buffer(monkeypatch):
+    """On the (emulated) GPU the dropout kernel's uniforms go into one buffer per shape."""
     from gpunet.layers import activations
-    calls = []
-    monkeypatch.setattr(activations.kernels, "on_gpu", lambda a: True)
-    monkeypatch.setattr(activations, "_DROPOUT", lambda u, p, scale, h: calls.append(u) or h.__imul__(u >= p))
-    monkeypatch.setattr(activations, "_uniform_bufs", {})
-    rng, X = _RecordingRng(), np.ones((6, 4), np.float32)
-    for _ in range(3):
-        x = X.copy()
-        activations.dropout_forward(x, 0.5, rng=rng, out=x)       # the fast path is in place only
-    x = np.ones((2, 4), np.float32)
-    activations.dropout_forward(x, 0.5, rng=rng, out=x)
+    from gpunet.ops import CupyOps
+    monkeypatch.setattr(CupyOps, "_uniform_bufs", {})
+    rng = _RecordingRng()
+    with backend.using("emulated") as xp:
+        for _ in range(3):
+            x = xp.ones((6, 4), np.float32)
+            activations.dropout_forward(x, 0.5, rng=rng, out=x)       # the fast path is in place only
+            kept = backend.to_numpy(x) != 0
+            assert np.array_equal(kept, backend.to_numpy(rng.outs[-1]) >= 0.5)
+        x = xp.ones((2, 4), np.float32)
+        activations.dropout_forward(x, 0.5, rng=rng, out=x)
     assert all(u is rng.outs[0] for u in rng.outs[:3]) and rng.outs[3] is not rng.outs[0]
-    assert calls[0] is rng.outs[0] and len(activations._uniform_bufs) == 2
+    assert len(CupyOps._uniform_bufs) == 2
 
 
 @pytest.mark.gpu

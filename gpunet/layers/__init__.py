@@ -3,8 +3,8 @@
 Pure functions with the coursework's signatures (``f_forward(...) -> out``,
 ``f_backward(dout, ...) -> grads``). Each takes NumPy or CuPy arrays and returns
 the same kind and dtype. A rule's fast path is the same function with keyword
-options (``out=``, ``relu=``, ``scale=``, ``need_dx=``), and where a rule has a
-CUDA kernel its source is declared right beside the NumPy branch.
+options (``out=``, ``relu=``, ``scale=``, ``need_dx=``), computed through the ops object of the
+arrays' backend (``gpunet.ops``): ``NumpyOps`` holds the NumPy form, ``CupyOps`` the GPU kernel.
 
 - ``linear``: ``linear_forward``, ``linear_backward``
 - ``activations``: ``relu_forward``, ``relu_backward``, ``dropout_forward``, ``dropout_backward``

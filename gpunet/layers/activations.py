@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend, kernels
+from .. import backend
+from ..ops import get_ops
 
 _default_rngs = {}  # one unseeded generator per backend, created once, never reseeded
-
-# CUDA twins: ReLU (and dropout) backward from the output a; inverted dropout on an activation
-_RELU_BWD = kernels.elementwise("relu_bwd", "T a, T scale", "T d", "d = a > (T)0 ? d * scale : (T)0",
-                                module=__name__, scalars=("scale",))
-_DROPOUT = kernels.elementwise("dropout", "float32 u, float32 p, T scale", "T h",
-                               "h = u < p ? (T)0 : h * scale", module=__name__,
-                               scalars=("p", "scale"))
-
 
 def _rng_for(xp):
     key = xp.__name__
@@ -40,10 +33,9 @@ def relu_backward(dout, X, out=None, scale=1.0):
     which lets a model keep only the activation. ``out=dout`` makes it in place.
     ``scale``: multiply the passed gradient too (1/(1-p) after an in-place dropout).
     """
+    if out is dout:                                    # in place: the fused kernel on the GPU
+        return get_ops(dout).relu_backward_(dout, X, scale)
     xp = backend.get_array_module(dout)
-    if out is dout and kernels.on_gpu(dout) and X.dtype == dout.dtype:   # the kernel's one type T
-        _RELU_BWD(X, dout.dtype.type(scale), dout)
-        return dout
     out = xp.multiply(dout, X > 0, out=out)
     if scale != 1.0:
         out *= out.dtype.type(scale)
@@ -75,21 +67,6 @@ def keep_mask(rng, shape, p):
     return rng.random(shape, dtype=np.float32) >= np.float32(p)
 
 
-_uniform_bufs = {}  # (device id, shape) -> float32 array reused for the GPU dropout's uniforms
-
-
-def _uniforms(rng, X):
-    """Fresh float32 uniforms shaped like X, written into one buffer per device and shape (GPU path).
-
-    The buffer is consumed by the dropout kernel in stream order before the next call overwrites it.
-    """
-    key = (getattr(getattr(X, "device", None), "id", None), tuple(X.shape))
-    buf = _uniform_bufs.get(key)
-    if buf is None:
-        buf = _uniform_bufs[key] = backend.get_array_module(X).empty(X.shape, dtype=np.float32)
-    return rng.random(X.shape, dtype=np.float32, out=buf)
-
-
 def dropout_forward(X, p=0.5, train=True, seed=None, rng=None, out=None):
     """Inverted dropout: drop each unit with probability ``p``, scale kept units by 1/(1-p).
 
@@ -114,9 +91,8 @@ def dropout_forward(X, p=0.5, train=True, seed=None, rng=None, out=None):
         keep = xp.asarray(np.random.RandomState(seed).random_sample(X.shape) >= p)
     else:
         rng = rng if rng is not None else _rng_for(xp)
-        if out is X and kernels.on_gpu(X):      # the kernel scales its output in place: only out=X
-            _DROPOUT(_uniforms(rng, X), np.float32(p), scale, out)
-            return out, None
+        if out is X:                           # in place: one kernel on the GPU
+            return get_ops(X).dropout_(X, p, rng, keep_mask), None
         keep = keep_mask(rng, X.shape, p)
     if out is not None:
         xp.multiply(X, keep, out=out)

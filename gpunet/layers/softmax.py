@@ -1,29 +1,8 @@
 """Softmax and the mean softmax cross-entropy loss."""
 from __future__ import annotations
 
-from .. import backend, kernels
-
-# CUDA twin of softmax_loss: one thread per row of (N, C) logits writes the row loss and
-# the gradient row (softmax - onehot) / N. A label outside [0, C) gives a NaN row loss
-# (and a NaN gradient row) instead of reading another row.
-_SOFTMAX_XENT = kernels.elementwise(
-    "softmax_xent", "raw T x, raw S y, int64 C, T inv_n", "T row_loss, raw T dx",
-    """
-    const ptrdiff_t o = i * C;
-    const ptrdiff_t t = (ptrdiff_t)y[i];
-    if (t < 0 || t >= C) {
-        row_loss = (T)CUDART_NAN;
-        for (ptrdiff_t j = 0; j < C; ++j) dx[o + j] = (T)CUDART_NAN;
-    } else {
-        T m = x[o];
-        for (ptrdiff_t j = 1; j < C; ++j) m = x[o + j] > m ? x[o + j] : m;
-        T s = 0;
-        for (ptrdiff_t j = 0; j < C; ++j) s += exp(x[o + j] - m);
-        row_loss = log(s) - (x[o + t] - m);
-        for (ptrdiff_t j = 0; j < C; ++j)
-            dx[o + j] = (exp(x[o + j] - m) / s - (j == t ? (T)1 : (T)0)) * inv_n;
-    }
-    """, module=__name__, scalars=("C", "inv_n"))
+from .. import backend
+from ..ops import get_ops
 
 
 def softmax(scores):
@@ -50,22 +29,4 @@ def softmax_loss(logits, y):
         raise ValueError(f"y: expected shape ({N},) (one label per row of logits), got {tuple(y.shape)}")
     if not N:
         return logits.dtype.type(0.0), xp.zeros_like(logits)
-    if kernels.on_gpu(logits):
-        x = xp.ascontiguousarray(logits).reshape(-1)
-        dx = xp.empty(N * C, dtype=logits.dtype)
-        row = xp.empty(N, dtype=logits.dtype)
-        # raw arguments are read as flat rows: x and y contiguous (copies only for views)
-        _SOFTMAX_XENT(x, xp.ascontiguousarray(y), C, logits.dtype.type(1.0 / N), row, dx)
-        return row.mean(), dx.reshape(N, C)
-    if y.min() < 0 or y.max() >= C:
-        bad = y[(y < 0) | (y >= C)][0]
-        raise ValueError(f"y: expected labels in [0, {C}), got {bad}")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = xp.exp(shifted)
-    sums = exp.sum(axis=1, keepdims=True)
-    rows = xp.arange(N)
-    loss = (xp.log(sums[:, 0]) - shifted[rows, y]).mean()
-    exp /= sums
-    exp[rows, y] -= 1
-    exp /= logits.dtype.type(N)
-    return loss, exp
+    return get_ops(logits).softmax_xent(logits, y)

@@ -1,0 +1,163 @@
+"""``NumpyOps``: the NumPy form of every primitive that has a fast path on some backend.
+
+These are the references: ``CupyOps`` (``cupy_ops.py``) overrides a method only where it has a
+GPU kernel, and falls back to the method here when the kernel's preconditions fail. The CPU's
+own fast paths (the row-split product, the block-wise momentum update on the thread team) are
+part of the NumPy form: they compute the same values in the same order of rounding, or say where
+they do not. Every method takes and returns arrays of the object's ``xp``; ``_`` marks in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import threads
+
+
+class NumpyOps:
+    """The primitives on NumPy (see the module docstring); ``get_ops`` hands out one instance."""
+
+    name = "numpy"
+    xp = np
+    on_device = False
+
+    # ------------------------------------------------------------------ affine
+    def affine(self, X2, W, out=None):
+        """``X2 @ W``. X2: (N, D); W: (D, M); out: None or an (N, M) buffer.
+
+        On the CPU a large product is the sum of one product per core over a range of W's rows,
+        each core reading only the rows it updates in the optimizer's threaded pass
+        (``threads.cuts``); its values can then differ from one whole product's in the last bits.
+        """
+        t = min(threads.ways(X2.size * W.shape[1]), W.shape[0] // 64)
+        if t <= 1:
+            return np.matmul(X2, W, out=out)
+        D, M = W.shape
+        rows = [c // M for c in threads.cuts(D * M, t)[:-1]] + [D]
+        dtype = np.result_type(X2, W)
+        out = np.empty((X2.shape[0], M), dtype) if out is None else out
+        parts = [out] + [np.empty((X2.shape[0], M), dtype) for _ in range(t - 1)]
+        threads.concurrently(*[lambda k=k: np.matmul(X2[:, rows[k]:rows[k + 1]], W[rows[k]:rows[k + 1]],
+                                                     out=parts[k]) for k in range(t)], work=X2.size * M)
+        for part in parts[1:]:
+            out += part
+        return out
+
+    def affine_backward(self, X2, dout, W, o_dx=None, o_dw=None):
+        """``(dout @ W.T, X2.T @ dout)``: the input and weight gradients of ``affine``. On the CPU the two
+        products run side by side, one per core, when large (BLAS may then sum in another order)."""
+        dW = np.empty(W.shape, np.result_type(X2, dout)) if o_dw is None else o_dw
+        dX = np.empty((dout.shape[0], W.shape[0]), np.result_type(dout, W)) if o_dx is None else o_dx
+        threads.concurrently(lambda: np.matmul(X2.T, dout, out=dW), lambda: np.matmul(dout, W.T, out=dX),
+                             work=dout.size * W.shape[0])
+        return dX, dW
+
+    def bias_(self, h, b, relu):
+        """``h += b``, then ReLU when ``relu``, in place. h: (N, M); b: (M,)."""
+        h += b
+        if relu:
+            # multiplying by the boolean is ~2x faster than np.maximum on x86 NumPy 2.x
+            self.xp.multiply(h, h > 0, out=h)
+        return h
+
+    # ------------------------------------------------------------------ activations
+    def relu_backward_(self, d, a, scale=1.0):
+        """``d = d * (a > 0) * scale`` in place (ReLU backward from its output ``a``; ``scale`` 1/(1-p)
+        after an in-place dropout). d, a: the same shape."""
+        self.xp.multiply(d, a > 0, out=d)
+        if scale != 1.0:
+            d *= d.dtype.type(scale)
+        return d
+
+    def dropout_(self, h, p, rng, keep_mask):
+        """Inverted dropout of ``h`` in place: units dropped with probability ``p``, kept ones scaled by
+        1/(1-p). ``keep_mask(rng, shape, p)`` draws the keep-mask."""
+        keep = keep_mask(rng, h.shape, p)
+        self.xp.multiply(h, keep, out=h)
+        h *= h.dtype.type(1.0 / (1.0 - p))
+        return h
+
+    # ------------------------------------------------------------------ loss
+    def softmax_xent(self, logits, y):
+        """Mean softmax cross-entropy of (N, C) ``logits`` with labels ``y`` (N,), and its gradient
+        ``(softmax - onehot) / N``; a label outside [0, C) raises ValueError."""
+        xp = self.xp
+        N, C = logits.shape
+        if y.min() < 0 or y.max() >= C:
+            bad = y[(y < 0) | (y >= C)][0]
+            raise ValueError(f"y: expected labels in [0, {C}), got {bad}")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = xp.exp(shifted)
+        sums = exp.sum(axis=1, keepdims=True)
+        rows = xp.arange(N)
+        loss = (xp.log(sums[:, 0]) - shifted[rows, y]).mean()
+        exp /= sums
+        exp[rows, y] -= 1
+        exp /= logits.dtype.type(N)
+        return loss, exp
+
+    # ------------------------------------------------------------------ update rules (in place)
+    def sgd_(self, w, dw, lr):
+        """``w -= lr * dw``."""
+        w -= w.dtype.type(lr) * dw
+        return w
+
+    def momentum_(self, w, dw, v, mu, lr, nesterov=False):
+        """``v = mu * v - lr * dw`` then ``w += v`` (Nesterov: ``w += mu * v - lr * dw``).
+
+        On the CPU the update runs block by block so w, dw and v are read from memory once per
+        step instead of once per operation, with the blocks shared among the thread team.
+        """
+        mu, lr = w.dtype.type(mu), w.dtype.type(lr)
+        if self.on_device or not (w.flags.c_contiguous and dw.flags.c_contiguous and v.flags.c_contiguous):
+            v *= mu
+            v -= lr * dw
+            w += mu * v - lr * dw if nesterov else v
+            return w
+        wf, gf, vf = w.reshape(-1), dw.reshape(-1), v.reshape(-1)
+        chunk = threads.CHUNK
+
+        def blocks(lo, hi):
+            tmp = np.empty((2, min(hi - lo, chunk)), w.dtype)
+            for i in range(lo, hi, chunk):
+                wb, gb, vb = wf[i:i + chunk], gf[i:i + chunk], vf[i:i + chunk]
+                if i + chunk > hi:
+                    wb, gb, vb = wb[:hi - i], gb[:hi - i], vb[:hi - i]
+                t, u = tmp[0, :wb.size], tmp[1, :wb.size]
+                vb *= mu
+                np.multiply(gb, lr, out=t)
+                vb -= t
+                if nesterov:            # w += (mu * v - lr * dw), the same rounding as the formula
+                    np.multiply(vb, mu, out=u)
+                    u -= t
+                    wb += u
+                else:
+                    wb += vb
+
+        threads.parallel(blocks, w.size)
+        return w
+
+    def rmsprop_(self, w, dw, c, decay, lr, eps):
+        """``c = decay * c + (1 - decay) * dw**2``; ``w -= lr * dw / (sqrt(c) + eps)``."""
+        t = w.dtype.type
+        c *= t(decay)
+        c += t(1 - decay) * dw * dw
+        w -= t(lr) * dw / (self.xp.sqrt(c) + t(eps))
+        return w
+
+    def adam_(self, w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
+        """Moments, then ``w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)`` (lr_t = lr / (1 - b1^t) and
+        inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) carry the bias corrections)."""
+        t = w.dtype.type
+        m *= t(b1)
+        m += t(1 - b1) * dw
+        v *= t(b2)
+        v += t(1 - b2) * dw * dw
+        denom = self.xp.sqrt(v) * t(inv_sqrt_bc2)
+        denom += t(eps)
+        w -= t(lr_t) * m / denom
+        return w
+
+    def one_launch_refusal(self, arrays_per_param) -> str | None:
+        """Why [[dw, w, state...] per parameter] cannot be updated in one launch (None when it can):
+        on NumPy never, the rule runs parameter by parameter."""
+        return "NumPy updates parameter by parameter"
