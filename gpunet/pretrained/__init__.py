@@ -43,7 +43,7 @@ def package(run_dir, dest=None, data=None, split=None, max_bytes=5_000_000) -> d
 
     from ..metrics import classification_report
     from ..model import load_model
-    from ..predict import evaluate
+    from ..evaluation import evaluate
 
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"

@@ -23,9 +23,12 @@ def _plain(x):
     return x.view(np.ndarray) if isinstance(x, np.ndarray) and type(x) is not np.ndarray else x
 
 
-def _device(shape, dtype):
-    from .emulated import ndarray
-    return np.empty(shape, dtype).view(ndarray)
+def _device(shape, dtype, args):
+    """A new array of the device-array type among ``args`` (an output CuPy would allocate)."""
+    like = next((a for a in args if isinstance(a, np.ndarray) and type(a) is not np.ndarray), None)
+    if like is None:
+        raise TypeError("an output to allocate, but no device array among the arguments")
+    return np.empty(shape, dtype).view(type(like))
 
 
 def _placeholder(t: str) -> bool:
@@ -77,7 +80,7 @@ class ElementwiseKernel:
                 call[name] = dt.type(a)
                 continue
             if a is None:                                  # an output CuPy would allocate
-                a = _device(shape, dt)
+                a = _device(shape, dt, args)
                 args = args[:k] + (a,) + args[k + 1:]
             buf = np.ascontiguousarray((_plain(a) if raw else np.broadcast_to(_plain(a), shape)), dtype=dt)
             call[name] = buf
