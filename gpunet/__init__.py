@@ -7,8 +7,7 @@ import os as _os
 
 # OpenBLAS's idle threads spin for about 2**28 cycles (~0.1 s) after each product before they
 # sleep; between products gpunet runs its own passes (bias, ReLU, dropout, the update), which
-# those spinning threads slow: a timeout of 2**4 cycles made whole epochs 3 % (net A) to 6 %
-# (net B) faster on 2 cores (docs/BENCHMARKS.md). OpenBLAS reads it once, when NumPy loads, so
+# those spinning threads slow (a short timeout is measured in docs/BENCHMARKS.md). OpenBLAS reads it once, when NumPy loads, so
 # it applies when gpunet is imported before NumPy (every gpunet command); a value already set wins.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 

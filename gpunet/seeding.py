@@ -28,8 +28,7 @@ def uniform_init(rng, shape, fan_in, dtype):
     """``W`` and ``b`` drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for Linear and Conv2d.
 
     Chosen over He initialisation (std sqrt(2/fan_in), what ``FullyConnectedNet`` uses)
-    because convnets trained better with it: the FER2013 CNN recipe reached 44.9% against
-    40.8% validation accuracy after 2 epochs with He (docs/RESULTS.md).
+    because convnets trained better with it (the comparison is in docs/RESULTS.md).
     """
     bound = 1.0 / np.sqrt(fan_in)
     return {"W": rng.uniform(-bound, bound, shape).astype(dtype),

@@ -5,9 +5,8 @@ NumPy's ufuncs and BLAS calls release the GIL, so plain threads use every core. 
 - ``parallel(fn, n)``: a memory-bound pass (the optimizer updates) over CHUNK-aligned ranges;
 - ``concurrently(f, g, ...)``: independent products side by side, one per thread, each a
   single-threaded BLAS call (a hidden layer's input and weight gradients; the parts of a large
-  forward product split by ``cuts``/``ways`` over the rows of W each core updates). On 2 cores
-  two single-threaded 256x1024x1024 products ran at 248 GFLOP/s together, where OpenBLAS's own
-  two threads ran one at 222 (docs/BENCHMARKS.md).
+  forward product split by ``cuts``/``ways`` over the rows of W each core updates); whether that
+  pays on a machine is measured in docs/BENCHMARKS.md.
 
 ``pinned`` keeps the caller and BLAS's worker threads on separate cores while the Solver trains.
 
@@ -82,8 +81,7 @@ def _run(jobs):
 def parallel(fn, n: int):
     """Run ``fn(lo, hi)`` over [0, n) split into CHUNK-aligned ranges, one per thread of the team.
 
-    The caller takes the first range: on 2 cores that made whole epochs of nets A and B about
-    1-3 % faster than handing every range to the pool while the caller waits (docs/BENCHMARKS.md).
+    The caller takes the first range instead of waiting for the pool (measured in docs/BENCHMARKS.md).
     """
     t = min(num_threads(), n // PAR_MIN)
     if t <= 1 or _in_team():                       # never nested inside a team job
@@ -121,9 +119,8 @@ class pinned:
     """``with threads.pinned():`` the calling thread stays on one CPU, the team's pool threads and
     the process's native threads (OpenBLAS's workers among them) on the others (Linux).
 
-    On this 2-core VM, OpenBLAS's worker woken onto the caller's CPU stalled the products that use
-    it, most after a pause; keeping the two apart made net A's epochs about 10 % faster
-    (docs/BENCHMARKS.md). Python threads other than the team's are left alone. Every affinity
+    An OpenBLAS worker woken onto the caller's CPU can stall the products that use it (measured in
+    docs/BENCHMARKS.md). Python threads other than the team's are left alone. Every affinity
     changed is restored on exit, and threads started inside get the process's whole CPU set.
     A no-op with fewer than 2 allowed CPUs or a team of 1, and inside a team job.
     """

@@ -7,14 +7,21 @@
   path's own code; it skips only where g++ is missing;
 - ``cupy`` skips with the reason the backend module gives when no GPU is usable, and runs when one is.
 
+The whole suite runs with ``GPUNET_CHECK_SAVED=1``: every array a layer keeps for its backward
+is read-only on NumPy until that backward, so a write into one fails where it happens.
+
 A test that checks what only a real GPU has (memory pools, cuRAND's streams) asks for
 ``real_gpu`` or skips itself on ``backend.emulated()``.
 """
-import numpy as np
-import pytest
+import os
 
-from gpunet import backend
-from gpunet.testing import emulated
+os.environ.setdefault("GPUNET_CHECK_SAVED", "1")   # before gpunet loads: kept arrays read-only (gpunet.nn)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from gpunet import backend  # noqa: E402
+from gpunet.testing import emulated  # noqa: E402
 
 
 def _gpu_skip_reason():

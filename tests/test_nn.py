@@ -174,26 +174,67 @@ def test_cnn_overfits_50_fer_images_under_the_solver():
 
 
 def test_relu_before_pool_applied_by_the_pool_gives_the_same_loss_and_gradients(xp):
-    """Sequential moves a ReLU that precedes a MaxPool2d after the pool (4x fewer values): same function."""
-    def build():
-        return nn.Sequential([nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(2 * 2 * 2, 3)], dtype=np.float64, seed=5)
-    fused, plain = build(), build()
-    assert fused.layers[2].deferred and fused.layers[3].relu
-    for layer in plain.layers:
-        if isinstance(layer, nn.ReLU):
-            layer.deferred = False
-        if isinstance(layer, nn.MaxPool2d):
-            layer.relu = False
+    """Sequential has the pool apply a ReLU that precedes it (4x fewer values): the same function as a
+    ReLU layer between them (kept apart here by a Dropout(0), which stops the fusion)."""
+    def build(fused):
+        apart = [] if fused else [nn.Dropout(0.0)]
+        return nn.Sequential([nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()] + apart +
+                             [nn.MaxPool2d(2), nn.Conv2d(3, 2, 3, padding=1), nn.ReLU()] + apart +
+                             [nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 3)], dtype=np.float64, seed=5)
+    fused, plain = build(True), build(False)
+    assert fused.plan[2][2] and fused.plan[3][0] == {"relu": True}
+    assert not any(skipped for _, _, skipped in plain.plan) and plain.plan[4][0] == {"relu": False}
     rng = np.random.default_rng(6)
     X = xp.asarray(rng.standard_normal((5, 1, 8, 8)))
     X[0, 0, :4, :4] = 0.0                                    # flat regions: ties inside windows
     y = xp.asarray(rng.integers(0, 3, 5))
     (lf, gf), (lp, gp) = fused.loss(X, y), plain.loss(X, y)
     assert float(lf) == pytest.approx(float(lp), rel=1e-12)
-    for k in gf:
-        np.testing.assert_allclose(backend.to_numpy(gf[k]), backend.to_numpy(gp[k]), rtol=1e-10, atol=1e-12)
+    names = {k: k for k in gf}
+    renamed = {"0.W": "0.W", "0.b": "0.b", "1.gamma": "1.gamma", "1.beta": "1.beta", "4.W": "5.W", "4.b": "5.b",
+               "8.W": "10.W", "8.b": "10.b"}
+    assert set(names) == set(renamed)
+    for k, kp in renamed.items():
+        np.testing.assert_allclose(backend.to_numpy(gf[k]), backend.to_numpy(gp[kp]), rtol=1e-10, atol=1e-12)
+
+
+def test_sequential_sets_nothing_on_its_layers(xp):
+    """A layer behaves the same alone, in one model or in two: the container keeps its decisions in its plan."""
+    layers = [nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+              nn.Linear(2 * 4 * 4, 3)]
+    before = [dict(vars(layer)) for layer in layers]
+    model = nn.Sequential(layers, dtype=np.float64, seed=1)
+    for layer, was in zip(layers, before):
+        now = vars(layer)
+        assert set(now) == set(was), (layer, set(now) ^ set(was))
+        assert {k: v for k, v in now.items() if k not in ("params", "buffers")} == \
+               {k: v for k, v in was.items() if k not in ("params", "buffers")}, layer
+    X = xp.asarray(np.random.default_rng(2).standard_normal((3, 1, 8, 8)))
+    alone = layers[0].forward(X, train=False)                 # still NCHW in, NCHW out, as alone
+    assert alone.shape == (3, 2, 8, 8)
+    assert model.loss(X).shape == (3, 3)
+
+
+def test_layouts_and_axes_are_checked():
+    with pytest.raises(ValueError, match="layout"):
+        nn.Flatten().forward(np.zeros((2, 3, 4, 4)), layout="NHWC")
+    with pytest.raises(ValueError, match="axis"):
+        nn.BatchNorm2d(3).forward(np.zeros((2, 3, 4, 4)), axis=2)
+    with pytest.raises(ValueError, match="needs a Flatten"):
+        nn.Sequential([nn.Conv2d(1, 2, 3), nn.Linear(2, 2)])
+
+
+def test_a_write_into_a_kept_array_fails_where_it_happens():
+    """GPUNET_CHECK_SAVED (on in the test suite): arrays kept for a backward are read-only until it ran."""
+    from gpunet.nn import sequential
+    assert sequential.CHECK_SAVED
+    model = nn.Sequential([nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)], dtype=np.float64, seed=0)
+    X, y = np.random.default_rng(0).standard_normal((5, 4)), np.array([0, 1, 0, 1, 1])
+    model.forward(X, train=True)
+    with pytest.raises(ValueError, match="read-only"):
+        model.layers[1].out[...] = 0                         # the ReLU's output, which its backward reads
+    loss, grads = model.loss(X, y)                           # a whole step thaws what it froze
+    assert model.layers[1].out.flags.writeable and set(grads) == set(model.params)
 
 
 def test_layers_work_alone_in_nchw(xp):

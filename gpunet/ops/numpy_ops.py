@@ -55,7 +55,7 @@ class NumpyOps:
         """``h += b``, then ReLU when ``relu``, in place. h: (N, M); b: (M,)."""
         h += b
         if relu:
-            # multiplying by the boolean is ~2x faster than np.maximum on x86 NumPy 2.x
+            # multiplying by the boolean rather than np.maximum: see docs/BENCHMARKS.md
             self.xp.multiply(h, h > 0, out=h)
         return h
 
