@@ -29,30 +29,20 @@ log = logging.getLogger("gpunet")
 
 
 def eager_step(model, optimizer, fused_update: bool = True):
-    """``step(X, y, lr) -> loss``: one eager training step.
+    """``step(X, y, lr) -> loss``: one eager training step, the same calls on every backend.
 
-    Where the model takes ``on_grad`` and the update is per parameter (NumPy; CuPy without the
-    one-launch update), each parameter is updated inside the backward pass the moment its
-    gradient is final, while that gradient is still in cache: the same arithmetic on the same
-    values as ``model.loss`` followed by ``optimizer.step``, so bit-identical to it.
+    ``optimizer.begin`` decides inside the optimizer how the update runs: where the update is per
+    parameter (NumPy; CuPy without the one-launch update) and ``fused_update``, each parameter is
+    updated inside the backward pass the moment its gradient is final, while that gradient is still
+    in cache (the same arithmetic on the same values as ``model.loss`` then ``optimizer.step``, so
+    bit-identical to it); with the one-launch update it runs after the backward.
     """
-    fused = fused_update and "on_grad" in inspect.signature(model.loss).parameters
+    takes = "on_grad" in inspect.signature(model.loss).parameters
 
     def step(X, y, lr):
-        params = model.params
-        if not fused or optimizer._use_multi(params):
-            loss, grads = model.loss(X, y)
-            optimizer.step(params, grads, lr)
-            return loss
-        done = set()
-
-        def on_grad(name, g):
-            optimizer.update(name, params[name], g, lr)
-            done.add(name)
-        loss, grads = model.loss(X, y, on_grad=on_grad)
-        for k in params:                   # a parameter the model did not report (none of ours)
-            if k not in done:
-                optimizer.update(k, params[k], grads[k], lr)
+        run = optimizer.begin(model.params, lr, during_backward=fused_update and takes)
+        loss, grads = model.loss(X, y, on_grad=run.on_grad) if takes else model.loss(X, y)
+        run.finish(grads)
         return loss
     return step
 

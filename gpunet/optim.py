@@ -235,6 +235,14 @@ class Optimizer:
         single parameter, so a model can apply it the moment that gradient is final."""
         self.rule(w, grad_like(w, dw, name), self.config, self.state.setdefault(name, {}), lr)
 
+    def begin(self, params: dict, lr: float, during_backward: bool = True) -> "StepRun":
+        """One training step's update as the same calls on every backend: the model's backward calls
+        ``run.on_grad(name, grad)`` as each gradient is final, then ``run.finish(grads)``. Where one
+        launch can update every parameter (CuPy), ``on_grad`` does nothing and ``finish`` launches;
+        otherwise ``on_grad`` updates that parameter at once (``during_backward``: while its gradient is
+        still in cache) and ``finish`` updates the rest. Both orders give the same values."""
+        return StepRun(self, params, lr, during_backward and not self._use_multi(params))
+
     def step(self, params: dict, grads: dict, lr: float):
         """Update every ``params[k]`` in place from ``grads[k]`` (converted to the parameter's dtype)."""
         if self._use_multi(params):
@@ -244,6 +252,26 @@ class Optimizer:
         grads = self._grads(params, grads)
         for k, w in params.items():
             self.rule(w, grads[k], self.config, self.state.setdefault(k, {}), lr)
+
+
+class StepRun:
+    """One step's update in progress (``Optimizer.begin``)."""
+
+    def __init__(self, opt, params, lr, eager):
+        self.opt, self.params, self.lr, self.eager, self.done = opt, params, lr, eager, set()
+
+    def on_grad(self, name, grad):
+        if self.eager:
+            self.opt.update(name, self.params[name], grad, self.lr)
+            self.done.add(name)
+
+    def finish(self, grads):
+        if not self.done:
+            self.opt.step(self.params, grads, self.lr)
+            return
+        for k in self.params:                      # a parameter the model did not report
+            if k not in self.done:
+                self.opt.update(k, self.params[k], grads[k], self.lr)
 
 
 # ---------------------------------------------------------------- multi-tensor update (CuPy)

@@ -139,6 +139,9 @@ class _FakeOpt:
     def step(self, params, grads, lr):
         self.log.append(f"step({lr})")
 
+    def begin(self, params, lr, during_backward=True):
+        return optim.StepRun(self, params, lr, False)        # the one-launch form: the update after the backward
+
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_graph_step_control_flow(monkeypatch, fail):
