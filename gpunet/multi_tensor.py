@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend, kernels
+from . import backend, cuda_sources
 
 _CODE = """typedef {ctype} T;
 extern "C" __global__ void {fn}(const long long* __restrict__ tab, const int n_params,
@@ -66,7 +66,7 @@ def declare(src, dtype_name: str, module: str):
     fn = f"gpunet_multi_{src.name}_{dtype_name}"
     code = _CODE.format(ctype=CTYPES[dtype_name], fn=fn, stride=1 + len(arrays), binds="\n".join(binds),
                         body=src.body)
-    return kernels.raw(f"multi_{src.name}_{dtype_name}", code, fn, module=module)
+    return cuda_sources.raw(f"multi_{src.name}_{dtype_name}", code, fn, module=module)
 
 
 def _ptr(a) -> int:
@@ -189,7 +189,7 @@ class MultiTensor:
         arrays_per_param = safe_gradients(xp, arrays_per_param)
         rows, total = table_rows(arrays_per_param)
         dtype = arrays_per_param[0][1].dtype.name
-        kern = kernels.SOURCES[f"multi_{self.src.name}_{dtype}"]
+        kern = cuda_sources.SOURCES[f"multi_{self.src.name}_{dtype}"]
         grid = max(1, min(-(-total // BLOCK), MAX_GRID))
-        kernels.Kernel(kern)((grid,), (BLOCK,), (self._table(xp, rows), np.int32(len(rows)), np.int64(total),
+        cuda_sources.Kernel(kern)((grid,), (BLOCK,), (self._table(xp, rows), np.int32(len(rows)), np.int64(total),
                                                  self.hp))

@@ -38,7 +38,7 @@ class NvrtcError(RuntimeError):
 @dataclass(frozen=True)
 class Variant:
     """One concrete form of a kernel: ``types`` maps placeholders to dtypes; ``code`` is the CUDA text."""
-    source: str          # kernel name in kernels.SOURCES
+    source: str          # kernel name in cuda_sources.SOURCES
     label: str           # e.g. "T=float32,S=int64,flat"
     code: str
     function: str        # entry point

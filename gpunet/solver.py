@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import backend, threads
 from .checkpoint import model_state, read_checkpoint, save_checkpoint
-from .cudagraph import make_train_step
+from .train_step import make_train_step
 from .data import ArrayLoader
 from .data.plan import CHECK_STREAM, DROPOUT_STREAM, TRAIN_EVAL_STREAM
 from .divergence import TrainingDiverged, check_epoch, diverged  # noqa: F401 (TrainingDiverged: public here)
@@ -61,7 +61,7 @@ class SolverConfig:
     history_path: str | None = None       # where the history JSON goes; None: beside the checkpoint
     progress: bool | None = None          # tqdm bars; None: only when stderr is a terminal
     on_epoch_end: Callable | None = None  # callable(solver, epoch) after each epoch; True stops
-    graph: bool = True                    # CuPy: replay the training step from a CUDA graph (gpunet.cudagraph)
+    graph: bool = True                    # CuPy: replay the training step from a CUDA graph (gpunet.train_step)
     fused_update: bool = True             # update each layer inside the backward pass (bit-identical; off: after it)
     prefetch: bool = False                # array data on the CPU: gather the next batch in a background thread
     pin_threads: bool = True              # CPU (Linux): keep the caller and BLAS's workers on separate cores while training

@@ -31,7 +31,12 @@ summary=()
 
 BACKEND="${GPU_CHECK_BACKEND:-cupy}"
 STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager parity nvrtc_cpu bench_fc bench_cnn train_cifar10 make_data make_fer train_fer_cnn real_fer} "
-wanted() { [[ "$STEPS" == *" $1 "* ]]; }
+# a step is run when named, or when a step that needs it is (its data, its accuracy check)
+wanted() {
+    local need=$1
+    case $1 in make_data) need=train_cifar10 ;; make_fer) need=train_fer_cnn ;; real_fer_acc) need=real_fer ;; esac
+    [[ "$STEPS" == *" $1 "* || "$STEPS" == *" $need "* ]]
+}
 
 # step NAME LIMIT_S CMD...: run CMD with a time limit, output to $OUT/NAME.txt, one summary line
 step() {
@@ -70,7 +75,7 @@ fi
 # 1. CuPy test cases, then the graph-vs-eager test alone (it is among them too; this names it in the summary)
 step pytest_gpu 120 env GPUNET_BACKEND=cupy "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ \
     --deselect tests/test_backend_parity.py
-step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_cudagraph.py -k cupy
+step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_step.py -k cupy
 step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/test_backend_parity.py -k test_gpu_trains_as_numpy
 # 2. every CUDA source through NVRTC and on the CPU
 step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/test_nvrtc.py \
@@ -146,6 +151,7 @@ d = json.load(open(sys.argv[1]))
 rows = d if isinstance(d, list) else d.get('results', d)
 print(sys.argv[1].split('/')[-1] + ':', json.dumps(rows)[:300])" "$j"
     done
-    echo "train data: SYNTHETIC (random pixels); exit status $status"
+    echo "train data: train_cifar10 and train_fer_cnn SYNTHETIC (random pixels); real_fer the REAL FER2013" \
+         "tarball (FER_SOURCE=${FER_SOURCE:-unset}); backend $BACKEND; exit status $status"
 } | tee "$OUT/summary.txt"
 exit $status

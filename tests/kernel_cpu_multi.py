@@ -8,7 +8,7 @@ Collected by ``tests/test_kernel_cpu.py`` through ``MULTI_CASES``.
 import numpy as np
 
 from gpunet import multi_tensor, optim
-from gpunet.kernels import SOURCES
+from gpunet.cuda_sources import SOURCES
 
 import kernel_harness as H
 

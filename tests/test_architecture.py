@@ -91,7 +91,7 @@ def test_no_module_over_400_lines():
 def test_models_compute_only_through_the_layers():
     graph = import_graph()
     for model in ("gpunet.model", "gpunet.nn.modules", "gpunet.nn.sequential"):
-        assert "gpunet.kernels" not in graph[model], f"{model} imports the kernel plumbing directly"
+        assert "gpunet.cuda_sources" not in graph[model], f"{model} imports the kernel plumbing directly"
         assert "gpunet.layers" in graph[model]
 
 
@@ -115,5 +115,5 @@ def test_one_module_talks_to_the_blas_library():
 def test_gpu_kernels_live_in_the_cupy_ops():
     """What runs only on a GPU is visible in one place: every elementwise CUDA kernel is declared in
     gpunet/ops/cupy_ops.py (the one-launch update's raw kernels are generated in multi_tensor)."""
-    declaring = sorted(name for name, p in modules().items() if re.search(r"kernels\.(elementwise|raw)\(", p.read_text()))
+    declaring = sorted(name for name, p in modules().items() if re.search(r"cuda_sources\.(elementwise|raw)\(", p.read_text()))
     assert declaring == ["gpunet.multi_tensor", "gpunet.ops.cupy_ops"]

@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -109,3 +110,47 @@ def test_gpunet_shortens_openblas_spinning_unless_told_otherwise():
     env["OPENBLAS_THREAD_TIMEOUT"] = "28"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "28"
+
+
+# a failed re-probe on another device leaves no stale CuPy behind (checked with a stand-in cupy module)
+def _fake_cupy(n_devices):
+    """A stand-in cupy module with ``n_devices`` GPUs that can run the backend's probe."""
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def use(self):
+            pass
+
+    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: n_devices), Device=Device)
+    return types.SimpleNamespace(cuda=cuda, arange=np.arange, float32=np.float32, ndarray=type(None),
+                                 get_array_module=lambda *a: np)
+
+
+@pytest.fixture
+def fresh_backend(monkeypatch):
+    for name in ("_cupy", "_cupy_error", "_probed", "_active", "_device"):
+        monkeypatch.setattr(backend, name, getattr(backend, name))
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_probed", False)
+    monkeypatch.setattr(backend, "_device", 0)
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(1))
+    yield backend
+
+
+def test_failed_reprobe_on_another_device_forgets_cupy(fresh_backend):
+    assert fresh_backend.use("auto", device=0) == "cupy"
+    assert fresh_backend.gpu_available()
+    assert fresh_backend.use("auto", device=1) == "numpy"      # device 1 does not exist
+    assert not fresh_backend.gpu_available()
+    assert "GPU index 1" in fresh_backend.gpu_unavailable_reason()
+    assert fresh_backend.cupy_module() is None
+    with pytest.raises(backend.BackendError, match="GPU index 1"):
+        fresh_backend.use("cupy")
+    assert fresh_backend.use("cupy", device=0) == "cupy"        # and back to a working device

@@ -14,7 +14,7 @@ import pytest
 
 from gpunet import backend, data
 from gpunet.data import ArrayLoader, H5Loader, epoch_permutation, open_split
-from gpunet.data import stream
+from gpunet.data import h5loader
 from h5_fixtures import (CHUNK, N, SHAPE, epoch, h5file, normalised, numpy_backend,  # noqa: F401 (fixtures)
                          write_raw, xb)
 
@@ -248,7 +248,7 @@ def test_contiguous_dataset_is_read_in_virtual_chunks(tmp_path, numpy_backend):
     x = np.random.default_rng(1).integers(0, 256, (600, 1, 3, 3), dtype=np.uint8)
     write_raw(path, x, np.arange(600))
     with H5Loader(path, batch_size=128, preload=False) as ld:
-        assert ld.chunk == stream.DEFAULT_CHUNK
+        assert ld.chunk == h5loader.DEFAULT_CHUNK
         y = np.concatenate([y for _, y in epoch(ld)])
     np.testing.assert_array_equal(np.sort(y), np.arange(600))
 

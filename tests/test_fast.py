@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from gpunet import FullyConnectedNet, backend, kernels, optim
+from gpunet import FullyConnectedNet, backend, optim
+from gpunet import threads
 from gpunet.layers import (dropout_backward, dropout_forward, keep_mask, linear_backward, linear_forward,
                            relu_backward, relu_forward, softmax_loss)
 from gpunet.optim import Optimizer
@@ -143,7 +144,7 @@ def _reference_update(rule, w, g, state, lr, mu=0.9):
 
 
 @pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "nesterov"])
-@pytest.mark.parametrize("shape", [(7,), (300, 171), (3 * kernels.CHUNK + 5,)])
+@pytest.mark.parametrize("shape", [(7,), (300, 171), (3 * threads.CHUNK + 5,)])
 def test_fused_updates_match_formula(xp, rule, shape):
     """The blocked NumPy update and the CuPy kernel against whole-array formulas, several steps."""
     rng = np.random.default_rng(3)
@@ -161,15 +162,15 @@ def test_fused_updates_match_formula(xp, rule, shape):
 def test_threaded_blocked_update_covers_every_element(nesterov):
     """Three threads, ranges cut at block boundaries, a ragged last block: the same as the formula."""
     rng = np.random.default_rng(4)
-    n = 3 * kernels.PAR_MIN + kernels.CHUNK // 3
+    n = 3 * threads.PAR_MIN + threads.CHUNK // 3
     w, g, v = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
     w_ref, v_ref = w.copy(), 0.9 * v - 0.01 * g
     w_ref += 0.9 * v_ref - 0.01 * g if nesterov else v_ref
-    kernels.set_num_threads(3)
+    threads.set_num_threads(3)
     try:
         optim.sgd_momentum_(w, g, v, 0.9, 0.01, nesterov)
     finally:
-        kernels.set_num_threads(None)
+        threads.set_num_threads(None)
     np.testing.assert_array_equal(v, v_ref)
     np.testing.assert_array_equal(w, w_ref)
 

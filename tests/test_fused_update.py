@@ -7,7 +7,7 @@ be bit-identical after several steps, for every update rule, with dropout, L2 an
 import numpy as np
 import pytest
 
-from gpunet import backend, cudagraph, optim
+from gpunet import backend, optim, train_step
 from gpunet.model import FullyConnectedNet
 from h5_fixtures import numpy_backend  # noqa: F401 (a shared fixture)
 from gpunet.nn import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
@@ -43,7 +43,7 @@ def _plain_step(model, opt):
 def test_update_inside_backward_is_bit_identical(numpy_backend, make, shape, rule, cfg):
     fused_model, plain_model = make(), make()
     fused_opt, plain_opt = optim.Optimizer(rule, dict(cfg)), optim.Optimizer(rule, dict(cfg))
-    fused, plain = cudagraph.eager_step(fused_model, fused_opt), _plain_step(plain_model, plain_opt)
+    fused, plain = train_step.eager_step(fused_model, fused_opt), _plain_step(plain_model, plain_opt)
     calls = []
     original = fused_opt.update
     fused_opt.update = lambda name, *a: (calls.append(name), original(name, *a))
@@ -74,7 +74,7 @@ def test_models_without_on_grad_still_train(numpy_backend):
             return np.float32(1.0), {"W": np.full((3, 2), 0.5, np.float32)}
 
     m = Tiny()
-    cudagraph.eager_step(m, optim.Optimizer("sgd", {}))(np.zeros((1, 3), np.float32), np.zeros(1, int), 0.1)
+    train_step.eager_step(m, optim.Optimizer("sgd", {}))(np.zeros((1, 3), np.float32), np.zeros(1, int), 0.1)
     np.testing.assert_array_equal(m.params["W"], np.full((3, 2), 0.95, np.float32))
     assert backend.name() == "numpy"
 

@@ -21,7 +21,7 @@ import pytest
 
 import gpunet.layers  # noqa: F401  (declares the layer kernels)
 from gpunet import optim
-from gpunet.kernels import SOURCES
+from gpunet.cuda_sources import SOURCES
 from gpunet.layers import activations, linear
 from gpunet.layers.softmax import softmax_loss
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gpunet import backend
+from gpunet.testing import emulated
 from gpunet.layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
                            relu_backward, relu_forward, softmax_loss)
 from gradcheck import numerical_gradient, numerical_gradient_array, rel_error
@@ -167,3 +168,49 @@ def test_kernels_keep_dtype_and_kind(xp, rng, dtype):
             softmax_loss(X, xp.asarray([0, 1, 2, 3]))[1]]
     for o in outs:
         assert type(o) is type(X) and o.dtype == dtype
+
+
+class _RecordingRng:
+    """Stands in for a CuPy generator: fills ``out`` and remembers which buffers it was handed."""
+
+    def __init__(self):
+        self.outs, self.g = [], np.random.default_rng(0)
+
+    def random(self, shape, dtype=np.float32, out=None):
+        assert out is not None, "the GPU dropout must generate into a reused buffer"
+        self.outs.append(out)
+        out[...] = self.g.random(shape, dtype=dtype)
+        return out
+
+
+@pytest.mark.skipif(emulated.available() is not None, reason=str(emulated.available()))
+def test_gpu_dropout_reuses_its_uniform_buffer(monkeypatch):
+    """On the (emulated) GPU the dropout kernel's uniforms go into one buffer per shape."""
+    from gpunet.layers import activations
+    from gpunet.ops import CupyOps
+    monkeypatch.setattr(CupyOps, "_uniform_bufs", {})
+    rng = _RecordingRng()
+    with backend.using("emulated") as xp:
+        for _ in range(3):
+            x = xp.ones((6, 4), np.float32)
+            activations.dropout_forward(x, 0.5, rng=rng, out=x)       # the fast path is in place only
+            kept = backend.to_numpy(x) != 0
+            assert np.array_equal(kept, backend.to_numpy(rng.outs[-1]) >= 0.5)
+        x = xp.ones((2, 4), np.float32)
+        activations.dropout_forward(x, 0.5, rng=rng, out=x)
+    assert all(u is rng.outs[0] for u in rng.outs[:3]) and rng.outs[3] is not rng.outs[0]
+    assert len(CupyOps._uniform_bufs) == 2
+
+
+@pytest.mark.gpu
+def test_gpu_dropout_allocates_nothing_per_call(xp):
+    if xp is np:
+        pytest.skip("GPU path")
+    from gpunet.layers import activations
+    X = xp.ones((256, 512), np.float32)
+    activations.dropout_forward(X, 0.5, out=X)
+    pool = backend.cupy_module().get_default_memory_pool()
+    used = pool.used_bytes()
+    for _ in range(5):
+        activations.dropout_forward(X, 0.5, out=X)
+    assert pool.used_bytes() == used

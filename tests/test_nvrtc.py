@@ -12,7 +12,7 @@ import pytest
 
 import gpunet.layers  # noqa: F401  (declares the layer kernels)
 import gpunet.optim  # noqa: F401  (declares the optimizer kernels)
-from gpunet import kernels, nvrtc
+from gpunet import cuda_sources as kernels, nvrtc
 
 pytestmark = pytest.mark.nvrtc
 ARCHS = ("80", "90")

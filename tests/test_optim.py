@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from gpunet import backend
+from gpunet import backend, optim
 from gpunet.optim import OptimConfig, Optimizer, Schedule, get_rule
 
 
@@ -80,3 +80,26 @@ def test_schedules():
     assert math.isclose(c.factor(10), 0.1) and math.isclose(c.factor(20), 0.1)
     w = Schedule("cosine", total_epochs=12, warmup_epochs=2)
     assert [w.factor(0), w.factor(1), w.factor(2)] == [1 / 3, 2 / 3, 1.0]
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+def test_float64_grads_are_converted_to_float32_weights(xp, rule):
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((5, 3)).astype(np.float32)
+    g64 = rng.standard_normal((5, 3))                            # float64
+    got, want = {"W": xp.asarray(w0.copy())}, {"W": xp.asarray(w0.copy())}
+    optim.Optimizer(rule, {}).step(got, {"W": xp.asarray(g64)}, 0.1)
+    optim.Optimizer(rule, {}).step(want, {"W": xp.asarray(g64.astype(np.float32))}, 0.1)
+    assert got["W"].dtype == np.float32
+    np.testing.assert_array_equal(backend.to_numpy(got["W"]), backend.to_numpy(want["W"]))
+
+
+def test_bad_grads_are_refused_with_the_parameter_name(xp):
+    params = {"W1": xp.zeros((2, 3), np.float32)}
+    opt = optim.Optimizer("sgd", {})
+    with pytest.raises(TypeError, match="gradient of W1: expected a floating-point array, got int64"):
+        opt.step(params, {"W1": xp.zeros((2, 3), np.int64)}, 0.1)
+    with pytest.raises(ValueError, match=r"gradient of W1: expected shape \(2, 3\), got \(3, 2\)"):
+        opt.step(params, {"W1": xp.zeros((3, 2), np.float32)}, 0.1)
+    with pytest.raises(KeyError, match="no gradient for parameter"):
+        opt.step(params, {}, 0.1)

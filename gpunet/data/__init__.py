@@ -12,7 +12,7 @@ flatten what they need. A loader has
   uninterrupted one (no random state needs to be saved);
 - ``loader.close()``; loaders are context managers.
 
-Modules: ``arrays`` (``ArrayLoader``, in-memory arrays), ``stream`` (``H5Loader``,
+Modules: ``arrays`` (``ArrayLoader``, in-memory arrays), ``h5loader`` (``H5Loader``,
 streaming or preloading a split of a gpunet HDF5 file) with its background reader
 ``prefetch``, ``plan`` (epoch orders and every seed stream), ``h5file`` (the HDF5
 format: the only module that writes it, opens it with a version check and reads
@@ -25,7 +25,7 @@ from .h5file import FORMAT_VERSION, load_split, open_file, read_meta
 from .norm import channel_stats, norm_stats, normalize
 from .plan import (AUGMENT_STREAM, CHECK_STREAM, DROPOUT_STREAM, LIMIT_STREAM, TRAIN_EVAL_STREAM, augment_seed,
                    dropout_seed, epoch_permutation, epoch_plan, limit_seed, train_eval_seed)
-from .stream import H5Loader, open_split, preload_budget
+from .h5loader import H5Loader, open_split, preload_budget
 
 __all__ = ["AUGMENT_STREAM", "ArrayLoader", "CHECK_STREAM", "DROPOUT_STREAM", "FORMAT_VERSION", "H5Loader", "LIMIT_STREAM",
            "TRAIN_EVAL_STREAM", "augment_images", "augment_seed", "channel_stats", "dropout_seed",

@@ -28,7 +28,7 @@ from . import h5file
 from .arrays import ArrayLoader
 from .h5file import read_meta
 from .norm import channel_stats
-from .stream import H5Loader
+from .h5loader import H5Loader
 
 _DATASETS = {"cifar10": "cifar-10-python.tar.gz", "fer2013": "fer2013-images.tar.gz"}
 

@@ -2,7 +2,7 @@
 
 ``gpunet.backend.use("emulated")`` (or ``GPUNET_BACKEND=emulated``, ``--backend emulated``)
 installs ``module()`` where the backend keeps cupy, and reports the backend as ``"cupy"``: every
-branch that asks for CuPy (``kernels.on_gpu``, ``xp is not numpy``, ``backend.name() == "cupy"``)
+branch that asks for CuPy (``cuda_sources.on_gpu``, ``xp is not numpy``, ``backend.name() == "cupy"``)
 takes its GPU side, and what it launches is the real thing:
 
 - arrays are ``ndarray``, a NumPy subclass standing for device memory (``.data.ptr`` is its

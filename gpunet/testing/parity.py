@@ -2,7 +2,7 @@
 
 ``curve(kind, backend, rule, steps)`` builds the FC or CNN recipe with dropout 0 from a fixed
 seed, trains it ``steps`` steps on one fixed batch through the Solver's own training step
-(``gpunet.cudagraph.make_train_step``) and returns the loss after each step and the final
+(``gpunet.train_step.make_train_step``) and returns the loss after each step and the final
 parameters (NumPy). Two backends agree when their curves and parameters agree to rounding;
 ``compare`` measures that.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, nn
-from ..cudagraph import make_train_step
+from ..train_step import make_train_step
 from ..model import FullyConnectedNet
 from ..optim import Optimizer
 

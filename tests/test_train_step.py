@@ -9,7 +9,7 @@ capture, replay and eager fallback is checked without a GPU through stand-ins.
 import numpy as np
 import pytest
 
-from gpunet import backend, cudagraph, optim
+from gpunet import backend, optim, train_step
 from gpunet.model import FullyConnectedNet
 
 N, D, C = 64, 24, 5
@@ -36,13 +36,13 @@ def test_replayed_steps_match_eager_steps(xp, rule):
     batches = _data(xp)
     cfg = {"weight_decay": 1e-3}
     twins = [FullyConnectedNet([32, 16], input_dim=D, num_classes=C, reg=1e-3, seed=3) for _ in range(2)]
-    eager = cudagraph.eager_step(twins[0], optim.Optimizer(rule, cfg))
-    replay = cudagraph.make_train_step(twins[1], optim.Optimizer(rule, cfg), graph=True)
+    eager = train_step.eager_step(twins[0], optim.Optimizer(rule, cfg))
+    replay = train_step.make_train_step(twins[1], optim.Optimizer(rule, cfg), graph=True)
     init = backend.to_numpy(twins[0].params["W1"]).copy()
     want, want_losses = _train(eager, twins[0], batches)
     got, got_losses = _train(replay, twins[1], batches)
     if xp is not np:
-        assert isinstance(replay, cudagraph.GraphStep)
+        assert isinstance(replay, train_step.GraphStep)
         if replay.failed is not None and CUPY_REFUSES_CUBLAS in replay.failed:
             # CuPy (14.2 included) refuses every cuBLAS call inside a stream capture: the step
             # must say so, never replay, and still train exactly like the eager twin.
@@ -60,7 +60,7 @@ def test_numpy_gets_the_eager_step():
     backend.use("numpy")
     try:
         model = FullyConnectedNet([8], input_dim=D, num_classes=C, seed=1)
-        step = cudagraph.make_train_step(model, optim.Optimizer("sgd", {}), graph=True)
+        step = train_step.make_train_step(model, optim.Optimizer("sgd", {}), graph=True)
         X, y = _data(np, 1, 3)[0]
         before = model.params["W1"].copy()
         ref = FullyConnectedNet([8], input_dim=D, num_classes=C, seed=1)
@@ -147,7 +147,7 @@ class _FakeOpt:
 def test_graph_step_control_flow(monkeypatch, fail):
     log = _Log()
     monkeypatch.setattr(backend, "cupy_module", lambda: _fake_cupy(log))
-    step = cudagraph.GraphStep(_FakeModel(log, fail), _FakeOpt(log))
+    step = train_step.GraphStep(_FakeModel(log, fail), _FakeOpt(log))
     X, y, Xp, yp = np.zeros((4, 3)), np.zeros(4, np.int64), np.zeros((2, 3)), np.zeros(2, np.int64)
     losses = [float(step(X, y, 1)), float(step(X, y, 2)), float(step(X, y, 3)), float(step(Xp, yp, 4))]
     if not fail:
@@ -162,3 +162,11 @@ def test_graph_step_control_flow(monkeypatch, fail):
                        "loss", "step(3)", "loss", "step(4)"]
         assert "host synchronisation" in step.failed
     assert losses == [4, 4, 4, 2]
+
+
+def test_old_module_names_still_import():
+    """gpunet.cudagraph and gpunet.data.stream were renamed (issue 20); their names keep working."""
+    from gpunet import cudagraph
+    from gpunet.data import stream
+    assert cudagraph is train_step and stream.H5Loader.__module__ == "gpunet.data.h5loader"
+
