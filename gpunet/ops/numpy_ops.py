@@ -1,4 +1,4 @@
-"""``NumpyOps``: the NumPy form of every primitive that has a fast path on some backend.
+"""``NumpyOps``: the NumPy form of every primitive of the layers and the update rules.
 
 These are the references: ``CupyOps`` (``cupy_ops.py``) overrides a method only where it has a
 GPU kernel, and falls back to the method here when the kernel's preconditions fail. The CPU's
@@ -11,10 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import threads
+from .batchnorm import NormOps
+from .conv import ConvOps
+from .pool import PoolOps
 
 
-class NumpyOps:
-    """The primitives on NumPy (see the module docstring); ``get_ops`` hands out one instance."""
+class NumpyOps(ConvOps, PoolOps, NormOps):
+    """The primitives on NumPy (see the module docstring); ``get_ops`` hands out one instance.
+    Convolution, pooling and batch norm are in ``conv.py``, ``pool.py`` and ``batchnorm.py``."""
 
     name = "numpy"
     xp = np
