@@ -1,14 +1,8 @@
-"""Batch normalisation of (N, D) features or (N, C, H, W) channels.
+"""Batch normalisation with the coursework's signatures: ``batchnorm_forward``/``batchnorm_backward``.
 
-Training normalises with the batch statistics and updates the running ones in
-place, ``running = momentum * running + (1 - momentum) * batch`` (the CS231n
-convention; PyTorch's ``momentum=0.1`` is the same update). The batch variance is
-the biased one (divided by the number of values), as CS231n computes it, both to
-normalise and in the running variance (PyTorch keeps the unbiased one there, larger by
-M/(M-1) for M values per channel). At test time the running statistics are used.
-
-The arithmetic is ``gpunet.ops.batchnorm`` (a part of ``NumpyOps``): these functions hand it to the ops
-object of the arrays' backend, which a GPU backend may override.
+The arithmetic and its conventions (CS231n's momentum, the biased batch variance) are
+``gpunet.ops.batchnorm``, a part of ``NumpyOps``: these functions hand it to the ops object of the
+arrays' backend, which a GPU backend may override.
 """
 from __future__ import annotations
 

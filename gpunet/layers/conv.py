@@ -1,13 +1,8 @@
-"""2-D convolution (cross-correlation, as in PyTorch), NCHW, by im2col and one GEMM.
+"""2-D convolution (cross-correlation, as in PyTorch) with the coursework's signatures:
+``conv2d_forward``/``conv2d_backward``, and ``im2col``/``col2im``.
 
-The patches are gathered channel-major, ``cols: (C*KH*KW, N*Ho*Wo)``, with one
-strided copy per kernel offset (KH*KW copies, never a loop over pixels or samples),
-so the forward, the weight gradient and the input gradient are each a single large
-matrix product: ``W (F, CKK) @ cols``, ``dout (F, NHoWo) @ cols.T`` and
-``W.T @ dout``. On CuPy the same code runs as cuBLAS GEMMs plus strided copies.
-
-The arithmetic is ``gpunet.ops.conv`` (a part of ``NumpyOps``): these functions hand it to the ops
-object of the arrays' backend, which a GPU backend may override.
+The arithmetic (im2col and one GEMM per product) is ``gpunet.ops.conv``, a part of ``NumpyOps``:
+these functions hand it to the ops object of the arrays' backend, which a GPU backend may override.
 """
 from __future__ import annotations
 

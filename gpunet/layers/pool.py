@@ -1,13 +1,8 @@
-"""Max pooling over size x size windows, NCHW, no padding; overlapping windows allowed.
+"""Max pooling with the coursework's signatures: ``max_pool2d_forward``/``max_pool2d_backward``.
 
-One strided operation per window offset (size*size of them), never a loop over
-pixels or samples. Ties go to the first maximum in row-major window order, as in
-PyTorch. Windows that tile the input exactly (the usual 2x2, stride 2) take a fast
-path: a running ``maximum`` forward, and a backward that finds each window's maximum
-again from the saved output.
-
-The arithmetic is ``gpunet.ops.pool`` (a part of ``NumpyOps``): these functions hand it to the ops
-object of the arrays' backend, which a GPU backend may override.
+The arithmetic (one strided operation per window offset; ties to the first maximum, as in
+PyTorch) is ``gpunet.ops.pool``, a part of ``NumpyOps``: these functions hand it to the ops object
+of the arrays' backend, which a GPU backend may override.
 """
 from __future__ import annotations
 
