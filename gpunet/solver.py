@@ -6,8 +6,9 @@ arrays ``X_train, y_train, X_val, y_val`` or a dict of batch iterators
 ``{"train": loader, "val": loader, "train_eval": loader}`` (see ``gpunet.data``;
 without ``train_eval`` the training accuracy is NaN); the loop is the same for
 both. Per epoch: set the epoch's order and dropout stream from ``(seed, epoch)``,
-run ``_train_step`` on every batch once, check the losses once, evaluate,
-checkpoint atomically (``gpunet.checkpoint``), check early stopping. Because all
+run ``_train_step`` on every batch once, then the extensions' epoch ends
+(``gpunet.extensions``): check the losses once, evaluate, log, early stopping,
+checkpoint atomically (``gpunet.checkpoint``) and history, callbacks. Because all
 randomness is a function of ``(seed, epoch)``, a resumed run ends with exactly
 the parameters of an uninterrupted one.
 
@@ -30,11 +31,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend, threads
-from .checkpoint import model_state, read_checkpoint, save_checkpoint
+from . import extensions as ext
+from .checkpoint import read_checkpoint, save_checkpoint
 from .train_step import make_train_step
 from .data import ArrayLoader
 from .data.plan import CHECK_STREAM, DROPOUT_STREAM, TRAIN_EVAL_STREAM
-from .divergence import TrainingDiverged, check_epoch, diverged  # noqa: F401 (TrainingDiverged: public here)
+from .divergence import TrainingDiverged, diverged  # noqa: F401 (TrainingDiverged: public here)
 from .io import write_json
 from .optim import Optimizer, Schedule
 
@@ -65,6 +67,7 @@ class SolverConfig:
     fused_update: bool = True             # update each layer inside the backward pass (bit-identical; off: after it)
     prefetch: bool = False                # array data on the CPU: gather the next batch in a background thread
     pin_threads: bool = True              # CPU (Linux): keep the caller and BLAS's workers on separate cores while training
+    extensions: list = field(default_factory=list)  # more gpunet.extensions objects, beside the standard ones
 
     def __post_init__(self):
         self.optim_config = dict(self.optim_config or {})
@@ -113,6 +116,14 @@ def _epoch_rng(rng, seed):
         return backend.default_rng(seed)
 
 
+def _as_extension(e):
+    if isinstance(e, ext.Extension):
+        return e
+    if callable(e):
+        return ext.Callback(e)
+    raise TypeError(f"extensions: expected gpunet.extensions.Extension objects or callables, got {type(e).__name__}")
+
+
 class Solver:
     """Train ``model`` on ``data``; settings as in ``SolverConfig``.
 
@@ -120,7 +131,10 @@ class Solver:
     (the coursework's update_rule, optim_config, lr_decay, batch_size, num_epochs,
     num_train_samples, num_val_samples, print_every, verbose, checkpoint_name, and
     seed, schedule, schedule_config, patience, resume, history_path, progress,
-    on_epoch_end, graph); ``config=SolverConfig(...)`` gives them at once, keywords override it.
+    on_epoch_end, graph, extensions); ``config=SolverConfig(...)`` gives them at once, keywords override it.
+    What happens around the steps (schedule, progress, divergence check, evaluation, log, early
+    stopping, checkpoint, history, callbacks) is ``self.extensions`` (``gpunet.extensions``);
+    ``extend`` adds more.
     """
 
     def __init__(self, model, data, config: SolverConfig | None = None, **kwargs):
@@ -136,6 +150,7 @@ class Solver:
                      "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end", "graph",
                      "fused_update", "prefetch", "pin_threads"):
             setattr(self, name, getattr(cfg, name))
+        self.lr, self.epoch_losses, self.epoch_started = None, [], None
         self.optimizer = Optimizer(self.update_rule, self.optim_config)
         self._step = None   # the training step, built on first use (eager, or a CUDA graph on CuPy)
         schedule, schedule_config = cfg.schedule, dict(cfg.schedule_config)
@@ -145,6 +160,7 @@ class Solver:
                 schedule_config.setdefault("gamma", self.lr_decay)
         schedule_config.setdefault("total_epochs", self.num_epochs)
         self.schedule = Schedule(name=schedule, **schedule_config)
+        self.extensions = self._standard_extensions() + [_as_extension(e) for e in cfg.extensions]
         self.train_loader, self.val_loader, self.train_eval_loader = self._make_loaders(data)
         if self.history_path is None and self.checkpoint_name:
             self.history_path = f"{self.checkpoint_name}.history.json"
@@ -242,19 +258,38 @@ class Solver:
         show = self.progress if self.progress is not None else (self.verbose and sys.stderr.isatty())
         return not show
 
+    def _standard_extensions(self):
+        """What the options ask for, as extensions (``gpunet.extensions``), in the order they run at an
+        epoch's end: divergence check, evaluation, the log line, early stopping, checkpoint and history,
+        ``on_epoch_end``."""
+        exts = [ext.LearningRate(self.schedule), ext.Progress(self.print_every, self._bars(), _host_sync_is_free()),
+                ext.DivergenceCheck(), ext.Evaluate(), ext.LogReport(), ext.Snapshot()]
+        if self.patience is not None:
+            exts.append(ext.EarlyStopping(self.patience))
+        if self.on_epoch_end is not None:
+            exts.append(ext.Callback(self.on_epoch_end))
+        return exts
+
+    def extend(self, extension):
+        """Add an extension: a ``gpunet.extensions.Extension`` (hooks, a trigger, a priority), or a plain
+        ``fn(solver, epoch)`` run after each epoch like ``on_epoch_end``; returns the Solver."""
+        self.extensions.append(_as_extension(extension))
+        return self
+
     def train(self):
         """Run the remaining epochs; leaves the best parameters (and buffers) in the model."""
-        disable = self._bars()
-        epochs = tqdm(range(self.epoch, self.num_epochs), desc="epochs", initial=self.epoch,
-                      total=self.num_epochs, disable=disable, unit="ep", leave=True)
+        exts = sorted(self.extensions, key=lambda e: -getattr(e, "priority", 0))   # stable: ties keep their order
         pin = self.pin_threads and backend.get_array_module(next(iter(self.model.params.values()))) is np
         try:
+            for e in exts:
+                e.initialize(self)
             with threads.pinned() if pin else contextlib.nullcontext():
-                for epoch in epochs:
-                    if self._run_epoch(epoch, disable):
+                for epoch in range(self.epoch, self.num_epochs):
+                    if self._run_epoch(epoch, exts):
                         break
         finally:
-            epochs.close()
+            for e in exts:
+                e.finalize(self)
         if self.best_params:
             self.model.set_params(self.best_params)
         return self
@@ -266,56 +301,27 @@ class Solver:
                                          fused_update=self.fused_update)
         return self._step(X, y, lr)
 
-    def _run_epoch(self, epoch, disable):
-        """Train one epoch; True when training should stop.
+    def _run_epoch(self, epoch, exts):
+        """Train one epoch, then the extensions' epoch ends (by priority); True when training should stop.
 
-        Losses stay on the device: on the CPU they are checked and printed every
-        ``print_every`` iterations (that costs nothing there); on the GPU reading one
-        would stall the queue, so they are checked once, at the epoch's end, before
-        anything is evaluated or saved.
+        Losses stay on the device: where reading them is free (the CPU) ``Progress`` checks and
+        prints them every ``print_every`` steps; on the GPU reading one would stall the queue, so
+        ``DivergenceCheck`` reads them once, at the epoch's end, before anything is evaluated or saved.
         """
-        t0 = time.perf_counter()
-        model, loader = self.model, self.train_loader
-        lr = self.optimizer.config.learning_rate * self.schedule.factor(epoch)
-        loader.set_epoch(epoch)
-        self._rng = model.rng = _epoch_rng(self._rng, [self.seed, epoch, DROPOUT_STREAM])
-        on_cpu = _host_sync_is_free()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=len(loader), leave=False, disable=disable, unit="batch")
-        for it, (X, y) in enumerate(bar):
-            losses.append(self._train_step(X, y, lr))
-            if on_cpu and (it + 1) % self.print_every == 0:
-                recent = self._check_finite(losses[-self.print_every:], epoch, it)
-                bar.set_postfix(loss=f"{recent[-1]:.4f}")
-                if disable:
-                    self._say(f"(epoch {epoch + 1}, iteration {it + 1} / {len(loader)}) loss: {recent[-1]:f}")
-        bar.close()
-        losses = self._check_finite(losses, epoch, len(losses) - 1)
-        check_epoch(self, losses, epoch)
-        self.loss_history.extend(losses)
-
-        train_acc = self.check_accuracy(self.train_eval_loader)
-        val_acc = self.check_accuracy(self.val_loader)
-        self.train_acc_history.append(train_acc)
-        self.val_acc_history.append(val_acc)
-        self.lr_history.append(lr)
-        self.epoch_time_history.append(time.perf_counter() - t0)
-        if val_acc > self.best_val_acc or self.val_loader is None:
-            self.best_val_acc, self.best_epoch = val_acc, epoch
-            self.best_params = model_state(model)
-        self.epoch = epoch + 1
-        mean_loss = float(np.mean(losses)) if losses else float("nan")
-        self._say(f"(epoch {self.epoch} / {self.num_epochs}) loss {mean_loss:.4f}  train acc {train_acc:.4f}  "
-                  f"val acc {val_acc:.4f}  lr {lr:.3g}  {self.epoch_time_history[-1]:.1f}s")
+        self.epoch_started = time.perf_counter()
+        for e in exts:
+            e.before_epoch(self, epoch)
+        self.train_loader.set_epoch(epoch)
+        self._rng = self.model.rng = _epoch_rng(self._rng, [self.seed, epoch, DROPOUT_STREAM])
+        self.epoch_losses = losses = []
+        for it, (X, y) in enumerate(self.train_loader):
+            losses.append(self._train_step(X, y, self.lr))
+            for e in exts:
+                e.after_iteration(self, epoch, it, losses)
         stop = False
-        if self.patience is not None and epoch - self.best_epoch >= int(self.patience):
-            self.stopped_early = stop = True
-            self._say(f"early stopping: no validation improvement for {int(self.patience)} epochs "
-                      f"(best {self.best_val_acc:.4f} at epoch {self.best_epoch + 1})")
-        self.save_checkpoint()
-        self.save_history()
-        if self.on_epoch_end is not None and self.on_epoch_end(self, epoch):
-            stop = True
+        for e in exts:
+            if e.fires(epoch):
+                stop = bool(e.after_epoch(self, epoch)) or stop
         return stop
 
     def _check_finite(self, losses, epoch, it):

@@ -237,3 +237,40 @@ def test_epoch_generator_is_a_function_of_seed_and_epoch(xp):
     other = _epoch_rng(again, [5, 4, 1])
     epoch3 = backend.default_rng([5, 3, 1])
     assert not np.array_equal(backend.to_numpy(other.random(10)), backend.to_numpy(epoch3.random(10)))
+
+
+def test_extensions_run_in_priority_order_with_their_triggers():
+    """A user extension needs no subclass of Solver: hooks, a trigger (every N epochs), a priority."""
+    from gpunet import extensions
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    calls = []
+
+    class Every2(extensions.Extension):
+        every = 2
+
+        def initialize(self, solver):
+            calls.append("init")
+
+        def after_iteration(self, solver, epoch, it, losses):
+            assert len(losses) == it + 1
+
+        def after_epoch(self, solver, epoch):
+            calls.append(("every2", epoch, solver.epoch, len(solver.val_acc_history)))   # after Evaluate
+            return epoch == 3                                                             # stop after epoch 4
+
+        def finalize(self, solver):
+            calls.append("final")
+
+    model = FullyConnectedNet([8], input_dim=6, num_classes=3, seed=0)
+    s = Solver(model, {"X_train": X, "y_train": y, "X_val": X, "y_val": y}, num_epochs=10, batch_size=10,
+               verbose=False, extensions=[Every2()])
+    s.extend(lambda solver, epoch: calls.append(("fn", epoch)))
+    s.train()
+    assert calls[0] == "init" and calls[-1] == "final"
+    assert [c for c in calls if c[0] == "every2"] == [("every2", 1, 2, 2), ("every2", 3, 4, 4)]
+    assert [c[1] for c in calls if c[0] == "fn"] == [0, 1, 2, 3] and s.epoch == 4
+    names = [type(e).__name__ for e in s.extensions]
+    assert names[:6] == ["LearningRate", "Progress", "DivergenceCheck", "Evaluate", "LogReport", "Snapshot"]
+    with pytest.raises(TypeError, match="extensions"):
+        s.extend(42)
