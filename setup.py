@@ -1,4 +1,5 @@
 """gpunet: hand-written fully connected nets on NumPy or CuPy, with HDF5 dataset tools."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -8,30 +9,39 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gpunet", "gpunet.*", "data_prep", "data_prep.*"]),
-    package_data={"gpunet.pretrained": ["*.npz"]},   # the packaged FER2013 model
+    package_data={"gpunet.pretrained": ["*.npz"]},  # the packaged FER2013 model
     python_requires=">=3.9",
     install_requires=[
         "numpy>=1.22",
         "h5py>=3.0",
         "tqdm>=4.0",
-        "Pillow>=9.0",        # reading face images (prep tools, gpunet-predict)
-        "matplotlib>=3.5",    # loss/accuracy curves and confusion-matrix heat maps
-        "optuna>=4.0",        # gpunet-tune: samplers, pruning, resumable storage (journal files: 4.0)
+        "Pillow>=9.0",  # reading face images (prep tools, gpunet-predict)
+        "matplotlib>=3.5",  # loss/accuracy curves and confusion-matrix heat maps
+        "optuna>=4.0",  # gpunet-tune: samplers, pruning, resumable storage (journal files: 4.0)
     ],
     extras_require={
         "cuda12x": ["cupy-cuda12x>=13"],
         "cuda13x": ["cupy-cuda13x>=13"],
-        # NVRTC compile tests without a GPU (gpunet/nvrtc.py is pinned to this CuPy; .ci/run installs the same)
+        # NVRTC compile tests without a GPU (gpunet/nvrtc.py is pinned to this CuPy; .ci/run installs the
+        # same)
         "nvrtc": ["cupy-cuda13x==14.2.0", "nvidia-cuda-nvrtc==13.0.88"],
-        "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.7",   # scipy: test oracles only
-                "scikit-image>=0.19", "onnx>=1.12", "onnxruntime>=1.12",  # so CI runs those tests
-                "psycopg[binary]>=3.1", "pgserver>=0.1.4"],  # distributed tuning on a real PostgreSQL
-        "faces": ["scikit-image>=0.19"],      # gpunet.detect_emotions: its bundled face cascade
+        "dev": [
+            "ruff==0.17.6",  # lint and format (pyproject.toml), checked by .ci/run; pinned
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "scipy>=1.7",  # scipy: test oracles only
+            "scikit-image>=0.19",
+            "onnx>=1.12",
+            "onnxruntime>=1.12",  # so CI runs those tests
+            "psycopg[binary]>=3.1",
+            "pgserver>=0.1.4",
+        ],  # distributed tuning on a real PostgreSQL
+        "faces": ["scikit-image>=0.19"],  # gpunet.detect_emotions: its bundled face cascade
         "onnx": ["onnx>=1.12", "onnxruntime>=1.12"],  # gpunet-export (onnxruntime: to run the export)
         "bench": ["torch"],
         # gpunet-tune --storage postgresql://... (SQLAlchemy 2 maps postgresql:// to psycopg v3)
         "postgres": ["psycopg[binary]>=3.1"],
-        "mysql": ["PyMySQL>=1.0"],            # gpunet-tune --storage mysql://... (used when mysqlclient is absent)
+        "mysql": ["PyMySQL>=1.0"],  # gpunet-tune --storage mysql://... (used when mysqlclient is absent)
     },
     entry_points={
         "console_scripts": [

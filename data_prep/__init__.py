@@ -12,6 +12,7 @@ Public API::
 The file layout is described in :mod:`data_prep.h5format`; the command line
 (``gpunet-prep`` / ``python -m data_prep``) in :mod:`data_prep.cli`.
 """
+
 from .errors import PrepError
 from .h5format import FORMAT_VERSION
 from .h5format import read_info as info

@@ -1,4 +1,5 @@
 """``python -m data_prep ...`` is ``gpunet-prep ...``."""
+
 import sys
 
 from .cli import main

@@ -4,6 +4,7 @@ The rule itself is ``gpunet.io.atomic_path`` (temporary name, rename when comple
 clean-up on errors and stop signals, a full disk named in one line); this module adds
 gpunet-prep's ``--force`` wording and the sweep of temporary files that killed runs left.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

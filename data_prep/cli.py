@@ -8,9 +8,11 @@
 Bad input prints ``error: <file>: <entry>: <problem>`` and exits with status 2,
 as bad usage does; an unexpected error exits 1; Ctrl-C 130, SIGTERM 143 and SIGHUP
 129 (no output, no temporary file), without a traceback unless --debug. ``info`` on a
-damaged file prints what it could read, each problem, and exits 2. These are the codes of every gpunet command (the
+damaged file prints what it could read, each problem, and exits 2. These are the codes of every gpunet
+command (the
 table is in ``gpunet/cli/common.py``; data_prep does not import gpunet).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,31 +28,46 @@ from .pipeline import convert
 from .report import format_info, summary_line
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
-    p = argparse.ArgumentParser(prog="gpunet-prep", parents=[common],
-                                description="Convert image datasets to gpunet's HDF5 layout.")
+    p = argparse.ArgumentParser(
+        prog="gpunet-prep", parents=[common], description="Convert image datasets to gpunet's HDF5 layout."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for name, default_val in (("cifar10", "1000"), ("fer2013", "none")):
         s = sub.add_parser(name, parents=[common], help=f"convert {name}")
         s.add_argument("src", nargs="?", help="source file, folder or archive")
         s.add_argument("-o", "--output", required=True, help="the .h5 file to write")
-        s.add_argument("--val-size", type=int, default=None,
-                       help=f"validation samples carved from train when the source has "
-                            f"none (default {default_val})")
+        s.add_argument(
+            "--val-size",
+            type=int,
+            default=None,
+            help=f"validation samples carved from train when the source has none (default {default_val})",
+        )
         s.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
         s.add_argument("--force", action="store_true", help="overwrite an existing output")
-        s.add_argument("--resize", action="store_true",
-                       help="scale images of another size instead of failing")
-        s.add_argument("--compress", choices=("gzip", "lzf"), default=None,
-                       help="compress the datasets (default: none, fastest to read)")
+        s.add_argument(
+            "--resize", action="store_true", help="scale images of another size instead of failing"
+        )
+        s.add_argument(
+            "--compress",
+            choices=("gzip", "lzf"),
+            default=None,
+            help="compress the datasets (default: none, fastest to read)",
+        )
         if name == "cifar10":
-            s.add_argument("--download", action="store_true",
-                           help="download the official python tarball (instead of SRC)")
-            s.add_argument("--cache-dir", default=None,
-                           help="download folder (default $GPUNET_CACHE, else the data home $GPUNET_DATA, else ~/.cache/gpunet)")
+            s.add_argument(
+                "--download",
+                action="store_true",
+                help="download the official python tarball (instead of SRC)",
+            )
+            s.add_argument(
+                "--cache-dir",
+                default=None,
+                help="download folder (default $GPUNET_CACHE, else the data home $GPUNET_DATA, "
+                "else ~/.cache/gpunet)",
+            )
     s = sub.add_parser("info", parents=[common], help="describe a converted file")
     s.add_argument("path", help="a .h5 file written by gpunet-prep")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -72,17 +89,27 @@ def _body(args, argv):
             print(json.dumps(info, indent=2) if args.json else format_info(info))
             problems = info["problems"]
             if problems:
-                more = f" (and {len(problems) - 1} more problem(s), listed above)" if len(problems) > 1 else ""
+                more = (
+                    f" (and {len(problems) - 1} more problem(s), listed above)" if len(problems) > 1 else ""
+                )
                 raise PrepError(f"{problems[0]}{more}")
             return EXIT_OK
         start = time.perf_counter()
-        out = convert(args.command, args.src, args.output, val_size=args.val_size,
-                      seed=args.seed, force=args.force, resize=args.resize,
-                      download=getattr(args, "download", False),
-                      cache_dir=getattr(args, "cache_dir", None), compress=args.compress,
-                      command=" ".join(["gpunet-prep"] + argv))
+        out = convert(
+            args.command,
+            args.src,
+            args.output,
+            val_size=args.val_size,
+            seed=args.seed,
+            force=args.force,
+            resize=args.resize,
+            download=getattr(args, "download", False),
+            cache_dir=getattr(args, "cache_dir", None),
+            compress=args.compress,
+            command=" ".join(["gpunet-prep"] + argv),
+        )
     except PrepError as e:
-        raise UserError(str(e)) from e       # --debug shows the PrepError's traceback too
+        raise UserError(str(e)) from e  # --debug shows the PrepError's traceback too
     info = read_info(out)
     print(summary_line(info, time.perf_counter() - start))
     for note in info["notes"]:

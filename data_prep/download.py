@@ -7,6 +7,7 @@ request (a server that ignores it just sends the whole file again). The
 result is renamed to its final name only when its md5 matches. The URL can be
 pointed elsewhere (a mirror, a test server) with ``$GPUNET_CIFAR10_URL``.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -32,9 +33,14 @@ class _ShortTransfer(OSError):
 
 
 def cache_dir(path=None) -> Path:
-    """The cache folder: ``path``, else ``$GPUNET_CACHE``, else the data home ``$GPUNET_DATA``, else ``~/.cache/gpunet``."""
-    return Path(path or os.environ.get("GPUNET_CACHE") or os.environ.get("GPUNET_DATA")
-                or Path.home() / ".cache" / "gpunet").expanduser()
+    """The cache folder: ``path``, else ``$GPUNET_CACHE``, else the data home ``$GPUNET_DATA``, else
+    ``~/.cache/gpunet``."""
+    return Path(
+        path
+        or os.environ.get("GPUNET_CACHE")
+        or os.environ.get("GPUNET_DATA")
+        or Path.home() / ".cache" / "gpunet"
+    ).expanduser()
 
 
 def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
@@ -53,9 +59,17 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
             have = 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
-        with open(part, "ab" if resumed else "wb") as f, \
-                tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                     desc=f"downloading {part.name[:-5]}", disable=not progress) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=f"downloading {part.name[:-5]}",
+                disable=not progress,
+            ) as bar,
+        ):
             while block := resp.read(BLOCK):
                 f.write(block)
                 bar.update(len(block))
@@ -64,8 +78,16 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
         raise _ShortTransfer(f"connection closed after {size} of {total} bytes")
 
 
-def fetch(url: str, dest, md5=None, *, retries: int = 3, delay: float = 1.0,
-          progress: bool = False, timeout: float = 60.0) -> Path:
+def fetch(
+    url: str,
+    dest,
+    md5=None,
+    *,
+    retries: int = 3,
+    delay: float = 1.0,
+    progress: bool = False,
+    timeout: float = 60.0,
+) -> Path:
     """Download ``url`` to ``dest`` unless a file with the right md5 is there already.
 
     Tries ``retries`` times (resuming each time, waiting ``delay`` s, doubling); raises
@@ -83,20 +105,25 @@ def fetch(url: str, dest, md5=None, *, retries: int = 3, delay: float = 1.0,
             break
         except urllib.error.HTTPError as e:
             if 400 <= e.code < 500 and e.code not in (408, 429) or attempt == retries:
-                raise PrepError(f"{url}: HTTP {e.code} {e.reason}; download {dest.name} by hand "
-                                "and pass it as SRC") from None
+                raise PrepError(
+                    f"{url}: HTTP {e.code} {e.reason}; download {dest.name} by hand and pass it as SRC"
+                ) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             if attempt == retries:
                 reason = getattr(e, "reason", e)
-                raise PrepError(f"no network ({reason}): download {dest.name} by hand from "
-                                f"{url} and pass it as SRC (a partial copy is kept in {part} "
-                                "and resumed next time)") from None
+                raise PrepError(
+                    f"no network ({reason}): download {dest.name} by hand from "
+                    f"{url} and pass it as SRC (a partial copy is kept in {part} "
+                    "and resumed next time)"
+                ) from None
         time.sleep(delay * 2 ** (attempt - 1))
     found = md5_of(part)
     if md5 is not None and found != md5:
         part.unlink()
-        raise PrepError(f"{url}: downloaded file has md5 {found}, expected {md5}; removed it, "
-                        "try again or download it by hand and pass it as SRC")
+        raise PrepError(
+            f"{url}: downloaded file has md5 {found}, expected {md5}; removed it, "
+            "try again or download it by hand and pass it as SRC"
+        )
     os.replace(part, dest)
     return dest
 

@@ -7,6 +7,7 @@ entry, what was expected and what was found. The CLI prints it as
 ``error: <message>`` and exits with status 2 (bad input); Python callers can catch it,
 as a ``ValueError`` too (the convention of every gpunet API for bad input).
 """
+
 from __future__ import annotations
 
 import re
@@ -18,4 +19,3 @@ class PrepError(ValueError):
 
     def __init__(self, message):
         super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
-

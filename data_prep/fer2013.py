@@ -15,6 +15,7 @@ Accepted:
 Labels always follow the official order (0 angry ... 6 neutral), whatever the
 folder order. Images are 48x48 grey; colour is converted, other sizes need resize.
 """
+
 from __future__ import annotations
 
 import io
@@ -73,8 +74,10 @@ def read(src, *, resize: bool = False, progress: bool = False) -> SourceData:
     else:
         tree = open_tree(src, progress)
         if tree is None:
-            raise PrepError(f"{src}: expected fer2013.csv, icml_face_data.csv, a folder or a "
-                            "zip/tar archive, found a file of another kind")
+            raise PrepError(
+                f"{src}: expected fer2013.csv, icml_face_data.csv, a folder or a "
+                "zip/tar archive, found a file of another kind"
+            )
         with tree:
             splits, fingerprint = _read_tree(tree, src, resize, progress, notes)
     if "test" not in splits:
@@ -86,9 +89,11 @@ def _read_tree(tree: SourceTree, src, resize: bool, progress: bool, notes: list)
     """(splits, fingerprint) of a folder or archive."""
     root = find_root(tree, lambda t: layout(t) is not None)
     if root is None:
-        raise PrepError(f"{src}: expected fer2013.csv, icml_face_data.csv, a train/<class>/ "
-                        "image tree or Train/ + labels_public.txt (folder, zip or tar), "
-                        "found none of them")
+        raise PrepError(
+            f"{src}: expected fer2013.csv, icml_face_data.csv, a train/<class>/ "
+            "image tree or Train/ + labels_public.txt (folder, zip or tar), "
+            "found none of them"
+        )
     kind = layout(root)
     if kind == "csv":
         member = _csv_member(root)
@@ -98,8 +103,9 @@ def _read_tree(tree: SourceTree, src, resize: bool, progress: bool, notes: list)
             raise PrepError(f"{root.where(member)}: not a text file ({e})") from None
         splits = read_csv(io.StringIO(text, newline=""), root.where(member), progress)
     elif kind == "images":
-        splits = read_image_tree(root, list(CLASS_NAMES), IMAGE_SHAPE, resize=resize,
-                                 router=route, progress=progress)
+        splits = read_image_tree(
+            root, list(CLASS_NAMES), IMAGE_SHAPE, resize=resize, router=route, progress=progress
+        )
     else:
         splits = read_coursework(root, resize, notes)
     return splits, root.fingerprint()
@@ -156,8 +162,7 @@ def read_coursework(tree: SourceTree, resize: bool, notes: list) -> dict:
         if "/" in p and top.lower() in SPLIT_FOLDERS and p not in labelled:
             unlabelled[top] = unlabelled.get(top, 0) + 1
     for top, count in sorted(unlabelled.items()):
-        notes.append(f"{count} image(s) in {top}/ have no label in {LABELS_FILE} and cannot be "
-                     "used; skipped")
+        notes.append(f"{count} image(s) in {top}/ have no label in {LABELS_FILE} and cannot be used; skipped")
     if not images:
         raise PrepError(f"{lf}: expected labelled images, found none")
     return {s: stack_split(xs, ys, IMAGE_SHAPE) for s, (xs, ys) in images.items()}

@@ -7,6 +7,7 @@ icml header's leading spaces (``emotion, Usage, pixels``), so columns are found
 by stripped, case-folded name. A CSV without a Usage column is all training.
 Usage maps to splits: Training -> train, PublicTest -> val, PrivateTest -> test.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,13 +69,17 @@ def read_csv(stream: TextIO, name: str, progress: bool = False) -> dict:
     except csv.Error as e:
         raise PrepError(f"{name} line 1: not a CSV file ({e})") from None
     except UnicodeDecodeError as e:
-        raise PrepError(f"{name}: expected UTF-8 text, found byte {e.object[e.start:e.start + 1]!r} "
-                        f"at offset {e.start} of a block that cannot be decoded") from None
+        raise PrepError(
+            f"{name}: expected UTF-8 text, found byte {e.object[e.start : e.start + 1]!r} "
+            f"at offset {e.start} of a block that cannot be decoded"
+        ) from None
     cols = {h.strip().lower(): i for i, h in enumerate(header)}
     missing = [c for c in ("emotion", "pixels") if c not in cols]
     if missing:
-        raise PrepError(f"{name} line 1: expected columns emotion, pixels, Usage; "
-                        f"found {','.join(header)!r} (no {missing[0]})")
+        raise PrepError(
+            f"{name} line 1: expected columns emotion, pixels, Usage; "
+            f"found {','.join(header)!r} (no {missing[0]})"
+        )
     ie, ip, iu = cols["emotion"], cols["pixels"], cols.get("usage")
     need = max(ie, ip, -1 if iu is None else iu) + 1
     rows: dict = {}
@@ -88,16 +93,20 @@ def read_csv(stream: TextIO, name: str, progress: bool = False) -> dict:
             label = parse_label(row[ie], where)
             usage = "Training" if iu is None else row[iu].strip()
             if usage not in USAGE_SPLITS:
-                raise PrepError(f"{where}: expected Usage Training, PublicTest or PrivateTest, "
-                                f"found {usage!r}")
+                raise PrepError(
+                    f"{where}: expected Usage Training, PublicTest or PrivateTest, found {usage!r}"
+                )
             xs, ys = rows.setdefault(usage, ([], []))
             xs.append(parse_pixels(row[ip], where))
             ys.append(label)
     except csv.Error as e:
         raise PrepError(f"{name} line {reader.line_num}: malformed CSV ({e})") from None
     except UnicodeDecodeError as e:
-        raise PrepError(f"{name} near line {reader.line_num + 1}: expected UTF-8 text, found "
-                        f"byte {e.object[e.start:e.start + 1]!r} that is not ({e.reason})") from None
-    return {USAGE_SPLITS[u]: Split(np.stack(xs).reshape(-1, 1, 48, 48),
-                                   np.asarray(ys, dtype=np.int64), u)
-            for u, (xs, ys) in rows.items()}
+        raise PrepError(
+            f"{name} near line {reader.line_num + 1}: expected UTF-8 text, found "
+            f"byte {e.object[e.start : e.start + 1]!r} that is not ({e.reason})"
+        ) from None
+    return {
+        USAGE_SPLITS[u]: Split(np.stack(xs).reshape(-1, 1, 48, 48), np.asarray(ys, dtype=np.int64), u)
+        for u, (xs, ys) in rows.items()
+    }

@@ -7,6 +7,7 @@ naming the file in ``info["problems"]``. Labels are counted in blocks, so a long
 needs little memory; labels outside ``[0, classes)`` are reported, never dropped silently.
 Data stored outside the file is never read.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ from gpunet.data import h5file as fmt
 
 from .splits import SPLIT_ORDER
 
-LABEL_BLOCK = 1 << 20   # labels read at a time
+LABEL_BLOCK = 1 << 20  # labels read at a time
 
 
 def _str(v):
@@ -77,9 +78,11 @@ def describe(f, path) -> dict:
     names = r.attr("class_names", _names, "a list of class names", default=[])
     shape = r.attr("image_shape", _shape, "(C, H, W) positive integers")
     info = {
-        "path": str(path), "format_version": version,
+        "path": str(path),
+        "format_version": version,
         "dataset": r.attr("dataset", _str, "a name", default="?"),
-        "class_names": names, "image_shape": shape,
+        "class_names": names,
+        "image_shape": shape,
         "mean": r.attr("mean", _stats("mean", path), "finite numbers per channel"),
         "std": r.attr("std", _stats("std", path), "finite numbers per channel"),
         "source": r.attr("source", _str, "text", required=False, default=""),
@@ -87,19 +90,30 @@ def describe(f, path) -> dict:
         "source_md5": r.attr("source_md5", _str, "text", required=False),
         "command": r.attr("command", _str, "text", required=False, default=""),
         "created": r.attr("created", _str, "text", required=False, default=""),
-        "notes": r.attr("notes", lambda v: [_str(s) for s in np.atleast_1d(v).tolist()],
-                        "text lines", required=False, default=[]),
+        "notes": r.attr(
+            "notes",
+            lambda v: [_str(s) for s in np.atleast_1d(v).tolist()],
+            "text lines",
+            required=False,
+            default=[],
+        ),
         "splits": {},
     }
     for key in ("mean", "std"):
         stat = info[key]
         if stat is not None and shape is not None and len(stat) != shape[0]:
-            r.problem(f"expected root attribute {key} with {shape[0]} values (one per channel), "
-                      f"found {len(stat)}")
+            r.problem(
+                f"expected root attribute {key} with {shape[0]} values (one per channel), found {len(stat)}"
+            )
     if info["std"] is not None and min(info["std"]) <= 0:
         r.problem(f"expected root attribute std > 0 per channel, found {info['std']}")
-    declared = r.attr("splits", lambda v: [_str(s) for s in np.atleast_1d(v).tolist()],
-                      "a list of split names", required=False, default=[])  # gpunet-prep's
+    declared = r.attr(
+        "splits",
+        lambda v: [_str(s) for s in np.atleast_1d(v).tolist()],
+        "a list of split names",
+        required=False,
+        default=[],
+    )  # gpunet-prep's
     present, elsewhere = [], []
     for k in f.keys():
         why = fmt.storage_problem(f, k)
@@ -113,8 +127,10 @@ def describe(f, path) -> dict:
         if s in elsewhere:
             continue
         if s not in present:
-            r.problem(f"split {s!r} is listed in the root attribute splits but there is no "
-                      f"group /{s} (found {sorted(present)})")
+            r.problem(
+                f"split {s!r} is listed in the root attribute splits but there is no "
+                f"group /{s} (found {sorted(present)})"
+            )
             continue
         d = _split(f, s, names, shape, r)
         if d is not None:
@@ -138,25 +154,31 @@ def _split(f, s, names, shape, r):
         r.problem(f"expected datasets /{s}/x and /{s}/y, found {sorted(g.keys())}")
         return None
     x, y = g["x"], g["y"]
-    d = {"count": int(y.shape[0]) if y.ndim else 0,
-         "x_shape": tuple(x.shape), "x_dtype": str(x.dtype),
-         "y_shape": tuple(y.shape), "y_dtype": str(y.dtype),
-         "chunks": tuple(x.chunks) if x.chunks else None, "compression": x.compression,
-         "usage": _str(g.attrs["usage"]) if "usage" in g.attrs else None,
-         "class_counts": {}}
+    d = {
+        "count": int(y.shape[0]) if y.ndim else 0,
+        "x_shape": tuple(x.shape),
+        "x_dtype": str(x.dtype),
+        "y_shape": tuple(y.shape),
+        "y_dtype": str(y.dtype),
+        "chunks": tuple(x.chunks) if x.chunks else None,
+        "compression": x.compression,
+        "usage": _str(g.attrs["usage"]) if "usage" in g.attrs else None,
+        "class_counts": {},
+    }
     if x.dtype != np.uint8 or x.ndim != 4 or (shape is not None and tuple(x.shape[1:]) != shape):
-        r.problem(f"expected /{s}/x uint8 of shape (N, {', '.join(map(str, shape or 'CHW'))}), "
-                  f"found {x.dtype} of shape {x.shape}")
+        r.problem(
+            f"expected /{s}/x uint8 of shape (N, {', '.join(map(str, shape or 'CHW'))}), "
+            f"found {x.dtype} of shape {x.shape}"
+        )
     if y.ndim != 1 or y.dtype.kind not in "iu":
         r.problem(f"expected /{s}/y integer labels of shape (N,), found {y.dtype} of shape {y.shape}")
         return d
     if x.ndim and x.shape[0] != y.shape[0]:
-        r.problem(f"expected as many labels in /{s}/y as images in /{s}/x ({x.shape[0]}), "
-                  f"found {y.shape[0]}")
+        r.problem(f"expected as many labels in /{s}/y as images in /{s}/x ({x.shape[0]}), found {y.shape[0]}")
     counts, bad, first = np.zeros(len(names), np.int64), 0, None
     for a in range(0, y.shape[0], LABEL_BLOCK):
         try:
-            block = y[a:a + LABEL_BLOCK].astype(np.int64)
+            block = y[a : a + LABEL_BLOCK].astype(np.int64)
         except Exception as e:  # a filter that is not installed, a damaged chunk
             r.problem(f"/{s}/y: cannot read labels from entry {a} ({' '.join(str(e).split())})")
             return d
@@ -165,10 +187,12 @@ def _split(f, s, names, shape, r):
             i = int(np.flatnonzero(out)[0])
             first = first or (a + i, int(block[i]))
             bad += int(out.sum())
-        counts += np.bincount(block[~out], minlength=len(names))[:len(names)]
+        counts += np.bincount(block[~out], minlength=len(names))[: len(names)]
     d["class_counts"] = dict(zip(names, (int(c) for c in counts)))
     if bad:
         d["labels_outside"] = bad
-        r.problem(f"/{s}/y: {bad} label(s) outside 0..{len(names) - 1} (the {len(names)} "
-                  f"class names), first at entry {first[0]}: {first[1]}")
+        r.problem(
+            f"/{s}/y: {bad} label(s) outside 0..{len(names) - 1} (the {len(names)} "
+            f"class names), first at entry {first[0]}: {first[1]}"
+        )
     return d

@@ -8,6 +8,7 @@ statistics over the train split, and the provenance attributes ``source``,
 (ISO 8601), ``splits`` and ``notes``. No compression unless asked (``gzip`` or
 ``lzf``), so batches stream fast.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,15 +42,16 @@ def channel_stats(x: np.ndarray) -> tuple:
     s1 = x.sum(axis=(0, 2, 3), dtype=np.int64).astype(np.float64)
     s2 = np.zeros(x.shape[1])
     for i in range(0, len(x), 1024):
-        block = x[i:i + 1024].astype(np.float64)
+        block = x[i : i + 1024].astype(np.float64)
         s2 += np.einsum("nchw,nchw->c", block, block)
     n = x.shape[0] * x.shape[2] * x.shape[3]
     mean = s1 / n
-    return mean, np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+    return mean, np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
 
 
-def write(path, data: SourceData, *, dataset: str, source: str, command: str,
-          compress=None, overwrite: bool = True) -> None:
+def write(
+    path, data: SourceData, *, dataset: str, source: str, command: str, compress=None, overwrite: bool = True
+) -> None:
     """Write ``data`` to ``path`` in the layout above, atomically (``gpunet.data.h5file.create``;
     overwrite: False refuses a ``path`` that appears meanwhile). The train split must be present."""
     if compress not in COMPRESSIONS:
@@ -64,9 +66,18 @@ def write(path, data: SourceData, *, dataset: str, source: str, command: str,
         extra["source_md5"] = data.fingerprint["md5"]
     extra["command"] = command
     extra["created"] = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-    with fmt.create(path, dataset=dataset, class_names=list(data.class_names), mean=mean, std=std,
-                    image_shape=image_shape, splits=list(names), notes=list(data.notes),
-                    overwrite=overwrite, **extra) as f:
+    with fmt.create(
+        path,
+        dataset=dataset,
+        class_names=list(data.class_names),
+        mean=mean,
+        std=std,
+        image_shape=image_shape,
+        splits=list(names),
+        notes=list(data.notes),
+        overwrite=overwrite,
+        **extra,
+    ) as f:
         for name in names:
             split = data.splits[name]
             k = chunk_rows(int(np.prod(image_shape)), len(split.y))
@@ -87,7 +98,7 @@ def read_info(path, strict: bool = True) -> dict:
     with f:
         try:
             info = describe(f, path)
-        except (OSError, RuntimeError, KeyError) as e:   # the HDF5 library on a damaged file
+        except (OSError, RuntimeError, KeyError) as e:  # the HDF5 library on a damaged file
             raise PrepError(f"{path}: damaged HDF5 file ({type(e).__name__}: {e})") from None
     if strict and info["problems"]:
         raise PrepError(info["problems"][0])

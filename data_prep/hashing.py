@@ -6,6 +6,7 @@ used, in sorted order of their relative POSIX paths; for each file the hash is
 fed ``path (UTF-8) + b"\\0" + size (8 bytes, little endian) + contents``, so
 renaming, moving or editing any used file changes the digest.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -7,6 +7,7 @@ are ignored; every other file must be an image of the dataset's size. Samples
 are ordered by class index, then file name. A dataset may route single files
 to another split by name (FER2013's ``PublicTest_``/``PrivateTest_`` prefixes).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -18,8 +19,7 @@ from .images import decode_image
 from .splits import stack_split
 from .trees import SourceTree
 
-SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test"}
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 # (split folder, file name) -> (split, usage or None)
 Router = Callable[[str, str], tuple]
@@ -35,9 +35,15 @@ def has_split_folders(tree: SourceTree) -> bool:
     return any(p.split("/", 1)[0].lower() in SPLIT_FOLDERS for p in tree.paths() if "/" in p)
 
 
-def read_image_tree(tree: SourceTree, class_names: list, image_shape: tuple, *,
-                    resize: bool = False, router: Router = default_router,
-                    progress: bool = False) -> dict:
+def read_image_tree(
+    tree: SourceTree,
+    class_names: list,
+    image_shape: tuple,
+    *,
+    resize: bool = False,
+    router: Router = default_router,
+    progress: bool = False,
+) -> dict:
     """Decode every image of the tree into Splits.
 
     class_names: label order; image_shape: (C, H, W) with C 1 (grey) or 3 (RGB).
@@ -51,27 +57,31 @@ def read_image_tree(tree: SourceTree, class_names: list, image_shape: tuple, *,
             continue  # README and the like beside the split folders
         split_folder = SPLIT_FOLDERS.get(parts[0].lower())
         if split_folder is None:
-            raise PrepError(f"{tree.where(parts[0] + '/')}: unknown split folder "
-                            f"'{parts[0]}'; expected train, val or test")
+            raise PrepError(
+                f"{tree.where(parts[0] + '/')}: unknown split folder "
+                f"'{parts[0]}'; expected train, val or test"
+            )
         if len(parts) != 3:
-            raise PrepError(f"{tree.where(path)}: expected <split>/<class>/<image>, "
-                            f"found a file at depth {len(parts)}")
+            raise PrepError(
+                f"{tree.where(path)}: expected <split>/<class>/<image>, found a file at depth {len(parts)}"
+            )
         label = index.get(parts[1].lower())
         if label is None:
-            raise PrepError(f"{tree.where('/'.join(parts[:2]) + '/')}: unknown class folder "
-                            f"'{parts[1]}'; expected one of {', '.join(class_names)}")
+            raise PrepError(
+                f"{tree.where('/'.join(parts[:2]) + '/')}: unknown class folder "
+                f"'{parts[1]}'; expected one of {', '.join(class_names)}"
+            )
         split, usage = router(split_folder, parts[2])
         entries.append((split, label, parts[2], path, usage))
     if not entries:
-        raise PrepError(f"{tree.label}: expected images under train/<class>/ or "
-                        "test/<class>/, found none")
+        raise PrepError(f"{tree.label}: expected images under train/<class>/ or test/<class>/, found none")
     entries.sort(key=lambda e: (e[1], e[2], e[3]))
     c, h, w = image_shape
     images: dict = {}
-    for split, label, _, path, usage in tqdm(entries, desc="decoding images", unit="img",
-                                             disable=not progress, leave=False):
-        img = decode_image(tree.read(path), tree.where(path), (h, w), resize=resize,
-                           grayscale=(c == 1))
+    for split, label, _, path, usage in tqdm(
+        entries, desc="decoding images", unit="img", disable=not progress, leave=False
+    ):
+        img = decode_image(tree.read(path), tree.where(path), (h, w), resize=resize, grayscale=(c == 1))
         if c == 3:
             img = img.transpose(2, 0, 1)
         xs, ys, usages = images.setdefault(split, ([], [], set()))
@@ -88,5 +98,3 @@ def read_image_tree(tree: SourceTree, class_names: list, image_shape: tuple, *,
 def count_by_split(splits: dict) -> str:
     """``"train 100, test 20"`` for notes and messages."""
     return ", ".join(f"{k} {len(v.y)}" for k, v in splits.items())
-
-

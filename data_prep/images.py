@@ -9,6 +9,7 @@ Colour is reduced to grey with Pillow's ``convert("L")`` (ITU-R 601-2 luma:
 image of another size is an error unless ``resize=True``, which centre-crops to
 the target aspect ratio and resizes with bilinear filtering.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,7 +20,7 @@ from PIL import Image, ImageOps
 
 from .errors import PrepError
 
-MAX_PIXELS = 50_000_000   # a 50-megapixel photo; a larger header is refused before decoding
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a larger header is refused before decoding
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -28,8 +29,9 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def decode_image(data: bytes, name: str, shape: tuple[int, int] = (48, 48), *,
-                 resize: bool = False, grayscale: bool = True) -> np.ndarray:
+def decode_image(
+    data: bytes, name: str, shape: tuple[int, int] = (48, 48), *, resize: bool = False, grayscale: bool = True
+) -> np.ndarray:
     """Decode encoded image bytes (PNG, JPEG, ...) to pixels.
 
     data: the file's bytes; name: how to call it in errors (e.g. ``"fer.tar: train/sad/1.jpg"``).
@@ -39,7 +41,7 @@ def decode_image(data: bytes, name: str, shape: tuple[int, int] = (48, 48), *,
     h, w = int(shape[0]), int(shape[1])
     try:
         with Image.open(io.BytesIO(data)) as im:
-            _check_size(im.size, (w, h), name, resize)   # from the header, before decoding
+            _check_size(im.size, (w, h), name, resize)  # from the header, before decoding
             if im.info.get("exif"):  # only photos carry an orientation; skip the parse otherwise
                 im = ImageOps.exif_transpose(im)
             im = im.convert("L" if grayscale else "RGB")
@@ -49,8 +51,10 @@ def decode_image(data: bytes, name: str, shape: tuple[int, int] = (48, 48), *,
         raise PrepError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
     if im.size != (w, h):
         if not resize:
-            raise PrepError(f"{name}: expected a {w}x{h} image, found {im.size[0]}x{im.size[1]} "
-                            "(pass --resize / resize=True to scale it)")
+            raise PrepError(
+                f"{name}: expected a {w}x{h} image, found {im.size[0]}x{im.size[1]} "
+                "(pass --resize / resize=True to scale it)"
+            )
         im = ImageOps.fit(im, (w, h), method=Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8).copy()
 
@@ -58,15 +62,17 @@ def decode_image(data: bytes, name: str, shape: tuple[int, int] = (48, 48), *,
 def _check_size(size, want, name, resize) -> None:
     """PrepError for another size without ``resize``, or more than MAX_PIXELS to scale."""
     if size != want and not resize:
-        raise PrepError(f"{name}: expected a {want[0]}x{want[1]} image, found {size[0]}x{size[1]} "
-                        "(pass --resize / resize=True to scale it)")
+        raise PrepError(
+            f"{name}: expected a {want[0]}x{want[1]} image, found {size[0]}x{size[1]} "
+            "(pass --resize / resize=True to scale it)"
+        )
     if size[0] * size[1] > MAX_PIXELS:
-        raise PrepError(f"{name}: expected at most {MAX_PIXELS} pixels to scale, found "
-                        f"{size[0]}x{size[1]}")
+        raise PrepError(f"{name}: expected at most {MAX_PIXELS} pixels to scale, found {size[0]}x{size[1]}")
 
 
-def load_image(path, shape: tuple[int, int] = (48, 48), resize: bool = False,
-               grayscale: bool = True) -> np.ndarray:
+def load_image(
+    path, shape: tuple[int, int] = (48, 48), resize: bool = False, grayscale: bool = True
+) -> np.ndarray:
     """Read one image file into uint8 ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB).
 
     path: file path; shape: (H, W), default the FER2013 48x48. Colour is converted
@@ -85,8 +91,10 @@ def list_images(folder) -> list[Path]:
     sorted lexicographically by file name. Raises PrepError if it is not a folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise PrepError(f"{folder}: expected a folder of images, found "
-                        f"{'a file' if folder.exists() else 'nothing'}")
-    return sorted((p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and is_image_name(p.name)),
-                  key=lambda p: p.name)
+        raise PrepError(
+            f"{folder}: expected a folder of images, found {'a file' if folder.exists() else 'nothing'}"
+        )
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_name(p.name)),
+        key=lambda p: p.name,
+    )

@@ -5,6 +5,7 @@ Steps: refuse an existing output (unless ``force``), find and read the source
 when the source has none and one is wanted, then write the file atomically
 (:mod:`data_prep.atomic`) in the layout of :mod:`data_prep.h5format`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,16 +19,29 @@ from .splits import carve_validation
 from .trees import progress_default
 
 DATASETS = {"cifar10": cifar10, "fer2013": fer2013}
-FER_DOWNLOAD_HELP = ("fer2013 cannot be downloaded automatically (Kaggle needs a login): "
-                     "download fer2013.csv (or icml_face_data.csv) by hand from "
-                     "https://www.kaggle.com/c/challenges-in-representation-learning-facial-"
-                     "expression-recognition-challenge/data and pass it as SRC")
+FER_DOWNLOAD_HELP = (
+    "fer2013 cannot be downloaded automatically (Kaggle needs a login): "
+    "download fer2013.csv (or icml_face_data.csv) by hand from "
+    "https://www.kaggle.com/c/challenges-in-representation-learning-facial-"
+    "expression-recognition-challenge/data and pass it as SRC"
+)
 
 
-def convert(dataset: str, src, out, *, val_size: Optional[int] = None, seed: int = 0,
-            force: bool = False, resize: bool = False, download: bool = False,
-            cache_dir=None, compress: Optional[str] = None, progress: Optional[bool] = None,
-            command: Optional[str] = None) -> Path:
+def convert(
+    dataset: str,
+    src,
+    out,
+    *,
+    val_size: Optional[int] = None,
+    seed: int = 0,
+    force: bool = False,
+    resize: bool = False,
+    download: bool = False,
+    cache_dir=None,
+    compress: Optional[str] = None,
+    progress: Optional[bool] = None,
+    command: Optional[str] = None,
+) -> Path:
     """Convert ``src`` of ``dataset`` ('cifar10' | 'fer2013') into the HDF5 file ``out``.
 
     val_size: samples moved from train to val when the source has no validation part
@@ -53,9 +67,11 @@ def convert(dataset: str, src, out, *, val_size: Optional[int] = None, seed: int
     sweep(out)
     progress = progress_default() if progress is None else progress
     if command is None:
-        command = (f"data_prep.convert({dataset!r}, {None if src is None else str(src)!r}, "
-                   f"{str(out)!r}, val_size={val_size}, seed={seed}, resize={resize}, "
-                   f"download={download})")
+        command = (
+            f"data_prep.convert({dataset!r}, {None if src is None else str(src)!r}, "
+            f"{str(out)!r}, val_size={val_size}, seed={seed}, resize={resize}, "
+            f"download={download})"
+        )
     if download:
         if dataset != "cifar10":
             raise PrepError(FER_DOWNLOAD_HELP)
@@ -71,18 +87,21 @@ def convert(dataset: str, src, out, *, val_size: Optional[int] = None, seed: int
         raise PrepError(f"{out}: the output would overwrite the source")
     data = module.read(src, resize=resize, progress=progress)
     if "train" not in data.splits:
-        raise PrepError(f"{src}: expected training samples, found only "
-                        f"{', '.join(data.splits) or 'nothing'}")
+        raise PrepError(f"{src}: expected training samples, found only {', '.join(data.splits) or 'nothing'}")
     n_val = module.DEFAULT_VAL_SIZE if val_size is None else int(val_size)
     if n_val and "val" in data.splits:
         if val_size is not None:
-            raise PrepError(f"{src}: the source already has a validation split "
-                            f"({data.splits['val'].usage or 'val'}); leave out --val-size")
+            raise PrepError(
+                f"{src}: the source already has a validation split "
+                f"({data.splits['val'].usage or 'val'}); leave out --val-size"
+            )
     elif n_val:
         data.splits["train"], data.splits["val"] = carve_validation(
-            data.splits["train"], n_val, seed, len(data.class_names))
+            data.splits["train"], n_val, seed, len(data.class_names)
+        )
     name = src.resolve().name
     with refusing_existing(out):
-        h5format.write(out, data, dataset=dataset, source=name, command=command,
-                       compress=compress, overwrite=force)
+        h5format.write(
+            out, data, dataset=dataset, source=name, command=command, compress=compress, overwrite=force
+        )
     return out

@@ -1,4 +1,5 @@
 """Text for people: the ``gpunet-prep info`` listing and the one-line summary."""
+
 from __future__ import annotations
 
 
@@ -30,18 +31,25 @@ def format_info(info: dict) -> str:
     lines.append("  " + " " * width + "".join(f"{s:>9}" for s in splits))
     for i, name in enumerate(names):
         label = f"{i} {name}"
-        lines.append(f"  {label:<{width}}" + "".join(
-            f"{splits[s]['class_counts'].get(name, '?')!s:>9}" for s in splits))
+        lines.append(
+            f"  {label:<{width}}"
+            + "".join(f"{splits[s]['class_counts'].get(name, '?')!s:>9}" for s in splits)
+        )
     if any(d.get("labels_outside") for d in splits.values()):
-        lines.append("  " + "outside".ljust(width) +
-                     "".join(f"{splits[s].get('labels_outside', 0):>9}" for s in splits))
+        lines.append(
+            "  "
+            + "outside".ljust(width)
+            + "".join(f"{splits[s].get('labels_outside', 0):>9}" for s in splits)
+        )
     lines.append("  " + "total".ljust(width) + "".join(f"{splits[s]['count']:>9}" for s in splits))
     for s, d in splits.items():
         usage = f", usage {d['usage']}" if d["usage"] else ""
         chunks = f"chunks {d['chunks']}" if d["chunks"] else "not chunked"
-        lines.append(f"  /{s}/x {d['x_dtype']} {d['x_shape']}, /{s}/y {d['y_dtype']} "
-                     f"{d['y_shape']}, {chunks}"
-                     f"{', ' + d['compression'] if d['compression'] else ''}{usage}")
+        lines.append(
+            f"  /{s}/x {d['x_dtype']} {d['x_shape']}, /{s}/y {d['y_dtype']} "
+            f"{d['y_shape']}, {chunks}"
+            f"{', ' + d['compression'] if d['compression'] else ''}{usage}"
+        )
     lines += [f"  note: {n}" for n in info.get("notes", [])]
     lines += [f"  problem: {p}" for p in info.get("problems", [])]
     return "\n".join(lines)
@@ -51,5 +59,7 @@ def summary_line(info: dict, seconds: float) -> str:
     """``wrote OUT: train 49000, val 1000, test 10000 (3x32x32 uint8) from SRC in 3.1 s``."""
     counts = ", ".join(f"{s} {d['count']}" for s, d in info["splits"].items())
     shape = "x".join(str(v) for v in info["image_shape"])
-    return (f"wrote {info['path']}: {counts} ({shape} uint8, {len(info['class_names'])} "
-            f"classes) from {info['source']} in {seconds:.1f} s")
+    return (
+        f"wrote {info['path']}: {counts} ({shape} uint8, {len(info['class_names'])} "
+        f"classes) from {info['source']} in {seconds:.1f} s"
+    )

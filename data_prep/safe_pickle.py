@@ -14,6 +14,7 @@ It is the pure-Python unpickler (``pickle._Unpickler``), whose opcodes can be
 counted; on a CIFAR-10 batch it is within 20% of the C one (the latin-1 decode of
 the pixel bytes dominates both).
 """
+
 from __future__ import annotations
 
 import codecs
@@ -64,6 +65,7 @@ def _counted(load):
         if self.ops > MAX_OPS:
             raise pickle.UnpicklingError(f"more than {MAX_OPS} pickle opcodes; not a CIFAR-10 batch")
         load(self)
+
     return op
 
 
@@ -80,15 +82,16 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _check_keys(self, keys):
         for k in keys:
             if type(k) not in _KEY_TYPES:
-                raise pickle.UnpicklingError(f"a dict key of type {type(k).__name__}; "
-                                             "not part of a CIFAR-10 batch")
+                raise pickle.UnpicklingError(
+                    f"a dict key of type {type(k).__name__}; not part of a CIFAR-10 batch"
+                )
 
     def load_setitem(self):
         self._check_keys(self.stack[-2:-1])
         pickle._Unpickler.load_setitem(self)
 
     def load_setitems(self):
-        self._check_keys(self.stack[0::2])   # the items pushed since the MARK
+        self._check_keys(self.stack[0::2])  # the items pushed since the MARK
         pickle._Unpickler.load_setitems(self)
 
     def load_dict(self):
@@ -100,13 +103,18 @@ class RestrictedUnpickler(pickle._Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: not part of a CIFAR-10 batch") from None
+                f"refusing to load global {module}.{name}: not part of a CIFAR-10 batch"
+            ) from None
 
 
-_OWN = {pickle.SETITEM[0]: RestrictedUnpickler.load_setitem,
-        pickle.SETITEMS[0]: RestrictedUnpickler.load_setitems,
-        pickle.DICT[0]: RestrictedUnpickler.load_dict,
-        pickle.EMPTY_SET[0]: _refuse, pickle.ADDITEMS[0]: _refuse, pickle.FROZENSET[0]: _refuse}
+_OWN = {
+    pickle.SETITEM[0]: RestrictedUnpickler.load_setitem,
+    pickle.SETITEMS[0]: RestrictedUnpickler.load_setitems,
+    pickle.DICT[0]: RestrictedUnpickler.load_dict,
+    pickle.EMPTY_SET[0]: _refuse,
+    pickle.ADDITEMS[0]: _refuse,
+    pickle.FROZENSET[0]: _refuse,
+}
 RestrictedUnpickler.dispatch = {k: _counted(_OWN.get(k, f)) for k, f in pickle._Unpickler.dispatch.items()}
 
 

@@ -6,6 +6,7 @@ for the user, and the source's checksums. :func:`carve_validation` moves a
 seeded, stratified sample of ``train`` into ``val`` when the source has no
 validation part.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ SPLIT_ORDER = ("train", "val", "test")
 @dataclass
 class Split:
     """x: (N, C, H, W) uint8 images; y: (N,) int64 labels; usage: where it came from."""
+
     x: np.ndarray
     y: np.ndarray
     usage: Optional[str] = None
@@ -29,9 +31,10 @@ class Split:
 @dataclass
 class SourceData:
     """A whole converted source, before writing."""
-    splits: dict            # split name -> Split, any of SPLIT_ORDER
-    class_names: list       # str per label, in label order
-    fingerprint: dict       # {"sha256": ..., "md5": ...} of the source (md5 for files only)
+
+    splits: dict  # split name -> Split, any of SPLIT_ORDER
+    class_names: list  # str per label, in label order
+    fingerprint: dict  # {"sha256": ..., "md5": ...} of the source (md5 for files only)
     notes: list = field(default_factory=list)  # one line each, for the summary
 
 
@@ -64,14 +67,15 @@ def carve_validation(train: Split, n_val: int, seed: int, num_classes: int) -> t
     """
     n = len(train.y)
     if not 0 < n_val < n:
-        raise PrepError(f"--val-size: expected 1..{n - 1} (the training split has {n} "
-                        f"samples), found {n_val}")
+        raise PrepError(
+            f"--val-size: expected 1..{n - 1} (the training split has {n} samples), found {n_val}"
+        )
     rng = np.random.default_rng(seed)
     take = stratified_counts(train.y, n_val, num_classes)
-    chosen = [rng.choice(np.flatnonzero(train.y == c), size=k, replace=False)
-              for c, k in enumerate(take) if k]
+    chosen = [
+        rng.choice(np.flatnonzero(train.y == c), size=k, replace=False) for c, k in enumerate(take) if k
+    ]
     mask = np.zeros(n, dtype=bool)
     mask[np.concatenate(chosen)] = True
     usage = f"stratified sample of {n_val} from {train.usage or 'train'} (seed {seed})"
-    return (Split(train.x[~mask], train.y[~mask], train.usage),
-            Split(train.x[mask], train.y[mask], usage))
+    return (Split(train.x[~mask], train.y[~mask], train.usage), Split(train.x[mask], train.y[mask], usage))

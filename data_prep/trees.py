@@ -8,9 +8,11 @@ contain ``..``, and links or device entries, are rejected. Junk that
 operating systems leave in archives (``__MACOSX/``, dot files, ``Thumbs.db``)
 is skipped. Sizes are checked before anything is read (the tar or zip header's size, a
 file's ``stat``): a member over ``MAX_MEMBER_BYTES`` or members adding up to more than
-``MAX_TOTAL_BYTES`` are refused, so a small archive cannot expand into gigabytes. :func:`find_root` looks one or two single top-level folders deep
+``MAX_TOTAL_BYTES`` are refused, so a small archive cannot expand into gigabytes. :func:`find_root` looks one
+or two single top-level folders deep
 for the layout a reader expects (``cifar-10-batches-py/...``).
 """
+
 from __future__ import annotations
 
 import lzma
@@ -30,10 +32,9 @@ from .hashing import file_digests, folder_files_sha256
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
-MAX_MEMBER_BYTES = 1 << 30   # the largest real member, fer2013.csv, is 287 MB
-MAX_TOTAL_BYTES = 3 << 30    # CIFAR-10's python release expands to 178 MB
-_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error,
-                   lzma.LZMAError)
+MAX_MEMBER_BYTES = 1 << 30  # the largest real member, fer2013.csv, is 287 MB
+MAX_TOTAL_BYTES = 3 << 30  # CIFAR-10's python release expands to 178 MB
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 def one_line(e: BaseException) -> str:
@@ -54,12 +55,16 @@ class SizeBudget:
 
     def take(self, name: str, size: int) -> None:
         if size > MAX_MEMBER_BYTES:
-            raise PrepError(f"{self.label}: {name}: expected at most {MAX_MEMBER_BYTES >> 20} MiB "
-                            f"per file, found {size / 2**20:.0f} MiB; refusing to read it")
+            raise PrepError(
+                f"{self.label}: {name}: expected at most {MAX_MEMBER_BYTES >> 20} MiB "
+                f"per file, found {size / 2**20:.0f} MiB; refusing to read it"
+            )
         self.total += size
         if self.total > MAX_TOTAL_BYTES:
-            raise PrepError(f"{self.label}: expected at most {MAX_TOTAL_BYTES >> 20} MiB in all, "
-                            f"found more by {name}; refusing to read this source")
+            raise PrepError(
+                f"{self.label}: expected at most {MAX_TOTAL_BYTES >> 20} MiB in all, "
+                f"found more by {name}; refusing to read this source"
+            )
 
 
 def safe_member_name(label: str, name: str) -> str:
@@ -69,8 +74,10 @@ def safe_member_name(label: str, name: str) -> str:
         clean = clean[2:]
     parts = PurePosixPath(clean).parts
     if clean.startswith("/") or (parts and parts[0].endswith(":")) or ".." in parts:
-        raise PrepError(f"{label}: {name}: unsafe archive member name "
-                        "(absolute or containing '..'); refusing to read this archive")
+        raise PrepError(
+            f"{label}: {name}: unsafe archive member name "
+            "(absolute or containing '..'); refusing to read this archive"
+        )
     return "/".join(p for p in parts if p not in ("", "."))
 
 
@@ -164,30 +171,44 @@ class TarTree(SourceTree):
         self.path, self.label, self._files = Path(path), str(path), {}
         name, budget = "(start of archive)", SizeBudget(str(path))
         try:
-            with open(self.path, "rb") as raw, \
-                    tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True, leave=False,
-                         desc=f"reading {self.path.name}", disable=not progress) as bar, \
-                    tarfile.open(fileobj=raw, mode="r:*") as tf:
+            with (
+                open(self.path, "rb") as raw,
+                tqdm(
+                    total=self.path.stat().st_size,
+                    unit="B",
+                    unit_scale=True,
+                    leave=False,
+                    desc=f"reading {self.path.name}",
+                    disable=not progress,
+                ) as bar,
+                tarfile.open(fileobj=raw, mode="r:*") as tf,
+            ):
                 for m in tf:
                     name = m.name
                     rel = safe_member_name(self.label, m.name)
                     if m.issym() or m.islnk():
-                        raise PrepError(f"{self.label}: {m.name}: archive links are not "
-                                        "allowed; refusing to read this archive")
+                        raise PrepError(
+                            f"{self.label}: {m.name}: archive links are not "
+                            "allowed; refusing to read this archive"
+                        )
                     if m.isdir():
                         continue
                     if not m.isfile():
-                        raise PrepError(f"{self.label}: {m.name}: special file in archive "
-                                        "(device, fifo); refusing to read this archive")
+                        raise PrepError(
+                            f"{self.label}: {m.name}: special file in archive "
+                            "(device, fifo); refusing to read this archive"
+                        )
                     if not is_junk(rel):
-                        budget.take(m.name, m.size)     # the header's size, before reading
+                        budget.take(m.name, m.size)  # the header's size, before reading
                         self._files[rel] = tf.extractfile(m).read()
                     bar.update(raw.tell() - bar.n)
         except PrepError:
             raise
         except _ARCHIVE_ERRORS as e:
-            raise PrepError(f"{self.label}: after {name}: corrupt or truncated archive "
-                            f"({type(e).__name__}: {one_line(e)})") from None
+            raise PrepError(
+                f"{self.label}: after {name}: corrupt or truncated archive "
+                f"({type(e).__name__}: {one_line(e)})"
+            ) from None
         if not self._files:
             raise PrepError(f"{self.label}: expected files in the archive, found none")
         self._paths = sorted(self._files)
@@ -214,8 +235,9 @@ class ZipTree(SourceTree):
             self._zip = zipfile.ZipFile(self.path)
             infos = self._zip.infolist()
         except _ARCHIVE_ERRORS as e:
-            raise PrepError(f"{self.label}: corrupt or truncated zip archive "
-                            f"({type(e).__name__}: {one_line(e)})") from None
+            raise PrepError(
+                f"{self.label}: corrupt or truncated zip archive ({type(e).__name__}: {one_line(e)})"
+            ) from None
         self._members = {}
         try:
             self._check(infos)
@@ -229,10 +251,12 @@ class ZipTree(SourceTree):
         for info in infos:
             rel = safe_member_name(self.label, info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise PrepError(f"{self.label}: {info.filename}: archive links are not "
-                                "allowed; refusing to read this archive")
+                raise PrepError(
+                    f"{self.label}: {info.filename}: archive links are not "
+                    "allowed; refusing to read this archive"
+                )
             if not info.is_dir() and rel and not is_junk(rel):
-                budget.take(info.filename, info.file_size)   # zipfile reads no more than this
+                budget.take(info.filename, info.file_size)  # zipfile reads no more than this
                 self._members[rel] = info
 
     def paths(self):
@@ -242,8 +266,9 @@ class ZipTree(SourceTree):
         try:
             return self._zip.read(self._members[path])
         except _ARCHIVE_ERRORS + (zipfile.LargeZipFile, NotImplementedError) as e:
-            raise PrepError(f"{self.label}: {path}: corrupt member "
-                            f"({type(e).__name__}: {one_line(e)})") from None
+            raise PrepError(
+                f"{self.label}: {path}: corrupt member ({type(e).__name__}: {one_line(e)})"
+            ) from None
 
     def fingerprint(self):
         return file_digests(self.path)
@@ -277,8 +302,9 @@ def open_tree(path, progress: bool = False) -> Optional[SourceTree]:
     return TarTree(path, progress) if is_tar else None
 
 
-def find_root(tree: SourceTree, looks_right: Callable[[SourceTree], bool],
-              depth: int = 2) -> Optional[SourceTree]:
+def find_root(
+    tree: SourceTree, looks_right: Callable[[SourceTree], bool], depth: int = 2
+) -> Optional[SourceTree]:
     """``tree`` or the folder inside it (through up to ``depth`` single top-level
     folders) for which ``looks_right`` holds; None when there is none."""
     for _ in range(depth + 1):

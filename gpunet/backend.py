@@ -13,6 +13,7 @@ variable ``GPUNET_BACKEND`` or by a script's ``--backend`` flag:
   branch runs, on NumPy arrays, with the CUDA kernel bodies compiled for the CPU by g++.
   ``name()`` then says ``"cupy"`` and ``emulated()`` says True. For tests and debugging.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,14 +25,21 @@ import numpy
 
 log = logging.getLogger("gpunet")
 
-_ALIASES = {"auto": "auto", "numpy": "numpy", "cpu": "numpy", "cupy": "cupy", "gpu": "cupy", "emulated": "emulated"}
+_ALIASES = {
+    "auto": "auto",
+    "numpy": "numpy",
+    "cpu": "numpy",
+    "cupy": "cupy",
+    "gpu": "cupy",
+    "emulated": "emulated",
+}
 
-_cupy = None            # the cupy module once it has been imported and probed
-_cupy_error = None      # why cupy is not usable (str), once probed
+_cupy = None  # the cupy module once it has been imported and probed
+_cupy_error = None  # why cupy is not usable (str), once probed
 _probed = False
-_active = None          # "numpy" or "cupy"; None until first use
+_active = None  # "numpy" or "cupy"; None until first use
 _device = 0
-_emulated = False       # _cupy is gpunet.testing.emulated's stand-in module
+_emulated = False  # _cupy is gpunet.testing.emulated's stand-in module
 
 
 class BackendError(RuntimeError):
@@ -44,9 +52,9 @@ def _probe_cupy(device: int = 0):
     if _probed:
         return _cupy
     _probed = True
-    _cupy = None    # a failed re-probe (another device) must not leave the old module looking usable
+    _cupy = None  # a failed re-probe (another device) must not leave the old module looking usable
     try:
-        import cupy  # noqa: the one place cupy is imported
+        import cupy  # the one place cupy is imported
     except Exception as e:  # ImportError, or a broken CUDA install raising anything
         _cupy_error = f"cupy does not import ({type(e).__name__}: {e})"
         return None
@@ -79,13 +87,14 @@ def use(name: str | None = None, device: int | None = None) -> str:
         raise ValueError(f"backend: expected one of {sorted(_ALIASES)}, got {name!r}")
     if key == "emulated":
         from .testing import emulated
+
         why = emulated.available()
         if why:
             raise BackendError(f"backend 'emulated' requested but {why}")
         _cupy, _cupy_error, _probed, _emulated, _active = emulated.module(), None, True, True, "cupy"
         log.info("gpunet backend: cupy emulated on the CPU (asked for explicitly)")
         return _active
-    if _emulated:                       # leaving the emulated GPU: probe for a real one again
+    if _emulated:  # leaving the emulated GPU: probe for a real one again
         _cupy, _cupy_error, _probed, _emulated = None, None, False, False
     if device is not None:
         device = int(device)
@@ -101,8 +110,10 @@ def use(name: str | None = None, device: int | None = None) -> str:
     cp = _probe_cupy(_device)
     if key == "cupy":
         if cp is None:
-            raise BackendError(f"backend 'cupy' requested but {_cupy_error}; "
-                               "use --backend numpy (or GPUNET_BACKEND=numpy) to run on the CPU")
+            raise BackendError(
+                f"backend 'cupy' requested but {_cupy_error}; "
+                "use --backend numpy (or GPUNET_BACKEND=numpy) to run on the CPU"
+            )
         cp.cuda.Device(_device).use()
         _active = "cupy"
         log.info("gpunet backend: cupy on GPU %d (asked for explicitly)", _device)
@@ -241,7 +252,7 @@ def cupy_toolchain():
     For ``gpunet.nvrtc``, which compiles kernels on machines without a GPU.
     """
     try:
-        import cupy  # noqa: the one place cupy is imported
+        import cupy  # the one place cupy is imported
     except Exception:  # ImportError, or a broken CUDA install raising anything
         return None
     return cupy

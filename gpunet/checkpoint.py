@@ -19,6 +19,7 @@ refused resume leaves the Solver exactly as it was.
 Models may carry ``model.buffers`` (a dict of non-trainable arrays such as batch
 norm's ``"<i>.running_mean"``); a model without the attribute has none.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ from .model import read_npz
 from .runfolder import naming
 
 CHECKPOINT_FORMAT = "gpunet-checkpoint"
-CHECKPOINT_VERSION = 2      # v2 adds buffer/ entries; v1 files (no buffers) still load
+CHECKPOINT_VERSION = 2  # v2 adds buffer/ entries; v1 files (no buffers) still load
 _HISTORY_KEYS = ("loss", "train_acc", "val_acc", "lr")
 
 
@@ -55,19 +56,22 @@ def _json_normal(obj):
 @dataclass
 class Checkpoint:
     """A checkpoint read from disk and already checked against one Solver."""
+
     path: str
-    desc: dict                                         # the JSON description
-    params: dict                                       # name -> (shape of the parameter) array
-    buffers: dict = field(default_factory=dict)        # name -> buffer array
-    best: dict = field(default_factory=dict)           # name -> best epoch's parameter/buffer
-    opt_state: dict = field(default_factory=dict)      # param name -> {slot: array or number}
+    desc: dict  # the JSON description
+    params: dict  # name -> (shape of the parameter) array
+    buffers: dict = field(default_factory=dict)  # name -> buffer array
+    best: dict = field(default_factory=dict)  # name -> best epoch's parameter/buffer
+    opt_state: dict = field(default_factory=dict)  # param name -> {slot: array or number}
 
     def apply(self, solver):
         """Install this checkpoint in ``solver`` (its model, optimizer and progress)."""
         d, h = self.desc, self.desc["history"]
         best = {k: backend.to_device(v) for k, v in self.best.items()}
-        state = {p: {s: (backend.to_device(v) if isinstance(v, np.ndarray) else v) for s, v in st.items()}
-                 for p, st in self.opt_state.items()}
+        state = {
+            p: {s: (backend.to_device(v) if isinstance(v, np.ndarray) else v) for s, v in st.items()}
+            for p, st in self.opt_state.items()
+        }
         solver.model.set_params({**self.params, **self.buffers})
         solver.best_params = best
         solver.optimizer.state = state
@@ -97,13 +101,22 @@ def save_checkpoint(path, solver):
                 opt_scalars[f"{k}/{name}"] = v.item() if hasattr(v, "item") else v
             else:
                 arrays[f"opt/{k}/{name}"] = backend.to_numpy(v)
-    desc = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": solver.epoch,
-            "seed": solver.seed, "best_val_acc": solver.best_val_acc, "best_epoch": solver.best_epoch,
-            "stopped_early": solver.stopped_early, "history": solver.history(),
-            "update_rule": solver.update_rule, "optim_config": solver.optimizer.config.to_dict(),
-            "opt_scalars": opt_scalars, "model": model.config()}
+    desc = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": solver.epoch,
+        "seed": solver.seed,
+        "best_val_acc": solver.best_val_acc,
+        "best_epoch": solver.best_epoch,
+        "stopped_early": solver.stopped_early,
+        "history": solver.history(),
+        "update_rule": solver.update_rule,
+        "optim_config": solver.optimizer.config.to_dict(),
+        "opt_scalars": opt_scalars,
+        "model": model.config(),
+    }
     arrays["__meta__"] = np.frombuffer(json.dumps(desc).encode("utf-8"), dtype=np.uint8)
-    with naming(path):                       # a full disk names the checkpoint, not just [Errno 28]
+    with naming(path):  # a full disk names the checkpoint, not just [Errno 28]
         savez(path, arrays)
 
 
@@ -112,8 +125,9 @@ def _check_arrays(path, kind, found: dict, expected: dict):
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     if missing or extra:
-        raise ValueError(f"{path}: {kind}: expected entries {sorted(expected)}, "
-                         f"missing {missing}, unexpected {extra}")
+        raise ValueError(
+            f"{path}: {kind}: expected entries {sorted(expected)}, missing {missing}, unexpected {extra}"
+        )
     for k, v in found.items():
         want = tuple(expected[k].shape)
         if tuple(v.shape) != want:
@@ -122,20 +136,34 @@ def _check_arrays(path, kind, found: dict, expected: dict):
 
 def _check_desc_types(path, desc):
     """ValueError naming the entry when a field of the description has the wrong type."""
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)                     # noqa: E731
-    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)            # noqa: E731
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     h = desc["history"]
-    checks = [("epoch", is_int(desc["epoch"]) and desc["epoch"] >= 0, "an integer >= 0"),
-              ("seed", is_int(desc["seed"]), "an integer"), ("best_val_acc", is_num(desc["best_val_acc"]), "a number"),
-              ("best_epoch", is_int(desc["best_epoch"]) and desc["best_epoch"] >= -1, "an integer >= -1"),
-              ("update_rule", isinstance(desc["update_rule"], str), "a name"),
-              ("model", isinstance(desc["model"], dict), "a JSON object"),
-              ("stopped_early", isinstance(desc.get("stopped_early", False), bool), "true or false"),
-              ("opt_scalars", isinstance(desc.get("opt_scalars", {}), dict), "a JSON object")]
-    checks += [(f"history.{k}", isinstance(h[k], list) and all(is_num(v) or v is None for v in h[k]),
-                "a list of numbers") for k in _HISTORY_KEYS]
-    checks.append(("history.epoch_time", isinstance(h.get("epoch_time", []), list)
-                   and all(is_num(v) for v in h.get("epoch_time", [])), "a list of numbers"))
+    checks = [
+        ("epoch", is_int(desc["epoch"]) and desc["epoch"] >= 0, "an integer >= 0"),
+        ("seed", is_int(desc["seed"]), "an integer"),
+        ("best_val_acc", is_num(desc["best_val_acc"]), "a number"),
+        ("best_epoch", is_int(desc["best_epoch"]) and desc["best_epoch"] >= -1, "an integer >= -1"),
+        ("update_rule", isinstance(desc["update_rule"], str), "a name"),
+        ("model", isinstance(desc["model"], dict), "a JSON object"),
+        ("stopped_early", isinstance(desc.get("stopped_early", False), bool), "true or false"),
+        ("opt_scalars", isinstance(desc.get("opt_scalars", {}), dict), "a JSON object"),
+    ]
+    checks += [
+        (
+            f"history.{k}",
+            isinstance(h[k], list) and all(is_num(v) or v is None for v in h[k]),
+            "a list of numbers",
+        )
+        for k in _HISTORY_KEYS
+    ]
+    checks.append(
+        (
+            "history.epoch_time",
+            isinstance(h.get("epoch_time", []), list) and all(is_num(v) for v in h.get("epoch_time", [])),
+            "a list of numbers",
+        )
+    )
     for key, ok, expected in checks:
         if not ok:
             value = desc.get(key) if "." not in key else h.get(key.split(".")[1])
@@ -149,15 +177,19 @@ def read_checkpoint(path, solver) -> Checkpoint:
     the entry, what was expected and what was found.
     """
     groups = {"param": {}, "buffer": {}, "best": {}, "opt": {}}
-    arrays, desc = read_npz(path, what="checkpoint", accept=lambda k: k.partition("/")[0] in groups
-                            and k.partition("/")[2] != "")
+    arrays, desc = read_npz(
+        path, what="checkpoint", accept=lambda k: k.partition("/")[0] in groups and k.partition("/")[2] != ""
+    )
     if desc.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a gpunet checkpoint (format {desc.get('format')!r}, "
-                         f"expected {CHECKPOINT_FORMAT!r})")
+        raise ValueError(
+            f"{path}: not a gpunet checkpoint (format {desc.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
     version = desc.get("version")
     if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {version!r} is not one this gpunet reads "
-                         f"(1..{CHECKPOINT_VERSION}); a newer gpunet wrote it, or it is damaged")
+        raise ValueError(
+            f"{path}: checkpoint version {version!r} is not one this gpunet reads "
+            f"(1..{CHECKPOINT_VERSION}); a newer gpunet wrote it, or it is damaged"
+        )
     needed = ("epoch", "seed", "best_val_acc", "best_epoch", "history", "update_rule", "model")
     missing = [k for k in needed if k not in desc]
     history = desc.get("history") if isinstance(desc.get("history"), dict) else {}
@@ -168,26 +200,34 @@ def read_checkpoint(path, solver) -> Checkpoint:
     model = solver.model
     own, saved = _json_normal(model.config()), dict(desc["model"])
     if "kind" not in saved and own.get("kind") == "fully_connected":
-        saved["kind"] = "fully_connected"   # configs written before models named their kind
+        saved["kind"] = "fully_connected"  # configs written before models named their kind
     if saved != own:
         raise ValueError(f"{path}: checkpoint is for a model {desc['model']}, not {own}")
     if desc["update_rule"] != solver.update_rule:
-        raise ValueError(f"{path}: checkpoint was trained with update_rule {desc['update_rule']!r}, "
-                         f"not {solver.update_rule!r}")
+        raise ValueError(
+            f"{path}: checkpoint was trained with update_rule {desc['update_rule']!r}, "
+            f"not {solver.update_rule!r}"
+        )
     if desc["seed"] != solver.seed:
-        raise ValueError(f"{path}: checkpoint was trained with seed {desc['seed']}, not {solver.seed}; "
-                         "resume with the same seed")
+        raise ValueError(
+            f"{path}: checkpoint was trained with seed {desc['seed']}, not {solver.seed}; "
+            "resume with the same seed"
+        )
 
     for k, v in arrays.items():
         head, _, rest = k.partition("/")
         if head not in groups or not rest:
-            raise ValueError(f"{path}: unexpected entry {k!r} (expected param/, buffer/, best/ or opt/ names)")
+            raise ValueError(
+                f"{path}: unexpected entry {k!r} (expected param/, buffer/, best/ or opt/ names)"
+            )
         groups[head][rest] = v
     params, buffers = model.params, model_buffers(model)
     _check_arrays(path, "param", groups["param"], params)
     _check_arrays(path, "buffer", groups["buffer"], buffers if version >= 2 else {})
     if version < 2 and buffers:
-        raise ValueError(f"{path}: a version-1 checkpoint has no buffers, but the model has {sorted(buffers)}")
+        raise ValueError(
+            f"{path}: a version-1 checkpoint has no buffers, but the model has {sorted(buffers)}"
+        )
     # before the first finished epoch there is no best state: the group may be empty
     if groups["best"]:
         _check_arrays(path, "best", groups["best"], {**params, **buffers})
@@ -196,11 +236,15 @@ def read_checkpoint(path, solver) -> Checkpoint:
     for k, v in groups["opt"].items():
         pname, _, slot = k.partition("/")
         if pname not in params or not slot:
-            raise ValueError(f"{path}: opt/{k}: expected opt/<parameter>/<slot> with a parameter of "
-                             f"the model ({sorted(params)})")
+            raise ValueError(
+                f"{path}: opt/{k}: expected opt/<parameter>/<slot> with a parameter of "
+                f"the model ({sorted(params)})"
+            )
         if tuple(v.shape) != tuple(params[pname].shape):
-            raise ValueError(f"{path}: opt/{k}: expected shape {tuple(params[pname].shape)} (the "
-                             f"parameter's), found {tuple(v.shape)}")
+            raise ValueError(
+                f"{path}: opt/{k}: expected shape {tuple(params[pname].shape)} (the "
+                f"parameter's), found {tuple(v.shape)}"
+            )
         opt_state.setdefault(pname, {})[slot] = v
     for key, v in desc.get("opt_scalars", {}).items():
         pname, _, slot = key.partition("/")

@@ -4,6 +4,7 @@ Precedence, lowest first: the dataclass defaults < the recipe of (dataset, arch)
 ``RECIPES`` < a ``--config`` JSON/YAML file < explicit command-line flags. A run
 folder's ``config.json`` is a ``TrainConfig`` written back out (``load_config``).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,30 +21,32 @@ OPTIMIZERS = ("sgd", "sgd_momentum", "nesterov", "rmsprop", "adam")
 
 @dataclass
 class TrainConfig:
-    dataset: str = "cifar10"        # cifar10 | fer2013 (with arch, picks the recipe in RECIPES)
-    arch: str = "fc"                # fc: fully connected net | cnn: convnet (conv blocks, then an FC head)
-    data: str | None = None         # the prepared HDF5 file (filled in by find_data)
+    dataset: str = "cifar10"  # cifar10 | fer2013 (with arch, picks the recipe in RECIPES)
+    arch: str = "fc"  # fc: fully connected net | cnn: convnet (conv blocks, then an FC head)
+    data: str | None = None  # the prepared HDF5 file (filled in by find_data)
     hidden: list = field(default_factory=lambda: [1024, 512])  # hidden layer sizes (cnn: of the FC head)
-    channels: list = field(default_factory=lambda: [32, 64, 128])  # cnn: conv3x3-BN-ReLU-maxpool2 block widths
-    dropout: float = 0.2            # drop probability of every hidden layer
-    reg: float = 0.0                # L2 strength in the loss (0.5 * reg * sum W^2)
-    optimizer: str = "adam"         # sgd | sgd_momentum | nesterov | rmsprop | adam
-    lr: float = 1e-3                # base learning rate
-    momentum: float = 0.9           # sgd_momentum / nesterov
-    weight_decay: float = 0.0       # decoupled weight decay (AdamW-style)
-    schedule: str = "cosine"        # constant | step | exponential | cosine
-    step_size: int = 10             # step: epochs between drops
-    gamma: float = 0.1              # step: factor per drop; exponential: factor per epoch
-    min_lr_ratio: float = 0.0       # cosine: final lr / base lr
-    warmup_epochs: int = 0          # linear warm-up epochs
+    channels: list = field(
+        default_factory=lambda: [32, 64, 128]
+    )  # cnn: conv3x3-BN-ReLU-maxpool2 block widths
+    dropout: float = 0.2  # drop probability of every hidden layer
+    reg: float = 0.0  # L2 strength in the loss (0.5 * reg * sum W^2)
+    optimizer: str = "adam"  # sgd | sgd_momentum | nesterov | rmsprop | adam
+    lr: float = 1e-3  # base learning rate
+    momentum: float = 0.9  # sgd_momentum / nesterov
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW-style)
+    schedule: str = "cosine"  # constant | step | exponential | cosine
+    step_size: int = 10  # step: epochs between drops
+    gamma: float = 0.1  # step: factor per drop; exponential: factor per epoch
+    min_lr_ratio: float = 0.0  # cosine: final lr / base lr
+    warmup_epochs: int = 0  # linear warm-up epochs
     batch_size: int = 256
     epochs: int = 30
-    patience: int | None = None     # early stopping after this many epochs without improvement
-    seed: int = 0                   # initialisation, batch order, dropout, augmentation
-    augment: bool = True            # random horizontal flips of training images
-    crop_pad: int = 0               # random crops after padding by this many pixels (0 = off)
-    graph: bool = True              # CuPy: replay each training step from a CUDA graph (--no-graph: eager)
-    recipe: str = "default"         # which recipe of (dataset, arch) the defaults came from (VARIANTS)
+    patience: int | None = None  # early stopping after this many epochs without improvement
+    seed: int = 0  # initialisation, batch order, dropout, augmentation
+    augment: bool = True  # random horizontal flips of training images
+    crop_pad: int = 0  # random crops after padding by this many pixels (0 = off)
+    graph: bool = True  # CuPy: replay each training step from a CUDA graph (--no-graph: eager)
+    recipe: str = "default"  # which recipe of (dataset, arch) the defaults came from (VARIANTS)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
@@ -51,7 +54,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"{where}: expected a JSON object of settings, found {type(d).__name__}")
         types = {f.name: f.type for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k not in RUN_KEYS}     # a run's config.json is a valid --config
+        d = {k: v for k, v in d.items() if k not in RUN_KEYS}  # a run's config.json is a valid --config
         unknown = sorted(set(d) - set(types))
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {unknown}; expected some of {sorted(types)}")
@@ -66,25 +69,30 @@ class TrainConfig:
         if not finite:
             bad = next(k for k in _FLOATS if not math.isfinite(getattr(self, k)))
             raise ValueError(f"{where}: {bad}: expected a finite number, got {getattr(self, bad)!r}")
-        checks = [("dataset", self.dataset in DATASETS, f"one of {list(DATASETS)}"),
-                  ("arch", self.arch in ARCHS, f"one of {list(ARCHS)}"),
-                  ("channels", len(self.channels) > 0 and all(c > 0 for c in self.channels), "positive widths"),
-                  ("optimizer", self.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
-                  ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
-                  ("hidden", len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "positive sizes"),
-                  ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
-                  ("lr", self.lr > 0, "> 0"), ("reg", self.reg >= 0, ">= 0"),
-                  ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                  ("batch_size", self.batch_size >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
-                  ("patience", self.patience is None or self.patience >= 1, ">= 1 or null"),
-                  ("crop_pad", 0 <= self.crop_pad <= MAX_CROP_PAD, f"0..{MAX_CROP_PAD} pixels"),
-                  ("hidden", all(h <= MAX_WIDTH for h in self.hidden), f"sizes up to {MAX_WIDTH}"),
-                  ("channels", all(c <= MAX_WIDTH for c in self.channels), f"widths up to {MAX_WIDTH}"),
-                  ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
-                  ("step_size", self.step_size >= 1, ">= 1"), ("gamma", self.gamma > 0, "> 0"),
-                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
-                  ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"0..epochs ({self.epochs})"),
-                  ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2**32)")]
+        checks = [
+            ("dataset", self.dataset in DATASETS, f"one of {list(DATASETS)}"),
+            ("arch", self.arch in ARCHS, f"one of {list(ARCHS)}"),
+            ("channels", len(self.channels) > 0 and all(c > 0 for c in self.channels), "positive widths"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
+            ("hidden", len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "positive sizes"),
+            ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
+            ("lr", self.lr > 0, "> 0"),
+            ("reg", self.reg >= 0, ">= 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("patience", self.patience is None or self.patience >= 1, ">= 1 or null"),
+            ("crop_pad", 0 <= self.crop_pad <= MAX_CROP_PAD, f"0..{MAX_CROP_PAD} pixels"),
+            ("hidden", all(h <= MAX_WIDTH for h in self.hidden), f"sizes up to {MAX_WIDTH}"),
+            ("channels", all(c <= MAX_WIDTH for c in self.channels), f"widths up to {MAX_WIDTH}"),
+            ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("step_size", self.step_size >= 1, ">= 1"),
+            ("gamma", self.gamma > 0, "> 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"0..epochs ({self.epochs})"),
+            ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2**32)"),
+        ]
         for key, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{where}: {key}: expected {expected}, got {getattr(self, key)!r}")
@@ -95,15 +103,27 @@ class TrainConfig:
 
 
 _FLOATS = ("dropout", "reg", "lr", "momentum", "weight_decay", "gamma", "min_lr_ratio")
-MAX_CROP_PAD = 64        # random-crop padding in pixels (gpunet.runs also refuses more than half an image side)
-MAX_WIDTH = 1 << 16      # a layer wider than this is a typo, not a recipe (it would need GiBs of weights)
+MAX_CROP_PAD = 64  # random-crop padding in pixels (gpunet.runs also refuses more than half an image side)
+MAX_WIDTH = 1 << 16  # a layer wider than this is a typo, not a recipe (it would need GiBs of weights)
 # Keys a run folder's config.json holds beside the settings: whether plots are drawn, and the
-# history of --resume calls that changed settings ([{"at_epoch": 3, "changed": {"lr": {"from": .., "to": ..}}}]).
+# history of --resume calls that changed settings ([{"at_epoch": 3, "changed": {"lr": {"from": .., "to":
+# ..}}}]).
 RUN_KEYS = ("plots", "resumes")
 # Settings --resume may change: how long and how fast to train, never the model or its data.
 # batch_size is refused too: it fixes each epoch's batch order and the loss history's iterations.
-RESUMABLE = ("epochs", "lr", "patience", "schedule", "step_size", "gamma", "min_lr_ratio", "warmup_epochs",
-             "momentum", "weight_decay", "graph")
+RESUMABLE = (
+    "epochs",
+    "lr",
+    "patience",
+    "schedule",
+    "step_size",
+    "gamma",
+    "min_lr_ratio",
+    "warmup_epochs",
+    "momentum",
+    "weight_decay",
+    "graph",
+)
 
 
 def resume_changes(cfg: TrainConfig, overrides: dict, where: str) -> tuple[TrainConfig, dict]:
@@ -115,12 +135,17 @@ def resume_changes(cfg: TrainConfig, overrides: dict, where: str) -> tuple[Train
     given = {k: v for k, v in overrides.items() if v is not None}
     refused = sorted(k for k in given if k not in RESUMABLE)
     if refused:
-        raise ValueError(f"--resume keeps the model and data of {where}; drop "
-                         f"{', '.join('--' + k.replace('_', '-') for k in refused)} (only "
-                         f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change)")
+        raise ValueError(
+            f"--resume keeps the model and data of {where}; drop "
+            f"{', '.join('--' + k.replace('_', '-') for k in refused)} (only "
+            f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change)"
+        )
     new = TrainConfig.from_dict({**cfg.to_dict(), **given}, where="--resume settings")
-    changed = {k: {"from": getattr(cfg, k), "to": getattr(new, k)} for k in given
-               if getattr(new, k) != getattr(cfg, k)}
+    changed = {
+        k: {"from": getattr(cfg, k), "to": getattr(new, k)}
+        for k in given
+        if getattr(new, k) != getattr(cfg, k)
+    }
     return new, changed
 
 
@@ -147,10 +172,29 @@ def _coerce(key, value, default, where):
 
 
 # A good default recipe per (dataset, arch), measured on a 2-core CPU (see docs/RESULTS.md).
-_FC = dict(arch="fc", hidden=[1024, 512], dropout=0.2, optimizer="adam", lr=1e-3, schedule="cosine",
-           batch_size=256, epochs=30, augment=True)
-_CNN = dict(arch="cnn", channels=[32, 64, 128], hidden=[256], dropout=0.5, optimizer="adam", lr=1e-3,
-            schedule="cosine", batch_size=128, augment=True, crop_pad=4)
+_FC = dict(
+    arch="fc",
+    hidden=[1024, 512],
+    dropout=0.2,
+    optimizer="adam",
+    lr=1e-3,
+    schedule="cosine",
+    batch_size=256,
+    epochs=30,
+    augment=True,
+)
+_CNN = dict(
+    arch="cnn",
+    channels=[32, 64, 128],
+    hidden=[256],
+    dropout=0.5,
+    optimizer="adam",
+    lr=1e-3,
+    schedule="cosine",
+    batch_size=128,
+    augment=True,
+    crop_pad=4,
+)
 # Named variants (--recipe NAME), measured the same way. "fast": CIFAR-10 to 55 % test in about a
 # minute of training on 2 cores (net A's size, 20 epochs; docs/RESULTS.md has the run).
 VARIANTS = {
@@ -158,7 +202,7 @@ VARIANTS = {
 }
 RECIPES = {
     ("cifar10", "fc"): _FC,
-    ("fer2013", "fc"): _FC,                              # the same recipe serves both datasets
+    ("fer2013", "fc"): _FC,  # the same recipe serves both datasets
     ("cifar10", "cnn"): dict(_CNN, epochs=30),
     ("fer2013", "cnn"): dict(_CNN, channels=[32, 64, 128, 256], hidden=[512], dropout=0.3, epochs=36),
 }
@@ -225,19 +269,36 @@ def load_run(run_dir) -> tuple[TrainConfig, dict]:
     cfg = TrainConfig.from_dict(d, where=path)
     if cfg.data and not os.path.isabs(cfg.data):
         beside = os.path.join(os.fspath(run_dir), cfg.data)
-        cfg.data = os.path.abspath(beside if os.path.exists(beside) or not os.path.exists(cfg.data) else cfg.data)
+        cfg.data = os.path.abspath(
+            beside if os.path.exists(beside) or not os.path.exists(cfg.data) else cfg.data
+        )
     extra = {k: d[k] for k in RUN_KEYS if k in d}
     if not isinstance(extra.get("plots", True), bool) or not isinstance(extra.get("resumes", []), list):
-        raise ValueError(f"{path}: plots/resumes: expected true/false and a list, found "
-                         f"{extra.get('plots')!r}/{extra.get('resumes')!r:.80}")
+        raise ValueError(
+            f"{path}: plots/resumes: expected true/false and a list, found "
+            f"{extra.get('plots')!r}/{extra.get('resumes')!r:.80}"
+        )
     return cfg, extra
 
 
 def solver_options(cfg: TrainConfig) -> dict:
     """The Solver keyword arguments a config stands for."""
-    sched = {"step_size": cfg.step_size, "gamma": cfg.gamma, "min_lr_ratio": cfg.min_lr_ratio,
-             "warmup_epochs": cfg.warmup_epochs, "total_epochs": cfg.epochs}
-    return dict(update_rule=cfg.optimizer, batch_size=cfg.batch_size, num_epochs=cfg.epochs, seed=cfg.seed,
-                optim_config={"learning_rate": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
-                schedule=cfg.schedule, schedule_config=sched, patience=cfg.patience, print_every=10**9,
-                graph=cfg.graph)
+    sched = {
+        "step_size": cfg.step_size,
+        "gamma": cfg.gamma,
+        "min_lr_ratio": cfg.min_lr_ratio,
+        "warmup_epochs": cfg.warmup_epochs,
+        "total_epochs": cfg.epochs,
+    }
+    return dict(
+        update_rule=cfg.optimizer,
+        batch_size=cfg.batch_size,
+        num_epochs=cfg.epochs,
+        seed=cfg.seed,
+        optim_config={"learning_rate": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
+        schedule=cfg.schedule,
+        schedule_config=sched,
+        patience=cfg.patience,
+        print_every=10**9,
+        graph=cfg.graph,
+    )

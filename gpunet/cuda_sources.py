@@ -2,15 +2,15 @@
 
 No arithmetic lives here. Each CUDA text is declared beside the ``CupyOps`` method that
 launches it (``gpunet/ops/cupy_ops.py``; the one-launch update in ``gpunet/multi_tensor.py``)
-with ``elementwise(...)`` or ``raw(...)``; this module records it in ``SOURCES`` (so the NVRTC and CPU-execution
+with ``elementwise(...)`` or ``raw(...)``; this module records it in ``SOURCES`` (so the NVRTC and
+CPU-execution
 tests can find every CUDA source in the project) and compiles it through
 ``backend.cupy_module()`` on first use. It never imports cupy itself.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 from . import backend
 
@@ -22,18 +22,19 @@ class CudaSource:
     kind: ``"elementwise"`` (``cupy.ElementwiseKernel(in_params, out_params, body)``)
     or ``"raw"`` (``cupy.RawKernel(body, function)``). ``module`` names where it is declared.
     """
+
     name: str
     kind: str
     body: str
     in_params: str = ""
     out_params: str = ""
     preamble: str = ""
-    function: str = ""      # raw kernels: the entry point
+    function: str = ""  # raw kernels: the entry point
     module: str = ""
-    scalars: tuple = ()     # elementwise: parameters the call sites pass as scalars (the rest are arrays)
+    scalars: tuple = ()  # elementwise: parameters the call sites pass as scalars (the rest are arrays)
 
 
-SOURCES: dict[str, CudaSource] = {}   # name -> source: every CUDA kernel of gpunet
+SOURCES: dict[str, CudaSource] = {}  # name -> source: every CUDA kernel of gpunet
 _compiled: dict[str, object] = {}
 
 
@@ -65,8 +66,11 @@ def elementwise(name, in_params, out_params, body, preamble="", module="", scala
     than arrays; CuPy generates different code for each, and the NVRTC tests expand
     the kernel exactly as the call sites use it.
     """
-    return _register(CudaSource(name, "elementwise", body, in_params, out_params, preamble, module=module,
-                                scalars=tuple(scalars)))
+    return _register(
+        CudaSource(
+            name, "elementwise", body, in_params, out_params, preamble, module=module, scalars=tuple(scalars)
+        )
+    )
 
 
 def raw(name, code, function, module="") -> Kernel:
@@ -77,11 +81,13 @@ def raw(name, code, function, module="") -> Kernel:
 def _build(src: CudaSource):
     cp = backend.cupy_module()
     if cp is None:
-        raise RuntimeError(f"CUDA kernel {src.name!r} needs CuPy and a usable GPU "
-                           f"({backend.gpu_unavailable_reason()})")
+        raise RuntimeError(
+            f"CUDA kernel {src.name!r} needs CuPy and a usable GPU ({backend.gpu_unavailable_reason()})"
+        )
     if src.kind == "elementwise":
-        return cp.ElementwiseKernel(src.in_params, src.out_params, src.body, name=f"gpunet_{src.name}",
-                                    preamble=src.preamble)
+        return cp.ElementwiseKernel(
+            src.in_params, src.out_params, src.body, name=f"gpunet_{src.name}", preamble=src.preamble
+        )
     return cp.RawKernel(src.body, src.function)
 
 

@@ -11,6 +11,7 @@ Conversions into one data home are serialised by a lock file (``.<dataset>.h5.lo
 ``flock``): a second ``find_data`` waits for the first and then uses its result, and
 removes what killed conversions left (``gpunet.io.sweep_temporaries``).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,9 +47,11 @@ def find_source(dataset, data_dir) -> Path | None:
 
 def _missing_message(dataset, out) -> str:
     if dataset == "fer2013":
-        return (f"{out}: no such file, and FER2013 cannot be downloaded automatically (Kaggle needs a login): "
-                f"download fer2013.csv from {FER2013_URL} (or an image-folder copy such as "
-                f"fer2013-images.tar.gz) and pass it with --source PATH, or put it in {Path(out).parent}")
+        return (
+            f"{out}: no such file, and FER2013 cannot be downloaded automatically (Kaggle needs a login): "
+            f"download fer2013.csv from {FER2013_URL} (or an image-folder copy such as "
+            f"fer2013-images.tar.gz) and pass it with --source PATH, or put it in {Path(out).parent}"
+        )
     return f"{out}: no such file; pass --source PATH to cifar-10-python.tar.gz, or allow the download"
 
 
@@ -77,14 +80,19 @@ def find_data(dataset, data_dir=None, source=None, download=True, say=print) -> 
         raise ValueError(f"converting {src or 'the download'} needs the data_prep package ({e})") from None
     data_dir.mkdir(parents=True, exist_ok=True)
     with conversion_lock(out, say):
-        if out.is_file():                   # another process converted it while we waited
+        if out.is_file():  # another process converted it while we waited
             say(f"using {out}, converted by another process meanwhile")
             return str(out)
         sweep_temporaries(data_dir)
-        say(f"converting {src} -> {out}" if src else f"downloading {CIFAR10_URL} into {data_dir}, then -> {out}")
+        say(
+            f"converting {src} -> {out}"
+            if src
+            else f"downloading {CIFAR10_URL} into {data_dir}, then -> {out}"
+        )
         try:
-            path = data_prep.convert(dataset, str(src) if src else None, str(out), download=src is None,
-                                     cache_dir=str(data_dir))
+            path = data_prep.convert(
+                dataset, str(src) if src else None, str(out), download=src is None, cache_dir=str(data_dir)
+            )
         except PrepError as e:
             msg = str(e).replace("pass it as SRC", "pass it with --source PATH")
             raise ValueError(msg) from None

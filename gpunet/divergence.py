@@ -11,14 +11,15 @@ Training has diverged when
 Then the best epoch's state goes back into the model and ``TrainingDiverged`` names
 the checkpoint that holds the last good epoch, only when one was written.
 """
+
 from __future__ import annotations
 
 import os
 
 from . import backend
 
-LOSS_FACTOR = 1e3     # cross-entropy starts near ln(C) ~ 2; a thousand times that is no longer learning
-MAX_WEIGHT = 1e8      # initial weights are ~0.1; trained ones stay below ~100
+LOSS_FACTOR = 1e3  # cross-entropy starts near ln(C) ~ 2; a thousand times that is no longer learning
+MAX_WEIGHT = 1e8  # initial weights are ~0.1; trained ones stay below ~100
 
 
 class TrainingDiverged(FloatingPointError):
@@ -39,8 +40,10 @@ def diverged(solver, what: str, epoch: int, it: int) -> TrainingDiverged:
     puts the best epoch's parameters back into ``solver.model`` first."""
     if solver.best_params:
         solver.model.set_params(solver.best_params)
-    return TrainingDiverged(f"{what} at epoch {epoch + 1}, iteration {it + 1}: training diverged; "
-                            f"lower the learning rate; {_where(solver)}")
+    return TrainingDiverged(
+        f"{what} at epoch {epoch + 1}, iteration {it + 1}: training diverged; "
+        f"lower the learning rate; {_where(solver)}"
+    )
 
 
 def check_epoch(solver, losses: list, epoch: int):
@@ -51,13 +54,18 @@ def check_epoch(solver, losses: list, epoch: int):
         bound = LOSS_FACTOR * max(first, 1.0)
         for it, v in enumerate(losses):
             if v > bound:
-                raise diverged(solver, f"loss {v:.3g} exceeded {LOSS_FACTOR:g} x the first loss ({first:.3g})",
-                               epoch, it)
+                raise diverged(
+                    solver, f"loss {v:.3g} exceeded {LOSS_FACTOR:g} x the first loss ({first:.3g})", epoch, it
+                )
     params = solver.model.params
     if params:
         xp = backend.get_array_module(next(iter(params.values())))
         peaks = backend.to_numpy(xp.stack([xp.abs(p).max() for p in params.values()])).tolist()
         name, peak = max(zip(params, peaks), key=lambda kv: kv[1] if kv[1] == kv[1] else float("inf"))
         if not peak <= MAX_WEIGHT:
-            raise diverged(solver, f"parameter {name} reached magnitude {peak:.3g} (above {MAX_WEIGHT:g})",
-                           epoch, len(losses) - 1)
+            raise diverged(
+                solver,
+                f"parameter {name} reached magnitude {peak:.3g} (above {MAX_WEIGHT:g})",
+                epoch,
+                len(losses) - 1,
+            )

@@ -7,6 +7,7 @@
 ``gpunet.predict`` re-exports all of these (its public names); they live here, below both
 ``gpunet.predict`` and ``gpunet.pretrained``, so neither imports the other's dependent.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,10 @@ def resolve_model(model) -> tuple[FullyConnectedNet, str]:
         return model, getattr(model, "source", None) or "model"
     if isinstance(model, (str, os.PathLike)):
         return load_model(model), os.fspath(model)
-    raise TypeError(f"model: expected a gpunet model (FullyConnectedNet, Sequential) or a model file path, "
-                    f"got {type(model).__name__}")
+    raise TypeError(
+        f"model: expected a gpunet model (FullyConnectedNet, Sequential) or a model file path, "
+        f"got {type(model).__name__}"
+    )
 
 
 def model_meta(model: FullyConnectedNet, where: str = "model", required: bool = True):
@@ -39,12 +42,15 @@ def model_meta(model: FullyConnectedNet, where: str = "model", required: bool = 
         return None
     meta = check_meta(model.meta, where)
     if int(np.prod(meta["image_shape"])) != model.input_dim:
-        raise ValueError(f"{where}: meta image_shape {meta['image_shape']} does not give the "
-                         f"model's input_dim {model.input_dim}")
+        raise ValueError(
+            f"{where}: meta image_shape {meta['image_shape']} does not give the "
+            f"model's input_dim {model.input_dim}"
+        )
     names = meta.get("class_names")
     if names is not None and len(names) != model.num_classes:
-        raise ValueError(f"{where}: meta lists {len(names)} class names for a model of "
-                         f"{model.num_classes} classes")
+        raise ValueError(
+            f"{where}: meta lists {len(names)} class names for a model of {model.num_classes} classes"
+        )
     return meta
 
 
@@ -63,15 +69,19 @@ def check_data_fits(model, meta, file_meta, where_model, where_data):
     expected = tuple(meta["image_shape"]) if meta else None
     if (expected is not None and shape != expected) or int(np.prod(shape)) != model.input_dim:
         want = expected if expected is not None else f"{model.input_dim} features"
-        raise ValueError(f"{where_data}: images of shape {shape} do not fit model {where_model}, "
-                         f"which expects {want}")
+        raise ValueError(
+            f"{where_data}: images of shape {shape} do not fit model {where_model}, which expects {want}"
+        )
     names = file_meta.get("class_names")
     if names is not None and len(names) != model.num_classes:
-        raise ValueError(f"{where_data}: {len(names)} classes {list(names)} do not fit model "
-                         f"{where_model}, which has {model.num_classes} classes")
+        raise ValueError(
+            f"{where_data}: {len(names)} classes {list(names)} do not fit model "
+            f"{where_model}, which has {model.num_classes} classes"
+        )
     if names is not None and meta and meta.get("class_names") and list(names) != list(meta["class_names"]):
-        log.warning("%s: class names %s differ from the model's %s", where_data, list(names),
-                    meta["class_names"])
+        log.warning(
+            "%s: class names %s differ from the model's %s", where_data, list(names), meta["class_names"]
+        )
 
 
 def evaluate(model, data, split: str = "test", batch_size: int = 1024):

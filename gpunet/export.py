@@ -13,6 +13,7 @@ test time). The graph is built with ``onnx.helper`` (the reference library of th
 format, the optional extra ``gpunet[onnx]``) and checked with ``onnx.checker``.
 Opset 13 and IR version 7 keep it loadable by onnxruntime releases of the last years.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,13 @@ def _sequential_layers(g, model, x, where):
         kind, p = spec.get("type"), model.params
         if kind == "Conv2d":
             k, s, pad = (int(spec.get(n, d)) for n, d in (("kernel_size", 3), ("stride", 1), ("padding", 0)))
-            x = g.op("Conv", [x, g.const(f"{i}.W", _np(p[f"{i}.W"])), g.const(f"{i}.b", _np(p[f"{i}.b"]))],
-                     kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4)
+            x = g.op(
+                "Conv",
+                [x, g.const(f"{i}.W", _np(p[f"{i}.W"])), g.const(f"{i}.b", _np(p[f"{i}.b"]))],
+                kernel_shape=[k, k],
+                strides=[s, s],
+                pads=[pad] * 4,
+            )
         elif kind in ("BatchNorm2d", "BatchNorm1d"):
             x = _bn(g, model, i, x, spec, rank)
         elif kind == "ReLU":
@@ -105,11 +111,13 @@ def _sequential_layers(g, model, x, where):
                 x, rank = g.op("Flatten", [x], axis=1), 2
             x = g.op("Gemm", [x, g.const(f"{i}.W", _np(p[f"{i}.W"])), g.const(f"{i}.b", _np(p[f"{i}.b"]))])
         elif kind == "Dropout":
-            continue     # the identity at test time
+            continue  # the identity at test time
         else:
-            raise ValueError(f"{where}: layer {i} has type {kind!r}, which the ONNX exporter does not "
-                         "know (expected Conv2d, BatchNorm2d, BatchNorm1d, ReLU, MaxPool2d, Flatten, "
-                         "Linear or Dropout)")
+            raise ValueError(
+                f"{where}: layer {i} has type {kind!r}, which the ONNX exporter does not "
+                "know (expected Conv2d, BatchNorm2d, BatchNorm1d, ReLU, MaxPool2d, Flatten, "
+                "Linear or Dropout)"
+            )
     return x
 
 
@@ -130,22 +138,34 @@ def to_onnx(model, where: str = "model"):
     elif (model.config() or {}).get("kind") == "sequential":
         scores = _sequential_layers(g, model, x, where)
     else:
-        raise ValueError(f"{where}: expected a FullyConnectedNet or a Sequential model, "
-                         f"found {type(model).__name__}")
+        raise ValueError(
+            f"{where}: expected a FullyConnectedNet or a Sequential model, found {type(model).__name__}"
+        )
     g.op("Softmax", [scores], name=OUTPUT_NAME, axis=1)
     classes = meta.get("class_names") or [str(i) for i in range(int(model.num_classes))]
     graph = helper.make_graph(
-        g.nodes, "gpunet",
+        g.nodes,
+        "gpunet",
         [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["N", c, h, w])],
         [helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", len(classes)])],
-        g.inits)
-    m = helper.make_model(graph, producer_name="gpunet", opset_imports=[helper.make_opsetid("", OPSET)],
-                          doc_string="input: float32 pixels (N, C, H, W) in 0..255; "
-                                     "output: class probabilities (N, classes)")
+        g.inits,
+    )
+    m = helper.make_model(
+        graph,
+        producer_name="gpunet",
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        doc_string="input: float32 pixels (N, C, H, W) in 0..255; output: class probabilities (N, classes)",
+    )
     m.ir_version = IR_VERSION
-    helper.set_model_props(m, {"class_names": json.dumps(classes), "mean": json.dumps(meta["mean"]),
-                               "std": json.dumps(meta["std"]),
-                               "image_shape": json.dumps(meta["image_shape"])})
+    helper.set_model_props(
+        m,
+        {
+            "class_names": json.dumps(classes),
+            "mean": json.dumps(meta["mean"]),
+            "std": json.dumps(meta["std"]),
+            "image_shape": json.dumps(meta["image_shape"]),
+        },
+    )
     onnx.checker.check_model(m)
     return m
 

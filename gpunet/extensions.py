@@ -15,6 +15,7 @@ and a ``priority`` (at an epoch's end, higher runs first):
 ``Solver(..., extensions=[...])`` or ``solver.extend(ext)`` adds one without subclassing; the
 Solver's own options build the standard ones below (``Solver.extensions`` lists them all).
 """
+
 from __future__ import annotations
 
 import time
@@ -28,6 +29,7 @@ from .divergence import check_epoch
 
 class Extension:
     """Base class: every hook does nothing; ``every``: the epochs between two ``after_epoch`` calls."""
+
     priority = 0
     every = 1
 
@@ -53,6 +55,7 @@ class Extension:
 
 class LearningRate(Extension):
     """The schedule: ``solver.lr`` for the epoch = base learning rate x ``schedule.factor(epoch)``."""
+
     priority = 1000
 
     def __init__(self, schedule):
@@ -66,6 +69,7 @@ class Progress(Extension):
     """tqdm bars (epochs, batches) and the loss every ``print_every`` steps. Losses are read on the
     host then only where that is free (the CPU), and checked for NaN/inf there; on the GPU the epoch's
     end reads them once (``DivergenceCheck``)."""
+
     priority = 900
 
     def __init__(self, print_every, disable, host_reads_free):
@@ -73,21 +77,34 @@ class Progress(Extension):
         self.epochs = self.batches = None
 
     def initialize(self, solver):
-        self.epochs = tqdm(total=solver.num_epochs, initial=solver.epoch, desc="epochs", disable=self.disable,
-                           unit="ep", leave=True)
+        self.epochs = tqdm(
+            total=solver.num_epochs,
+            initial=solver.epoch,
+            desc="epochs",
+            disable=self.disable,
+            unit="ep",
+            leave=True,
+        )
 
     def before_epoch(self, solver, epoch):
-        self.batches = tqdm(total=len(solver.train_loader), desc=f"epoch {epoch + 1}", leave=False,
-                            disable=self.disable, unit="batch")
+        self.batches = tqdm(
+            total=len(solver.train_loader),
+            desc=f"epoch {epoch + 1}",
+            leave=False,
+            disable=self.disable,
+            unit="batch",
+        )
 
     def after_iteration(self, solver, epoch, it, losses):
         self.batches.update(1)
         if self.host_reads_free and (it + 1) % self.print_every == 0:
-            recent = solver._check_finite(losses[-self.print_every:], epoch, it)
+            recent = solver._check_finite(losses[-self.print_every :], epoch, it)
             self.batches.set_postfix(loss=f"{recent[-1]:.4f}")
             if self.disable:
-                solver._say(f"(epoch {epoch + 1}, iteration {it + 1} / {len(solver.train_loader)}) "
-                            f"loss: {recent[-1]:f}")
+                solver._say(
+                    f"(epoch {epoch + 1}, iteration {it + 1} / {len(solver.train_loader)}) "
+                    f"loss: {recent[-1]:f}"
+                )
 
     def after_epoch(self, solver, epoch):
         self.batches.close()
@@ -102,6 +119,7 @@ class Progress(Extension):
 class DivergenceCheck(Extension):
     """The epoch's losses read once (NaN/inf raise ``TrainingDiverged``), then ``divergence.check_epoch``
     (an exploded loss or weight); the losses join ``solver.loss_history``."""
+
     priority = 800
 
     def after_epoch(self, solver, epoch):
@@ -113,6 +131,7 @@ class DivergenceCheck(Extension):
 
 class Evaluate(Extension):
     """Train and validation accuracy, the histories, the best epoch's state (kept in the model at the end)."""
+
     priority = 700
 
     def after_epoch(self, solver, epoch):
@@ -130,18 +149,23 @@ class Evaluate(Extension):
 
 class LogReport(Extension):
     """One line per epoch: mean loss, accuracies, learning rate, time."""
+
     priority = 600
 
     def after_epoch(self, solver, epoch):
         losses = solver.epoch_losses
         mean_loss = float(np.mean(losses)) if losses else float("nan")
-        solver._say(f"(epoch {solver.epoch} / {solver.num_epochs}) loss {mean_loss:.4f}  train acc "
-                    f"{solver.train_acc_history[-1]:.4f}  val acc {solver.val_acc_history[-1]:.4f}  lr {solver.lr:.3g}  "
-                    f"{solver.epoch_time_history[-1]:.1f}s")
+        solver._say(
+            f"(epoch {solver.epoch} / {solver.num_epochs}) loss {mean_loss:.4f}  train acc "
+            f"{solver.train_acc_history[-1]:.4f}  val acc {solver.val_acc_history[-1]:.4f}  "
+            f"lr {solver.lr:.3g}  "
+            f"{solver.epoch_time_history[-1]:.1f}s"
+        )
 
 
 class EarlyStopping(Extension):
     """Stop after ``patience`` epochs without a better validation accuracy (``solver.stopped_early``)."""
+
     priority = 500
 
     def __init__(self, patience):
@@ -150,14 +174,17 @@ class EarlyStopping(Extension):
     def after_epoch(self, solver, epoch):
         if epoch - solver.best_epoch >= self.patience:
             solver.stopped_early = True
-            solver._say(f"early stopping: no validation improvement for {self.patience} epochs "
-                        f"(best {solver.best_val_acc:.4f} at epoch {solver.best_epoch + 1})")
+            solver._say(
+                f"early stopping: no validation improvement for {self.patience} epochs "
+                f"(best {solver.best_val_acc:.4f} at epoch {solver.best_epoch + 1})"
+            )
             return True
         return False
 
 
 class Snapshot(Extension):
     """The checkpoint (``solver.save_checkpoint``, atomic) and the history JSON, after each epoch."""
+
     priority = 400
 
     def after_epoch(self, solver, epoch):
@@ -167,6 +194,7 @@ class Snapshot(Extension):
 
 class Callback(Extension):
     """``fn(solver, epoch)`` after each epoch (the Solver's ``on_epoch_end``); a true result stops."""
+
     priority = 100
 
     def __init__(self, fn):

@@ -14,6 +14,7 @@ Each face is converted exactly as the training data was (``data_prep.images``):
 grey with Pillow's ``convert("L")``, fitted to the model's H x W with bilinear
 filtering, then the model's own normalisation from its meta.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from . import backend
 
 FER_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-DETECT_MAX_SIDE = 800      # photos are searched at most this large (boxes scaled back): bounded time
+DETECT_MAX_SIDE = 800  # photos are searched at most this large (boxes scaled back): bounded time
 MIN_FACE_FRACTION = 1 / 16  # smallest face searched, as a fraction of the photo's shorter side
 # Cascade settings chosen on scikit-image's own photos: with these the astronaut's face is
 # found alone at 160 to 1600 pixels a side but for one false box on her mission patch at 1024
@@ -47,7 +48,7 @@ def _cascade():
 
 @functools.lru_cache(maxsize=1)
 def _load_cascade(cascade_class, filename):
-    return cascade_class(filename)     # parsing the XML once per process
+    return cascade_class(filename)  # parsing the XML once per process
 
 
 def read_photo(image) -> np.ndarray:
@@ -68,8 +69,10 @@ def read_photo(image) -> np.ndarray:
             raise ValueError(f"{os.fspath(image)}: not a readable image ({e})") from None
     a = backend.to_numpy(image) if not isinstance(image, np.ndarray) else image
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)) or 0 in a.shape:
-        raise ValueError(f"image: expected a path or a uint8 array of shape (H, W) or (H, W, 3), "
-                         f"got {a.dtype} {tuple(a.shape)}")
+        raise ValueError(
+            f"image: expected a path or a uint8 array of shape (H, W) or (H, W, 3), "
+            f"got {a.dtype} {tuple(a.shape)}"
+        )
     return a
 
 
@@ -86,16 +89,22 @@ def find_faces(pixels: np.ndarray) -> list:
     grey = _pil(pixels).convert("L")
     scale = min(1.0, DETECT_MAX_SIDE / max(grey.size))
     if scale < 1.0:
-        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
-                           Image.Resampling.BILINEAR)
+        grey = grey.resize(
+            (max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR
+        )
     g = np.asarray(grey)
     side = min(g.shape)
-    if side < 24:   # the cascade's own window is 24 x 24
+    if side < 24:  # the cascade's own window is 24 x 24
         return []
     lo = max(24, int(side * MIN_FACE_FRACTION))
-    found = _cascade().detect_multi_scale(img=g, scale_factor=SCALE_FACTOR, step_ratio=1,
-                                          min_size=(lo, lo), max_size=(side, side),
-                                          min_neighbor_number=MIN_NEIGHBOURS)
+    found = _cascade().detect_multi_scale(
+        img=g,
+        scale_factor=SCALE_FACTOR,
+        step_ratio=1,
+        min_size=(lo, lo),
+        max_size=(side, side),
+        min_neighbor_number=MIN_NEIGHBOURS,
+    )
     h, w = pixels.shape[:2]
     boxes = []
     for d in found:
@@ -129,6 +138,7 @@ def fer_model(model=None):
 
     if model is None:
         from . import pretrained
+
         model = pretrained.path()
     if isinstance(model, (str, os.PathLike)):
         model, where = resolve_model(model)
@@ -137,8 +147,10 @@ def fer_model(model=None):
     meta = model_meta(model, where)
     names = [str(n).lower() for n in meta.get("class_names") or []]
     if model.num_classes != len(FER_EMOTIONS) or (names and names != list(FER_EMOTIONS)):
-        raise ValueError(f"{where}: expected a FER2013 model with classes {list(FER_EMOTIONS)}, "
-                         f"found {model.num_classes} classes {meta.get('class_names')}")
+        raise ValueError(
+            f"{where}: expected a FER2013 model with classes {list(FER_EMOTIONS)}, "
+            f"found {model.num_classes} classes {meta.get('class_names')}"
+        )
     return model, meta, where
 
 
@@ -150,7 +162,7 @@ def classify_faces(crops: np.ndarray, model, meta) -> np.ndarray:
     if len(crops) == 0:
         return np.zeros((0, len(FER_EMOTIONS)))
     xp = backend.get_array_module(next(iter(model.params.values())))
-    scores = model.loss(normalize(crops, meta, model.dtype, xp))            # (N, 7)
+    scores = model.loss(normalize(crops, meta, model.dtype, xp))  # (N, 7)
     return backend.to_numpy(softmax(scores.astype(np.float64)))
 
 
@@ -166,8 +178,10 @@ def detect_emotions(image, model=None) -> list:
     pixels = read_photo(image)
     boxes = find_faces(pixels)
     probs = classify_faces(face_crops(pixels, boxes, meta["image_shape"]), model, meta)
-    return [{"box": list(b), "emotions": {n: float(p) for n, p in zip(FER_EMOTIONS, row)}}
-            for b, row in zip(boxes, probs)]
+    return [
+        {"box": list(b), "emotions": {n: float(p) for n, p in zip(FER_EMOTIONS, row)}}
+        for b, row in zip(boxes, probs)
+    ]
 
 
 def draw_faces(image, faces) -> Image.Image:
@@ -180,7 +194,7 @@ def draw_faces(image, faces) -> Image.Image:
     width = max(2, round(min(im.size) / 200))
     try:
         font = ImageFont.load_default(size=max(12, round(min(im.size) / 30)))
-    except TypeError:    # Pillow < 10.1: one fixed-size bitmap font
+    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
         font = ImageFont.load_default()
     for f in faces:
         x, y, w, h = f["box"]
@@ -189,8 +203,9 @@ def draw_faces(image, faces) -> Image.Image:
         text = f"{name} {p:.2f}"
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         ty = y - (bottom - top) - 2 * width if y - (bottom - top) - 2 * width >= 0 else y + h + width
-        draw.rectangle([x, ty, x + (right - left) + 2 * width, ty + (bottom - top) + 2 * width],
-                       fill=(255, 40, 40))
+        draw.rectangle(
+            [x, ty, x + (right - left) + 2 * width, ty + (bottom - top) + 2 * width], fill=(255, 40, 40)
+        )
         draw.text((x + width, ty + width - (top - y)), text, fill=(255, 255, 255), font=font)
     return im
 
@@ -216,12 +231,16 @@ def write_faces_csv(out, results, decimals: int = 6):
 
     def write(f):
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["file", "face", "x", "y", "w", "h", "label", "class_name"] + [f"p_{n}" for n in FER_EMOTIONS])
+        w.writerow(
+            ["file", "face", "x", "y", "w", "h", "label", "class_name"] + [f"p_{n}" for n in FER_EMOTIONS]
+        )
         for name, faces in results:
             for k, face in enumerate(faces):
                 p = [face["emotions"][n] for n in FER_EMOTIONS]
                 label = int(np.argmax(p))
-                w.writerow([name, k, *face["box"], label, FER_EMOTIONS[label]] + [f"{v:.{decimals}f}" for v in p])
+                w.writerow(
+                    [name, k, *face["box"], label, FER_EMOTIONS[label]] + [f"{v:.{decimals}f}" for v in p]
+                )
 
     if out is None or os.fspath(out) == "-":
         write(sys.stdout)
@@ -243,5 +262,5 @@ def save_annotated(path, faces, out_dir) -> str:
     target = out_dir / path.name
     im = draw_faces(path, faces)
     with atomic_path(target) as tmp:
-        im.save(tmp)          # the format follows the suffix, as the original's
+        im.save(tmp)  # the format follows the suffix, as the original's
     return os.fspath(target)

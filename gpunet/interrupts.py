@@ -15,6 +15,7 @@ library's callback, where Python would print "Exception ignored") is raised when
 ``stop_signals`` block ends (:func:`raise_lost`), without that noise.
 Handlers live in the main thread; elsewhere these functions are no-ops.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,10 +26,10 @@ from contextlib import contextmanager
 
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
-_previous: dict = {}   # signal -> handler before stop_signals; non-empty while installed
-_deferring = 0         # depth of deferred() blocks
-_pending = None        # a signal received while deferring, not raised yet
-_received = None       # the first signal received since stop_signals began or forget()
+_previous: dict = {}  # signal -> handler before stop_signals; non-empty while installed
+_deferring = 0  # depth of deferred() blocks
+_pending = None  # a signal received while deferring, not raised yet
+_received = None  # the first signal received since stop_signals began or forget()
 
 
 class Interrupted(KeyboardInterrupt):
@@ -77,7 +78,7 @@ def stop_signals():
         sys.unraisablehook = hook
         _restore(installed)
         if installed.get(e.signum) == signal.SIG_DFL:
-            os.kill(os.getpid(), e.signum)   # default action: the process ends here
+            os.kill(os.getpid(), e.signum)  # default action: the process ends here
         raise
     finally:
         sys.unraisablehook = hook
@@ -113,7 +114,7 @@ def deferred():
     (``Interrupted``) when the outermost such block ends, even if the block failed."""
     global _deferring
     if threading.current_thread() is not threading.main_thread():
-        yield                    # signals are handled in the main thread only
+        yield  # signals are handled in the main thread only
         return
     _deferring += 1
     try:
@@ -128,5 +129,5 @@ def check() -> None:
     """Raise ``Interrupted`` for a signal recorded by :func:`deferred`; call at safe points."""
     if _pending is not None and threading.current_thread() is threading.main_thread():
         signum = _pending
-        forget()                 # raised from plain Python code: it reaches the caller
+        forget()  # raised from plain Python code: it reaches the caller
         raise Interrupted(signum)

@@ -12,6 +12,7 @@ renamed over it only when complete, so an interrupted write never leaves half a 
 
 Files get the usual mode (0666 minus the umask).
 """
+
 from __future__ import annotations
 
 import errno
@@ -66,10 +67,10 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
         os.replace(tmp, path)
         return
     try:
-        os.link(tmp, path)           # atomic, and refuses an existing target
+        os.link(tmp, path)  # atomic, and refuses an existing target
     except FileExistsError:
         raise OutputExists(errno.EEXIST, "output exists", str(path)) from None
-    except OSError:                  # a file system without hard links
+    except OSError:  # a file system without hard links
         if path.exists():
             raise OutputExists(errno.EEXIST, "output exists", str(path)) from None
         os.replace(tmp, path)
@@ -102,7 +103,7 @@ def atomic_path(path, overwrite: bool = True):
             with deferred():
                 if tmp is not None and os.path.lexists(tmp):
                     os.remove(tmp)
-                for folder in reversed(created):   # the folders this call made, deepest first
+                for folder in reversed(created):  # the folders this call made, deepest first
                     try:
                         folder.rmdir()
                     except OSError:
@@ -143,7 +144,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, ValueError):
-        return True                  # someone else's process, or not a pid: keep the file
+        return True  # someone else's process, or not a pid: keep the file
     return True
 
 

@@ -7,6 +7,7 @@ host. Conventions (NaN-free): a class never predicted has precision 0, a class
 with no true samples has recall 0, and F1 is 0 where precision + recall is 0.
 Macro averages are unweighted means over the classes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +61,8 @@ def scores_from_confusion(cm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class ``(precision, recall, f1)`` float64 (C,) from a (C, C) confusion matrix."""
     cm = np.asarray(cm, np.float64)
     tp = np.diag(cm)
-    precision = _safe_div(tp, cm.sum(axis=0))   # column sums: how often each class was predicted
-    recall = _safe_div(tp, cm.sum(axis=1))      # row sums: support
+    precision = _safe_div(tp, cm.sum(axis=0))  # column sums: how often each class was predicted
+    recall = _safe_div(tp, cm.sum(axis=1))  # row sums: support
     f1 = _safe_div(2 * precision * recall, precision + recall)
     return precision, recall, f1
 
@@ -93,8 +94,10 @@ def report_from_confusion(cm, class_names) -> dict:
     cm = np.asarray(cm, np.int64)
     names = [str(n) for n in class_names]
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(names):
-        raise ValueError(f"class_names: expected {cm.shape[0]} names (one per class of the "
-                         f"confusion matrix {cm.shape}), got {len(names)}")
+        raise ValueError(
+            f"class_names: expected {cm.shape[0]} names (one per class of the "
+            f"confusion matrix {cm.shape}), got {len(names)}"
+        )
     n = int(cm.sum())
     if n == 0:
         raise ValueError("y_true: expected at least one sample, got none")
@@ -107,8 +110,17 @@ def report_from_confusion(cm, class_names) -> dict:
         "class_names": names,
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_normalized": normalize_rows(cm).tolist(),
-        "per_class": [{"label": i, "name": names[i], "precision": float(p[i]), "recall": float(r[i]),
-                       "f1": float(f[i]), "support": int(support[i])} for i in range(len(names))],
+        "per_class": [
+            {
+                "label": i,
+                "name": names[i],
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(support[i]),
+            }
+            for i in range(len(names))
+        ],
         "macro_avg": {"precision": float(p.mean()), "recall": float(r.mean()), "f1": float(f.mean())},
     }
 
@@ -139,9 +151,12 @@ def format_report(report: dict, digits: int = 3) -> str:
     per-class precision/recall/F1/support and the macro averages."""
     names = report["class_names"]
     f = f"{{:.{digits}f}}".format
-    out = [f"samples: {report['num_samples']}   classes: {report['num_classes']}   "
-           f"classification rate (accuracy): {f(report['accuracy'])}", "",
-           "confusion matrix (counts; rows = true class, columns = predicted):"]
+    out = [
+        f"samples: {report['num_samples']}   classes: {report['num_classes']}   "
+        f"classification rate (accuracy): {f(report['accuracy'])}",
+        "",
+        "confusion matrix (counts; rows = true class, columns = predicted):",
+    ]
     out += _table("true \\ pred", names, names, report["confusion_matrix"], str)
     out += ["", "confusion matrix (row-normalised: each row sums to 1):"]
     out += _table("true \\ pred", names, names, report["confusion_matrix_normalized"], f)
@@ -149,6 +164,11 @@ def format_report(report: dict, digits: int = 3) -> str:
     rows = [[c["precision"], c["recall"], c["f1"], c["support"]] for c in report["per_class"]]
     m = report["macro_avg"]
     rows.append([m["precision"], m["recall"], m["f1"], report["num_samples"]])
-    out += _table("class", names + ["macro avg"], ["precision", "recall", "f1", "support"], rows,
-                  lambda v: str(v) if isinstance(v, (int, np.integer)) else f(v))
+    out += _table(
+        "class",
+        names + ["macro avg"],
+        ["precision", "recall", "f1", "support"],
+        rows,
+        lambda v: str(v) if isinstance(v, (int, np.integer)) else f(v),
+    )
     return "\n".join(out)

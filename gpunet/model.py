@@ -3,6 +3,7 @@
 Architecture: ``[linear - relu - (dropout)] x (L-1) - linear - softmax``.
 ``load_model`` reads both model kinds (see ``gpunet.modelfile`` for the file format).
 """
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,19 @@ import os
 import numpy as np
 
 from . import backend, seeding
-from .modelfile import (MODEL_FORMAT, MODEL_VERSION, ModelFileError, read_model, read_npz, save_model,  # noqa: F401
-                        write_model)
+from .modelfile import (
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    ModelFileError,
+    read_model,
+    read_npz,
+    save_model,  # noqa: F401
+    write_model,
+)
 from .preprocess import check_meta
 from .nn import Sequential
 from .layers import dropout_forward, linear_backward, linear_forward, relu_backward, softmax_loss
+
 
 class FullyConnectedNet:
     """Fully connected classifier.
@@ -31,8 +40,17 @@ class FullyConnectedNet:
     seed: seeds initialisation and the dropout generator.
     """
 
-    def __init__(self, hidden_dims, input_dim=3072, num_classes=10, dropout=0.0, reg=0.0,
-                 weight_scale=None, dtype=np.float32, seed=None):
+    def __init__(
+        self,
+        hidden_dims,
+        input_dim=3072,
+        num_classes=10,
+        dropout=0.0,
+        reg=0.0,
+        weight_scale=None,
+        dtype=np.float32,
+        seed=None,
+    ):
         hidden_dims = [int(h) for h in hidden_dims]
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"hidden_dims: expected positive sizes, got {hidden_dims}")
@@ -50,7 +68,7 @@ class FullyConnectedNet:
         self.dtype = np.dtype(dtype)
         self.num_layers = len(hidden_dims) + 1
         self.meta = {}  # preprocessing and provenance carried into the model file
-        init_rng = seeding.init_rng(seed)   # None: NumPy's global generator (np.random.seed works)
+        init_rng = seeding.init_rng(seed)  # None: NumPy's global generator (np.random.seed works)
         dims = [self.input_dim] + hidden_dims + [self.num_classes]
         params = {}
         for i in range(self.num_layers):
@@ -75,7 +93,9 @@ class FullyConnectedNet:
         if D != self.input_dim:
             raise ValueError(f"X: expected {self.input_dim} features per sample, got shape {tuple(X.shape)}")
         if y is not None and tuple(y.shape) != (X.shape[0],):
-            raise ValueError(f"y: expected shape ({X.shape[0]},) (one label per sample), got {tuple(y.shape)}")
+            raise ValueError(
+                f"y: expected shape ({X.shape[0]},) (one label per sample), got {tuple(y.shape)}"
+            )
 
     def loss(self, X, y=None, on_grad=None):
         """Class scores, or the loss and gradients.
@@ -96,7 +116,7 @@ class FullyConnectedNet:
             X = X.astype(self.dtype)
         p, L = self.params, self.num_layers
         drop = self.dropout if train else 0.0
-        acts = [X]                      # acts[i]: input of layer i + 1, (N, dims[i])
+        acts = [X]  # acts[i]: input of layer i + 1, (N, dims[i])
         h = X
         for i in range(1, L):
             W = p[f"W{i}"]
@@ -111,18 +131,21 @@ class FullyConnectedNet:
 
         loss, dout = softmax_loss(scores, y)
         if self.reg:
-            loss = loss + self.dtype.type(0.5 * self.reg) * sum((p[f"W{i}"] ** 2).sum() for i in range(1, L + 1))
+            loss = loss + self.dtype.type(0.5 * self.reg) * sum(
+                (p[f"W{i}"] ** 2).sum() for i in range(1, L + 1)
+            )
         scale = 1.0 / (1.0 - drop)
         grads = {}
         for i in range(L, 0, -1):
             W = p[f"W{i}"]
             dx_buf = self._buf(f"d{i - 1}", acts[i - 1].shape) if i > 1 else None
-            dout, dW, db = linear_backward(dout, acts[i - 1], W, p[f"b{i}"], need_dx=i > 1,
-                                           out=(dx_buf, None, None))
+            dout, dW, db = linear_backward(
+                dout, acts[i - 1], W, p[f"b{i}"], need_dx=i > 1, out=(dx_buf, None, None)
+            )
             if self.reg:
                 dW += self.dtype.type(self.reg) * W
             grads[f"W{i}"], grads[f"b{i}"] = dW, db
-            if on_grad is not None:            # dout (the input gradient) is computed: W{i} is free
+            if on_grad is not None:  # dout (the input gradient) is computed: W{i} is free
                 on_grad(f"W{i}", dW)
                 on_grad(f"b{i}", db)
             if i > 1:
@@ -133,7 +156,7 @@ class FullyConnectedNet:
     def predict(self, X, batch_size=1024):
         """Predicted labels (N,) on the model's backend, in batches of ``batch_size``."""
         xp = backend.get_array_module(self.params["W1"])
-        out = [self.loss(X[i:i + batch_size]).argmax(axis=1) for i in range(0, X.shape[0], batch_size)]
+        out = [self.loss(X[i : i + batch_size]).argmax(axis=1) for i in range(0, X.shape[0], batch_size)]
         return xp.concatenate(out) if out else xp.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------- placement
@@ -153,15 +176,23 @@ class FullyConnectedNet:
         """Copy arrays (NumPy or CuPy) into the parameters, keeping their backend."""
         for k, v in params.items():
             if k not in self.params or tuple(v.shape) != tuple(self.params[k].shape):
-                raise ValueError(f"set_params: parameter {k!r} with shape {tuple(v.shape)} does not fit this model")
+                raise ValueError(
+                    f"set_params: parameter {k!r} with shape {tuple(v.shape)} does not fit this model"
+                )
             xp = backend.get_array_module(self.params[k])
             self.params[k][...] = xp.asarray(backend.to_numpy(v) if xp is np else v)
 
     # ----------------------------------------------------------- persistence
     def config(self) -> dict:
-        return {"kind": "fully_connected", "hidden_dims": self.hidden_dims, "input_dim": self.input_dim,
-                "num_classes": self.num_classes, "dropout": self.dropout, "reg": self.reg,
-                "dtype": self.dtype.name}
+        return {
+            "kind": "fully_connected",
+            "hidden_dims": self.hidden_dims,
+            "input_dim": self.input_dim,
+            "num_classes": self.num_classes,
+            "dropout": self.dropout,
+            "reg": self.reg,
+            "dtype": self.dtype.name,
+        }
 
     def save(self, path, float16=False):
         """Write the model (architecture, parameters, ``self.meta``) to ``path`` atomically.
@@ -174,11 +205,17 @@ class FullyConnectedNet:
 def _build(cfg: dict, path):
     """The model ``cfg`` describes; ``cfg`` was checked (``gpunet.modelspec``), so sizes fit the file."""
     try:
-        if cfg.get("kind", "fully_connected") == "sequential":   # version 1 files have no kind
+        if cfg.get("kind", "fully_connected") == "sequential":  # version 1 files have no kind
             return Sequential.from_config(cfg)
-        return FullyConnectedNet(cfg["hidden_dims"], input_dim=cfg["input_dim"],
-                                 num_classes=cfg["num_classes"], dropout=cfg.get("dropout", 0.0),
-                                 reg=cfg.get("reg", 0.0), dtype=np.dtype(cfg.get("dtype", "float32")), seed=0)
+        return FullyConnectedNet(
+            cfg["hidden_dims"],
+            input_dim=cfg["input_dim"],
+            num_classes=cfg["num_classes"],
+            dropout=cfg.get("dropout", 0.0),
+            reg=cfg.get("reg", 0.0),
+            dtype=np.dtype(cfg.get("dtype", "float32")),
+            seed=0,
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: bad model config ({type(e).__name__}: {e})") from None
 
@@ -189,15 +226,24 @@ def _checked_meta(meta, model, path) -> dict:
     meta = meta or {}
     for key in ("mean", "std"):
         v = meta.get(key)
-        if v is not None and not (isinstance(v, list) and v and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
-            raise ModelFileError(f"{path}: meta.{key}: expected a list of finite numbers (one per channel), "
-                                 f"found {v!r:.120}")
+        if v is not None and not (
+            isinstance(v, list)
+            and v
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+        ):
+            raise ModelFileError(
+                f"{path}: meta.{key}: expected a list of finite numbers (one per channel), found {v!r:.120}"
+            )
     names = meta.get("class_names")
-    if names is not None and (not isinstance(names, list) or len(names) != model.num_classes
-                              or not all(isinstance(n, str) for n in names)):
-        raise ModelFileError(f"{path}: meta.class_names: expected a list of {model.num_classes} names "
-                             f"(one per class), found {names!r:.120}")
+    if names is not None and (
+        not isinstance(names, list)
+        or len(names) != model.num_classes
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise ModelFileError(
+            f"{path}: meta.class_names: expected a list of {model.num_classes} names "
+            f"(one per class), found {names!r:.120}"
+        )
     if all(meta.get(k) is not None for k in ("mean", "std", "image_shape")):
         try:
             check_meta(meta, f"{path}: meta")
@@ -220,12 +266,14 @@ def load_model(path):
         model.set_params({k: arrays[k].astype(model.dtype, copy=False) for k in arrays})
     except ValueError as e:
         raise ModelFileError(f"{path}: {e}") from None
-    if getattr(model, "input_shape", None):     # a Sequential: its layers must chain from its input shape
+    if getattr(model, "input_shape", None):  # a Sequential: its layers must chain from its input shape
         xp = backend.get_array_module(next(iter(model.params.values())))
         try:
             model.loss(xp.zeros((1,) + tuple(model.input_shape), model.dtype))
         except (ValueError, TypeError, IndexError) as e:
-            raise ModelFileError(f"{path}: config.layers do not fit input_shape {list(model.input_shape)} ({e})") from None
+            raise ModelFileError(
+                f"{path}: config.layers do not fit input_shape {list(model.input_shape)} ({e})"
+            ) from None
     model.meta = _checked_meta(desc.get("meta"), model, os.fspath(path))
     model.source = os.fspath(path)  # named in later error messages
     return model

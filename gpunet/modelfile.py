@@ -16,6 +16,7 @@ with those it implies and each array's header with its shape and a float dtype, 
 only then are the arrays read and checked to be finite. Every refusal is a
 ``ModelFileError`` (a ``ValueError``) naming the file and the entry.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ from .modelspec import ModelFileError, param_shapes
 
 MODEL_FORMAT = "gpunet-model"
 MODEL_VERSION = 2
-MAX_META_BYTES = 16 * 2**20   # a description is a few KB; a larger __meta__ is refused unread
+MAX_META_BYTES = 16 * 2**20  # a description is a few KB; a larger __meta__ is refused unread
 
 
 def write_model(path, config: dict, arrays: dict, meta: dict):
@@ -65,15 +66,23 @@ def _header(z, name, path):
     try:
         with z.zip.open(info) as f:
             version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read(f)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
-        raise ModelFileError(f"{path}: {name}: expected a NumPy array, found an unreadable entry ({e})") from None
+        raise ModelFileError(
+            f"{path}: {name}: expected a NumPy array, found an unreadable entry ({e})"
+        ) from None
     if dtype.hasobject or dtype.fields is not None:
         raise ModelFileError(f"{path}: {name}: expected a plain numeric array, found dtype {dtype}")
     if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > info.file_size:
-        raise ModelFileError(f"{path}: {name}: header claims shape {shape} of {dtype}, more than the "
-                             f"{info.file_size} bytes the entry holds")
+        raise ModelFileError(
+            f"{path}: {name}: header claims shape {shape} of {dtype}, more than the "
+            f"{info.file_size} bytes the entry holds"
+        )
     return tuple(shape), dtype
 
 
@@ -88,8 +97,13 @@ def _open(path, what):
         if not zipfile.is_zipfile(path):
             with open(path, "rb") as f:
                 head = f.read(8)
-            raise ValueError("found an empty file" if not head else "found a truncated or damaged zip archive"
-                             if head.startswith(b"PK") else f"found bytes {head!r}")
+            raise ValueError(
+                "found an empty file"
+                if not head
+                else "found a truncated or damaged zip archive"
+                if head.startswith(b"PK")
+                else f"found bytes {head!r}"
+            )
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as e:
         raise ModelFileError(f"{path}: not a gpunet {what} file (expected an .npz archive: {e})") from None
@@ -98,8 +112,10 @@ def _open(path, what):
             raise ModelFileError(f"{path}: not a gpunet {what} file (no __meta__ entry)")
         shape, dtype = _header(z, "__meta__", path)
         if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
-            raise ModelFileError(f"{path}: __meta__: expected up to {MAX_META_BYTES} bytes of JSON (uint8), "
-                                 f"found shape {shape} of {dtype}")
+            raise ModelFileError(
+                f"{path}: __meta__: expected up to {MAX_META_BYTES} bytes of JSON (uint8), "
+                f"found shape {shape} of {dtype}"
+            )
         try:
             desc = json.loads(z["__meta__"].tobytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -129,8 +145,10 @@ def read_npz(path, what="model", accept=None) -> tuple[dict, dict]:
     with z:
         refused = sorted(k for k in z.files if k != "__meta__" and accept is not None and not accept(k))
         if refused:
-            raise ModelFileError(f"{path}: unexpected entr{'y' if len(refused) == 1 else 'ies'} {refused[:10]} "
-                                 f"in a gpunet {what} file")
+            raise ModelFileError(
+                f"{path}: unexpected entr{'y' if len(refused) == 1 else 'ies'} {refused[:10]} "
+                f"in a gpunet {what} file"
+            )
         for name in z.files:
             _header(z, name, os.fspath(path))
         arrays = {k: _read(z, k, os.fspath(path)) for k in z.files if k != "__meta__"}
@@ -142,11 +160,14 @@ def _check_version(path, desc):
         raise ModelFileError(f"{path}: expected format {MODEL_FORMAT!r}, found {desc.get('format')!r:.80}")
     version = desc.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > MODEL_VERSION:
-        raise ModelFileError(f"{path}: model format version {version} is newer than this gpunet "
-                             f"({MODEL_VERSION}); upgrade gpunet")
+        raise ModelFileError(
+            f"{path}: model format version {version} is newer than this gpunet "
+            f"({MODEL_VERSION}); upgrade gpunet"
+        )
     if isinstance(version, bool) or version not in range(1, MODEL_VERSION + 1):
-        raise ModelFileError(f"{path}: version: expected a model format version 1..{MODEL_VERSION}, "
-                             f"found {version!r:.80}")
+        raise ModelFileError(
+            f"{path}: version: expected a model format version 1..{MODEL_VERSION}, found {version!r:.80}"
+        )
     if not isinstance(desc.get("meta", {}), (dict, type(None))):
         raise ModelFileError(f"{path}: meta: expected a JSON object, found {desc['meta']!r:.80}")
 
@@ -169,20 +190,28 @@ def read_model(path) -> tuple[dict, dict]:
         present = set(z.files) - {"__meta__"}
         missing, unexpected = sorted(set(expected) - present), sorted(present - set(expected))
         if missing:
-            raise ModelFileError(f"{where}: missing parameter(s) {missing} (the config describes {sorted(expected)})")
+            raise ModelFileError(
+                f"{where}: missing parameter(s) {missing} (the config describes {sorted(expected)})"
+            )
         if unexpected:
-            raise ModelFileError(f"{where}: unexpected entr{'y' if len(unexpected) == 1 else 'ies'} {unexpected} "
-                                 f"(the config describes {sorted(expected)})")
+            raise ModelFileError(
+                f"{where}: unexpected entr{'y' if len(unexpected) == 1 else 'ies'} {unexpected} "
+                f"(the config describes {sorted(expected)})"
+            )
         for name, want in expected.items():
             shape, dtype = _header(z, name, where)
             if dtype.kind != "f":
                 raise ModelFileError(f"{where}: {name}: expected floating-point weights, found dtype {dtype}")
             if shape != tuple(want):
-                raise ModelFileError(f"{where}: {name}: expected shape {tuple(want)} (from the config), found {shape}")
+                raise ModelFileError(
+                    f"{where}: {name}: expected shape {tuple(want)} (from the config), found {shape}"
+                )
         arrays = {}
         for name in expected:
             a = arrays[name] = _read(z, name, where)
             if not np.isfinite(a).all():
-                raise ModelFileError(f"{where}: {name}: expected finite weights, found "
-                                     f"{int(np.count_nonzero(~np.isfinite(a)))} NaN or infinite value(s)")
+                raise ModelFileError(
+                    f"{where}: {name}: expected finite weights, found "
+                    f"{int(np.count_nonzero(~np.isfinite(a)))} NaN or infinite value(s)"
+                )
     return arrays, desc

@@ -8,12 +8,13 @@ description that asks for ``hidden_dims [1000000]`` beside small arrays is refus
 without allocating 17 GiB. These rules mirror the layers' ``init`` in ``gpunet.nn``
 and ``FullyConnectedNet``; ``tests/test_reliability_model.py`` checks they agree.
 """
+
 from __future__ import annotations
 
 import math
 
-FLOAT_DTYPES = ("float32", "float64")     # the dtypes a model computes in
-_MAX_DIM = 2**31 - 1                      # no single layer size is larger (int32 indexing)
+FLOAT_DTYPES = ("float32", "float64")  # the dtypes a model computes in
+_MAX_DIM = 2**31 - 1  # no single layer size is larger (int32 indexing)
 
 
 class ModelFileError(ValueError):
@@ -29,11 +30,17 @@ def _int(where, key, v, low=1, optional=False):
 
 
 def _number(where, key, v, low, high=math.inf, high_open=False):
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v \
+    ok = (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and low <= v
         and (v < high if high_open else v <= high)
+    )
     if not ok:
-        raise ModelFileError(f"{where}: {key}: expected a number in [{low}, {high}{')' if high_open else ']'}, "
-                             f"found {v!r}")
+        raise ModelFileError(
+            f"{where}: {key}: expected a number in [{low}, {high}{')' if high_open else ']'}, found {v!r}"
+        )
     return v
 
 
@@ -62,30 +69,48 @@ def _fully_connected(where, cfg) -> dict:
 # layer type -> {setting: checker(where, key, value)}; a missing setting takes the layer's default
 _LAYER_SETTINGS = {
     "Linear": {"in_features": _int, "out_features": _int},
-    "Conv2d": {"in_channels": _int, "out_channels": _int, "kernel_size": _int,
-               "stride": _int, "padding": lambda w, k, v: _int(w, k, v, low=0)},
-    "BatchNorm1d": {"num_features": _int, "eps": lambda w, k, v: _number(w, k, v, 0, 1),
-                    "momentum": lambda w, k, v: _number(w, k, v, 0, 1)},
-    "ReLU": {}, "Flatten": {},
+    "Conv2d": {
+        "in_channels": _int,
+        "out_channels": _int,
+        "kernel_size": _int,
+        "stride": _int,
+        "padding": lambda w, k, v: _int(w, k, v, low=0),
+    },
+    "BatchNorm1d": {
+        "num_features": _int,
+        "eps": lambda w, k, v: _number(w, k, v, 0, 1),
+        "momentum": lambda w, k, v: _number(w, k, v, 0, 1),
+    },
+    "ReLU": {},
+    "Flatten": {},
     "Dropout": {"p": lambda w, k, v: _number(w, k, v, 0, 1, high_open=True)},
     "MaxPool2d": {"size": _int, "stride": lambda w, k, v: _int(w, k, v, optional=True)},
 }
 _LAYER_SETTINGS["BatchNorm2d"] = _LAYER_SETTINGS["BatchNorm1d"]
-_REQUIRED = {"Linear": ("in_features", "out_features"), "Conv2d": ("in_channels", "out_channels", "kernel_size"),
-             "BatchNorm1d": ("num_features",), "BatchNorm2d": ("num_features",), "MaxPool2d": ("size",)}
+_REQUIRED = {
+    "Linear": ("in_features", "out_features"),
+    "Conv2d": ("in_channels", "out_channels", "kernel_size"),
+    "BatchNorm1d": ("num_features",),
+    "BatchNorm2d": ("num_features",),
+    "MaxPool2d": ("size",),
+}
 
 
 def _layer_shapes(where, i, layer) -> dict:
     key = f"config.layers[{i}]"
     if not isinstance(layer, dict) or layer.get("type") not in _LAYER_SETTINGS:
         found = layer.get("type") if isinstance(layer, dict) else layer
-        raise ModelFileError(f"{where}: {key}.type: expected one of {sorted(_LAYER_SETTINGS)}, found {found!r}")
+        raise ModelFileError(
+            f"{where}: {key}.type: expected one of {sorted(_LAYER_SETTINGS)}, found {found!r}"
+        )
     kind, allowed = layer["type"], _LAYER_SETTINGS[layer["type"]]
     unknown = sorted(set(layer) - set(allowed) - {"type"})
     missing = [k for k in _REQUIRED.get(kind, ()) if k not in layer]
     if unknown or missing:
-        raise ModelFileError(f"{where}: {key} ({kind}): expected settings {sorted(allowed)}, "
-                             f"missing {missing}, unexpected {unknown}")
+        raise ModelFileError(
+            f"{where}: {key} ({kind}): expected settings {sorted(allowed)}, "
+            f"missing {missing}, unexpected {unknown}"
+        )
     for k, v in layer.items():
         if k != "type":
             allowed[k](where, f"{key}.{k}", v)
@@ -93,9 +118,14 @@ def _layer_shapes(where, i, layer) -> dict:
         return {f"{i}.W": (layer["in_features"], layer["out_features"]), f"{i}.b": (layer["out_features"],)}
     if kind == "Conv2d":
         k = layer["kernel_size"]
-        return {f"{i}.W": (layer["out_channels"], layer["in_channels"], k, k), f"{i}.b": (layer["out_channels"],)}
+        return {
+            f"{i}.W": (layer["out_channels"], layer["in_channels"], k, k),
+            f"{i}.b": (layer["out_channels"],),
+        }
     if kind.startswith("BatchNorm"):
-        return {f"{i}.{n}": (layer["num_features"],) for n in ("gamma", "beta", "running_mean", "running_var")}
+        return {
+            f"{i}.{n}": (layer["num_features"],) for n in ("gamma", "beta", "running_mean", "running_var")
+        }
     return {}
 
 
@@ -106,7 +136,9 @@ def _sequential(where, cfg) -> dict:
     shape = cfg.get("input_shape")
     if shape is not None:
         if not isinstance(shape, list) or not shape:
-            raise ModelFileError(f"{where}: config.input_shape: expected a list of sizes or null, found {shape!r}")
+            raise ModelFileError(
+                f"{where}: config.input_shape: expected a list of sizes or null, found {shape!r}"
+            )
         for j, d in enumerate(shape):
             _int(where, f"config.input_shape[{j}]", d)
     _number(where, "config.reg", cfg.get("reg", 0.0), 0)
@@ -115,7 +147,9 @@ def _sequential(where, cfg) -> dict:
     for i, layer in enumerate(layers):
         shapes.update(_layer_shapes(where, i, layer))
     if not any(isinstance(x, dict) and x.get("type") == "Linear" for x in layers):
-        raise ModelFileError(f"{where}: config.layers: expected a Linear layer giving the class scores, found none")
+        raise ModelFileError(
+            f"{where}: config.layers: expected a Linear layer giving the class scores, found none"
+        )
     return shapes
 
 
@@ -123,10 +157,14 @@ def param_shapes(config, where: str) -> dict:
     """``{array name: shape}`` of the model ``config`` describes; ModelFileError naming ``where``
     and the field when a field is missing or of the wrong type or range."""
     if not isinstance(config, dict):
-        raise ModelFileError(f"{where}: config: expected a JSON object describing the model, found {config!r:.80}")
-    kind = config.get("kind", "fully_connected")            # version 1 files have no kind
+        raise ModelFileError(
+            f"{where}: config: expected a JSON object describing the model, found {config!r:.80}"
+        )
+    kind = config.get("kind", "fully_connected")  # version 1 files have no kind
     if kind == "fully_connected":
         return _fully_connected(where, config)
     if kind == "sequential":
         return _sequential(where, config)
-    raise ModelFileError(f"{where}: config.kind: expected 'fully_connected' or 'sequential', found {kind!r:.80}")
+    raise ModelFileError(
+        f"{where}: config.kind: expected 'fully_connected' or 'sequential', found {kind!r:.80}"
+    )

@@ -19,6 +19,7 @@ the kernel could not read as flat memory (a strided view, another dtype, memory 
 Tables are uploaded from page-locked host copies kept alive with them, so an
 upload can also be captured into a graph; a table made during a capture is never dropped.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,10 @@ extern "C" __global__ void {fn}(const long long* __restrict__ tab, const int n_p
   for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < total;
        j += (long long)blockDim.x * gridDim.x) {{
     int lo = 0, hi = n_params - 1;
-    while (lo < hi) {{ const int mid = (lo + hi + 1) >> 1; if (tab[mid * {stride}] <= j) lo = mid; else hi = mid - 1; }}
+    while (lo < hi) {{
+      const int mid = (lo + hi + 1) >> 1;
+      if (tab[mid * {stride}] <= j) lo = mid; else hi = mid - 1;
+    }}
     const long long* row = tab + lo * {stride};
     const long long e = j - row[0];
 {binds}
@@ -42,8 +46,8 @@ extern "C" __global__ void {fn}(const long long* __restrict__ tab, const int n_p
 """
 CTYPES = {"float32": "float", "float64": "double"}
 BLOCK = 256
-MAX_GRID = 4096       # grid-stride loop beyond this many blocks
-_KEEP = 16            # eager tables kept (gradients move between a few memory-pool blocks)
+MAX_GRID = 4096  # grid-stride loop beyond this many blocks
+_KEEP = 16  # eager tables kept (gradients move between a few memory-pool blocks)
 
 
 def _names(spec):
@@ -56,16 +60,20 @@ def arrays_of(src):
 
 
 def declare(src, dtype_name: str, module: str):
-    """Register the multi-tensor twin of elementwise ``src`` for ``float32``/``float64``; returns the Kernel."""
+    """Register the multi-tensor twin of elementwise ``src`` for ``float32``/``float64``; returns the
+    Kernel."""
     arrays = arrays_of(src)
     if arrays[:2] != ["dw", "w"]:
         raise ValueError(f"kernel {src.name!r}: a multi-tensor update needs arrays dw, w first, got {arrays}")
     binds = [f"    const T {n} = (T)hp[{1 + k}];" for k, n in enumerate(src.scalars)]
-    binds += [f"    {'const ' if k == 0 else ''}T &{n} = (({'const ' if k == 0 else ''}T*)row[{1 + k}])[e];"
-              for k, n in enumerate(arrays)]
+    binds += [
+        f"    {'const ' if k == 0 else ''}T &{n} = (({'const ' if k == 0 else ''}T*)row[{1 + k}])[e];"
+        for k, n in enumerate(arrays)
+    ]
     fn = f"gpunet_multi_{src.name}_{dtype_name}"
-    code = _CODE.format(ctype=CTYPES[dtype_name], fn=fn, stride=1 + len(arrays), binds="\n".join(binds),
-                        body=src.body)
+    code = _CODE.format(
+        ctype=CTYPES[dtype_name], fn=fn, stride=1 + len(arrays), binds="\n".join(binds), body=src.body
+    )
     return cuda_sources.raw(f"multi_{src.name}_{dtype_name}", code, fn, module=module)
 
 
@@ -119,8 +127,10 @@ def safe_gradients(xp, arrays_per_param):
     fixed = []
     for dw, w, *state in arrays_per_param:
         if tuple(dw.shape) != tuple(w.shape):
-            raise ValueError(f"multi-tensor update: gradient of shape {tuple(dw.shape)} for a parameter of "
-                             f"shape {tuple(w.shape)}")
+            raise ValueError(
+                f"multi-tensor update: gradient of shape {tuple(dw.shape)} for a parameter of "
+                f"shape {tuple(w.shape)}"
+            )
         if dw.dtype != w.dtype or not dw.flags.c_contiguous:
             dw = xp.ascontiguousarray(dw, dtype=w.dtype)
         elif _overlaps(dw, outs):
@@ -137,8 +147,13 @@ def table_rows(arrays_per_param):
     """
     why = refusal(arrays_per_param)
     for k, (dw, w, *_) in enumerate(arrays_per_param):
-        if why is None and (dw.dtype != w.dtype or tuple(dw.shape) != tuple(w.shape) or not dw.flags.c_contiguous):
-            why = f"the gradient of parameter {k} is not a C-contiguous {w.dtype} array of shape {tuple(w.shape)}"
+        if why is None and (
+            dw.dtype != w.dtype or tuple(dw.shape) != tuple(w.shape) or not dw.flags.c_contiguous
+        ):
+            why = (
+                f"the gradient of parameter {k} is not a C-contiguous {w.dtype} array "
+                f"of shape {tuple(w.shape)}"
+            )
     if why is not None:
         raise ValueError(f"multi-tensor update: {why}")
     rows, start = [], 0
@@ -159,14 +174,14 @@ class MultiTensor:
     def __init__(self, src):
         self.src = src
         self.hp = None
-        self._tables = {}   # pointer rows -> (pinned host copy, device table, made during a capture)
+        self._tables = {}  # pointer rows -> (pinned host copy, device table, made during a capture)
 
     def write_scalars(self, xp, decay_factor: float, values: dict):
         """Queue the step's scalars into the device vector ``hp`` (call outside a CUDA graph)."""
         host = scalar_vector(self.src, decay_factor, values)
         if self.hp is None:
             self.hp = xp.empty(host.size, np.float64)
-        staged = xp.asarray(host)          # CuPy stages this through pinned memory: no stall of the queue
+        staged = xp.asarray(host)  # CuPy stages this through pinned memory: no stall of the queue
         self.hp.data.copy_from_device_async(staged.data, host.nbytes)
 
     def _table(self, xp, rows):
@@ -178,7 +193,7 @@ class MultiTensor:
             dev = xp.empty(host.shape, np.int64)
             dev.data.copy_from_host_async(host.ctypes.data, host.nbytes)
             if len(self._tables) >= _KEEP:
-                for old in [k for k, v in self._tables.items() if not v[2]][:_KEEP // 2]:
+                for old in [k for k, v in self._tables.items() if not v[2]][: _KEEP // 2]:
                     del self._tables[old]
             hit = self._tables[key] = (host, dev, xp.cuda.get_current_stream().is_capturing())
         return hit[1]
@@ -191,5 +206,6 @@ class MultiTensor:
         dtype = arrays_per_param[0][1].dtype.name
         kern = cuda_sources.SOURCES[f"multi_{self.src.name}_{dtype}"]
         grid = max(1, min(-(-total // BLOCK), MAX_GRID))
-        cuda_sources.Kernel(kern)((grid,), (BLOCK,), (self._table(xp, rows), np.int32(len(rows)), np.int64(total),
-                                                 self.hp))
+        cuda_sources.Kernel(kern)(
+            (grid,), (BLOCK,), (self._table(xp, rows), np.int32(len(rows)), np.int64(total), self.hp)
+        )

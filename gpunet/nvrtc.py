@@ -15,6 +15,7 @@ row vector broadcast over a 2-d array (the bias add), which keeps 2-d indexing.
 ``raw`` arrays are 1-d contiguous. Type placeholders: ``T`` is float32 or
 float64; any other letter (a label type such as ``S``) is int32 or int64.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 INTS = (np.dtype(np.int32), np.dtype(np.int64))
 # elementwise kernel -> parameters the call site broadcasts as an (M,) row over (N, M)
 BROADCAST = {"bias_add": ("b",), "bias_relu": ("b",)}
-_ARG_NDARRAY, _ARG_INDEXER, _ARG_SCALAR = 1, 2, 3   # cupy._core._kernel._ArgKind in 14.2
+_ARG_NDARRAY, _ARG_INDEXER, _ARG_SCALAR = 1, 2, 3  # cupy._core._kernel._ArgKind in 14.2
 
 
 class NvrtcError(RuntimeError):
@@ -38,10 +39,11 @@ class NvrtcError(RuntimeError):
 @dataclass(frozen=True)
 class Variant:
     """One concrete form of a kernel: ``types`` maps placeholders to dtypes; ``code`` is the CUDA text."""
-    source: str          # kernel name in cuda_sources.SOURCES
-    label: str           # e.g. "T=float32,S=int64,flat"
+
+    source: str  # kernel name in cuda_sources.SOURCES
+    label: str  # e.g. "T=float32,S=int64,flat"
     code: str
-    function: str        # entry point
+    function: str  # entry point
 
 
 def unavailable() -> str | None:
@@ -85,12 +87,15 @@ def expand(src, types: dict, broadcast=()) -> str:
     cupy = _cupy()
     _carray, _kernel, _scalar = cupy._core._carray, cupy._core._kernel, cupy._core._scalar
     params, _ = _placeholders(src)
-    unknown = set(src.scalars) - {p.name for p in params[:len(_kernel._get_param_info(src.in_params, True))]}
+    unknown = set(src.scalars) - {p.name for p in params[: len(_kernel._get_param_info(src.in_params, True))]}
     if unknown:
-        raise NvrtcError(f"kernel {src.name!r} ({src.module}): scalars={sorted(unknown)} are not input "
-                         f"parameters of {src.in_params!r}")
-    k = cupy.ElementwiseKernel(src.in_params, src.out_params, src.body, name=f"gpunet_{src.name}",
-                               preamble=src.preamble)
+        raise NvrtcError(
+            f"kernel {src.name!r} ({src.module}): scalars={sorted(unknown)} are not input "
+            f"parameters of {src.in_params!r}"
+        )
+    k = cupy.ElementwiseKernel(
+        src.in_params, src.out_params, src.body, name=f"gpunet_{src.name}", preamble=src.preamble
+    )
     nin = len(k.in_params)
 
     def dtype_of(p):
@@ -111,8 +116,9 @@ def expand(src, types: dict, broadcast=()) -> str:
             infos.append(_kernel._ArgInfo(_ARG_NDARRAY, cupy.ndarray, np.dtype(t), ndim, contiguous, True))
     infos.append(_kernel._ArgInfo(_ARG_INDEXER, _carray.Indexer, None, ndim, True, True))
     assert len(infos) == nin + len(k.out_params) + 1
-    return _kernel._get_elementwise_kernel_code(tuple(infos), type_map, k.params, k.operation, k.name,
-                                                k.preamble)
+    return _kernel._get_elementwise_kernel_code(
+        tuple(infos), type_map, k.params, k.operation, k.name, k.preamble
+    )
 
 
 def variants(src) -> list[Variant]:
@@ -132,7 +138,10 @@ def variants(src) -> list[Variant]:
 def _options(arch: str):
     """CuPy's own NVRTC options (CCCL and CuPy include paths, C++17) plus what its compiler adds."""
     return _cupy()._core.core.assemble_cupy_compiler_options(()) + (
-        "-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
+        "-ftz=true",
+        f"-arch=sm_{arch}",
+        "--device-as-default-execution-space",
+    )
 
 
 def compile(v: Variant, arch: str = "80") -> bytes:
@@ -140,11 +149,13 @@ def compile(v: Variant, arch: str = "80") -> bytes:
     core, compiler = _cupy()._core.core, _cupy().cuda.compiler
     elementwise = v.label != "raw"
     code = v.code
-    if elementwise:   # what core.compile_with_cache prepends for elementwise kernels
+    if elementwise:  # what core.compile_with_cache prepends for elementwise kernels
         code = "".join(f"#include <{h}>\n" for h in core._cupy_header_list) + code
     try:
         prog = compiler._NVRTCProgram(code, f"{v.source}.cu", method="cubin")
         cubin, _ = prog.compile(_options(arch))
     except compiler.CompileException as e:
-        raise NvrtcError(f"CUDA kernel {v.source!r} [{v.label}] does not compile for sm_{arch}:\n{e}") from None
+        raise NvrtcError(
+            f"CUDA kernel {v.source!r} [{v.label}] does not compile for sm_{arch}:\n{e}"
+        ) from None
     return cubin

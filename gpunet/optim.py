@@ -6,6 +6,7 @@ rule has one signature, ``rule(w, dw, cfg, state, lr)``, and updates ``w`` in
 place. Weight decay is decoupled (``w -= lr * weight_decay * w``, as in AdamW),
 separate from the model's L2 term which enters through the gradient.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,14 +20,14 @@ from .ops.cupy_ops import ADAM, MOMENTUM, NESTEROV, RMSPROP, SGD
 
 @dataclass
 class OptimConfig:
-    learning_rate: float = 1e-2   # base step size (a schedule scales it per epoch)
-    momentum: float = 0.9         # sgd_momentum
-    nesterov: bool = False        # sgd_momentum: Nesterov look-ahead
-    decay_rate: float = 0.99      # rmsprop: moving average of squared gradients
-    beta1: float = 0.9            # adam: first-moment decay
-    beta2: float = 0.999          # adam: second-moment decay
-    epsilon: float = 1e-8         # rmsprop, adam: numerical floor
-    weight_decay: float = 0.0     # decoupled weight decay per unit learning rate
+    learning_rate: float = 1e-2  # base step size (a schedule scales it per epoch)
+    momentum: float = 0.9  # sgd_momentum
+    nesterov: bool = False  # sgd_momentum: Nesterov look-ahead
+    decay_rate: float = 0.99  # rmsprop: moving average of squared gradients
+    beta1: float = 0.9  # adam: first-moment decay
+    beta2: float = 0.999  # adam: second-moment decay
+    epsilon: float = 1e-8  # rmsprop, adam: numerical floor
+    weight_decay: float = 0.0  # decoupled weight decay per unit learning rate
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "OptimConfig":
@@ -52,6 +53,7 @@ class OptimConfig:
 # Each rule's in-place update is an ops method (``gpunet.ops``: the NumPy form in ``NumpyOps``, the
 # CUDA kernel in ``CupyOps``); these functions convert the gradient and pick the ops.
 
+
 def grad_like(w, dw, name="parameter"):
     """``dw`` as an array of ``w``'s dtype and shape, the same on NumPy and CuPy: a float gradient of
     another precision is converted (CuPy's kernels would refuse it, NumPy would compute in float64),
@@ -62,7 +64,7 @@ def grad_like(w, dw, name="parameter"):
         if dw.dtype.kind != "f":
             raise TypeError(f"gradient of {name}: expected a floating-point array, got {dw.dtype}")
         dw = dw.astype(w.dtype)
-    elif backend.get_array_module(w).may_share_memory(w, dw):   # the update writes w before it reads dw
+    elif backend.get_array_module(w).may_share_memory(w, dw):  # the update writes w before it reads dw
         dw = dw.copy()
     return dw
 
@@ -96,10 +98,12 @@ def adam_(w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
 
 # ---------------------------------------------------------------- update rules
 # The coursework's (and CS231n's) functional form: defaults, and the state kept in its config dict.
-_COURSEWORK = {"sgd": ({"learning_rate": 1e-2}, ()),
-               "sgd_momentum": ({"learning_rate": 1e-2, "momentum": 0.9}, ("velocity",)),
-               "rmsprop": ({"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8}, ("cache",)),
-               "adam": ({"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}, ("m", "v", "t"))}
+_COURSEWORK = {
+    "sgd": ({"learning_rate": 1e-2}, ()),
+    "sgd_momentum": ({"learning_rate": 1e-2, "momentum": 0.9}, ("velocity",)),
+    "rmsprop": ({"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8}, ("cache",)),
+    "adam": ({"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}, ("m", "v", "t")),
+}
 
 
 def _two_forms(rule):
@@ -124,6 +128,7 @@ def _two_forms(rule):
         rule(next_w, dw, OptimConfig.from_dict({k: config[k] for k in defaults}), st, config["learning_rate"])
         config.update(st)
         return next_w, config
+
     return both
 
 
@@ -173,11 +178,18 @@ def adam(w, dw, cfg, state, lr):
     t = state["t"]
     b1, b2 = cfg.beta1, cfg.beta2
     # w -= lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
-    adam_(w, dw, m, v, b1, b2, lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t), cfg.epsilon)
+    adam_(w, dw, m, v, b1, b2, lr / (1 - b1**t), 1 / math.sqrt(1 - b2**t), cfg.epsilon)
 
 
-UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "momentum": sgd_momentum,
-                "nesterov": sgd_momentum, "rmsprop": rmsprop, "adam": adam, "adamw": adam}
+UPDATE_RULES = {
+    "sgd": sgd,
+    "sgd_momentum": sgd_momentum,
+    "momentum": sgd_momentum,
+    "nesterov": sgd_momentum,
+    "rmsprop": rmsprop,
+    "adam": adam,
+    "adamw": adam,
+}
 
 
 def get_rule(name: str):
@@ -196,7 +208,9 @@ class Optimizer:
     corrections) to a device buffer outside the graph, ``apply`` is captured.
     """
 
-    def __init__(self, rule: str = "sgd", config: OptimConfig | dict | None = None, multi_tensor: bool = True):
+    def __init__(
+        self, rule: str = "sgd", config: OptimConfig | dict | None = None, multi_tensor: bool = True
+    ):
         self.rule_name = rule
         self.rule = get_rule(rule)
         self.config = config if isinstance(config, OptimConfig) else OptimConfig.from_dict(config)
@@ -216,9 +230,16 @@ class Optimizer:
         (gradients need not: the launch copies any it could not read; w stands in for them here)."""
         if not (self.multi_tensor and params):
             return False
-        names, st = _MULTI_RULES["sgd_momentum" if self.rule is sgd_momentum else self.rule.__name__][0], self.state
-        return get_ops(*params.values()).one_launch_refusal(
-            [[w, w] + [st[k][n] for n in names if n in st.get(k, {})] for k, w in params.items()]) is None
+        names, st = (
+            _MULTI_RULES["sgd_momentum" if self.rule is sgd_momentum else self.rule.__name__][0],
+            self.state,
+        )
+        return (
+            get_ops(*params.values()).one_launch_refusal(
+                [[w, w] + [st[k][n] for n in names if n in st.get(k, {})] for k, w in params.items()]
+            )
+            is None
+        )
 
     def prepare(self, params: dict, lr: float):
         """Multi-tensor path: create missing state, advance step counters, write the step's scalars."""
@@ -269,17 +290,24 @@ class StepRun:
         if not self.done:
             self.opt.step(self.params, grads, self.lr)
             return
-        for k in self.params:                      # a parameter the model did not report
+        for k in self.params:  # a parameter the model did not report
             if k not in self.done:
                 self.opt.update(k, self.params[k], grads[k], self.lr)
 
 
 # ---------------------------------------------------------------- multi-tensor update (CuPy)
 # rule -> (its state arrays, in the kernel's output order after w; its elementwise kernel)
-_MULTI_RULES = {"sgd": ((), SGD), "sgd_momentum": (("velocity",), MOMENTUM), "rmsprop": (("cache",), RMSPROP),
-                "adam": (("m", "v"), ADAM)}
-MULTI_KERNELS = {(k.source.name, dt): multi_tensor.declare(k.source, dt, __name__)
-                 for k in (SGD, MOMENTUM, NESTEROV, RMSPROP, ADAM) for dt in ("float32", "float64")}
+_MULTI_RULES = {
+    "sgd": ((), SGD),
+    "sgd_momentum": (("velocity",), MOMENTUM),
+    "rmsprop": (("cache",), RMSPROP),
+    "adam": (("m", "v"), ADAM),
+}
+MULTI_KERNELS = {
+    (k.source.name, dt): multi_tensor.declare(k.source, dt, __name__)
+    for k in (SGD, MOMENTUM, NESTEROV, RMSPROP, ADAM)
+    for dt in ("float32", "float64")
+}
 
 
 class _Multi:
@@ -297,7 +325,8 @@ class _Multi:
         self.launcher.write_scalars(xp, *self.scalars(xp, params, lr))
 
     def scalars(self, xp, params, lr):
-        """Create missing state, advance Adam's step count; return (1 - lr * weight_decay, {scalar: value})."""
+        """Create missing state, advance Adam's step count; return (1 - lr * weight_decay, {scalar:
+        value})."""
         cfg, st = self.opt.config, self.opt.state
         for k, w in params.items():
             s = st.setdefault(k, {})
@@ -306,17 +335,25 @@ class _Multi:
                     s[n] = xp.zeros_like(w)
             if self.state_names == ("m", "v"):
                 s["t"] = s.get("t", 0) + 1
-        vals = {"lr": lr, "mu": cfg.momentum, "r": cfg.decay_rate, "eps": cfg.epsilon, "b1": cfg.beta1,
-                "b2": cfg.beta2}
-        if self.state_names == ("m", "v"):   # bias corrections, as in adam()
+        vals = {
+            "lr": lr,
+            "mu": cfg.momentum,
+            "r": cfg.decay_rate,
+            "eps": cfg.epsilon,
+            "b1": cfg.beta1,
+            "b2": cfg.beta2,
+        }
+        if self.state_names == ("m", "v"):  # bias corrections, as in adam()
             t = st[next(iter(params))]["t"]
-            vals["lr_t"], vals["inv_sqrt_bc2"] = lr / (1 - cfg.beta1 ** t), 1 / math.sqrt(1 - cfg.beta2 ** t)
+            vals["lr_t"], vals["inv_sqrt_bc2"] = lr / (1 - cfg.beta1**t), 1 / math.sqrt(1 - cfg.beta2**t)
         return 1.0 - lr * cfg.weight_decay, vals
 
     def apply(self, params, grads):
         st = self.opt.state
-        self.launcher.launch(backend.get_array_module(*params.values()),
-                             [[grads[k], w] + [st[k][n] for n in self.state_names] for k, w in params.items()])
+        self.launcher.launch(
+            backend.get_array_module(*params.values()),
+            [[grads[k], w] + [st[k][n] for n in self.state_names] for k, w in params.items()],
+        )
 
 
 # ---------------------------------------------------------------- schedules
@@ -327,12 +364,13 @@ SCHEDULES = ("constant", "step", "exponential", "cosine")
 @dataclass
 class Schedule:
     """Per-epoch learning rate: ``lr(epoch)`` for epoch = 0, 1, ..."""
-    name: str = "constant"        # constant | step | exponential | cosine
-    step_size: int = 10           # step: epochs between drops
-    gamma: float = 0.1            # step: factor per drop; exponential: factor per epoch
-    total_epochs: int = 10        # cosine: length of the half period
-    min_lr_ratio: float = 0.0     # cosine: final lr as a fraction of the base lr
-    warmup_epochs: int = 0        # linear warm-up before any schedule
+
+    name: str = "constant"  # constant | step | exponential | cosine
+    step_size: int = 10  # step: epochs between drops
+    gamma: float = 0.1  # step: factor per drop; exponential: factor per epoch
+    total_epochs: int = 10  # cosine: length of the half period
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the base lr
+    warmup_epochs: int = 0  # linear warm-up before any schedule
 
     def __post_init__(self):
         if self.name not in SCHEDULES:
@@ -349,7 +387,7 @@ class Schedule:
         if self.name == "step":
             return self.gamma ** (e // self.step_size)
         if self.name == "exponential":
-            return self.gamma ** e
+            return self.gamma**e
         if self.name == "cosine":
             T = max(1, self.total_epochs - self.warmup_epochs)
             c = 0.5 * (1 + math.cos(math.pi * min(e, T) / T))

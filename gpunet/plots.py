@@ -4,6 +4,7 @@ Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global
 backend switch, no display needed), and written atomically: a figure file is
 either complete or absent.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ def confusion_heatmap(cm, class_names, path, normalize: bool = True, title: str 
     cm = np.asarray(cm, np.float64)
     names = [str(n) for n in class_names]
     if cm.ndim != 2 or cm.shape != (len(names), len(names)):
-        raise ValueError(f"cm: expected shape ({len(names)}, {len(names)}) for {len(names)} class names, "
-                         f"got {cm.shape}")
+        raise ValueError(
+            f"cm: expected shape ({len(names)}, {len(names)}) for {len(names)} class names, got {cm.shape}"
+        )
     if normalize:
         rows = cm.sum(axis=1, keepdims=True)
         values = np.divide(cm, rows, out=np.zeros_like(cm), where=rows != 0)
@@ -56,8 +58,15 @@ def confusion_heatmap(cm, class_names, path, normalize: bool = True, title: str 
         for i in range(c):
             for j in range(c):
                 v = values[i, j]
-                ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center",
-                        fontsize=8, color="white" if v > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}" if normalize else f"{int(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if v > threshold else "black",
+                )
     fig.tight_layout()
     return _save(fig, path)
 

@@ -14,6 +14,7 @@ image extension that cannot be decoded is an error naming it. Colour images
 are converted to grey for a one-channel model, and images of another size are
 centre-cropped and resized to the model's image shape (as ``gpunet-prep --resize``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,6 +37,7 @@ FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neut
 
 # --------------------------------------------------------------------------- image folders
 
+
 def list_image_files(folder) -> list:
     """Image files directly in ``folder``, lexicographic by name; ValueError when there are none."""
     from data_prep.errors import PrepError
@@ -48,8 +50,9 @@ def list_image_files(folder) -> list:
     except PrepError as e:
         raise ValueError(str(e)) from None
     if not files:
-        raise ValueError(f"{os.fspath(folder)}: no image files (expected names ending in "
-                         f"{', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(
+            f"{os.fspath(folder)}: no image files (expected names ending in {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return files
 
 
@@ -89,8 +92,8 @@ def predict_folder(img_folder, model, batch_size: int = 256):
     rows = meta_stats(meta, model.dtype, xp)
     labels, probs = [], []
     for a in range(0, len(paths), batch_size):
-        x = load_images(paths[a:a + batch_size], meta["image_shape"])      # (B, C, H, W) uint8
-        scores = model.loss(normalize(x, meta, model.dtype, xp, rows))     # (B, C)
+        x = load_images(paths[a : a + batch_size], meta["image_shape"])  # (B, C, H, W) uint8
+        scores = model.loss(normalize(x, meta, model.dtype, xp, rows))  # (B, C)
         labels.append(backend.to_numpy(scores.argmax(axis=1)).astype(np.int64))
         probs.append(backend.to_numpy(softmax(scores)).astype(np.float32))
     return [p.name for p in paths], np.concatenate(labels), np.concatenate(probs)
@@ -107,13 +110,16 @@ def test_fer_model(img_folder, model=None) -> np.ndarray:
     """
     if model is None:
         from . import pretrained
+
         model = pretrained.path()
     model, where = resolve_model(model)
     meta = model_meta(model, where)
     names = [n.lower() for n in meta.get("class_names") or []]
     if model.num_classes != len(FER2013_CLASSES) or (names and names != list(FER2013_CLASSES)):
-        raise ValueError(f"{where}: expected a FER2013 model with classes {list(FER2013_CLASSES)}, "
-                         f"found {model.num_classes} classes {meta.get('class_names')}")
+        raise ValueError(
+            f"{where}: expected a FER2013 model with classes {list(FER2013_CLASSES)}, "
+            f"found {model.num_classes} classes {meta.get('class_names')}"
+        )
     return predict_folder(img_folder, model)[1]
 
 
@@ -123,6 +129,7 @@ test_fer_model.__test__ = False  # not a pytest test despite its name
 def write_predictions_csv(out, files, labels, probs, class_names, decimals: int = 6):
     """Write ``file,label,class_name,p_<class>...`` rows to ``out``: a path (written
     atomically) or None for standard output."""
+
     def write(f):
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["file", "label", "class_name"] + [f"p_{n}" for n in class_names])

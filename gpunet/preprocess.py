@@ -7,6 +7,7 @@ normalised per channel, ``(x - mean[c]) / std[c]`` by ``gpunet.data.normalize``,
 rule every loader applies in training; ``normalize`` here returns it flattened C-major
 to ``(N, C*H*W)`` float32 (models flatten image batches alike).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,23 +30,33 @@ def check_meta(meta, where: str = "model") -> dict:
     """
     if not isinstance(meta, dict) or any(meta.get(k) is None for k in ("mean", "std", "image_shape")):
         have = sorted(k for k, v in (meta or {}).items() if v is not None) if isinstance(meta, dict) else meta
-        raise ValueError(f"{where}: expected preprocessing meta with mean, std and image_shape "
-                         f"(saved by gpunet-train), found {have or 'none'}")
+        raise ValueError(
+            f"{where}: expected preprocessing meta with mean, std and image_shape "
+            f"(saved by gpunet-train), found {have or 'none'}"
+        )
     try:
         shape = [int(s) for s in np.atleast_1d(meta["image_shape"])]
         mean = [float(v) for v in np.atleast_1d(meta["mean"])]
         std = [float(v) for v in np.atleast_1d(meta["std"])]
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{where}: expected meta image_shape [C, H, W] and per-channel mean and std numbers, "
-                         f"found image_shape={meta['image_shape']!r:.80}, mean={meta['mean']!r:.80}, "
-                         f"std={meta['std']!r:.80}") from None
+        raise ValueError(
+            f"{where}: expected meta image_shape [C, H, W] and per-channel mean and std numbers, "
+            f"found image_shape={meta['image_shape']!r:.80}, mean={meta['mean']!r:.80}, "
+            f"std={meta['std']!r:.80}"
+        ) from None
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"{where}: expected meta image_shape [C, H, W], found {shape}")
     c = shape[0]
-    if len(mean) != c or len(std) != c or not all(s > 0 and np.isfinite(s) for s in std) \
-            or not all(np.isfinite(m) for m in mean):
-        raise ValueError(f"{where}: expected meta mean and std of {c} value(s) with std > 0 and finite values "
-                         f"(one per channel of image_shape {shape}), found mean={mean}, std={std}")
+    if (
+        len(mean) != c
+        or len(std) != c
+        or not all(s > 0 and np.isfinite(s) for s in std)
+        or not all(np.isfinite(m) for m in mean)
+    ):
+        raise ValueError(
+            f"{where}: expected meta mean and std of {c} value(s) with std > 0 and finite values "
+            f"(one per channel of image_shape {shape}), found mean={mean}, std={std}"
+        )
     out = dict(meta)
     out.update(mean=mean, std=std, image_shape=shape)
     if meta.get("class_names") is not None:
@@ -71,10 +82,14 @@ def normalize(x, meta, dtype=np.float32, xp=None, rows=None):
     xp = xp or backend.xp()
     c, h, w = (int(s) for s in meta["image_shape"])
     d = c * h * w
-    if x.ndim == 4 and tuple(x.shape[1:]) != (c, h, w) or x.ndim == 2 and x.shape[1] != d \
-            or x.ndim not in (2, 4):
-        raise ValueError(f"x: expected images of shape (N, {c}, {h}, {w}) or (N, {d}), "
-                         f"got {tuple(x.shape)}")
+    if (
+        x.ndim == 4
+        and tuple(x.shape[1:]) != (c, h, w)
+        or x.ndim == 2
+        and x.shape[1] != d
+        or x.ndim not in (2, 4)
+    ):
+        raise ValueError(f"x: expected images of shape (N, {c}, {h}, {w}) or (N, {d}), got {tuple(x.shape)}")
     x = backend.to_numpy(x) if xp is np else xp.asarray(x)
     mean, inv_std = rows if rows is not None else meta_stats(meta, dtype, xp)
     return normalize_images(x.reshape(len(x), c, h, w), mean, inv_std, dtype).reshape(len(x), d)

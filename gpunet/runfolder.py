@@ -12,6 +12,7 @@
 - ``naming(path)``: an ``OSError`` raised while writing ``path`` (a full disk gives
   ``[Errno 28]`` and no file name) is re-raised with ``path`` as its file name.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,8 +29,15 @@ except ImportError:  # not on Windows: no locking there
 
 LOCK_NAME = ".gpunet-train.lock"
 # what a run writes (gpunet.runs); any of them means the folder holds a run
-RUN_FILES = ("config.json", "history.json", "solver.ckpt.npz", "model.npz", "metrics.json",
-             "curves.png", "confusion.png")
+RUN_FILES = (
+    "config.json",
+    "history.json",
+    "solver.ckpt.npz",
+    "model.npz",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+)
 
 
 class RunFolderError(ValueError):
@@ -49,8 +57,10 @@ def check_new_run(run_dir, force=False):
         raise RunFolderError(f"{run_dir}: expected a run folder, found a file")
     found = run_files(run_dir) if run_dir.is_dir() else []
     if found and not force:
-        raise RunFolderError(f"{run_dir}: already holds a run ({', '.join(found)}); continue it with "
-                             f"--resume {run_dir}, replace it with --force, or choose another --out")
+        raise RunFolderError(
+            f"{run_dir}: already holds a run ({', '.join(found)}); continue it with "
+            f"--resume {run_dir}, replace it with --force, or choose another --out"
+        )
 
 
 def clear_run(run_dir):
@@ -88,19 +98,21 @@ def owned(run_dir):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-                raise RunFolderError(f"{run_dir}: in use by another gpunet-train (pid {holder}); wait for it "
-                                     "to finish or choose another --out") from None
+                raise RunFolderError(
+                    f"{run_dir}: in use by another gpunet-train (pid {holder}); wait for it "
+                    "to finish or choose another --out"
+                ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         sweep_temporaries(run_dir)
         yield run_dir
     except BaseException:
-        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:   # refused before writing: no trace
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:  # refused before writing: no trace
             (run_dir / LOCK_NAME).unlink()
             run_dir.rmdir()
         raise
     finally:
-        os.close(fd)   # releases the lock
+        os.close(fd)  # releases the lock
 
 
 @contextmanager
@@ -111,5 +123,6 @@ def naming(path):
     except OSError as e:
         if e.filename is not None or e.errno is None:
             raise
-        raise OSError(e.errno, os.strerror(e.errno) if e.errno in errno.errorcode else e.strerror,
-                      os.fspath(path)) from None
+        raise OSError(
+            e.errno, os.strerror(e.errno) if e.errno in errno.errorcode else e.strerror, os.fspath(path)
+        ) from None

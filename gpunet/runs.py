@@ -14,6 +14,7 @@ A run folder holds
   (or val when the file has no test split), training time, backend;
 - ``curves.png``, ``confusion.png``: loss/accuracy per epoch and the confusion matrix.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, nn, runfolder
-from .config import (ARCHS, DATASETS, OPTIMIZERS, RECIPES, RESUMABLE, TrainConfig, load_config, load_run,  # noqa: F401
-                     read_json, resolve_config, resume_changes, solver_options)
+from .config import (
+    ARCHS,
+    DATASETS,
+    OPTIMIZERS,
+    RECIPES,
+    RESUMABLE,
+    TrainConfig,
+    load_config,
+    load_run,  # noqa: F401
+    read_json,
+    resolve_config,
+    resume_changes,
+    solver_options,
+)
 from .data import ArrayLoader, H5Loader, channel_stats, load_split
 from .data.plan import TRAIN_EVAL_STREAM
 from .datasets import SOURCE_NAMES, check_data, default_data_dir, find_data, find_source  # noqa: F401
@@ -51,7 +64,9 @@ def cnn_layers(image_shape, channels, hidden, num_classes, dropout=0.5) -> list:
     layers = []
     for width in channels:
         if h < 2 or w < 2:
-            raise ValueError(f"channels: {len(channels)} pooling blocks do not fit {tuple(image_shape)} images")
+            raise ValueError(
+                f"channels: {len(channels)} pooling blocks do not fit {tuple(image_shape)} images"
+            )
         layers += [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
         c, h, w = width, h // 2, w // 2
     layers.append(nn.Flatten())
@@ -67,10 +82,20 @@ def build_model(cfg: TrainConfig, meta):
     shape = [int(d) for d in meta["image_shape"]]
     classes = len(meta["class_names"])
     if cfg.arch == "cnn":
-        return nn.Sequential(cnn_layers(shape, cfg.channels, cfg.hidden, classes, cfg.dropout), reg=cfg.reg,
-                             seed=cfg.seed, input_shape=shape)
-    return FullyConnectedNet(cfg.hidden, input_dim=int(np.prod(shape)), num_classes=classes,
-                             dropout=cfg.dropout, reg=cfg.reg, seed=cfg.seed)
+        return nn.Sequential(
+            cnn_layers(shape, cfg.channels, cfg.hidden, classes, cfg.dropout),
+            reg=cfg.reg,
+            seed=cfg.seed,
+            input_shape=shape,
+        )
+    return FullyConnectedNet(
+        cfg.hidden,
+        input_dim=int(np.prod(shape)),
+        num_classes=classes,
+        dropout=cfg.dropout,
+        reg=cfg.reg,
+        seed=cfg.seed,
+    )
 
 
 def build_loaders(cfg: TrainConfig, meta, arrays=None) -> dict:
@@ -90,8 +115,10 @@ def build_loaders(cfg: TrainConfig, meta, arrays=None) -> dict:
         val = H5Loader(cfg.data, "val", batch_size=1000, shuffle=False)
     else:
         (X, y), (X_val, y_val) = arrays["train"], arrays["val"]
-        pick = np.sort(np.random.default_rng([cfg.seed, TRAIN_EVAL_STREAM]).permutation(len(y))[:TRAIN_EVAL_SAMPLES])
-        X_sub, y_sub = X[pick], y[pick]           # a random subset: files are often sorted by class
+        pick = np.sort(
+            np.random.default_rng([cfg.seed, TRAIN_EVAL_STREAM]).permutation(len(y))[:TRAIN_EVAL_SAMPLES]
+        )
+        X_sub, y_sub = X[pick], y[pick]  # a random subset: files are often sorted by class
         train = on_host(X, y, batch_size=cfg.batch_size, seed=cfg.seed, augment=augment)
         val = on_host(X_val, y_val, batch_size=1000, shuffle=False)
     return {"train": train, "val": val, "train_eval": on_host(X_sub, y_sub, batch_size=1000, shuffle=False)}
@@ -101,12 +128,25 @@ def check_crop_pad(cfg: TrainConfig, meta):
     """ValueError when ``cfg.crop_pad`` exceeds half the side of the data's images."""
     side = min(int(d) for d in meta["image_shape"][1:])
     if cfg.crop_pad > side // 2:
-        raise ValueError(f"crop_pad: expected 0..{side // 2} pixels for {cfg.data}'s {side}-pixel images "
-                         f"(half a side), got {cfg.crop_pad}")
+        raise ValueError(
+            f"crop_pad: expected 0..{side // 2} pixels for {cfg.data}'s {side}-pixel images "
+            f"(half a side), got {cfg.crop_pad}"
+        )
 
 
-def train_run(cfg: TrainConfig, run_dir, *, resume=False, force=False, changes=None, on_epoch_end=None,
-              verbose=True, progress=None, plots=True, say=print) -> dict:
+def train_run(
+    cfg: TrainConfig,
+    run_dir,
+    *,
+    resume=False,
+    force=False,
+    changes=None,
+    on_epoch_end=None,
+    verbose=True,
+    progress=None,
+    plots=True,
+    say=print,
+) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming its checkpoint when ``resume``); return the metrics.
 
     The folder is owned (``gpunet.runfolder``) for the whole run: a second trainer on it
@@ -119,13 +159,14 @@ def train_run(cfg: TrainConfig, run_dir, *, resume=False, force=False, changes=N
     A run that diverges (``TrainingDiverged``) still writes model.npz from its best epoch.
     """
     meta = check_data(cfg.data)
-    preprocess_meta_from_h5(cfg.data)          # finite mean and std > 0, checked before training uses them
+    preprocess_meta_from_h5(cfg.data)  # finite mean and std > 0, checked before training uses them
     check_crop_pad(cfg, meta)
     with runfolder.owned(run_dir) as run_dir:
         if not resume:
             runfolder.check_new_run(run_dir, force)
-        return _train_owned(cfg, meta, run_dir, resume, force, changes or {}, on_epoch_end, verbose, progress,
-                            plots, say)
+        return _train_owned(
+            cfg, meta, run_dir, resume, force, changes or {}, on_epoch_end, verbose, progress, plots, say
+        )
 
 
 def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbose, progress, plots, say):
@@ -138,21 +179,31 @@ def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbo
     data = build_loaders(cfg, meta)
     t0 = time.perf_counter()
     try:
-        solver = Solver(model, data, checkpoint_name=str(run_dir / "solver"), history_path=str(run_dir / "history.json"),
-                        resume=resume_from, on_epoch_end=on_epoch_end, verbose=verbose, progress=progress,
-                        **solver_options(cfg))
+        solver = Solver(
+            model,
+            data,
+            checkpoint_name=str(run_dir / "solver"),
+            history_path=str(run_dir / "history.json"),
+            resume=resume_from,
+            on_epoch_end=on_epoch_end,
+            verbose=verbose,
+            progress=progress,
+            **solver_options(cfg),
+        )
         done = len(solver.val_acc_history)
         if done > cfg.epochs:
-            raise ValueError(f"--epochs: expected at least the {done} epochs {run_dir} has done, got {cfg.epochs}")
+            raise ValueError(
+                f"--epochs: expected at least the {done} epochs {run_dir} has done, got {cfg.epochs}"
+            )
         if changes:
             resumes.append({"at_epoch": done, "changed": changes})
             if solver.stopped_early and ("epochs" in changes or "patience" in changes):
-                solver.epoch, solver.stopped_early = done, False      # train on under the new settings
+                solver.epoch, solver.stopped_early = done, False  # train on under the new settings
         if force:
             runfolder.clear_run(run_dir)
         save_json(run_dir / "config.json", {**cfg.to_dict(), "plots": bool(plots), "resumes": resumes})
         try:
-            with runfolder.naming(run_dir):     # the Solver's own writes (history.json): at least the folder
+            with runfolder.naming(run_dir):  # the Solver's own writes (history.json): at least the folder
                 solver.train()
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}{_save_best(solver, model, cfg, run_dir)}") from None
@@ -168,13 +219,23 @@ def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbo
     y_true, y_pred = evaluate(model, cfg.data, split, batch_size=1000)
     report = classification_report(y_true, y_pred, meta["class_names"])
     history = solver.history()
-    metrics = {"dataset": cfg.dataset, "data": cfg.data, "split": split, "test_split_present": split == "test",
-               "accuracy": report["accuracy"], f"{split}_accuracy": report["accuracy"],
-               "best_val_acc": solver.best_val_acc, "best_epoch": solver.best_epoch + 1,
-               "final_val_acc": history["val_acc"][-1] if history["val_acc"] else None,
-               "epochs_done": solver.epoch, "stopped_early": solver.stopped_early,
-               "train_time_s": float(sum(solver.epoch_time_history)), "wall_time_s": wall,
-               "backend": backend.selected(), "report": report}
+    metrics = {
+        "dataset": cfg.dataset,
+        "data": cfg.data,
+        "split": split,
+        "test_split_present": split == "test",
+        "accuracy": report["accuracy"],
+        f"{split}_accuracy": report["accuracy"],
+        "best_val_acc": solver.best_val_acc,
+        "best_epoch": solver.best_epoch + 1,
+        "final_val_acc": history["val_acc"][-1] if history["val_acc"] else None,
+        "epochs_done": solver.epoch,
+        "stopped_early": solver.stopped_early,
+        "train_time_s": float(sum(solver.epoch_time_history)),
+        "wall_time_s": wall,
+        "backend": backend.selected(),
+        "report": report,
+    }
     save_json(run_dir / "metrics.json", metrics)
     if plots:
         write_plots(history, report, run_dir, say)
@@ -192,17 +253,23 @@ def _save_best(solver, model, cfg, run_dir) -> str:
     if not solver.best_params:
         return "; no model.npz was written either"
     _save_model(model, cfg, run_dir)
-    return (f"; {run_dir / 'model.npz'} holds the best epoch ({solver.best_epoch + 1}, "
-            f"val acc {solver.best_val_acc:.4f})")
+    return (
+        f"; {run_dir / 'model.npz'} holds the best epoch ({solver.best_epoch + 1}, "
+        f"val acc {solver.best_val_acc:.4f})"
+    )
 
 
 def write_plots(history, report, run_dir, say=print):
     """curves.png and confusion.png; a plotting failure is reported, never fatal."""
     from . import plots  # matplotlib takes a moment to import: only when plotting
+
     try:
         plots.training_curves(history, str(Path(run_dir) / "curves.png"))
-        plots.confusion_heatmap(np.asarray(report["confusion_matrix"]), report["class_names"],
-                                str(Path(run_dir) / "confusion.png"))
+        plots.confusion_heatmap(
+            np.asarray(report["confusion_matrix"]),
+            report["class_names"],
+            str(Path(run_dir) / "confusion.png"),
+        )
     except Exception as e:  # plots are a convenience: keep the run's results
         say(f"warning: could not draw the plots ({type(e).__name__}: {e})")
 
@@ -211,19 +278,34 @@ def format_summary(metrics: dict) -> str:
     """The short report ``gpunet-train`` prints: accuracy, per-class F1, time."""
     r = metrics["report"]
     split = metrics["split"]
-    lines = [f"{metrics['dataset']}: {split} accuracy {r['accuracy']:.4f} "
-             f"({r['num_samples']} samples; best val acc {metrics['best_val_acc']:.4f} at epoch "
-             f"{metrics['best_epoch']}/{metrics['epochs_done']})"]
+    lines = [
+        f"{metrics['dataset']}: {split} accuracy {r['accuracy']:.4f} "
+        f"({r['num_samples']} samples; best val acc {metrics['best_val_acc']:.4f} at epoch "
+        f"{metrics['best_epoch']}/{metrics['epochs_done']})"
+    ]
     if split != "test":
         lines.append("  (no test split in the file: these are validation numbers)")
-    lines.append("  per-class F1: " + ", ".join(f"{c['name']} {c['f1']:.2f}" for c in r["per_class"])
-                 + f"; macro F1 {r['macro_avg']['f1']:.3f}")
+    lines.append(
+        "  per-class F1: "
+        + ", ".join(f"{c['name']} {c['f1']:.2f}" for c in r["per_class"])
+        + f"; macro F1 {r['macro_avg']['f1']:.3f}"
+    )
     lines.append(f"  training time {metrics['train_time_s']:.0f} s on {metrics['backend']}")
     return "\n".join(lines)
 
 
-def overfit_small(X, y, num_classes, hidden=(100, 100), epochs=20, lr=1e-3, optimizer="adam",
-                  batch_size=25, seed=0, say=print) -> tuple[bool, int, list]:
+def overfit_small(
+    X,
+    y,
+    num_classes,
+    hidden=(100, 100),
+    epochs=20,
+    lr=1e-3,
+    optimizer="adam",
+    batch_size=25,
+    seed=0,
+    say=print,
+) -> tuple[bool, int, list]:
     """The coursework's sanity check: can a net reach 100% training accuracy on a few samples?
 
     X: (N, C, H, W) uint8 images, y: (N,) labels. Trains at most ``epochs`` epochs, stopping
@@ -232,13 +314,23 @@ def overfit_small(X, y, num_classes, hidden=(100, 100), epochs=20, lr=1e-3, opti
     """
     Xf = X.astype(np.float64)
     mean, std = Xf.mean(axis=(0, 2, 3)).reshape(-1, 1, 1), Xf.std(axis=(0, 2, 3)).reshape(-1, 1, 1) + 1e-8
-    model = FullyConnectedNet(list(hidden), input_dim=int(np.prod(X.shape[1:])), num_classes=num_classes,
-                              seed=seed)
+    model = FullyConnectedNet(
+        list(hidden), input_dim=int(np.prod(X.shape[1:])), num_classes=num_classes, seed=seed
+    )
     loader = lambda shuffle: ArrayLoader(X, y, batch_size, shuffle=shuffle, seed=seed, mean=mean, std=std)  # noqa
     data = {"train": loader(True), "val": loader(False), "train_eval": loader(False)}
-    solver = Solver(model, data, update_rule=optimizer, optim_config={"learning_rate": lr}, num_epochs=epochs,
-                    batch_size=batch_size, seed=seed, verbose=False, progress=False,
-                    on_epoch_end=lambda s, e: s.train_acc_history[-1] >= 1.0)
+    solver = Solver(
+        model,
+        data,
+        update_rule=optimizer,
+        optim_config={"learning_rate": lr},
+        num_epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        verbose=False,
+        progress=False,
+        on_epoch_end=lambda s, e: s.train_acc_history[-1] >= 1.0,
+    )
     solver.train()
     accs = solver.train_acc_history
     for e, a in enumerate(accs):

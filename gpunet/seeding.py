@@ -5,6 +5,7 @@ run). ``seed=None`` draws from NumPy's global generator, as CS231n code and
 scikit-learn's ``random_state=None`` do, so ``np.random.seed(k)`` before building
 two models makes them identical.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 def init_rng(seed):
     """A generator with ``standard_normal``/``integers``-like draws: private for a seed, global for None."""
     if seed is None:
-        return np.random.mtrand._rand    # the global RandomState that np.random.seed() resets
+        return np.random.mtrand._rand  # the global RandomState that np.random.seed() resets
     return np.random.default_rng(seed)
 
 
@@ -31,5 +32,7 @@ def uniform_init(rng, shape, fan_in, dtype):
     because convnets trained better with it (the comparison is in docs/RESULTS.md).
     """
     bound = 1.0 / np.sqrt(fan_in)
-    return {"W": rng.uniform(-bound, bound, shape).astype(dtype),
-            "b": rng.uniform(-bound, bound, shape[-1] if len(shape) == 2 else shape[0]).astype(dtype)}
+    return {
+        "W": rng.uniform(-bound, bound, shape).astype(dtype),
+        "b": rng.uniform(-bound, bound, shape[-1] if len(shape) == 2 else shape[0]).astype(dtype),
+    }

@@ -17,6 +17,7 @@ The model contract: ``loss(X, y=None)``, ``params`` (dict of arrays),
 ``buffers`` (dict of non-trainable arrays, e.g. batch-norm running statistics),
 which the best-epoch snapshot and checkpoints carry along with the parameters.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,41 +42,49 @@ from .io import write_json
 from .optim import Optimizer, Schedule
 
 
-
 @dataclass
 class SolverConfig:
     """Every setting of a Solver; the coursework's keyword arguments are its first ten fields."""
-    update_rule: str = "sgd"              # 'sgd', 'sgd_momentum', 'nesterov', 'rmsprop', 'adam', 'adamw'
+
+    update_rule: str = "sgd"  # 'sgd', 'sgd_momentum', 'nesterov', 'rmsprop', 'adam', 'adamw'
     optim_config: dict = field(default_factory=dict)  # learning_rate, momentum, ... (optim.OptimConfig)
-    lr_decay: float = 1.0                 # per-epoch factor (an exponential schedule when != 1)
-    batch_size: int = 100                 # samples per step (array data only)
-    num_epochs: int = 10                  # epochs to train in total (a resumed run counts done ones)
+    lr_decay: float = 1.0  # per-epoch factor (an exponential schedule when != 1)
+    batch_size: int = 100  # samples per step (array data only)
+    num_epochs: int = 10  # epochs to train in total (a resumed run counts done ones)
     num_train_samples: int | None = 1000  # train-accuracy subsample per epoch; None = all
-    num_val_samples: int | None = None    # validation subset (first N); None = all
-    print_every: int = 10                 # iterations between loss lines (CPU; see _run_epoch)
-    verbose: bool = True                  # print progress lines
-    checkpoint_name: str | None = None    # NAME.ckpt.npz after each epoch, NAME.history.json
-    seed: int = 0                         # shuffling, dropout and subsampling streams
-    schedule: str | None = None           # 'constant', 'step', 'exponential', 'cosine'; None: from lr_decay
+    num_val_samples: int | None = None  # validation subset (first N); None = all
+    print_every: int = 10  # iterations between loss lines (CPU; see _run_epoch)
+    verbose: bool = True  # print progress lines
+    checkpoint_name: str | None = None  # NAME.ckpt.npz after each epoch, NAME.history.json
+    seed: int = 0  # shuffling, dropout and subsampling streams
+    schedule: str | None = None  # 'constant', 'step', 'exponential', 'cosine'; None: from lr_decay
     schedule_config: dict = field(default_factory=dict)  # extra optim.Schedule fields
-    patience: int | None = None           # early stopping after this many epochs without improvement
-    resume: Any = False                   # True (checkpoint_name's file) or a checkpoint path
-    history_path: str | None = None       # where the history JSON goes; None: beside the checkpoint
-    progress: bool | None = None          # tqdm bars; None: only when stderr is a terminal
+    patience: int | None = None  # early stopping after this many epochs without improvement
+    resume: Any = False  # True (checkpoint_name's file) or a checkpoint path
+    history_path: str | None = None  # where the history JSON goes; None: beside the checkpoint
+    progress: bool | None = None  # tqdm bars; None: only when stderr is a terminal
     on_epoch_end: Callable | None = None  # callable(solver, epoch) after each epoch; True stops
-    graph: bool = True                    # CuPy: replay the training step from a CUDA graph (gpunet.train_step)
-    fused_update: bool = True             # update each layer inside the backward pass (bit-identical; off: after it)
-    prefetch: bool = False                # array data on the CPU: gather the next batch in a background thread
-    pin_threads: bool = True              # CPU (Linux): keep the caller and BLAS's workers on separate cores while training
+    graph: bool = True  # CuPy: replay the training step from a CUDA graph (gpunet.train_step)
+    fused_update: bool = True  # update each layer inside the backward pass (bit-identical; off: after it)
+    prefetch: bool = False  # array data on the CPU: gather the next batch in a background thread
+    pin_threads: bool = (
+        True  # CPU (Linux): keep the caller and BLAS's workers on separate cores while training
+    )
     extensions: list = field(default_factory=list)  # more gpunet.extensions objects, beside the standard ones
 
     def __post_init__(self):
         self.optim_config = dict(self.optim_config or {})
         self.schedule_config = dict(self.schedule_config or {})
-        self.lr_decay, self.batch_size, self.num_epochs = float(self.lr_decay), int(self.batch_size), int(self.num_epochs)
+        self.lr_decay, self.batch_size, self.num_epochs = (
+            float(self.lr_decay),
+            int(self.batch_size),
+            int(self.num_epochs),
+        )
         self.print_every, self.verbose, self.seed = int(self.print_every), bool(self.verbose), int(self.seed)
         if self.batch_size < 1 or self.num_epochs < 0:
-            raise ValueError(f"batch_size/num_epochs: expected >= 1 / >= 0, got {self.batch_size}/{self.num_epochs}")
+            raise ValueError(
+                f"batch_size/num_epochs: expected >= 1 / >= 0, got {self.batch_size}/{self.num_epochs}"
+            )
         if self.print_every < 1:
             raise ValueError(f"print_every: expected >= 1, got {self.print_every}")
         if self.patience is not None and int(self.patience) < 1:
@@ -106,7 +115,9 @@ def _epoch_rng(rng, seed):
     try:  # CuPy's cuRAND bit generators (private API, CuPy 13-14: else a new generator each epoch)
         init = sys.modules["cupy.random._generator_api"].init_curand
         bg = rng.bit_generator
-        folded = int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1)  # as backend.default_rng
+        folded = int(
+            np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1
+        )  # as backend.default_rng
         seed_seq = np.random.SeedSequence(folded)
         seed32 = seed_seq.generate_state(1, np.uint32)[0]
         init(bg.generator, bg._state.data.ptr, seed32, bg._size)
@@ -121,7 +132,9 @@ def _as_extension(e):
         return e
     if callable(e):
         return ext.Callback(e)
-    raise TypeError(f"extensions: expected gpunet.extensions.Extension objects or callables, got {type(e).__name__}")
+    raise TypeError(
+        f"extensions: expected gpunet.extensions.Extension objects or callables, got {type(e).__name__}"
+    )
 
 
 class Solver:
@@ -145,14 +158,31 @@ class Solver:
             raise ValueError(f"Solver: config: expected a SolverConfig, got {type(config).__name__}")
         cfg = replace(config, **kwargs) if config is not None else SolverConfig(**kwargs)
         self.config, self.model = cfg, model
-        for name in ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs",
-                     "num_train_samples", "num_val_samples", "print_every", "verbose",
-                     "checkpoint_name", "seed", "patience", "history_path", "progress", "on_epoch_end", "graph",
-                     "fused_update", "prefetch", "pin_threads"):
+        for name in (
+            "update_rule",
+            "optim_config",
+            "lr_decay",
+            "batch_size",
+            "num_epochs",
+            "num_train_samples",
+            "num_val_samples",
+            "print_every",
+            "verbose",
+            "checkpoint_name",
+            "seed",
+            "patience",
+            "history_path",
+            "progress",
+            "on_epoch_end",
+            "graph",
+            "fused_update",
+            "prefetch",
+            "pin_threads",
+        ):
             setattr(self, name, getattr(cfg, name))
         self.lr, self.epoch_losses, self.epoch_started = None, [], None
         self.optimizer = Optimizer(self.update_rule, self.optim_config)
-        self._step = None   # the training step, built on first use (eager, or a CUDA graph on CuPy)
+        self._step = None  # the training step, built on first use (eager, or a CUDA graph on CuPy)
         schedule, schedule_config = cfg.schedule, dict(cfg.schedule_config)
         if schedule is None:
             schedule = "exponential" if self.lr_decay != 1.0 else "constant"
@@ -179,20 +209,29 @@ class Solver:
         try:
             X_tr, y_tr, X_val, y_val = (data[k] for k in ("X_train", "y_train", "X_val", "y_val"))
         except KeyError as e:
-            raise ValueError(f"data: expected keys X_train, y_train, X_val, y_val (or train/val loaders), "
-                             f"missing {e}") from None
+            raise ValueError(
+                f"data: expected keys X_train, y_train, X_val, y_val (or train/val loaders), missing {e}"
+            ) from None
         C = self.model.num_classes
         for name, y, X in (("y_train", y_tr, X_tr), ("y_val", y_val, X_val)):
             y_np = backend.to_numpy(y)
             if len(y_np) != len(X):
                 raise ValueError(f"{name}: expected {len(X)} labels, got {len(y_np)}")
             if len(y_np) and (y_np.min() < 0 or y_np.max() >= C):
-                raise ValueError(f"{name}: expected labels in [0, {C}), got values in "
-                                 f"[{y_np.min()}, {y_np.max()}]")
+                raise ValueError(
+                    f"{name}: expected labels in [0, {C}), got values in [{y_np.min()}, {y_np.max()}]"
+                )
         if self.num_val_samples is not None and self.num_val_samples < len(y_val):
             X_val, y_val = X_val[: self.num_val_samples], y_val[: self.num_val_samples]
-        train = ArrayLoader(X_tr, y_tr, self.batch_size, shuffle=True, seed=self.seed, dtype=self.model.dtype,
-                            prefetch=self.prefetch)
+        train = ArrayLoader(
+            X_tr,
+            y_tr,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            dtype=self.model.dtype,
+            prefetch=self.prefetch,
+        )
         val = ArrayLoader(X_val, y_val, 1024, shuffle=False, dtype=self.model.dtype)
         n = len(y_tr) if self.num_train_samples is None else min(int(self.num_train_samples), len(y_tr))
         sub = np.sort(np.random.default_rng([self.seed, TRAIN_EVAL_STREAM]).permutation(len(y_tr))[:n])
@@ -235,11 +274,18 @@ class Solver:
         if int(batch_size) < 1:
             raise ValueError(f"check_accuracy: batch_size: expected >= 1, got {batch_size}")
         if num_samples is not None and N > int(num_samples):
-            pick = np.sort(np.random.default_rng([self.seed, CHECK_STREAM]).permutation(N)[:int(num_samples)])
+            pick = np.sort(
+                np.random.default_rng([self.seed, CHECK_STREAM]).permutation(N)[: int(num_samples)]
+            )
             pick = backend.to_device(pick) if backend.get_array_module(X) is not np else pick
             X, y = X[pick], y[pick]
-        batches = ((backend.to_device(X[i:i + batch_size], dtype=self.model.dtype),
-                    backend.to_device(y[i:i + batch_size])) for i in range(0, X.shape[0], int(batch_size)))
+        batches = (
+            (
+                backend.to_device(X[i : i + batch_size], dtype=self.model.dtype),
+                backend.to_device(y[i : i + batch_size]),
+            )
+            for i in range(0, X.shape[0], int(batch_size))
+        )
         return self._loader_accuracy(batches)
 
     def _loader_accuracy(self, batches):
@@ -262,8 +308,14 @@ class Solver:
         """What the options ask for, as extensions (``gpunet.extensions``), in the order they run at an
         epoch's end: divergence check, evaluation, the log line, early stopping, checkpoint and history,
         ``on_epoch_end``."""
-        exts = [ext.LearningRate(self.schedule), ext.Progress(self.print_every, self._bars(), _host_sync_is_free()),
-                ext.DivergenceCheck(), ext.Evaluate(), ext.LogReport(), ext.Snapshot()]
+        exts = [
+            ext.LearningRate(self.schedule),
+            ext.Progress(self.print_every, self._bars(), _host_sync_is_free()),
+            ext.DivergenceCheck(),
+            ext.Evaluate(),
+            ext.LogReport(),
+            ext.Snapshot(),
+        ]
         if self.patience is not None:
             exts.append(ext.EarlyStopping(self.patience))
         if self.on_epoch_end is not None:
@@ -278,7 +330,9 @@ class Solver:
 
     def train(self):
         """Run the remaining epochs; leaves the best parameters (and buffers) in the model."""
-        exts = sorted(self.extensions, key=lambda e: -getattr(e, "priority", 0))   # stable: ties keep their order
+        exts = sorted(
+            self.extensions, key=lambda e: -getattr(e, "priority", 0)
+        )  # stable: ties keep their order
         pin = self.pin_threads and backend.get_array_module(next(iter(self.model.params.values()))) is np
         try:
             for e in exts:
@@ -297,8 +351,9 @@ class Solver:
     def _train_step(self, X, y, lr):
         """One update on the batch ``X`` (B, ...), ``y`` (B,); returns the loss, left on the device."""
         if self._step is None:
-            self._step = make_train_step(self.model, self.optimizer, graph=self.graph,
-                                         fused_update=self.fused_update)
+            self._step = make_train_step(
+                self.model, self.optimizer, graph=self.graph, fused_update=self.fused_update
+            )
         return self._step(X, y, lr)
 
     def _run_epoch(self, epoch, exts):
@@ -327,7 +382,11 @@ class Solver:
     def _check_finite(self, losses, epoch, it):
         """Losses as floats (one host sync); raise TrainingDiverged on NaN/inf."""
         xp = backend.get_array_module(losses[0]) if losses else np
-        values = backend.to_numpy(xp.stack([xp.asarray(v) for v in losses])).astype(float).tolist() if losses else []
+        values = (
+            backend.to_numpy(xp.stack([xp.asarray(v) for v in losses])).astype(float).tolist()
+            if losses
+            else []
+        )
         if values and not all(math.isfinite(v) for v in values):
             first = next(i for i, v in enumerate(values) if not math.isfinite(v))
             raise diverged(self, f"loss became {values[first]}", epoch, it - (len(values) - 1) + first)
@@ -335,11 +394,17 @@ class Solver:
 
     # -------------------------------------------------------------- persistence
     def history(self) -> dict:
-        return {"loss": self.loss_history, "train_acc": self.train_acc_history,
-                "val_acc": self.val_acc_history, "lr": self.lr_history,
-                "epoch_time": self.epoch_time_history, "best_val_acc": self.best_val_acc,
-                "best_epoch": self.best_epoch + 1, "epochs_done": self.epoch,
-                "stopped_early": self.stopped_early}
+        return {
+            "loss": self.loss_history,
+            "train_acc": self.train_acc_history,
+            "val_acc": self.val_acc_history,
+            "lr": self.lr_history,
+            "epoch_time": self.epoch_time_history,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch + 1,
+            "epochs_done": self.epoch,
+            "stopped_early": self.stopped_early,
+        }
 
     def save_history(self, path=None):
         path = path or self.history_path

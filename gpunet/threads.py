@@ -15,6 +15,7 @@ NumPy's wheels ship), so ``concurrently`` sets it to 1 for the call and restores
 NumPy's BLAS cannot be driven (not OpenBLAS, not found, not Linux) the products run one after the
 other with BLAS's own threads. This module is the only one that talks to the BLAS library.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -22,17 +23,17 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-CHUNK = 1 << 16        # elements per block of the blocked NumPy updates (256 KB per float32 array)
-PAR_MIN = 1 << 18      # elements per thread below which one thread is faster
-CONCURRENT_MIN = 1 << 27   # multiply-adds per product below which ``concurrently`` runs them in turn
+CHUNK = 1 << 16  # elements per block of the blocked NumPy updates (256 KB per float32 array)
+PAR_MIN = 1 << 18  # elements per thread below which one thread is faster
+CONCURRENT_MIN = 1 << 27  # multiply-adds per product below which ``concurrently`` runs them in turn
 
-_threads = None        # team size (None: from the environment)
+_threads = None  # team size (None: from the environment)
 _pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
-_blas = None           # (get_num_threads, set_num_threads) of NumPy's OpenBLAS; False: none usable
+_blas = None  # (get_num_threads, set_num_threads) of NumPy's OpenBLAS; False: none usable
 _concurrent = True
-_pinning, _pin_lock = False, threading.Lock()    # a ``pinned`` section is open (one at a time)
-_held, _held_before, _held_lock = 0, None, threading.Lock()   # callers inside ``concurrently`` now
+_pinning, _pin_lock = False, threading.Lock()  # a ``pinned`` section is open (one at a time)
+_held, _held_before, _held_lock = 0, None, threading.Lock()  # callers inside ``concurrently`` now
 
 
 def set_num_threads(n: int | None):
@@ -84,7 +85,7 @@ def parallel(fn, n: int):
     The caller takes the first range instead of waiting for the pool (measured in docs/BENCHMARKS.md).
     """
     t = min(num_threads(), n // PAR_MIN)
-    if t <= 1 or _in_team():                       # never nested inside a team job
+    if t <= 1 or _in_team():  # never nested inside a team job
         fn(0, n)
         return
     c = cuts(n, t)
@@ -130,7 +131,7 @@ class pinned:
         self.saved, self.allowed, self.before, self.owner = {}, None, set(), False
         if not hasattr(os, "sched_setaffinity") or num_threads() < 2 or _in_team():
             return self
-        with _pin_lock:                 # one pinning at a time in the process: later entrants do nothing
+        with _pin_lock:  # one pinning at a time in the process: later entrants do nothing
             if _pinning:
                 return self
             _pinning = self.owner = True
@@ -138,7 +139,7 @@ class pinned:
             allowed = os.sched_getaffinity(0)
             if len(allowed) < 2:
                 return self
-            _run([lambda: None] * min(num_threads(), len(allowed)))       # the pool threads exist now
+            _run([lambda: None] * min(num_threads(), len(allowed)))  # the pool threads exist now
             me = threading.get_native_id()
             cpu = _current_cpu(me)
             cpu = cpu if cpu in allowed else min(allowed)
@@ -162,7 +163,7 @@ class pinned:
         for tid, cpus in self.saved.items():
             try:
                 os.sched_setaffinity(tid, cpus)
-            except OSError:                     # the thread has ended
+            except OSError:  # the thread has ended
                 pass
         if self.allowed is not None:
             try:
@@ -177,22 +178,29 @@ class pinned:
 
 
 # ------------------------------------------------------------------ BLAS
-_SYMBOLS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),  # NumPy's wheels
-            ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-            ("openblas_get_num_threads", "openblas_set_num_threads"))
+_SYMBOLS = (
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),  # NumPy's wheels
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+)
 
 
 def _find_openblas():
     """``(get, set)`` thread-count functions of an OpenBLAS this process has loaded, or None (Linux only)."""
     try:
         with open("/proc/self/maps") as f:
-            paths = sorted({line.split(None, 5)[5].strip() for line in f
-                            if len(line.split(None, 5)) == 6 and "openblas" in line.rsplit("/", 1)[-1].lower()})
+            paths = sorted(
+                {
+                    line.split(None, 5)[5].strip()
+                    for line in f
+                    if len(line.split(None, 5)) == 6 and "openblas" in line.rsplit("/", 1)[-1].lower()
+                }
+            )
     except OSError:
         return None
     for get_name, set_name in _SYMBOLS:
         for path in paths:
-            try:   # RTLD_NOLOAD: only a library that is already loaded (never a second copy)
+            try:  # RTLD_NOLOAD: only a library that is already loaded (never a second copy)
                 lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
             except (OSError, AttributeError):
                 continue
@@ -208,7 +216,7 @@ def blas_control():
     """``(get_num_threads, set_num_threads)`` of NumPy's OpenBLAS, or None where it cannot be driven."""
     global _blas
     if _blas is None:
-        __import__("numpy")             # NumPy's BLAS must be loaded to be found
+        __import__("numpy")  # NumPy's BLAS must be loaded to be found
         _blas = _find_openblas() or False
     return _blas or None
 
@@ -236,7 +244,7 @@ def concurrently(*jobs, work: int):
     ctl = blas_control()
     global _held, _held_before
     get, set_ = ctl
-    with _held_lock:            # the first caller in saves BLAS's count, the last one out restores it
+    with _held_lock:  # the first caller in saves BLAS's count, the last one out restores it
         if _held == 0:
             _held_before = get()
             set_(1)

@@ -18,6 +18,7 @@ optimizer without a multi-tensor kernel) the step says why once in the log and
 stays eager. The graph's memory comes from a private pool used only on the step's
 stream, so nothing outside the graph is handed memory the graph writes.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -44,6 +45,7 @@ def eager_step(model, optimizer, fused_update: bool = True):
         loss, grads = model.loss(X, y, on_grad=run.on_grad) if takes else model.loss(X, y)
         run.finish(grads)
         return loss
+
     return step
 
 
@@ -76,11 +78,11 @@ class GraphStep:
         self.stream = self.cp.cuda.Stream(non_blocking=True)
         self.pool = self.cp.cuda.MemoryPool()
         self.eager = eager_step(model, optimizer)
-        self.key = None            # (X shape, X dtype, y shape, y dtype) of the captured batch
-        self.X = self.y = None     # fixed input buffers
+        self.key = None  # (X shape, X dtype, y shape, y dtype) of the captured batch
+        self.X = self.y = None  # fixed input buffers
         self.graph = None
-        self.loss = None           # the graph's loss (overwritten by every replay)
-        self.failed = None         # why the step stays eager
+        self.loss = None  # the graph's loss (overwritten by every replay)
+        self.failed = None  # why the step stays eager
         self.replays = 0
 
     def _give_up(self, why):
@@ -93,11 +95,11 @@ class GraphStep:
             self._give_up("the optimizer has no one-launch update for these parameters")
         key = (tuple(X.shape), X.dtype, tuple(y.shape), y.dtype)
         if self.failed is not None or (self.key is not None and key != self.key):
-            return self.eager(X, y, lr)            # another batch shape: the last partial batch
+            return self.eager(X, y, lr)  # another batch shape: the last partial batch
         cur = cp.cuda.get_current_stream()
         self.stream.wait_event(cur.record())
         with self.stream, cp.cuda.using_allocator(self.pool.malloc):
-            if self.key is None:                   # warm-up: eager, on this stream and pool
+            if self.key is None:  # warm-up: eager, on this stream and pool
                 self.key = key
                 self.X, self.y = cp.empty(X.shape, X.dtype), cp.empty(y.shape, y.dtype)
                 self.X[...], self.y[...] = X, y
@@ -111,11 +113,11 @@ class GraphStep:
                     self.graph.launch(self.stream)
                     self.replays += 1
                     loss = self.loss
-                else:                              # capture failed: this step eagerly (already prepared)
+                else:  # capture failed: this step eagerly (already prepared)
                     loss, grads = self.model.loss(self.X, self.y)
                     self.opt.apply(self.model.params, grads)
         cur.wait_event(self.stream.record())
-        return loss.copy()                         # the graph's loss is overwritten by the next replay
+        return loss.copy()  # the graph's loss is overwritten by the next replay
 
     def _capture(self):
         s = self.stream

@@ -12,6 +12,7 @@ the pruner can stop bad trials early. Each trial records which worker ran it
 (``user_attrs["worker"] = "<hostname>:<pid>"``) and on which device. Where the study lives and
 how several workers share it: ``tuning_storage`` and ``tuning_workers``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,7 +34,7 @@ DEFAULT_SPACE = {
     "hidden": [[512], [512, 256], [1024, 512]],
     "optimizer": ["adam", "nesterov"],
 }
-CNN_SPACE = {                    # the default search of a convnet (gpunet-tune DATASET --arch cnn)
+CNN_SPACE = {  # the default search of a convnet (gpunet-tune DATASET --arch cnn)
     "lr": {"low": 3e-4, "high": 3e-3, "log": True},
     "weight_decay": {"low": 1e-5, "high": 1e-3, "log": True},
     "dropout": {"low": 0.2, "high": 0.6},
@@ -43,7 +44,7 @@ CNN_SPACE = {                    # the default search of a convnet (gpunet-tune 
 GRID_POINTS = 3  # values per numeric range when the grid sampler needs a finite grid
 
 
-LIST_SETTINGS = ("hidden", "channels")   # list-valued settings: each choice travels as a string '1024-512'
+LIST_SETTINGS = ("hidden", "channels")  # list-valued settings: each choice travels as a string '1024-512'
 
 
 def _hidden_key(h) -> str:
@@ -61,19 +62,27 @@ def check_space(space, where="search space") -> dict:
             raise ValueError(f"{where}: unknown setting {name!r}; expected some of {sorted(known)}")
         if isinstance(spec, dict):
             if set(spec) - {"low", "high", "log", "step"} or not {"low", "high"} <= set(spec):
-                raise ValueError(f"{where}: {name}: expected {{'low', 'high', 'log'?, 'step'?}}, found {spec}")
+                raise ValueError(
+                    f"{where}: {name}: expected {{'low', 'high', 'log'?, 'step'?}}, found {spec}"
+                )
             if not spec["low"] < spec["high"] or (spec.get("log") and spec["low"] <= 0):
-                raise ValueError(f"{where}: {name}: expected 0 < low < high for a log range, low < high "
-                                 f"otherwise, found {spec}")
+                raise ValueError(
+                    f"{where}: {name}: expected 0 < low < high for a log range, low < high "
+                    f"otherwise, found {spec}"
+                )
             out[name] = dict(spec)
         elif isinstance(spec, list):
             if not spec:
                 raise ValueError(f"{where}: {name}: expected at least one choice")
-            out[name] = [_hidden_key(v if isinstance(v, list) else [v]) for v in spec] if name in LIST_SETTINGS \
+            out[name] = (
+                [_hidden_key(v if isinstance(v, list) else [v]) for v in spec]
+                if name in LIST_SETTINGS
                 else spec
+            )
         else:
-            out[name] = [_hidden_key(spec if isinstance(spec, list) else [spec])] if name in LIST_SETTINGS \
-                else [spec]
+            out[name] = (
+                [_hidden_key(spec if isinstance(spec, list) else [spec])] if name in LIST_SETTINGS else [spec]
+            )
     return out
 
 
@@ -82,6 +91,7 @@ def parse_param(text: str) -> tuple[str, object]:
     or short forms ``lr=1e-4:1e-2:log``, ``dropout=0:0.5``, ``optimizer=adam,nesterov``,
     ``hidden=1024-512,512``, ``channels=32-64-128,32-64-128-256``, ``arch=cnn``."""
     import json
+
     name, sep, spec = text.partition("=")
     if not sep or not name or not spec:
         raise ValueError(f"--param {text!r}: expected NAME=SPEC, e.g. lr=1e-4:1e-2:log")
@@ -101,7 +111,9 @@ def parse_param(text: str) -> tuple[str, object]:
         try:
             return name, [[int(v) for v in it.split("-")] for it in items]
         except ValueError:
-            raise ValueError(f"--param {text!r}: expected sizes like 32-64-128, choices separated by commas") from None
+            raise ValueError(
+                f"--param {text!r}: expected sizes like 32-64-128, choices separated by commas"
+            ) from None
     return name, [_scalar(v) for v in items]
 
 
@@ -120,7 +132,7 @@ def grid_of(space) -> dict:
     for name, spec in space.items():
         if isinstance(spec, dict):
             lo, hi = spec["low"], spec["high"]
-            vals = (np.geomspace(lo, hi, GRID_POINTS) if spec.get("log") else np.linspace(lo, hi, GRID_POINTS))
+            vals = np.geomspace(lo, hi, GRID_POINTS) if spec.get("log") else np.linspace(lo, hi, GRID_POINTS)
             both_int = isinstance(lo, int) and isinstance(hi, int)
             grid[name] = sorted({int(round(v)) if both_int else float(v) for v in vals})
         else:
@@ -134,11 +146,13 @@ def suggest(trial, space, grid=False) -> dict:
     for name, spec in space.items():
         if isinstance(spec, dict) and not grid:
             if isinstance(spec["low"], int) and isinstance(spec["high"], int):
-                v = trial.suggest_int(name, spec["low"], spec["high"], log=bool(spec.get("log")),
-                                      step=spec.get("step", 1))
+                v = trial.suggest_int(
+                    name, spec["low"], spec["high"], log=bool(spec.get("log")), step=spec.get("step", 1)
+                )
             else:
-                v = trial.suggest_float(name, spec["low"], spec["high"], log=bool(spec.get("log")),
-                                        step=spec.get("step"))
+                v = trial.suggest_float(
+                    name, spec["low"], spec["high"], log=bool(spec.get("log")), step=spec.get("step")
+                )
         else:
             choices = grid_of({name: spec})[name] if grid else spec
             v = trial.suggest_categorical(name, choices)
@@ -150,6 +164,7 @@ def make_sampler(name: str, space, seed: int, parallel: bool = False):
     """``parallel``: other workers share the study, so TPE treats their running trials as
     finished with a poor value ("constant liar") instead of drawing the same point."""
     import optuna
+
     if name == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -163,6 +178,7 @@ def make_sampler(name: str, space, seed: int, parallel: bool = False):
 
 def make_pruner(name: str):
     import optuna
+
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if name == "halving":
@@ -175,7 +191,9 @@ def make_pruner(name: str):
 class Objective:
     """One trial: train ``base`` with the trial's settings on in-memory (subset) data."""
 
-    def __init__(self, base: runs.TrainConfig, space, run_dir, subset=None, grid=False, say=print, device="cpu"):
+    def __init__(
+        self, base: runs.TrainConfig, space, run_dir, subset=None, grid=False, say=print, device="cpu"
+    ):
         self.base, self.space, self.grid, self.say, self.device = base, space, grid, say, device
         self.run_dir = Path(run_dir)
         self.meta = runs.check_data(base.data)
@@ -185,7 +203,8 @@ class Objective:
 
     def __call__(self, trial):
         import optuna
-        trial.set_user_attr("worker", worker_id())    # first: a retried trial inherits the dead worker's
+
+        trial.set_user_attr("worker", worker_id())  # first: a retried trial inherits the dead worker's
         trial.set_user_attr("device", self.device)
         settings = {**self.base.to_dict(), **suggest(trial, self.space, self.grid)}
         cfg = runs.TrainConfig.from_dict(settings, where=f"trial {trial.number}")
@@ -197,14 +216,16 @@ class Objective:
             self.reported.append((trial.number, epoch, acc))
             try:
                 trial.report(acc, epoch)
-            except optuna.exceptions.UpdateFinishedTrialError:   # declared dead by another worker
+            except optuna.exceptions.UpdateFinishedTrialError:  # declared dead by another worker
                 raise optuna.TrialPruned("taken over by another worker") from None
             if trial.should_prune():
                 trial.set_user_attr("epochs", epoch + 1)
                 raise optuna.TrialPruned(f"val acc {acc:.4f} at epoch {epoch + 1}")
             return False
 
-        solver = Solver(model, data, on_epoch_end=report, verbose=False, progress=False, **runs.solver_options(cfg))
+        solver = Solver(
+            model, data, on_epoch_end=report, verbose=False, progress=False, **runs.solver_options(cfg)
+        )
         try:
             solver.train()
         except TrainingDiverged as e:
@@ -215,8 +236,11 @@ class Objective:
         value = solver.best_val_acc
         best = _best_value(trial.study)
         if best is None or value > best:  # keep the model of the best trial so far
-            model.meta = {**runs.preprocess_meta_from_h5(cfg.data), "train_config": cfg.to_dict(),
-                          "trial": trial.number}
+            model.meta = {
+                **runs.preprocess_meta_from_h5(cfg.data),
+                "train_config": cfg.to_dict(),
+                "trial": trial.number,
+            }
             model.save(self.run_dir / "trials" / f"trial-{trial.number}.npz")
             trial.set_user_attr("model", f"trials/trial-{trial.number}.npz")
         self.say(f"trial {trial.number}: val acc {value:.4f}  {_fmt_params(trial.params)}")
@@ -225,6 +249,7 @@ class Objective:
 
 def _best_value(study):
     import optuna
+
     vals = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     return max(vals) if vals else None
 
@@ -236,6 +261,7 @@ def _fmt_params(p) -> str:
 def results_rows(study) -> list[dict]:
     """One row per trial, best first: finished trials by value, then pruned, then the rest."""
     import optuna
+
     S = optuna.trial.TrialState
     rank = {S.COMPLETE: 0, S.PRUNED: 1}
     rows = []
@@ -243,10 +269,17 @@ def results_rows(study) -> list[dict]:
         last = max(t.intermediate_values.values()) if t.intermediate_values else None
         value = t.value if t.state == S.COMPLETE else last
         dur = t.duration.total_seconds() if t.duration else None
-        rows.append({"trial": t.number, "state": t.state.name, "val_acc": value,
-                     "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
-                     "seconds": None if dur is None else round(dur, 1), **t.params,
-                     "worker": t.user_attrs.get("worker")})
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "val_acc": value,
+                "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
+                "seconds": None if dur is None else round(dur, 1),
+                **t.params,
+                "worker": t.user_attrs.get("worker"),
+            }
+        )
     rows.sort(key=lambda r: (rank.get(S[r["state"]], 2), -(r["val_acc"] if r["val_acc"] is not None else -1)))
     return rows
 
@@ -264,8 +297,12 @@ def format_table(rows, limit=20) -> str:
     if not rows:
         return "(no trials)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else (  # noqa: E731
-        f"{v:.4g}" if isinstance(v, float) else str(v))
+    fmt = lambda v: (
+        ""
+        if v is None or (isinstance(v, float) and math.isnan(v))
+        # noqa: E731
+        else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    )
     cells = [[fmt(r.get(c)) for c in cols] for r in rows[:limit]]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
@@ -281,12 +318,16 @@ def save_best_model(study, run_dir) -> str | None:
     Among trials tied for the best value, the first whose model is here (parallel workers
     save a model only when it beats the best finished so far, so a tie may have none)."""
     import optuna
+
     try:
         best = study.best_value
     except ValueError:
         return None
-    tied = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.value == best]
+    tied = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value == best
+    ]
     rels = [t.user_attrs.get("model") for t in sorted(tied, key=lambda t: t.number)]
     rel = next((r for r in rels if r and (Path(run_dir) / r).is_file()), None)
     if rel is None:
@@ -302,12 +343,16 @@ def save_best_model(study, run_dir) -> str | None:
 def save_plots(study, run_dir, say=print) -> list[str]:
     """Optuna's optimisation-history and parameter-importance plots as PNG, when computable."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
+
     written = []
-    plots = {"optimization_history.png": ovm.plot_optimization_history,
-             "param_importances.png": ovm.plot_param_importances}
+    plots = {
+        "optimization_history.png": ovm.plot_optimization_history,
+        "param_importances.png": ovm.plot_param_importances,
+    }
     for name, fn in plots.items():
         try:
             with warnings.catch_warnings():

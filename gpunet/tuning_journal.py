@@ -6,24 +6,27 @@ only after 30 s), and an exception raised by a signal handler inside the lock's 
 (Optuna then removes a lock it may not hold). ``JournalLock`` guards against the first, and
 ``interrupt_handler`` against the second.
 """
+
 from __future__ import annotations
 
 import os
 
-_in_journal_write = 0     # > 0 while this process appends to a journal (or waits to)
-_deferred = None          # the interrupt that arrived meanwhile, raised once the write is done
+_in_journal_write = 0  # > 0 while this process appends to a journal (or waits to)
+_deferred = None  # the interrupt that arrived meanwhile, raised once the write is done
 
 
 def interrupt_handler(exc_type):
     """A signal handler raising ``exc_type``, except in the middle of a journal write: an
     exception there would break Optuna's lock protocol (and remove another writer's lock),
     so it waits until the write is over."""
+
     def handler(signum, frame):
         global _deferred
         if _in_journal_write:
             _deferred = exc_type
             return
         raise exc_type
+
     return handler
 
 
@@ -49,15 +52,16 @@ class JournalLock:
 
     def __init__(self, path: str):
         from optuna.storages.journal import JournalFileSymlinkLock
+
         self._symlink = JournalFileSymlinkLock(path, grace_period=self.GRACE_S)
         self._path, self._fd = path + ".flock", None
 
     def acquire(self) -> bool:
         global _in_journal_write
-        _in_journal_write += 1          # until release: Ctrl-C waits (interrupt_handler)
+        _in_journal_write += 1  # until release: Ctrl-C waits (interrupt_handler)
         try:
             import fcntl
-        except ImportError:             # not Unix: the symlink lock alone
+        except ImportError:  # not Unix: the symlink lock alone
             return self._symlink.acquire()
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -77,5 +81,5 @@ class JournalLock:
 
     def _unlock(self):
         if self._fd is not None:
-            os.close(self._fd)          # closing drops the flock
+            os.close(self._fd)  # closing drops the flock
             self._fd = None

@@ -11,6 +11,7 @@ Every problem with a storage is a ``StorageError`` (a ``ValueError``) of one lin
 Workers started together race to create the schema and the study; ``open_storage`` and
 ``open_study`` retry those races with backoff instead of dying.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,12 +31,31 @@ DRIVERS = {  # SQLAlchemy dialect -> (what to install, the extra that installs i
     "mysql": ("PyMySQL or mysqlclient", "pip install 'gpunet[mysql]'"),
 }
 JOURNAL_SUFFIXES = (".journal", ".log")
-OPTUNA_TABLES = {"studies", "study_directions", "study_system_attributes", "study_user_attributes",
-                 "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes",
-                 "trial_user_attributes", "trial_values", "trials", "version_info", "alembic_version"}
-RACES = ("already exists", "duplicate key", "pg_type_typname_nsp_index", "database is locked",
-         "deadlock", "unique constraint", "could not serialize")  # errors of workers starting together
-RETRIES = 8                      # attempts at opening a storage or a study (backoff 0.1 s .. ~6 s)
+OPTUNA_TABLES = {
+    "studies",
+    "study_directions",
+    "study_system_attributes",
+    "study_user_attributes",
+    "trial_heartbeats",
+    "trial_intermediate_values",
+    "trial_params",
+    "trial_system_attributes",
+    "trial_user_attributes",
+    "trial_values",
+    "trials",
+    "version_info",
+    "alembic_version",
+}
+RACES = (
+    "already exists",
+    "duplicate key",
+    "pg_type_typname_nsp_index",
+    "database is locked",
+    "deadlock",
+    "unique constraint",
+    "could not serialize",
+)  # errors of workers starting together
+RETRIES = 8  # attempts at opening a storage or a study (backoff 0.1 s .. ~6 s)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -45,9 +65,9 @@ class StorageError(ValueError):
 
 @dataclass(frozen=True)
 class Storage:
-    kind: str          # "rdb" (a database URL) or "journal" (a journal file)
-    target: str        # the URL, or the journal file's absolute path
-    shown: str         # how messages name it: the URL without its password, or the path
+    kind: str  # "rdb" (a database URL) or "journal" (a journal file)
+    target: str  # the URL, or the journal file's absolute path
+    shown: str  # how messages name it: the URL without its password, or the path
 
     @property
     def shared_safely(self) -> bool:
@@ -70,23 +90,30 @@ def resolve(storage: str | None, run_dir) -> Storage:
             if not path.parent.is_dir():
                 raise StorageError(f"--storage {storage}: folder {path.parent} does not exist")
             return Storage("journal", str(path), str(path))
-        raise StorageError(f"--storage {storage}: expected a database URL (postgresql://USER@HOST/DB, "
-                           f"mysql://..., sqlite:///FILE.db) or a journal file ending in .journal or .log")
+        raise StorageError(
+            f"--storage {storage}: expected a database URL (postgresql://USER@HOST/DB, "
+            f"mysql://..., sqlite:///FILE.db) or a journal file ending in .journal or .log"
+        )
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(text)
     except (ArgumentError, ValueError) as e:
         raise StorageError(f"--storage {storage}: not a database URL ({_first_line(e)})") from None
-    shown = re.sub(r"^([^:/]+://[^:/@]*:)[^@]+@", r"\1***@", text)      # as typed, password hidden
+    shown = re.sub(r"^([^:/]+://[^:/@]*:)[^@]+@", r"\1***@", text)  # as typed, password hidden
     return Storage("rdb", _with_installed_mysql_driver(url), shown)
 
 
 def _with_installed_mysql_driver(url) -> str:
     """``mysql://`` means mysqlclient to SQLAlchemy; use PyMySQL instead when only it is installed."""
     import importlib.util
-    if url.drivername == "mysql" and importlib.util.find_spec("MySQLdb") is None \
-            and importlib.util.find_spec("pymysql") is not None:
+
+    if (
+        url.drivername == "mysql"
+        and importlib.util.find_spec("MySQLdb") is None
+        and importlib.util.find_spec("pymysql") is not None
+    ):
         url = url.set(drivername="mysql+pymysql")
     return url.render_as_string(hide_password=False)
 
@@ -104,7 +131,7 @@ def _check_journal(st: Storage) -> None:
     if path.is_dir():
         raise StorageError(f"--storage {st.shown}: expected a journal file, found a folder")
     if not path.exists():
-        return              # the run folder, or the file, is created once every check has passed
+        return  # the run folder, or the file, is created once every check has passed
     try:
         with open(path, "rb") as f:
             head = f.readline(1 << 16)
@@ -116,28 +143,34 @@ def _check_journal(st: Storage) -> None:
     except (ValueError, TypeError):
         ok = False
     if not ok:
-        raise StorageError(f"--storage {st.shown}: not an Optuna journal file (its first line is not "
-                           f"a journal entry); give a new file name")
+        raise StorageError(
+            f"--storage {st.shown}: not an Optuna journal file (its first line is not "
+            f"a journal entry); give a new file name"
+        )
 
 
 def _check_rdb(st: Storage) -> None:
     from sqlalchemy import create_engine, inspect
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
+
     url = make_url(st.target)
     try:
         dialect = url.get_dialect()
     except NoSuchModuleError:
-        raise StorageError(f"--storage {st.shown}: unknown database kind {url.drivername!r}; expected "
-                           f"postgresql://, mysql:// or sqlite:///") from None
+        raise StorageError(
+            f"--storage {st.shown}: unknown database kind {url.drivername!r}; expected "
+            f"postgresql://, mysql:// or sqlite:///"
+        ) from None
     try:
         dialect.import_dbapi()
     except ImportError as e:
         what, hint = DRIVERS.get(dialect.name, (f"the {url.drivername} driver", f"install it ({e.name})"))
-        raise StorageError(f"--storage {st.shown}: the {dialect.name} driver {what} is not installed; "
-                           f"{hint}") from None
+        raise StorageError(
+            f"--storage {st.shown}: the {dialect.name} driver {what} is not installed; {hint}"
+        ) from None
     if dialect.name == "sqlite" and not _check_sqlite_file(st, url.database):
-        return              # a new SQLite file: nothing there yet to check
+        return  # a new SQLite file: nothing there yet to check
     try:
         engine = create_engine(st.target)
         try:
@@ -149,15 +182,18 @@ def _check_rdb(st: Storage) -> None:
         raise StorageError(f"--storage {st.shown}: cannot open the database ({_db_message(e)})") from None
     if tables and not tables & OPTUNA_TABLES:
         names = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise StorageError(f"--storage {st.shown}: the database holds other tables ({names}) and no Optuna "
-                           f"study; give an empty or new database, not adding Optuna's tables to this one")
+        raise StorageError(
+            f"--storage {st.shown}: the database holds other tables ({names}) and no Optuna "
+            f"study; give an empty or new database, not adding Optuna's tables to this one"
+        )
 
 
 def _check_sqlite_file(st: Storage, database) -> bool:
     """Check an SQLite path; True when the file exists (and so has tables to look at)."""
     if not database or database == ":memory:":
-        raise StorageError(f"--storage {st.shown}: an in-memory SQLite study is lost at exit; "
-                           f"give a file, sqlite:///FILE.db")
+        raise StorageError(
+            f"--storage {st.shown}: an in-memory SQLite study is lost at exit; give a file, sqlite:///FILE.db"
+        )
     path = Path(database)
     if not path.parent.is_dir():
         raise StorageError(f"--storage {st.shown}: folder {path.parent} does not exist")
@@ -171,8 +207,10 @@ def _check_sqlite_file(st: Storage, database) -> bool:
     except OSError as e:
         raise StorageError(f"--storage {st.shown}: cannot read {path} ({e.strerror})") from None
     if head and head != SQLITE_MAGIC:
-        raise StorageError(f"--storage {st.shown}: {path} is not an SQLite database "
-                           f"(expected the header 'SQLite format 3', found {head[:15]!r})")
+        raise StorageError(
+            f"--storage {st.shown}: {path} is not an SQLite database "
+            f"(expected the header 'SQLite format 3', found {head[:15]!r})"
+        )
     return bool(head)
 
 
@@ -195,6 +233,7 @@ def _retrying(what, st: Storage, attempt):
     """Run ``attempt()``; retry the races of workers starting together with exponential backoff."""
     from sqlalchemy.exc import SQLAlchemyError
     import optuna
+
     for i in range(RETRIES):
         try:
             return attempt()
@@ -202,36 +241,48 @@ def _retrying(what, st: Storage, attempt):
             race = isinstance(e, optuna.exceptions.DuplicatedStudyError) or _is_race(e)
             if not race or i == RETRIES - 1:
                 raise StorageError(f"--storage {st.shown}: cannot {what} ({_db_message(e)})") from None
-        time.sleep(0.1 * 2 ** i * (0.5 + random.random()))
+        time.sleep(0.1 * 2**i * (0.5 + random.random()))
 
 
 def open_storage(st: Storage, heartbeat: int = 60):
     """Optuna's storage object; a database gets heartbeats every ``heartbeat`` s (grace 3x)."""
     import optuna
+
     if st.kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
+
         Path(st.target).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(st.target, lock_obj=JournalLock(st.target)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = {_retry_hook_name(): retry_callback()}
         try:
-            return _retrying("create Optuna's tables", st, lambda: optuna.storages.RDBStorage(
-                st.target, heartbeat_interval=heartbeat, grace_period=3 * heartbeat, **retry))
+            return _retrying(
+                "create Optuna's tables",
+                st,
+                lambda: optuna.storages.RDBStorage(
+                    st.target, heartbeat_interval=heartbeat, grace_period=3 * heartbeat, **retry
+                ),
+            )
         except RuntimeError as e:  # e.g. a schema from another Optuna version
             raise StorageError(f"--storage {st.shown}: {_first_line(e)}") from None
 
 
 def _retry_hook_name() -> str:
     import optuna
+
     # optuna >= 4.9 renamed the hook (the old name is deprecated)
-    return "heartbeat_stale_trial_callback" if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback") \
+    return (
+        "heartbeat_stale_trial_callback"
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
         else "failed_trial_callback"
+    )
 
 
 def retry_callback():
     """Re-queue a failed trial's settings once (Optuna's retry callback, max_retry=1)."""
     import optuna
+
     st = optuna.storages
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -242,14 +293,25 @@ def retry_callback():
 def open_study(st: Storage, storage, study_name, sampler, pruner):
     """Create the study, or join it when another worker (now or earlier) created it."""
     import optuna
-    return _retrying("create or load the study", st, lambda: optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", sampler=sampler, pruner=pruner,
-        load_if_exists=True))
+
+    return _retrying(
+        "create or load the study",
+        st,
+        lambda: optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction="maximize",
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        ),
+    )
 
 
 def count_trials(storage, study_name) -> int:
     """Trials already in the study (0 when it does not exist yet)."""
     import optuna
+
     try:
         return len(optuna.load_study(study_name=study_name, storage=storage).trials)
     except KeyError:
@@ -274,12 +336,13 @@ def _pid_alive(pid: int) -> bool:
 def fail_and_retry(study, trial) -> bool:
     """Mark a RUNNING trial FAIL and queue its settings again (once); False if it was already over."""
     import optuna
+
     # the storage-level calls Optuna's own heartbeat check (fail_stale_trials) makes
     try:
         if not study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
-        return False    # its worker, or a heartbeat check elsewhere, finished it first
+        return False  # its worker, or a heartbeat check elsewhere, finished it first
     retry_callback()(study, study._storage.get_trial(trial._trial_id))
     return True
 
@@ -293,6 +356,7 @@ def reap_dead_workers(study, pids=None) -> list[int]:
     trials are found; a database also finds them through Optuna's heartbeat.
     """
     import optuna
+
     host, failed = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         name, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")

@@ -13,6 +13,7 @@ reaches only the launcher (workers run in their own process groups), which stops
 worker once: its running trial is recorded as FAIL, every finished one stays, and running
 the same command again resumes the study.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,26 +32,32 @@ import numpy as np
 from . import backend, runs, tuning, tuning_journal, tuning_storage
 from .tuning_storage import Storage, worker_id
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-               "NUMEXPR_NUM_THREADS")
-STOP_WAIT_S = 30        # how long a stopped worker may take to record its trial before it is killed
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+STOP_WAIT_S = 30  # how long a stopped worker may take to record its trial before it is killed
 EXIT_INTERRUPTED = 130
 
 
 @dataclass
 class Search:
     """Everything a worker needs to join the search (picklable: it travels to spawned workers)."""
-    base: runs.TrainConfig          # settings every trial starts from
-    space: dict                     # checked search space (tuning.check_space)
+
+    base: runs.TrainConfig  # settings every trial starts from
+    space: dict  # checked search space (tuning.check_space)
     run_dir: str
     storage: Storage
     study_name: str = "gpunet-tune"
     sampler: str = "tpe"
     pruner: str = "median"
-    subset: int | None = None       # training samples per trial (None: all)
-    heartbeat: int = 60             # seconds between a database worker's heartbeats (grace: 3x)
+    subset: int | None = None  # training samples per trial (None: all)
+    heartbeat: int = 60  # seconds between a database worker's heartbeats (grace: 3x)
     backend: str | None = None
-    shared: bool = False            # other workers may join the study (--storage, or --workers > 1)
+    shared: bool = False  # other workers may join the study (--storage, or --workers > 1)
     quiet: bool = False
 
 
@@ -68,8 +75,9 @@ def open_study(search: Search):
     done = tuning_storage.count_trials(storage, search.study_name)
     seed = sampler_seed(search.base.seed, done, search.shared, worker_id())
     sampler = tuning.make_sampler(search.sampler, search.space, seed, parallel=search.shared)
-    return tuning_storage.open_study(search.storage, storage, search.study_name, sampler,
-                                     tuning.make_pruner(search.pruner))
+    return tuning_storage.open_study(
+        search.storage, storage, search.study_name, sampler, tuning.make_pruner(search.pruner)
+    )
 
 
 def device_name(backend_name: str, device: int | None) -> str:
@@ -81,8 +89,15 @@ def device_name(backend_name: str, device: int | None) -> str:
 
 
 def make_objective(search: Search, device: int | None, say=print) -> tuning.Objective:
-    return tuning.Objective(search.base, search.space, search.run_dir, search.subset,
-                            grid=search.sampler == "grid", say=say, device=device_name(backend.name(), device))
+    return tuning.Objective(
+        search.base,
+        search.space,
+        search.run_dir,
+        search.subset,
+        grid=search.sampler == "grid",
+        say=say,
+        device=device_name(backend.name(), device),
+    )
 
 
 class Tickets:
@@ -120,6 +135,7 @@ def budget(n_trials: int, timeout=None):
             return False
         left[0] -= 1
         return True
+
     return grant
 
 
@@ -130,6 +146,7 @@ def run_trials(study, objective, grant, say=print):
     already FAIL and queued again; Optuna then fails to record this worker's result. This
     worker leaves the trial to that retry and goes on."""
     import optuna
+
     last = {}
 
     def tracked(trial):
@@ -146,23 +163,32 @@ def run_trials(study, objective, grant, say=print):
         last.clear()
         try:
             study.optimize(tracked, n_trials=1, gc_after_trial=True)
-        except (ValueError, AssertionError):   # Optuna could not record a trial someone else finished
-            if not last or last["own_error"] or \
-                    study._storage.get_trial(last["id"]).state != optuna.trial.TrialState.FAIL:
+        except (ValueError, AssertionError):  # Optuna could not record a trial someone else finished
+            if (
+                not last
+                or last["own_error"]
+                or study._storage.get_trial(last["id"]).state != optuna.trial.TrialState.FAIL
+            ):
                 raise
-            say("note: this worker's trial was declared dead by another worker (late heartbeats) and "
-                "queued again; carrying on")
+            say(
+                "note: this worker's trial was declared dead by another worker (late heartbeats) and "
+                "queued again; carrying on"
+            )
         if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
             return
 
 
 def thread_budget(n_workers: int) -> list[list[int]]:
     """The cores each of ``n_workers`` may use: this process's cores split evenly, round-robin when short."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = (
+        sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else list(range(os.cpu_count() or 1))
+    )
     if n_workers >= len(cores):
         return [[cores[i % len(cores)]] for i in range(n_workers)]
     per = len(cores) // n_workers
-    return [cores[i * per:(i + 1) * per] for i in range(n_workers)]
+    return [cores[i * per : (i + 1) * per] for i in range(n_workers)]
 
 
 @contextlib.contextmanager
@@ -188,6 +214,7 @@ def _not_an_interrupt(record: logging.LogRecord) -> bool:
 def quiet_optuna():
     """Optuna's log: warnings only, and no traceback for a trial stopped by Ctrl-C."""
     import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for handler in logging.getLogger("optuna").handlers:
         if _not_an_interrupt not in handler.filters:
@@ -202,8 +229,10 @@ class Terminated(KeyboardInterrupt):
 def sigterm_as_interrupt():
     """Within: Ctrl-C raises KeyboardInterrupt and SIGTERM ``Terminated``, so Optuna records the
     trial in flight; neither cuts a journal write short (``tuning_journal.interrupt_handler``)."""
-    previous = {sig: signal.signal(sig, tuning_journal.interrupt_handler(exc))
-                for sig, exc in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated))}
+    previous = {
+        sig: signal.signal(sig, tuning_journal.interrupt_handler(exc))
+        for sig, exc in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated))
+    }
     try:
         yield
     finally:
@@ -213,13 +242,17 @@ def sigterm_as_interrupt():
 
 def _worker_main(search: Search, slot: int, device, cores, conn):
     """A spawned worker: join the study and run trials while tickets last; exit 0, 1, 2 or 130."""
-    os.setpgid(0, 0)                      # Ctrl-C at the terminal goes to the launcher, which stops us once
+    os.setpgid(0, 0)  # Ctrl-C at the terminal goes to the launcher, which stops us once
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, tuning_journal.interrupt_handler(KeyboardInterrupt))
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    say = (lambda m: None) if search.quiet else (lambda m: print(f"[worker {slot}] {m}", file=sys.stderr, flush=True))
+    say = (
+        (lambda m: None)
+        if search.quiet
+        else (lambda m: print(f"[worker {slot}] {m}", file=sys.stderr, flush=True))
+    )
     try:
         quiet_optuna()
         backend.use(search.backend, device)
@@ -235,13 +268,15 @@ def _worker_main(search: Search, slot: int, device, cores, conn):
         sys.exit(1)
 
 
-def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None, devices=None, say=print) -> int:
+def run_workers(
+    search: Search, study, n_workers: int, trials: int, timeout=None, devices=None, say=print
+) -> int:
     """Run ``trials`` trials on ``n_workers`` local processes sharing ``study``; return the exit code.
 
     ``devices``: GPU indices given to the workers round-robin (None: CPU thread budgets).
     On Ctrl-C (or ``Terminated``, under ``sigterm_as_interrupt``) stops every worker, then re-raises.
     """
-    ctx = mp.get_context("spawn")         # a fresh interpreter: thread settings apply before NumPy loads
+    ctx = mp.get_context("spawn")  # a fresh interpreter: thread settings apply before NumPy loads
     tickets = Tickets(trials)
     deadline = time.time() + timeout if timeout else None
     cores = thread_budget(n_workers)
@@ -252,23 +287,29 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
         device = devices[slot % len(devices)] if devices else None
         mine, theirs = ctx.Pipe()
         with _environ(env):
-            p = ctx.Process(target=_worker_main, name=f"gpunet-tune-worker-{slot}",
-                            args=(search, slot, device, None if devices else cores[slot], theirs))
+            p = ctx.Process(
+                target=_worker_main,
+                name=f"gpunet-tune-worker-{slot}",
+                args=(search, slot, device, None if devices else cores[slot], theirs),
+            )
             p.start()
         theirs.close()
         procs[p.sentinel] = (p, slot)
         conns[mine] = p
-        say(f"worker {slot}: {worker_id(p.pid)} on {f'gpu:{device}' if devices else f'{len(cores[slot])} core(s)'}")
+        say(
+            f"worker {slot}: {worker_id(p.pid)} on "
+            f"{f'gpu:{device}' if devices else f'{len(cores[slot])} core(s)'}"
+        )
 
     try:
         for slot in range(n_workers):
             start(slot)
         while procs:
             for ready in mp.connection.wait([*procs, *conns], timeout=1.0):
-                if ready in conns:                # a worker asks for its next trial
+                if ready in conns:  # a worker asks for its next trial
                     _answer(ready, conns, tickets, deadline)
                     continue
-                if ready not in procs:            # the pipe of a worker whose end was handled just now
+                if ready not in procs:  # the pipe of a worker whose end was handled just now
                     continue
                 p, slot = procs.pop(ready)
                 p.join()
@@ -282,14 +323,16 @@ def run_workers(search: Search, study, n_workers: int, trials: int, timeout=None
                 lost = tuning_storage.reap_dead_workers(study, pids={p.pid})
                 tickets.give_back(len(lost))
                 how = signal.Signals(-p.exitcode).name
-                say(f"worker {slot} ({worker_id(p.pid)}) died ({how})"
-                    + (f" during trial {', '.join(map(str, lost))}: queued again" if lost else ""))
+                say(
+                    f"worker {slot} ({worker_id(p.pid)}) died ({how})"
+                    + (f" during trial {', '.join(map(str, lost))}: queued again" if lost else "")
+                )
                 if tickets.left > 0 and restarts < n_workers and (deadline is None or time.time() < deadline):
                     restarts += 1
                     start(slot)
     except KeyboardInterrupt:
         killed = _stop(procs, say)
-        tuning_storage.reap_dead_workers(study, pids=killed)    # their trials must not stay RUNNING
+        tuning_storage.reap_dead_workers(study, pids=killed)  # their trials must not stay RUNNING
         raise
     return failures[0] if failures else 0
 
@@ -301,7 +344,7 @@ def _answer(conn, conns: dict, tickets: Tickets, deadline):
         conn.recv()
         go = (deadline is None or time.time() < deadline) and tickets.take()
         conn.send(go)
-    except (EOFError, OSError):       # it died while asking: its sentinel says so next
+    except (EOFError, OSError):  # it died while asking: its sentinel says so next
         if go:
             tickets.give_back()
         del conns[conn]

@@ -7,6 +7,7 @@ weights on two backends; prints both loss curves and the largest relative differ
 Exit status 1 when the backends differ by ``gpunet.testing.parity.CRITERIA`` for the dtype (float64:
 every loss and final parameter within 1e-3; float32: the first 10 losses within 1e-2), or by --tol.
 """
+
 import argparse
 import json
 import os
@@ -35,14 +36,21 @@ def main(argv=None):
     print(f"{a.kind} {a.rule} {a.dtype} batch {a.batch}: step  numpy  {a.against}")
     for k, (x, y) in enumerate(zip(ref[0], other[0]), 1):
         print(f"  {k:3d}  {x:.6f}  {y:.6f}")
-    print(f"max relative difference: loss {d['loss']:.2e} (first {d['loss_steps']} steps {d['early']:.2e}), "
-          f"parameters {d['param']:.2e} ({d['worst_param']})")
+    print(
+        f"max relative difference: loss {d['loss']:.2e} (first {d['loss_steps']} steps {d['early']:.2e}), "
+        f"parameters {d['param']:.2e} ({d['worst_param']})"
+    )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "numpy": ref[0].tolist(), a.against: other[0].tolist(), **d}, f, indent=1)
+            json.dump(
+                {"args": vars(a), "numpy": ref[0].tolist(), a.against: other[0].tolist(), **d}, f, indent=1
+            )
     ok = d["ok"]
-    print("AGREE" if ok else "DIFFER", f"(tolerance {d['tol']} on the first {d['loss_steps']} losses"
-          + (" and the final parameters)" if d["params"] else ")"))
+    print(
+        "AGREE" if ok else "DIFFER",
+        f"(tolerance {d['tol']} on the first {d['loss_steps']} losses"
+        + (" and the final parameters)" if d["params"] else ")"),
+    )
     return 0 if ok else 1
 
 

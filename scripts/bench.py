@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Thin wrapper for ``gpunet-bench`` (see ``gpunet/cli/bench.py``): run from a checkout without installing."""
+
 import os
 import sys
 

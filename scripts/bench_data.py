@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Benchmark the HDF5 data path (conversion, streaming, epoch cost, memory): see gpunet/cli/bench_data.py."""
+
 import os
 import sys
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Thin wrapper for ``gpunet.cli.evaluate``: runs from a checkout, installed or not."""
+
 import os
 import sys
 

@@ -8,11 +8,13 @@ classified: a *clean refusal* is a non-zero exit with exactly one ``error:`` lin
 stderr and nothing left in the output folder; a *traceback* is an exception escaping
 the command, a ``Traceback`` on stderr, or exit 1 (the "unexpected error" code); an
 *accepted* input exited 0; a *partial output* is any file left in the output folder
-after a refusal (for bad outputs: any change to the folder). ``--signals N`` also sends SIGINT, SIGTERM and SIGHUP N times each to
+after a refusal (for bad outputs: any change to the folder). ``--signals N`` also sends SIGINT, SIGTERM and
+SIGHUP N times each to
 a conversion while HDF5 writes (a subprocess whose writes are slowed), expecting exit
 130/143/129 and an empty output folder. Prints one table; exits 1 if anything was
 not a clean refusal.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +40,23 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
-from prep_fixtures import (cifar_batches, fer_rows, make_tar, png_bytes,  # noqa: E402
-                           write_cifar_binary, write_cifar_python, write_fer_csv, write_image_tree)
+from prep_fixtures import (
+    cifar_batches,
+    fer_rows,
+    make_tar,
+    png_bytes,  # noqa: E402
+    write_cifar_binary,
+    write_cifar_python,
+    write_fer_csv,
+    write_image_tree,
+)
 
 from data_prep import cli  # noqa: E402
 from gpunet.data import h5file as fmt  # noqa: E402
 
 
 # --------------------------------------------------------------------------- convert inputs
+
 
 def _csv(d: Path, edit=None, n=6, raw: bytes | None = None) -> Path:
     p = write_fer_csv(d / "fer2013.csv", fer_rows(n))
@@ -63,6 +74,7 @@ def _field(i, value):
         parts = lines[2].split(",")
         parts[i] = value
         lines[2] = ",".join(parts)
+
     return edit
 
 
@@ -70,6 +82,7 @@ def _pixel(value):
     def edit(lines):
         label, pixels, usage = lines[2].split(",")
         lines[2] = ",".join([label, " ".join([value] + pixels.split()[1:]), usage])
+
     return edit
 
 
@@ -81,8 +94,10 @@ def _cifar(d: Path, name=None, blob=None, raw=None) -> Path:
 
 
 def _batch(labels=None, data=None, **extra):
-    blob = {b"data": np.zeros((2, 3072), np.uint8) if data is None else data,
-            b"labels": [0, 1] if labels is None else labels}
+    blob = {
+        b"data": np.zeros((2, 3072), np.uint8) if data is None else data,
+        b"labels": [0, 1] if labels is None else labels,
+    }
     blob.update(extra)
     return blob
 
@@ -154,8 +169,12 @@ def _real_huge_member_tgz(d: Path) -> Path:
 def _png_header(w, h) -> bytes:
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _tree(d: Path, files: dict) -> Path:
@@ -168,8 +187,9 @@ def _tree(d: Path, files: dict) -> Path:
 
 
 def _coursework(d: Path, labels: str) -> Path:
-    root = write_image_tree(d / "cw", {"Train/a.jpg": np.zeros((48, 48), np.uint8),
-                                       "Test/b.jpg": np.zeros((48, 48), np.uint8)})
+    root = write_image_tree(
+        d / "cw", {"Train/a.jpg": np.zeros((48, 48), np.uint8), "Test/b.jpg": np.zeros((48, 48), np.uint8)}
+    )
     (root / "labels_public.txt").write_text(labels, encoding="utf-8")
     return root
 
@@ -185,8 +205,14 @@ def _zip(d: Path, names) -> Path:
 G = png_bytes(np.zeros((48, 48), np.uint8))
 CONVERT = {  # name -> (dataset, build(dir) -> src)
     # FER2013 CSV
-    "csv not UTF-8 (first block)": ("fer2013", lambda d: _csv(d, raw=b"emotion,pixels,Usage\n\xff\xfe0,1,Training\n")),
-    "csv not UTF-8 (line 9)": ("fer2013", lambda d: _csv(d, raw=_csv(d).read_bytes() + b"0,\xe9\xe9,Training\n")),
+    "csv not UTF-8 (first block)": (
+        "fer2013",
+        lambda d: _csv(d, raw=b"emotion,pixels,Usage\n\xff\xfe0,1,Training\n"),
+    ),
+    "csv not UTF-8 (line 9)": (
+        "fer2013",
+        lambda d: _csv(d, raw=_csv(d).read_bytes() + b"0,\xe9\xe9,Training\n"),
+    ),
     "csv pixel '\u00b2'": ("fer2013", lambda d: _csv(d, _pixel("\u00b2"))),
     "csv pixel '\u0663'": ("fer2013", lambda d: _csv(d, _pixel("\u0663"))),
     "csv label '\u00b2'": ("fer2013", lambda d: _csv(d, _field(0, "\u00b2"))),
@@ -194,73 +220,153 @@ CONVERT = {  # name -> (dataset, build(dir) -> src)
     "csv label 7": ("fer2013", lambda d: _csv(d, _field(0, "7"))),
     "csv label -1": ("fer2013", lambda d: _csv(d, _field(0, "-1"))),
     "csv label empty": ("fer2013", lambda d: _csv(d, _field(0, ""))),
-    "csv label 2**70": ("fer2013", lambda d: _csv(d, _field(0, str(2 ** 70)))),
+    "csv label 2**70": ("fer2013", lambda d: _csv(d, _field(0, str(2**70)))),
     "csv pixel 256": ("fer2013", lambda d: _csv(d, _pixel("256"))),
     "csv pixel -1": ("fer2013", lambda d: _csv(d, _pixel("-1"))),
     "csv pixel 1.5": ("fer2013", lambda d: _csv(d, _pixel("1.5"))),
     "csv pixel 1e3": ("fer2013", lambda d: _csv(d, _pixel("1e3"))),
-    "csv 2303 pixels": ("fer2013", lambda d: _csv(d, lambda l: l.__setitem__(2, l[2].replace(" ", ",", 1).split(",", 1)[0] + l[2][l[2].index(" ") + 1:]))),
+    "csv 2303 pixels": (
+        "fer2013",
+        lambda d: _csv(
+            d,
+            lambda l: l.__setitem__(
+                2, l[2].replace(" ", ",", 1).split(",", 1)[0] + l[2][l[2].index(" ") + 1 :]
+            ),
+        ),
+    ),
     "csv 2305 pixels": ("fer2013", lambda d: _csv(d, _pixel("0 0"))),
     "csv usage Foo": ("fer2013", lambda d: _csv(d, _field(2, "Foo"))),
     "csv no pixels column": ("fer2013", lambda d: _csv(d, lambda l: l.__setitem__(0, "emotion,pix,Usage"))),
     "csv empty file": ("fer2013", lambda d: _csv(d, raw=b"")),
     "csv header only": ("fer2013", lambda d: _csv(d, raw=b"emotion,pixels,Usage\n")),
     "csv NUL byte": ("fer2013", lambda d: _csv(d, raw=b"emotion,pixels,Usage\n0,\x00,Training\n")),
-    "csv huge field": ("fer2013", lambda d: _csv(d, raw=b"emotion,pixels,Usage\n0," + b"1" * 200_000 + b",Training\n")),
-    "csv only PublicTest": ("fer2013", lambda d: write_fer_csv(d / "fer2013.csv", fer_rows(3, usages=("PublicTest",)))),
+    "csv huge field": (
+        "fer2013",
+        lambda d: _csv(d, raw=b"emotion,pixels,Usage\n0," + b"1" * 200_000 + b",Training\n"),
+    ),
+    "csv only PublicTest": (
+        "fer2013",
+        lambda d: write_fer_csv(d / "fer2013.csv", fer_rows(3, usages=("PublicTest",))),
+    ),
     "csv short row": ("fer2013", lambda d: _csv(d, lambda l: l.__setitem__(2, "0"))),
     "csv binary garbage": ("fer2013", lambda d: _csv(d, raw=os.urandom(5000))),
     # CIFAR-10 python pickles
-    "pickle label 2**70": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch([0, 2 ** 70]))),
+    "pickle label 2**70": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch([0, 2**70]))),
     "pickle label -1": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch([0, -1]))),
     "pickle label 10": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch([0, 10]))),
     "pickle label str": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch(["0", "1"]))),
     "pickle label float": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch([0.0, 1.5]))),
-    "pickle labels nested shared lists": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch(_nested(list)))),
+    "pickle labels nested shared lists": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", _batch(_nested(list))),
+    ),
     "pickle labels dict": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch({1: 2}))),
     "pickle labels short": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch([0]))),
     "pickle data list": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch(data=[[0] * 3072] * 2))),
     "pickle data nested shared": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch(data=_nested(list)))),
-    "pickle data int64": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch(data=np.zeros((2, 3072), np.int64)))),
-    "pickle data (2, 3071)": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch(data=np.zeros((2, 3071), np.uint8)))),
+    "pickle data int64": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", _batch(data=np.zeros((2, 3072), np.int64))),
+    ),
+    "pickle data (2, 3071)": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", _batch(data=np.zeros((2, 3071), np.uint8))),
+    ),
     "pickle data odd bytes": ("cifar10", lambda d: _cifar(d, "data_batch_1", _batch(data=b"\0" * 3000))),
-    "pickle dict key nested tuples": ("cifar10", lambda d: _cifar(d, "data_batch_1", raw=_tuple_key_pickle())),
-    "pickle os.system payload": ("cifar10", lambda d: _cifar(d, "data_batch_1", raw=pickle.dumps(_Evil(), protocol=2))),
-    "pickle truncated": ("cifar10", lambda d: _cifar(d, "data_batch_1", raw=pickle.dumps(_batch(), protocol=2)[:40])),
+    "pickle dict key nested tuples": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", raw=_tuple_key_pickle()),
+    ),
+    "pickle os.system payload": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", raw=pickle.dumps(_Evil(), protocol=2)),
+    ),
+    "pickle truncated": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", raw=pickle.dumps(_batch(), protocol=2)[:40]),
+    ),
     "pickle random bytes": ("cifar10", lambda d: _cifar(d, "data_batch_1", raw=os.urandom(3000))),
     "pickle a list": ("cifar10", lambda d: _cifar(d, "data_batch_1", [1, 2])),
-    "pickle no labels key": ("cifar10", lambda d: _cifar(d, "data_batch_1", {b"data": np.zeros((2, 3072), np.uint8)})),
-    "pickle set": ("cifar10", lambda d: _cifar(d, "data_batch_1", raw=pickle.dumps({b"labels": {1, 2}}, protocol=4))),
+    "pickle no labels key": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", {b"data": np.zeros((2, 3072), np.uint8)}),
+    ),
+    "pickle set": (
+        "cifar10",
+        lambda d: _cifar(d, "data_batch_1", raw=pickle.dumps({b"labels": {1, 2}}, protocol=4)),
+    ),
     "pickle meta 9 names": ("cifar10", lambda d: _cifar(d, "batches.meta", {b"label_names": [b"a"] * 9})),
-    "pickle meta nested names": ("cifar10", lambda d: _cifar(d, "batches.meta", {b"label_names": _nested(list)})),
-    "pickle meta not UTF-8": ("cifar10", lambda d: _cifar(d, "batches.meta", {b"label_names": [b"\xff"] * 10})),
-    "pickle missing batch": ("cifar10", lambda d: (lambda r: ((r / "data_batch_3").unlink(), r)[1])(_cifar(d))),
+    "pickle meta nested names": (
+        "cifar10",
+        lambda d: _cifar(d, "batches.meta", {b"label_names": _nested(list)}),
+    ),
+    "pickle meta not UTF-8": (
+        "cifar10",
+        lambda d: _cifar(d, "batches.meta", {b"label_names": [b"\xff"] * 10}),
+    ),
+    "pickle missing batch": (
+        "cifar10",
+        lambda d: (lambda r: ((r / "data_batch_3").unlink(), r)[1])(_cifar(d)),
+    ),
     # CIFAR-10 binary
-    "binary truncated record": ("cifar10", lambda d: (lambda r: ((r / "data_batch_2.bin").write_bytes(b"\0" * 3000), r)[1])(write_cifar_binary(d / "b", cifar_batches(per_batch=4)))),
-    "binary label byte 10": ("cifar10", lambda d: (lambda r: ((r / "test_batch.bin").write_bytes(b"\x0a" + b"\0" * 3072), r)[1])(write_cifar_binary(d / "b", cifar_batches(per_batch=4)))),
+    "binary truncated record": (
+        "cifar10",
+        lambda d: (lambda r: ((r / "data_batch_2.bin").write_bytes(b"\0" * 3000), r)[1])(
+            write_cifar_binary(d / "b", cifar_batches(per_batch=4))
+        ),
+    ),
+    "binary label byte 10": (
+        "cifar10",
+        lambda d: (lambda r: ((r / "test_batch.bin").write_bytes(b"\x0a" + b"\0" * 3072), r)[1])(
+            write_cifar_binary(d / "b", cifar_batches(per_batch=4))
+        ),
+    ),
     # archives
     "tar.gz with a 2.5 GB member header": ("cifar10", _huge_member_tgz),
     "11 MB tar.gz holding a 2.5 GB member": ("cifar10", _real_huge_member_tgz),
     "tar path traversal": ("fer2013", lambda d: _tar(d, [(_info("../../x.csv", 3), b"abc")])),
     "tar absolute path": ("fer2013", lambda d: _tar(d, [(_info("/etc/x.csv", 3), b"abc")])),
-    "tar symlink": ("fer2013", lambda d: _tar(d, [(_info("fer2013.csv", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None)])),
-    "tar hard link": ("fer2013", lambda d: _tar(d, [(_info("fer2013.csv", type=tarfile.LNKTYPE, linkname="/etc/passwd"), None)])),
+    "tar symlink": (
+        "fer2013",
+        lambda d: _tar(d, [(_info("fer2013.csv", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None)]),
+    ),
+    "tar hard link": (
+        "fer2013",
+        lambda d: _tar(d, [(_info("fer2013.csv", type=tarfile.LNKTYPE, linkname="/etc/passwd"), None)]),
+    ),
     "tar device": ("fer2013", lambda d: _tar(d, [(_info("dev", type=tarfile.CHRTYPE), None)])),
     "tar fifo": ("fer2013", lambda d: _tar(d, [(_info("fifo", type=tarfile.FIFOTYPE), None)])),
     "tar empty": ("fer2013", lambda d: _tar(d, [])),
-    "tar truncated": ("cifar10", lambda d: (lambda p: (p.write_bytes(p.read_bytes()[:5000]), p)[1])(make_tar(_cifar(d), d / "c.tar.gz"))),
-    "tar.gz random bytes": ("cifar10", lambda d: (lambda p: (p.write_bytes(os.urandom(4000)), p)[1])(d / "x.tar.gz")),
+    "tar truncated": (
+        "cifar10",
+        lambda d: (lambda p: (p.write_bytes(p.read_bytes()[:5000]), p)[1])(
+            make_tar(_cifar(d), d / "c.tar.gz")
+        ),
+    ),
+    "tar.gz random bytes": (
+        "cifar10",
+        lambda d: (lambda p: (p.write_bytes(os.urandom(4000)), p)[1])(d / "x.tar.gz"),
+    ),
     "zip path traversal": ("fer2013", lambda d: _zip(d, [("../x.csv", "a")])),
-    "zip random bytes": ("fer2013", lambda d: (lambda p: (p.write_bytes(b"PK\x03\x04" + os.urandom(500)), p)[1])(d / "x.zip")),
+    "zip random bytes": (
+        "fer2013",
+        lambda d: (lambda p: (p.write_bytes(b"PK\x03\x04" + os.urandom(500)), p)[1])(d / "x.zip"),
+    ),
     "zip empty": ("fer2013", lambda d: _zip(d, [])),
     # image trees
     "tree unknown class": ("fer2013", lambda d: _tree(d, {"train/joy/a.png": G})),
     "tree unknown split": ("fer2013", lambda d: _tree(d, {"extra/sad/a.png": G})),
     "tree not an image": ("fer2013", lambda d: _tree(d, {"train/sad/a.png": b"not a png"})),
     "tree truncated png": ("fer2013", lambda d: _tree(d, {"train/sad/a.png": G[:60]})),
-    "tree wrong size": ("fer2013", lambda d: _tree(d, {"train/sad/a.png": png_bytes(np.zeros((40, 48), np.uint8))})),
+    "tree wrong size": (
+        "fer2013",
+        lambda d: _tree(d, {"train/sad/a.png": png_bytes(np.zeros((40, 48), np.uint8))}),
+    ),
     "tree 9000x9000 header": ("fer2013", lambda d: _tree(d, {"train/sad/a.png": _png_header(9000, 9000)})),
-    "tree 100000x100000 header": ("fer2013", lambda d: _tree(d, {"train/sad/a.png": _png_header(100000, 100000)})),
+    "tree 100000x100000 header": (
+        "fer2013",
+        lambda d: _tree(d, {"train/sad/a.png": _png_header(100000, 100000)}),
+    ),
     "tree too deep": ("fer2013", lambda d: _tree(d, {"train/sad/x/a.png": G})),
     "tree no images": ("fer2013", lambda d: _tree(d, {"train/README": b"x"})),
     # coursework layout
@@ -268,7 +374,12 @@ CONVERT = {  # name -> (dataset, build(dir) -> src)
     "coursework missing image": ("fer2013", lambda d: _coursework(d, "img,emotion\nTrain/zz.jpg,1\n")),
     "coursework twice": ("fer2013", lambda d: _coursework(d, "img,emotion\nTrain/a.jpg,1\nTrain/a.jpg,2\n")),
     "coursework bad line": ("fer2013", lambda d: _coursework(d, "img,emotion\nTrain/a.jpg;1;2\n")),
-    "coursework not UTF-8": ("fer2013", lambda d: (lambda r: ((r / "labels_public.txt").write_bytes(b"\xff\xfe\xfa"), r)[1])(_coursework(d, ""))),
+    "coursework not UTF-8": (
+        "fer2013",
+        lambda d: (lambda r: ((r / "labels_public.txt").write_bytes(b"\xff\xfe\xfa"), r)[1])(
+            _coursework(d, "")
+        ),
+    ),
     # sources that are not there or not sources
     "missing source": ("fer2013", lambda d: d / "nope.csv"),
     "source is /dev/null": ("fer2013", lambda d: Path("/dev/null")),
@@ -278,9 +389,17 @@ CONVERT = {  # name -> (dataset, build(dir) -> src)
 
 # --------------------------------------------------------------------------- info inputs
 
+
 def _good_h5(p: Path, n=6) -> Path:
-    with fmt.create(p, dataset="t", class_names=["a", "b", "c"], mean=[1.0], std=[2.0],
-                    image_shape=(1, 2, 2), splits=["train", "test"]) as f:
+    with fmt.create(
+        p,
+        dataset="t",
+        class_names=["a", "b", "c"],
+        mean=[1.0],
+        std=[2.0],
+        image_shape=(1, 2, 2),
+        splits=["train", "test"],
+    ) as f:
         for s in ("train", "test"):
             fmt.write_split(f, s, np.zeros((n, 1, 2, 2), np.uint8), np.arange(n) % 3, 4)
     return p
@@ -292,6 +411,7 @@ def _h5(edit):
         with h5py.File(p, "a") as f:
             edit(f, d)
         return p
+
     return build
 
 
@@ -307,6 +427,7 @@ def _y(values, s="train", dtype=np.int64):
     def edit(f, d):
         del f[f"{s}/y"]
         f[f"{s}/y"] = np.asarray(values, dtype)
+
     return _h5(edit)
 
 
@@ -314,6 +435,7 @@ def _x(value):
     def edit(f, d):
         del f["train/x"]
         f["train/x"] = value
+
     return _h5(edit)
 
 
@@ -331,7 +453,7 @@ def _virtual(f, d):
 
 
 INFO = {
-    "unchunked x": _x(np.zeros((6, 1, 2, 2), np.uint8)),   # valid: described, exit 0 expected
+    "unchunked x": _x(np.zeros((6, 1, 2, 2), np.uint8)),  # valid: described, exit 0 expected
     "negative label": _y([0, -1, 2, 0, 1, 2]),
     "label 50": _y([0, 1, 2, 50, 1, 2], "test"),
     "float labels": _y([0.5] * 6, dtype=np.float64),
@@ -344,7 +466,7 @@ INFO = {
     "missing std": _del("std", attr=True),
     "missing class_names": _del("class_names", attr=True),
     "missing image_shape": _del("image_shape", attr=True),
-    "missing splits attribute": _del("splits", attr=True),   # optional: valid
+    "missing splits attribute": _del("splits", attr=True),  # optional: valid
     "missing split": _del("test"),
     "missing /train/y": _del("train/y"),
     "NaN mean": _set_attr("mean", [np.nan]),
@@ -363,7 +485,9 @@ INFO = {
     "external link split": _h5(lambda f, d: f.__setitem__("val", h5py.ExternalLink("other.h5", "/x"))),
     "not HDF5": lambda d: (lambda p: (p.write_bytes(os.urandom(4000)), p)[1])(d / "x.h5"),
     "empty file": lambda d: (lambda p: (p.write_bytes(b""), p)[1])(d / "x.h5"),
-    "truncated HDF5": lambda d: (lambda p: (p.write_bytes(p.read_bytes()[:3000]), p)[1])(_good_h5(d / "d.h5")),
+    "truncated HDF5": lambda d: (lambda p: (p.write_bytes(p.read_bytes()[:3000]), p)[1])(
+        _good_h5(d / "d.h5")
+    ),
     "missing file": lambda d: d / "nope.h5",
     "a folder": lambda d: d,
 }
@@ -371,6 +495,7 @@ VALID_INFO = {"unchunked x", "missing splits attribute"}
 
 
 # --------------------------------------------------------------------------- running
+
 
 def _classify(call, out_dir: Path, valid=False) -> str:
     """'refused', 'traceback', 'accepted', 'partial' (refused but left files), or 'ok'."""
@@ -397,8 +522,10 @@ def fuzz_convert(work: Path) -> dict:
         d = Path(tempfile.mkdtemp(dir=work))
         src, out_dir = build(d), d / "out"
         t0 = time.perf_counter()
-        results[name] = _classify(lambda: cli.main([dataset, str(src), "-o", str(out_dir / "o.h5")]),
-                                  out_dir), time.perf_counter() - t0
+        results[name] = (
+            _classify(lambda: cli.main([dataset, str(src), "-o", str(out_dir / "o.h5")]), out_dir),
+            time.perf_counter() - t0,
+        )
     if Path("/tmp/fuzz_prep_pwned").exists():
         results["pickle os.system payload"] = ("CODE RAN", 0.0)
     return results
@@ -410,16 +537,22 @@ def fuzz_info(work: Path) -> dict:
         d = Path(tempfile.mkdtemp(dir=work))
         path = build(d)
         t0 = time.perf_counter()
-        results[name] = _classify(lambda: cli.main(["info", str(path)]), d / "none",
-                                  valid=name in VALID_INFO), time.perf_counter() - t0
+        results[name] = (
+            _classify(lambda: cli.main(["info", str(path)]), d / "none", valid=name in VALID_INFO),
+            time.perf_counter() - t0,
+        )
     return results
 
 
 def _full_disk(where: Path) -> bool:
     where.mkdir(parents=True, exist_ok=True)
     try:
-        return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                              capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True
+            ).returncode
+            == 0
+        )
     except OSError:
         return False
 
@@ -433,8 +566,10 @@ def fuzz_outputs(work: Path) -> dict:
     def trial(name, out: Path, check_dir: Path, *extra, keep=None):
         before = {p.name: p.read_bytes() for p in check_dir.iterdir()} if check_dir.exists() else {}
         t0 = time.perf_counter()
-        r = _classify(lambda: cli.main(["cifar10", str(src), "-o", str(out), "--val-size", "50", *extra]),
-                      Path("/nonexistent"))
+        r = _classify(
+            lambda: cli.main(["cifar10", str(src), "-o", str(out), "--val-size", "50", *extra]),
+            Path("/nonexistent"),
+        )
         after = {p.name: p.read_bytes() for p in check_dir.iterdir()} if check_dir.exists() else {}
         if r == "refused" and after != before:
             r = "partial"
@@ -454,6 +589,7 @@ def fuzz_outputs(work: Path) -> dict:
         finally:
             subprocess.run(["umount", str(full)])
     else:
+
         class Full:
             def __init__(self, p, m):
                 self.f = open(p, m)
@@ -469,6 +605,7 @@ def fuzz_outputs(work: Path) -> dict:
 
             def __exit__(self, *e):
                 self.f.close()
+
         fmt.open = Full
         try:
             trial("full disk (ENOSPC simulated)", d / "n.h5", d)
@@ -478,9 +615,11 @@ def fuzz_outputs(work: Path) -> dict:
     return results
 
 
-SLOW = ("import sys, time\nfrom gpunet.data import h5file\nreal = h5file._DiskWriter.write\n"
-        "def w(self, b):\n    open(sys.argv[1], 'a').close(); time.sleep(0.03); return real(self, b)\n"
-        "h5file._DiskWriter.write = w\nfrom data_prep.cli import main\nsys.exit(main(sys.argv[2:]))\n")
+SLOW = (
+    "import sys, time\nfrom gpunet.data import h5file\nreal = h5file._DiskWriter.write\n"
+    "def w(self, b):\n    open(sys.argv[1], 'a').close(); time.sleep(0.03); return real(self, b)\n"
+    "h5file._DiskWriter.write = w\nfrom data_prep.cli import main\nsys.exit(main(sys.argv[2:]))\n"
+)
 
 
 def fuzz_signals(work: Path, n: int) -> dict:
@@ -491,9 +630,23 @@ def fuzz_signals(work: Path, n: int) -> dict:
         for i in range(n):
             d = Path(tempfile.mkdtemp(dir=work))
             marker, out_dir = d / "marker", d / "out"
-            p = subprocess.Popen([sys.executable, "-c", SLOW, str(marker), "cifar10", str(src), "-o",
-                                  str(out_dir / "o.h5"), "--val-size", "50"],
-                                 stderr=subprocess.PIPE, text=True, env=env)
+            p = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    SLOW,
+                    str(marker),
+                    "cifar10",
+                    str(src),
+                    "-o",
+                    str(out_dir / "o.h5"),
+                    "--val-size",
+                    "50",
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
             while not marker.exists() and p.poll() is None:
                 time.sleep(0.005)
             time.sleep(random.uniform(0, 0.1))
@@ -502,7 +655,9 @@ def fuzz_signals(work: Path, n: int) -> dict:
             left = list(out_dir.iterdir()) if out_dir.exists() else []
             clean = p.returncode == 128 + sig and not left and "Traceback" not in err
             results[f"{signal.Signals(sig).name} #{i + 1}"] = (
-                "refused" if clean else f"rc {p.returncode}, left {len(left)}", 0.0)
+                "refused" if clean else f"rc {p.returncode}, left {len(left)}",
+                0.0,
+            )
     return results
 
 
@@ -510,11 +665,15 @@ def report(title: str, results: dict) -> int:
     kinds = [r for r, _ in results.values()]
     bad = {k: r for k, (r, _) in results.items() if r not in ("refused", "ok")}
     slow = max((t, k) for k, (_, t) in results.items())
-    print(f"{title}: tried {len(kinds)}, clean refusals {kinds.count('refused')}, "
-          f"valid {kinds.count('ok')}, tracebacks {sum(k.startswith('traceback') for k in kinds)}, "
-          f"accepted {kinds.count('accepted')}, partial outputs {kinds.count('partial')}, "
-          f"other {len(bad) - sum(k.startswith('traceback') for k in bad.values()) - list(bad.values()).count('accepted') - list(bad.values()).count('partial')}; "
-          f"slowest {slow[0]:.2f} s ({slow[1]})")
+    other = len(bad) - sum(k.startswith("traceback") for k in bad.values()) - kinds.count("accepted")
+    other -= kinds.count("partial")
+    print(
+        f"{title}: tried {len(kinds)}, clean refusals {kinds.count('refused')}, "
+        f"valid {kinds.count('ok')}, tracebacks {sum(k.startswith('traceback') for k in kinds)}, "
+        f"accepted {kinds.count('accepted')}, partial outputs {kinds.count('partial')}, "
+        f"other {other}; "
+        f"slowest {slow[0]:.2f} s ({slow[1]})"
+    )
     for k, r in bad.items():
         print(f"  {r}: {k}")
     return len(bad)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Same as `gpunet-overfit`, runnable from a checkout without installing: python scripts/overfit.py --help"""
+
 import os
 import sys
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Package a finished FER2013 run as gpunet's shipped model: python scripts/package_model.py RUN_DIR [--dest F].
+"""Package a finished FER2013 run as gpunet's shipped model: python scripts/package_model.py RUN_DIR [--dest
+F].
 
 RUN_DIR is a folder written by ``gpunet-train fer2013 --arch cnn``. The model goes to
 ``gpunet/pretrained/fer2013.npz`` (float16 when that changes no prediction's accuracy),
 with its recipe, seed and measured accuracy in the file's meta; the record is printed.
 """
+
 import argparse
 import json
 import os

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Same as `gpunet-train`, runnable from a checkout without installing: python scripts/train.py --help"""
+
 import os
 import sys
 

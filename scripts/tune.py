@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Same as `gpunet-tune`, runnable from a checkout without installing: python scripts/tune.py --help"""
+
 import os
 import sys
 

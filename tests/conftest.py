@@ -13,9 +13,10 @@ is read-only on NumPy until that backward, so a write into one fails where it ha
 A test that checks what only a real GPU has (memory pools, cuRAND's streams) asks for
 ``real_gpu`` or skips itself on ``backend.emulated()``.
 """
+
 import os
 
-os.environ.setdefault("GPUNET_CHECK_SAVED", "1")   # before gpunet loads: kept arrays read-only (gpunet.nn)
+os.environ.setdefault("GPUNET_CHECK_SAVED", "1")  # before gpunet loads: kept arrays read-only (gpunet.nn)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -56,9 +57,9 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def _backend_restored():
-    """Whatever a test selects (a CLI's --backend, say) ends with it: the next test starts on the same backend."""
+    """Whatever a test selects (a CLI's --backend, say) ends with it: the next test starts on the same
+    backend."""
     before = backend.selected()
     yield
     if backend.selected() != before:
         backend.use(before)
-

@@ -1,4 +1,5 @@
 """Central-difference numerical gradients: the independent oracle for every backward."""
+
 import numpy as np
 
 from gpunet import backend

@@ -5,6 +5,7 @@ Each generated raw kernel runs on the CPU over a pointer table of NumPy arrays
 NumPy optimizer gives parameter by parameter, weight decay included.
 Collected by ``tests/test_kernel_cpu.py`` through ``MULTI_CASES``.
 """
+
 import numpy as np
 
 from gpunet import multi_tensor, optim
@@ -13,7 +14,13 @@ from gpunet.cuda_sources import SOURCES
 import kernel_harness as H
 
 ARG_TYPES = ["const long long*", "int", "long long", "const double*"]
-RULES = {"sgd": "sgd", "momentum": "sgd_momentum", "nesterov": "nesterov", "rmsprop": "rmsprop", "adam": "adam"}
+RULES = {
+    "sgd": "sgd",
+    "momentum": "sgd_momentum",
+    "nesterov": "nesterov",
+    "rmsprop": "rmsprop",
+    "adam": "adam",
+}
 
 
 def run_multi(rule, dt, rng, steps=3, shapes=((7, 5), (0,), (13,), (1,))):
@@ -43,6 +50,7 @@ def _case(rule):
             np.testing.assert_allclose(params[k], want[k], rtol=tol, atol=tol, err_msg=f"{rule} {k}")
             for n, s in twin.state[k].items():
                 np.testing.assert_allclose(opt.state[k][n], s, rtol=tol, atol=tol, err_msg=f"{rule} {k} {n}")
+
     return case
 
 

@@ -4,6 +4,7 @@ Each builder writes files under a given folder and returns what it wrote
 (arrays, labels, paths), so tests can compare the converted HDF5 file pixel for
 pixel against values they chose themselves.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
-               "dog", "frog", "horse", "ship", "truck"]
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FER_NAMES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
@@ -38,11 +38,18 @@ def write_cifar_python(folder: Path, batches: dict) -> Path:
     d = Path(folder) / "cifar-10-batches-py"
     d.mkdir(parents=True)
     for name, (data, labels) in batches.items():
-        blob = {b"batch_label": name.encode(), b"labels": list(labels), b"data": data,
-                b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}
+        blob = {
+            b"batch_label": name.encode(),
+            b"labels": list(labels),
+            b"data": data,
+            b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
+        }
         (d / name).write_bytes(pickle.dumps(blob, protocol=2))
-    meta = {b"num_cases_per_batch": 10000, b"num_vis": 3072,
-            b"label_names": [n.encode() for n in CIFAR_NAMES]}
+    meta = {
+        b"num_cases_per_batch": 10000,
+        b"num_vis": 3072,
+        b"label_names": [n.encode() for n in CIFAR_NAMES],
+    }
     (d / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     (d / "readme.html").write_text("<html></html>")
     return d
@@ -98,16 +105,14 @@ def write_image_tree(root: Path, files: dict) -> Path:
     for rel, pixels in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(jpeg_bytes(pixels) if rel.lower().endswith((".jpg", ".jpeg"))
-                      else png_bytes(pixels))
+        p.write_bytes(jpeg_bytes(pixels) if rel.lower().endswith((".jpg", ".jpeg")) else png_bytes(pixels))
     return root
 
 
 def fer_rows(n: int, seed: int = 0, usages=("Training", "PublicTest", "PrivateTest")) -> list:
     """[(emotion, pixels uint8 (2304,), usage)], cycling through labels and usages."""
     rng = np.random.default_rng(seed)
-    return [(i % 7, rng.integers(0, 256, 2304, dtype=np.uint8), usages[i % len(usages)])
-            for i in range(n)]
+    return [(i % 7, rng.integers(0, 256, 2304, dtype=np.uint8), usages[i % len(usages)]) for i in range(n)]
 
 
 def write_fer_csv(path: Path, rows: list, icml: bool = False) -> Path:

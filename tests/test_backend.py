@@ -1,4 +1,5 @@
 """The backend switch: the only door to cupy, explicit choices, clear errors."""
+
 import ast
 import os
 import pathlib
@@ -21,9 +22,13 @@ def _imports_cupy(path):
             return True
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "cupy":
             return True
-        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
-                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
-                and str(node.args[0].value).split(".")[0] == "cupy":
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and str(node.args[0].value).split(".")[0] == "cupy"
+        ):
             return True
     return False
 
@@ -103,18 +108,28 @@ def test_gpunet_shortens_openblas_spinning_unless_told_otherwise():
     import os
     import subprocess
     import sys
+
     code = "import gpunet, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "4"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "4"
+    )
     env["OPENBLAS_THREAD_TIMEOUT"] = "28"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "28"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "28"
+    )
 
 
 # a failed re-probe on another device leaves no stale CuPy behind (checked with a stand-in cupy module)
 def _fake_cupy(n_devices):
     """A stand-in cupy module with ``n_devices`` GPUs that can run the backend's probe."""
+
     class Device:
         def __init__(self, i):
             self.i = i
@@ -128,9 +143,12 @@ def _fake_cupy(n_devices):
         def use(self):
             pass
 
-    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: n_devices), Device=Device)
-    return types.SimpleNamespace(cuda=cuda, arange=np.arange, float32=np.float32, ndarray=type(None),
-                                 get_array_module=lambda *a: np)
+    cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: n_devices), Device=Device
+    )
+    return types.SimpleNamespace(
+        cuda=cuda, arange=np.arange, float32=np.float32, ndarray=type(None), get_array_module=lambda *a: np
+    )
 
 
 @pytest.fixture
@@ -147,10 +165,10 @@ def fresh_backend(monkeypatch):
 def test_failed_reprobe_on_another_device_forgets_cupy(fresh_backend):
     assert fresh_backend.use("auto", device=0) == "cupy"
     assert fresh_backend.gpu_available()
-    assert fresh_backend.use("auto", device=1) == "numpy"      # device 1 does not exist
+    assert fresh_backend.use("auto", device=1) == "numpy"  # device 1 does not exist
     assert not fresh_backend.gpu_available()
     assert "GPU index 1" in fresh_backend.gpu_unavailable_reason()
     assert fresh_backend.cupy_module() is None
     with pytest.raises(backend.BackendError, match="GPU index 1"):
         fresh_backend.use("cupy")
-    assert fresh_backend.use("cupy", device=0) == "cupy"        # and back to a working device
+    assert fresh_backend.use("cupy", device=0) == "cupy"  # and back to a working device

@@ -16,6 +16,7 @@ In float32 a conv bias followed by batch norm has an exact gradient of zero, and
 rounding noise into steps of +-lr, so those biases are left out of float32 parameter comparisons
 (``parity.cancelled_by_batchnorm``); float64 compares every parameter.
 """
+
 import json
 
 import numpy as np
@@ -33,12 +34,16 @@ def _check(kind, rule, steps, dtype, other, tol=None, n=64, loss_steps=None, par
     ref = parity.curve(kind, "numpy", rule, steps, dtype, n)
     got = parity.curve(kind, other, rule, steps, dtype, n)
     d = parity.verdict(kind, ref, got, dtype, tol, loss_steps, params)
-    print(f"PARITY {kind} {rule} {np.dtype(dtype).name} {steps} steps vs {other}: loss {d['loss']:.2e} "
-          f"(first {d['loss_steps']} steps {d['early']:.2e}), param {d['param']:.2e} ({d['worst_param']}); "
-          f"final loss numpy {ref[0][-1]:.6f}, {other} {got[0][-1]:.6f}")
-    assert d["ok"], f"{kind} {rule} {np.dtype(dtype).name}: the backends differ (tolerance {d['tol']}): first " \
-                    f"{d['loss_steps']} losses by {d['early']:.2e}, parameter {d['worst_param']} by {d['param']:.2e}" \
-                    f"\nnumpy    {ref[0]}\n{other} {got[0]}\nall parameters: {d['params']}"
+    print(
+        f"PARITY {kind} {rule} {np.dtype(dtype).name} {steps} steps vs {other}: loss {d['loss']:.2e} "
+        f"(first {d['loss_steps']} steps {d['early']:.2e}), param {d['param']:.2e} ({d['worst_param']}); "
+        f"final loss numpy {ref[0][-1]:.6f}, {other} {got[0][-1]:.6f}"
+    )
+    assert d["ok"], (
+        f"{kind} {rule} {np.dtype(dtype).name}: the backends differ (tolerance {d['tol']}): first "
+        f"{d['loss_steps']} losses by {d['early']:.2e}, parameter {d['worst_param']} by {d['param']:.2e}"
+        f"\nnumpy    {ref[0]}\n{other} {got[0]}\nall parameters: {d['params']}"
+    )
     return d
 
 
@@ -46,7 +51,7 @@ def _check(kind, rule, steps, dtype, other, tol=None, n=64, loss_steps=None, par
 @pytest.mark.parametrize("kind", parity.KINDS)
 @pytest.mark.parametrize("steps", [1, 20])
 def test_emulated_gpu_trains_as_numpy_float64(kind, steps):
-    _check(kind, "adam", steps, np.float64, "emulated", 1e-7)           # the same BLAS: far below 1e-3
+    _check(kind, "adam", steps, np.float64, "emulated", 1e-7)  # the same BLAS: far below 1e-3
 
 
 @emulated_only
@@ -65,12 +70,14 @@ def test_emulated_gpu_one_step_as_numpy_float32(kind):
 def test_emulated_gpu_takes_the_one_launch_update(monkeypatch):
     """The emulated run goes through the real multi-tensor launch (else the tests above prove nothing)."""
     from gpunet import multi_tensor
+
     seen = []
     launch = multi_tensor.MultiTensor.launch
 
     def spy(self, xp, arrays_per_param):
         seen.append([(a.shape, a.flags.c_contiguous) for arrays in arrays_per_param for a in arrays])
         return launch(self, xp, arrays_per_param)
+
     monkeypatch.setattr(multi_tensor.MultiTensor, "launch", spy)
     parity.curve("cnn", "emulated", "adam", 1, np.float32, 8)
     assert len(seen) == 1 and len(seen[0]) == 4 * len(parity.build("cnn").params)
@@ -107,20 +114,62 @@ def test_gpunet_train_on_the_emulated_gpu_gives_the_numpy_run(tmp_path):
     from data_prep import h5format
     from data_prep.splits import SourceData, Split
     from gpunet.cli import train
+
     rng = np.random.default_rng(0)
-    splits = {k: Split(rng.integers(0, 256, (n, 1, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), u)
-              for k, (n, u) in {"train": (300, "Training"), "val": (100, "PublicTest"),
-                                "test": (100, "PrivateTest")}.items()}
+    splits = {
+        k: Split(rng.integers(0, 256, (n, 1, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), u)
+        for k, (n, u) in {
+            "train": (300, "Training"),
+            "val": (100, "PublicTest"),
+            "test": (100, "PrivateTest"),
+        }.items()
+    }
     names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-    h5format.write(tmp_path / "fer2013.h5", SourceData(splits, names, {"sha256": "0" * 64}), dataset="fer2013",
-                   source="synthetic", command="test")
+    h5format.write(
+        tmp_path / "fer2013.h5",
+        SourceData(splits, names, {"sha256": "0" * 64}),
+        dataset="fer2013",
+        source="synthetic",
+        command="test",
+    )
     runs = {}
     for b in ("numpy", "emulated"):
         out = tmp_path / b
-        assert train.main(["fer2013", "--arch", "cnn", "--backend", b, "--epochs", "2", "--channels", "8", "16",
-                           "--hidden", "32", "--dropout", "0", "--no-augment", "--crop-pad", "0", "--data-dir",
-                           str(tmp_path), "--no-download", "--out", str(out), "--no-plots", "-q"]) == 0
-        runs[b] = (json.loads((out / "history.json").read_text()), json.loads((out / "metrics.json").read_text()))
+        assert (
+            train.main(
+                [
+                    "fer2013",
+                    "--arch",
+                    "cnn",
+                    "--backend",
+                    b,
+                    "--epochs",
+                    "2",
+                    "--channels",
+                    "8",
+                    "16",
+                    "--hidden",
+                    "32",
+                    "--dropout",
+                    "0",
+                    "--no-augment",
+                    "--crop-pad",
+                    "0",
+                    "--data-dir",
+                    str(tmp_path),
+                    "--no-download",
+                    "--out",
+                    str(out),
+                    "--no-plots",
+                    "-q",
+                ]
+            )
+            == 0
+        )
+        runs[b] = (
+            json.loads((out / "history.json").read_text()),
+            json.loads((out / "metrics.json").read_text()),
+        )
     (h_np, m_np), (h_emu, m_emu) = runs["numpy"], runs["emulated"]
     assert m_emu["backend"] == "emulated" and m_np["backend"] == "numpy"
     assert len(h_np["loss"]) == len(h_emu["loss"]) > 4

@@ -1,4 +1,5 @@
 """Checkpoints: buffers travel with parameters; a refused checkpoint changes nothing at all."""
+
 import json
 
 import numpy as np
@@ -26,7 +27,9 @@ class BufferedNet(FullyConnectedNet):
         for k in [k for k in params if k in self.buffers]:
             v = params.pop(k)
             if tuple(v.shape) != tuple(self.buffers[k].shape):
-                raise ValueError(f"set_params: buffer {k!r} with shape {tuple(v.shape)} does not fit this model")
+                raise ValueError(
+                    f"set_params: buffer {k!r} with shape {tuple(v.shape)} does not fit this model"
+                )
             self.buffers[k][...] = backend.to_device(v)
         super().set_params(params)
 
@@ -36,8 +39,14 @@ from test_solver import _data  # the same small separable problem
 
 def _solver(folder=None, hidden=(16, 16), **kw):
     model = BufferedNet(list(hidden), input_dim=10, num_classes=3, dropout=0.2, seed=0)
-    opts = dict(update_rule="adam", optim_config={"learning_rate": 3e-3}, batch_size=16, num_epochs=4,
-                verbose=False, seed=5)
+    opts = dict(
+        update_rule="adam",
+        optim_config={"learning_rate": 3e-3},
+        batch_size=16,
+        num_epochs=4,
+        verbose=False,
+        seed=5,
+    )
     if folder is not None:
         folder.mkdir(exist_ok=True)
         opts["checkpoint_name"] = str(folder / "run")
@@ -57,8 +66,17 @@ def _np(v):
 
 def _snapshot(solver) -> dict:
     """Every attribute of the solver, its model (parameters, buffers, generator) and optimizer, as copies."""
-    skip = {"model", "optimizer", "train_loader", "val_loader", "train_eval_loader", "schedule", "config",
-            "on_epoch_end", "_rng"}
+    skip = {
+        "model",
+        "optimizer",
+        "train_loader",
+        "val_loader",
+        "train_eval_loader",
+        "schedule",
+        "config",
+        "on_epoch_end",
+        "_rng",
+    }
     snap = {k: _np(v) for k, v in vars(solver).items() if k not in skip}
     m = solver.model
     snap["model.params"] = _np(m.params)
@@ -74,8 +92,9 @@ def test_buffers_in_best_snapshot_checkpoint_and_resume(tmp_path):
     best = full.best_params
     assert set(best) == set(full.model.params) | {"0.running_mean"}
     # the model ends with the best epoch's state: parameters and buffer alike
-    np.testing.assert_array_equal(backend.to_numpy(full.model.buffers["0.running_mean"]),
-                                  backend.to_numpy(best["0.running_mean"]))
+    np.testing.assert_array_equal(
+        backend.to_numpy(full.model.buffers["0.running_mean"]), backend.to_numpy(best["0.running_mean"])
+    )
     with np.load(tmp_path / "a" / "run.ckpt.npz") as z:
         assert "buffer/0.running_mean" in z.files and "best/0.running_mean" in z.files
 
@@ -109,19 +128,22 @@ def _tamper(src, dst, arrays=None, meta=None):
     return dst
 
 
-@pytest.mark.parametrize("case,match", [
-    ("seed", "seed 5, not 6"),
-    ("version", "version 99"),
-    ("format", "not a gpunet checkpoint"),
-    ("param_shape", r"param/W2: expected shape \(16, 16\), found \(16, 15\)"),
-    ("missing_param", r"param: .*missing \['b3'\]"),
-    ("buffer_shape", r"buffer/0.running_mean: expected shape \(10,\), found \(9,\)"),
-    ("best_shape", r"best/W1: expected shape \(10, 16\)"),
-    ("opt_shape", r"opt/W3/m: expected shape \(16, 3\)"),
-    ("opt_unknown", r"opt/W9/m: expected opt/<parameter>/<slot>"),
-    ("update_rule", "update_rule 'adam', not 'rmsprop'"),
-    ("model", "checkpoint is for a model"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("seed", "seed 5, not 6"),
+        ("version", "version 99"),
+        ("format", "not a gpunet checkpoint"),
+        ("param_shape", r"param/W2: expected shape \(16, 16\), found \(16, 15\)"),
+        ("missing_param", r"param: .*missing \['b3'\]"),
+        ("buffer_shape", r"buffer/0.running_mean: expected shape \(10,\), found \(9,\)"),
+        ("best_shape", r"best/W1: expected shape \(10, 16\)"),
+        ("opt_shape", r"opt/W3/m: expected shape \(16, 3\)"),
+        ("opt_unknown", r"opt/W9/m: expected opt/<parameter>/<slot>"),
+        ("update_rule", "update_rule 'adam', not 'rmsprop'"),
+        ("model", "checkpoint is for a model"),
+    ],
+)
 def test_refused_checkpoint_leaves_solver_exactly_as_it_was(tmp_path, case, match):
     src = tmp_path / "a" / "run.ckpt.npz"
     _solver(tmp_path / "a", num_epochs=2).train()
@@ -178,8 +200,18 @@ def test_sequential_batchnorm_running_stats_resume_exactly(tmp_path):
     def make(folder, **kw):
         model = Sequential([Linear(10, 16), BatchNorm1d(16), ReLU(), Dropout(0.2), Linear(16, 3)], seed=0)
         folder.mkdir(exist_ok=True)
-        return Solver(model, _data(), update_rule="adam", optim_config={"learning_rate": 3e-3}, batch_size=16,
-                      num_epochs=3, verbose=False, seed=5, checkpoint_name=str(folder / "run"), **kw)
+        return Solver(
+            model,
+            _data(),
+            update_rule="adam",
+            optim_config={"learning_rate": 3e-3},
+            batch_size=16,
+            num_epochs=3,
+            verbose=False,
+            seed=5,
+            checkpoint_name=str(folder / "run"),
+            **kw,
+        )
 
     full = make(tmp_path / "a").train()
     assert {"1.running_mean", "1.running_var"} <= set(full.best_params)

@@ -3,12 +3,19 @@
 Oracles: direct nested loops over output pixels (the definition), central-difference
 numerical gradients in float64, and hand-written statistics for batch norm.
 """
+
 import numpy as np
 import pytest
 
 from gpunet import backend
-from gpunet.layers import (batchnorm_backward, batchnorm_forward, conv2d_backward, conv2d_forward,
-                           max_pool2d_backward, max_pool2d_forward)
+from gpunet.layers import (
+    batchnorm_backward,
+    batchnorm_forward,
+    conv2d_backward,
+    conv2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
 from gradcheck import numerical_gradient_array, rel_error
 
 
@@ -27,7 +34,7 @@ def naive_conv(X, W, b, stride, pad):
         for f in range(F):
             for i in range(Ho):
                 for j in range(Wo):
-                    patch = Xp[n, :, i * stride:i * stride + KH, j * stride:j * stride + KW]
+                    patch = Xp[n, :, i * stride : i * stride + KH, j * stride : j * stride + KW]
                     out[n, f, i, j] = (patch * W[f]).sum() + b[f]
     return out
 
@@ -40,7 +47,9 @@ def naive_pool(X, size, stride):
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
-                    out[n, c, i, j] = X[n, c, i * stride:i * stride + size, j * stride:j * stride + size].max()
+                    out[n, c, i, j] = X[
+                        n, c, i * stride : i * stride + size, j * stride : j * stride + size
+                    ].max()
     return out
 
 
@@ -51,13 +60,16 @@ CONV_CASES = [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 0, 2), (3, 2, 3), (1, 0, 1)]
 def test_conv_forward_matches_nested_loops(xp, rng, stride, pad, k):
     X, W, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, k, k)), rng.standard_normal(4)
     out = conv2d_forward(arr(xp, X), arr(xp, W), arr(xp, b), stride=stride, padding=pad)
-    np.testing.assert_allclose(backend.to_numpy(out), naive_conv(X, W, b, stride, pad), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        backend.to_numpy(out), naive_conv(X, W, b, stride, pad), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_conv_rectangular_kernel_and_float32(xp, rng):
     X, W, b = rng.standard_normal((3, 2, 6, 5)), rng.standard_normal((5, 2, 2, 3)), rng.standard_normal(5)
-    out = conv2d_forward(arr(xp, X.astype(np.float32)), arr(xp, W.astype(np.float32)),
-                         arr(xp, b.astype(np.float32)), padding=1)
+    out = conv2d_forward(
+        arr(xp, X.astype(np.float32)), arr(xp, W.astype(np.float32)), arr(xp, b.astype(np.float32)), padding=1
+    )
     assert out.dtype == np.float32
     np.testing.assert_allclose(backend.to_numpy(out), naive_conv(X, W, b, 1, 1), rtol=1e-4, atol=1e-4)
 
@@ -122,8 +134,9 @@ def test_batchnorm_train_normalises_and_updates_running_stats(xp, rng, shape):
     out, _ = batchnorm_forward(arr(xp, X), arr(xp, gamma), arr(xp, beta), rm, rv, train=True, momentum=0.8)
     bshape = (1, C) + (1,) * (len(shape) - 2)
     mu, var = X.mean(axis=axes), X.var(axis=axes)
-    expected = (X - mu.reshape(bshape)) / np.sqrt(var.reshape(bshape) + 1e-5) * gamma.reshape(bshape) \
-        + beta.reshape(bshape)
+    expected = (X - mu.reshape(bshape)) / np.sqrt(var.reshape(bshape) + 1e-5) * gamma.reshape(
+        bshape
+    ) + beta.reshape(bshape)
     np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(backend.to_numpy(rm), 0.8 * 0.5 + 0.2 * mu, rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(rv), 0.8 * 2.0 + 0.2 * var, rtol=1e-12)
@@ -138,8 +151,9 @@ def test_batchnorm_eval_uses_running_stats_and_leaves_them(xp, rng, shape):
     rm_d, rv_d = arr(xp, rm.copy()), arr(xp, rv.copy())
     out, cache = batchnorm_forward(arr(xp, X), arr(xp, gamma), arr(xp, beta), rm_d, rv_d, train=False)
     bshape = (1, C) + (1,) * (len(shape) - 2)
-    expected = (X - rm.reshape(bshape)) / np.sqrt(rv.reshape(bshape) + 1e-5) * gamma.reshape(bshape) \
-        + beta.reshape(bshape)
+    expected = (X - rm.reshape(bshape)) / np.sqrt(rv.reshape(bshape) + 1e-5) * gamma.reshape(
+        bshape
+    ) + beta.reshape(bshape)
     np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=1e-10)
     np.testing.assert_array_equal(backend.to_numpy(rm_d), rm)
     np.testing.assert_array_equal(backend.to_numpy(rv_d), rv)
@@ -157,6 +171,7 @@ def test_batchnorm_backward_gradcheck(xp, rng, shape, train):
 
     def f():  # the running statistics must not drift while differentiating
         return batchnorm_forward(X, gamma, beta, rm.copy(), rv.copy(), train=train)[0]
+
     dout = arr(xp, rng.standard_normal(shape))
     _, cache = batchnorm_forward(X, gamma, beta, rm.copy(), rv.copy(), train=train)
     dX, dgamma, dbeta = batchnorm_backward(dout, cache)
@@ -176,7 +191,12 @@ def test_pool_fast_path_on_tiled_inputs(xp, rng, size):
     cache = {}
     max_pool2d_forward(X, size, cache=cache)
     for c in (cache, None):
-        assert rel_error(max_pool2d_backward(dout, X, size, cache=c), numerical_gradient_array(f, X, dout, h=1e-6)) < 1e-7
+        assert (
+            rel_error(
+                max_pool2d_backward(dout, X, size, cache=c), numerical_gradient_array(f, X, dout, h=1e-6)
+            )
+            < 1e-7
+        )
 
 
 def test_pool_fast_path_ties_go_to_the_first_maximum(xp):
@@ -195,8 +215,9 @@ def test_conv_channel_major_layout_matches_nchw(xp, rng, stride, pad):
     np.testing.assert_allclose(backend.to_numpy(out).transpose(1, 0, 2, 3), backend.to_numpy(ref), rtol=1e-12)
     dout = rng.standard_normal(ref.shape)
     dX, dW, db = conv2d_backward(arr(xp, dout), Xd, Wd, bd, stride, pad)
-    dXc, dWc, dbc = conv2d_backward(arr(xp, dout.transpose(1, 0, 2, 3)), Xd.transpose(1, 0, 2, 3), Wd, bd,
-                                    stride, pad, layout="CNHW")
+    dXc, dWc, dbc = conv2d_backward(
+        arr(xp, dout.transpose(1, 0, 2, 3)), Xd.transpose(1, 0, 2, 3), Wd, bd, stride, pad, layout="CNHW"
+    )
     np.testing.assert_allclose(backend.to_numpy(dXc).transpose(1, 0, 2, 3), backend.to_numpy(dX), rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(dWc), backend.to_numpy(dW), rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(dbc), backend.to_numpy(db), rtol=1e-12)
@@ -210,10 +231,14 @@ def test_batchnorm_channel_axis_zero_matches_axis_one(xp, rng):
     Xt = np.ascontiguousarray(X.transpose(1, 0, 2, 3))
     rm, rv = xp.zeros(C), xp.ones(C)
     out0, c0 = batchnorm_forward(arr(xp, Xt), arr(xp, g), arr(xp, be), rm, rv, axis=0)
-    np.testing.assert_allclose(backend.to_numpy(out0).transpose(1, 0, 2, 3), backend.to_numpy(out1), rtol=1e-12)
+    np.testing.assert_allclose(
+        backend.to_numpy(out0).transpose(1, 0, 2, 3), backend.to_numpy(out1), rtol=1e-12
+    )
     dout = rng.standard_normal(X.shape)
     d1 = batchnorm_backward(arr(xp, dout), c1)
     d0 = batchnorm_backward(arr(xp, np.ascontiguousarray(dout.transpose(1, 0, 2, 3))), c0)
-    np.testing.assert_allclose(backend.to_numpy(d0[0]).transpose(1, 0, 2, 3), backend.to_numpy(d1[0]), rtol=1e-10)
+    np.testing.assert_allclose(
+        backend.to_numpy(d0[0]).transpose(1, 0, 2, 3), backend.to_numpy(d1[0]), rtol=1e-10
+    )
     for a, b_ in zip(d0[1:], d1[1:]):
         np.testing.assert_allclose(backend.to_numpy(a), backend.to_numpy(b_), rtol=1e-10)

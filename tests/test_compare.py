@@ -5,6 +5,7 @@ Python loop over the same resample indices, with a hand-written percentile, for 
 paired bootstrap; the normal approximation of a paired difference for its width;
 labels pushed through the weights with plain NumPy for the end-to-end command.
 """
+
 import json
 
 import h5py
@@ -22,8 +23,9 @@ NAMES = ["cat", "dog", "owl"]
 SHAPE = (1, 5, 5)
 
 
-@pytest.mark.parametrize("b,c", [(0, 0), (0, 1), (1, 0), (3, 3), (5, 1), (2, 9), (0, 20), (40, 61),
-                                 (300, 250), (1200, 1311)])
+@pytest.mark.parametrize(
+    "b,c", [(0, 0), (0, 1), (1, 0), (3, 3), (5, 1), (2, 9), (0, 20), (40, 61), (300, 250), (1200, 1311)]
+)
 def test_mcnemar_matches_scipy_binomtest(b, c):
     want = 1.0 if b + c == 0 else stats.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue
     assert mcnemar_exact(b, c) == pytest.approx(want, rel=1e-9, abs=1e-300)
@@ -64,14 +66,14 @@ def test_paired_bootstrap_matches_plain_loop():
     got = paired_bootstrap(a, b, n_boot=300, seed=11, level=0.9)
     want = _loop_bootstrap(a, b, 300, 11, 0.9)
     assert got == pytest.approx(want, abs=1e-12)
-    assert paired_bootstrap(a, b, n_boot=300, seed=11, level=0.9) == got      # seeded: reproducible
+    assert paired_bootstrap(a, b, n_boot=300, seed=11, level=0.9) == got  # seeded: reproducible
     assert paired_bootstrap(a, b, n_boot=300, seed=12, level=0.9) != got
 
 
 def test_paired_bootstrap_width_matches_normal_approximation():
     rng = np.random.default_rng(0)
     a = rng.random(4000) < 0.62
-    b = np.where(rng.random(4000) < 0.8, a, ~a)          # paired: B agrees with A on 80%
+    b = np.where(rng.random(4000) < 0.8, a, ~a)  # paired: B agrees with A on 80%
     d = a.astype(float) - b.astype(float)
     se = d.std() / np.sqrt(len(d))
     lo, hi = paired_bootstrap(a, b, n_boot=2000, seed=0)
@@ -81,10 +83,10 @@ def test_paired_bootstrap_width_matches_normal_approximation():
 
 def test_compare_predictions_counts_by_hand():
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    pa = np.array([0, 1, 2, 0, 0, 0, 0, 1])    # right on 0,1,2,3,6,7
-    pb = np.array([0, 2, 2, 1, 1, 0, 1, 1])    # right on 0,2,4,7
+    pa = np.array([0, 1, 2, 0, 0, 0, 0, 1])  # right on 0,1,2,3,6,7
+    pb = np.array([0, 2, 2, 1, 1, 0, 1, 1])  # right on 0,2,4,7
     r = compare_predictions(y, pa, pb, n_boot=50, seed=0)
-    assert (r.n, r.a_only, r.b_only) == (8, 3, 1)    # A only: 1,3,6; B only: 4
+    assert (r.n, r.a_only, r.b_only) == (8, 3, 1)  # A only: 1,3,6; B only: 4
     assert (r.acc_a, r.acc_b, r.diff) == (0.75, 0.5, 0.25)
     assert r.p_value == pytest.approx(stats.binomtest(1, 4, 0.5).pvalue)
     assert r.ci[0] <= r.ci[1]
@@ -94,21 +96,38 @@ def test_compare_predictions_counts_by_hand():
 
 # ------------------------------------------------------------------ end to end
 
+
 def _write_h5(path, n=120, seed=0):
     """A toy gpunet HDF5 file (train, test), written through the format's owner."""
     rng = np.random.default_rng(seed)
-    with fmt.create(path, dataset="toy", class_names=NAMES, mean=np.full(1, 110.0), std=np.full(1, 55.0),
-                    image_shape=SHAPE) as f:
+    with fmt.create(
+        path,
+        dataset="toy",
+        class_names=NAMES,
+        mean=np.full(1, 110.0),
+        std=np.full(1, 55.0),
+        image_shape=SHAPE,
+    ) as f:
         for split in ("train", "test"):
-            fmt.write_split(f, split, rng.integers(0, 256, (n,) + SHAPE, dtype=np.uint8),
-                            rng.integers(0, len(NAMES), n).astype(np.int64), 256)
+            fmt.write_split(
+                f,
+                split,
+                rng.integers(0, 256, (n,) + SHAPE, dtype=np.uint8),
+                rng.integers(0, len(NAMES), n).astype(np.int64),
+                256,
+            )
     return path
 
 
 def _model(path, seed):
     m = FullyConnectedNet([10], input_dim=int(np.prod(SHAPE)), num_classes=len(NAMES), seed=seed)
-    m.meta = {"mean": [100.0 + seed], "std": [50.0], "image_shape": list(SHAPE), "class_names": NAMES,
-              "dataset": "toy"}
+    m.meta = {
+        "mean": [100.0 + seed],
+        "std": [50.0],
+        "image_shape": list(SHAPE),
+        "class_names": NAMES,
+        "dataset": "toy",
+    }
     m.save(path)
     return m
 
@@ -125,9 +144,25 @@ def test_cli_reports_accuracies_mcnemar_and_interval(tmp_path, capsys):
     with h5py.File(data, "r") as f:
         x, y = f["test"]["x"][()], f["test"]["y"][()]
     ca, cb = _reference_pred(ma, x) == y, _reference_pred(mb, x) == y
-    rc = compare_main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--data", str(data),
-                       "--split", "test", "--boot", "200", "--seed", "3", "--backend", "numpy",
-                       "--json", str(tmp_path / "r.json"), "-q"])
+    rc = compare_main(
+        [
+            str(tmp_path / "a.npz"),
+            str(tmp_path / "b.npz"),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--boot",
+            "200",
+            "--seed",
+            "3",
+            "--backend",
+            "numpy",
+            "--json",
+            str(tmp_path / "r.json"),
+            "-q",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert f"accuracy A: {ca.mean():.4f}" in out and f"accuracy B: {cb.mean():.4f}" in out
@@ -142,8 +177,9 @@ def test_cli_reports_accuracies_mcnemar_and_interval(tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     data = _write_h5(tmp_path / "toy.h5")
     _model(tmp_path / "a.npz", 1)
-    rc = compare_main([str(tmp_path / "a.npz"), str(tmp_path / "missing.npz"), "--data", str(data),
-                       "--backend", "numpy"])
+    rc = compare_main(
+        [str(tmp_path / "a.npz"), str(tmp_path / "missing.npz"), "--data", str(data), "--backend", "numpy"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "missing.npz" in err[0]
     rc = compare_main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--data", str(data), "--boot", "0"])

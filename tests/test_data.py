@@ -5,6 +5,7 @@ prep tools write them. Every sample has a unique label ``y = id`` and random pix
 so a batch can be checked against the source array independently (exactly once,
 pairing of x and y, values). The file format itself is tested in test_data_h5file.py.
 """
+
 import threading
 import time
 
@@ -15,10 +16,20 @@ import pytest
 from gpunet import backend, data
 from gpunet.data import ArrayLoader, H5Loader, epoch_permutation, open_split
 from gpunet.data import h5loader
-from h5_fixtures import (CHUNK, N, SHAPE, epoch, h5file, normalised, numpy_backend,  # noqa: F401 (fixtures)
-                         write_raw, xb)
+from h5_fixtures import (
+    CHUNK,
+    N,
+    SHAPE,
+    epoch,
+    h5file,
+    normalised,
+    numpy_backend,  # noqa: F401 (fixtures)
+    write_raw,
+    xb,
+)
 
 # ---------------------------------------------------------------- epoch order
+
 
 @pytest.mark.parametrize("preload", [False, True])
 def test_each_sample_once_and_values_normalised(xb, h5file, preload):
@@ -38,14 +49,16 @@ def test_each_sample_once_and_values_normalised(xb, h5file, preload):
 def test_orders_depend_on_seed_and_epoch_only(h5file, numpy_backend):
     path, _ = h5file
     ys = lambda ld, e: np.concatenate([y for _, y in epoch(ld, e)])  # noqa: E731
-    with H5Loader(path, batch_size=50, seed=3, preload=False) as a, \
-            H5Loader(path, batch_size=50, seed=3, preload=False) as b, \
-            H5Loader(path, batch_size=50, seed=4, preload=False) as c:
+    with (
+        H5Loader(path, batch_size=50, seed=3, preload=False) as a,
+        H5Loader(path, batch_size=50, seed=3, preload=False) as b,
+        H5Loader(path, batch_size=50, seed=4, preload=False) as c,
+    ):
         a0, a1 = ys(a, 0), ys(a, 1)
         assert not np.array_equal(a0, a1)
         np.testing.assert_array_equal(a0, ys(b, 0))
         np.testing.assert_array_equal(a1, ys(b, 1))
-        np.testing.assert_array_equal(a0, ys(a, 0))           # set_epoch back replays it
+        np.testing.assert_array_equal(a0, ys(a, 0))  # set_epoch back replays it
         assert not np.array_equal(a0, ys(c, 0))
         np.testing.assert_array_equal(a0, a.order(0))
 
@@ -66,7 +79,8 @@ def test_shuffle_false_is_file_order(xb, h5file):
 
 @pytest.mark.parametrize("shuffle,drop_last", [(True, False), (True, True), (False, True)])
 def test_preload_and_streaming_serve_the_same_samples(xb, h5file, shuffle, drop_last):
-    """Streaming follows the chunk plan, preloading a whole permutation: same samples, each epoch's own order."""
+    """Streaming follows the chunk plan, preloading a whole permutation: same samples, each epoch's own
+    order."""
     path, _ = h5file
     kw = dict(batch_size=48, shuffle=shuffle, drop_last=drop_last, seed=7)
     with H5Loader(path, preload=True, **kw) as p, H5Loader(path, preload=False, prefetch=1, **kw) as s:
@@ -76,17 +90,19 @@ def test_preload_and_streaming_serve_the_same_samples(xb, h5file, shuffle, drop_
             yp, ys = np.concatenate([y for _, y in bp]), np.concatenate([y for _, y in bs])
             xp_, xs = np.concatenate([x for x, _ in bp]), np.concatenate([x for x, _ in bs])
             assert np.array_equal(yp, ys) == (not shuffle)
-            if not drop_last:              # the same multiset of samples
+            if not drop_last:  # the same multiset of samples
                 np.testing.assert_array_equal(np.sort(yp), np.sort(ys))
-                np.testing.assert_allclose(np.sort(xp_.reshape(len(xp_), -1), axis=0),
-                                           np.sort(xs.reshape(len(xs), -1), axis=0))
-            np.testing.assert_array_equal(yp, np.concatenate([y for _, y in epoch(p, e)]))   # reproducible
+                np.testing.assert_allclose(
+                    np.sort(xp_.reshape(len(xp_), -1), axis=0), np.sort(xs.reshape(len(xs), -1), axis=0)
+                )
+            np.testing.assert_array_equal(yp, np.concatenate([y for _, y in epoch(p, e)]))  # reproducible
 
 
 def test_preloaded_epochs_are_whole_permutations(h5file, numpy_backend):
     """A class-sorted file still gives mixed batches when preloaded: the order is one full permutation."""
     path, _ = h5file
     from gpunet.data import epoch_permutation
+
     with H5Loader(path, preload=True, batch_size=48, seed=3) as ld:
         n = ld.num_samples
         np.testing.assert_array_equal(ld.order(2), epoch_permutation(n, 3, 2))
@@ -108,8 +124,8 @@ def test_shuffle_buffer_mixes_chunks(h5file, numpy_backend):
     with H5Loader(path, batch_size=64, buffer_chunks=4, preload=False) as ld:
         y0 = epoch(ld, 0)[0][1]
     chunks = np.unique(y0 // CHUNK)
-    assert 1 < len(chunks) <= 4                       # drawn from several chunks of one window
-    assert not np.array_equal(np.sort(y0), y0)        # and mixed inside the batch
+    assert 1 < len(chunks) <= 4  # drawn from several chunks of one window
+    assert not np.array_equal(np.sort(y0), y0)  # and mixed inside the batch
     # the window order itself is shuffled: the first window is not simply chunks 0..3
     plan = data.epoch_plan(N, CHUNK, 4, 0, 0)
     assert len(plan) == 4 and sorted(np.concatenate([c for c, _ in plan])) == list(range(16))
@@ -118,16 +134,19 @@ def test_shuffle_buffer_mixes_chunks(h5file, numpy_backend):
 
 def test_default_window_and_auto_preload(h5file, numpy_backend):
     path, _ = h5file
-    with H5Loader(path) as ld:                        # tiny file: auto preloads, 16-chunk window
+    with H5Loader(path) as ld:  # tiny file: auto preloads, 16-chunk window
         assert ld.preloaded and ld.buffer_chunks == 16 and ld.chunk == CHUNK
 
 
 # ---------------------------------------------------------------- augmentation
 
+
 def test_augmentation_off_by_default_is_identity(h5file, numpy_backend):
     path, _ = h5file
-    with H5Loader(path, batch_size=100, preload=False) as a, \
-            H5Loader(path, batch_size=100, preload=False, augment={"flip": False, "crop_pad": 0}) as b:
+    with (
+        H5Loader(path, batch_size=100, preload=False) as a,
+        H5Loader(path, batch_size=100, preload=False, augment={"flip": False, "crop_pad": 0}) as b,
+    ):
         assert a.augment is None and b.augment is None
         for (xa, ya), (xb_, yb) in zip(epoch(a), epoch(b)):
             np.testing.assert_array_equal(ya, yb)
@@ -136,8 +155,10 @@ def test_augmentation_off_by_default_is_identity(h5file, numpy_backend):
 
 def test_flip_mirrors_exactly(xb, h5file):
     path, _ = h5file
-    with H5Loader(path, batch_size=100, augment={"flip": True}, preload=False) as a, \
-            H5Loader(path, batch_size=100, preload=False) as plain:
+    with (
+        H5Loader(path, batch_size=100, augment={"flip": True}, preload=False) as a,
+        H5Loader(path, batch_size=100, preload=False) as plain,
+    ):
         flips = []
         for (xa, ya), (xp_, yp) in zip(epoch(a, 2), epoch(plain, 2)):
             np.testing.assert_array_equal(ya, yp)
@@ -155,22 +176,30 @@ def test_flip_mirrors_exactly(xb, h5file):
 def test_crop_keeps_shape_and_is_a_shifted_window(h5file, numpy_backend):
     path, _ = h5file
     p = 2
-    with H5Loader(path, batch_size=50, augment={"crop_pad": p}, preload=False) as a, \
-            H5Loader(path, batch_size=50, preload=False) as plain:
+    with (
+        H5Loader(path, batch_size=50, augment={"crop_pad": p}, preload=False) as a,
+        H5Loader(path, batch_size=50, preload=False) as plain,
+    ):
         (xa, _), (xp_, _) = epoch(a)[0], epoch(plain)[0]
     assert xa.shape == xp_.shape == (50,) + SHAPE
     img_a, img_p = xa.reshape((-1,) + SHAPE), xp_.reshape((-1,) + SHAPE)
     padded = np.pad(img_p, ((0, 0), (0, 0), (p, p), (p, p)))
     shifted = 0
     for i in range(50):
-        offsets = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                   if np.array_equal(img_a[i], padded[i, :, dy:dy + 4, dx:dx + 5])]
+        offsets = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if np.array_equal(img_a[i], padded[i, :, dy : dy + 4, dx : dx + 5])
+        ]
         assert offsets, f"sample {i} is not a {2 * p}-padded crop of its image"
         shifted += (p, p) not in offsets
     assert shifted > 25
 
 
-@pytest.mark.parametrize("bad", [{"flip": "yes"}, {"crop_pad": -1}, {"crop_pad": 1.5}, {"rotate": 10}, "flip"])
+@pytest.mark.parametrize(
+    "bad", [{"flip": "yes"}, {"crop_pad": -1}, {"crop_pad": 1.5}, {"rotate": 10}, "flip"]
+)
 def test_bad_augment_options(h5file, numpy_backend, bad):
     path, _ = h5file
     with pytest.raises(ValueError, match="augment"):
@@ -179,13 +208,16 @@ def test_bad_augment_options(h5file, numpy_backend, bad):
 
 # ---------------------------------------------------------------- files, threads, errors
 
+
 def test_two_loaders_read_the_same_file_concurrently(h5file, numpy_backend):
     path, _ = h5file
-    with open_split(path, "train", batch_size=100, preload=False) as a, \
-            open_split(path, "train", batch_size=100, preload=False, seed=1) as b, \
-            h5py.File(path, "r", locking=False) as third:
+    with (
+        open_split(path, "train", batch_size=100, preload=False) as a,
+        open_split(path, "train", batch_size=100, preload=False, seed=1) as b,
+        h5py.File(path, "r", locking=False) as third,
+    ):
         ya, yb = [], []
-        for (_, y1), (_, y2) in zip(a, b):           # both workers running at once
+        for (_, y1), (_, y2) in zip(a, b):  # both workers running at once
             ya.append(y1)
             yb.append(y2)
         assert third["train/x"].shape[0] == N
@@ -209,7 +241,7 @@ def test_closing_mid_epoch_stops_the_thread(h5file, numpy_backend):
     assert threading.active_count() == before + 1
     ld.close()
     assert _wait_threads(before) == before
-    ld.close()                                        # idempotent
+    ld.close()  # idempotent
     with pytest.raises(ValueError, match="closed"):
         iter(ld)
     # leaving a with block by an exception, mid-epoch, stops it too
@@ -232,7 +264,7 @@ def test_bad_normalisation_attrs(tmp_path, numpy_backend):
     write_raw(path, np.zeros((10, 3, 2, 2), np.uint8), np.arange(10), mean=[1.0], std=[2.0])
     with pytest.raises(ValueError, match=r"bad\.h5: expected root attrs mean, std of shape \(3,\)"):
         H5Loader(path)
-    H5Loader(path, normalize=False).close()           # raw pixel values need no attrs
+    H5Loader(path, normalize=False).close()  # raw pixel values need no attrs
 
 
 def test_unnormalised_and_float64(h5file, numpy_backend):
@@ -255,6 +287,7 @@ def test_contiguous_dataset_is_read_in_virtual_chunks(tmp_path, numpy_backend):
 
 # ---------------------------------------------------------------- ArrayLoader
 
+
 def test_epoch_permutation_is_a_pure_function():
     p = epoch_permutation(50, 1, 2)
     np.testing.assert_array_equal(np.sort(p), np.arange(50))
@@ -265,8 +298,9 @@ def test_epoch_permutation_is_a_pure_function():
 def test_array_loader_basics(xb):
     raw = np.random.default_rng(2).integers(0, 256, (103, 3, 2, 2), dtype=np.uint8)
     mean, std = np.array([100.0, 120.0, 140.0]), np.array([50.0, 60.0, 70.0])
-    ld = ArrayLoader(raw, np.arange(103), batch_size=10, seed=5,
-                     mean=mean[:, None, None], std=std[:, None, None])
+    ld = ArrayLoader(
+        raw, np.arange(103), batch_size=10, seed=5, mean=mean[:, None, None], std=std[:, None, None]
+    )
     assert len(ld) == 11 and ld.num_samples == 103
     b = epoch(ld, 1)
     y = np.concatenate([y for _, y in b])
@@ -289,9 +323,9 @@ def test_array_loader_augment_flips_reproducibly(xp):
     loader.set_epoch(0)
     again = [(backend.to_numpy(xb), backend.to_numpy(yb)) for xb, yb in loader]
     flipped = 0
-    for (xb, yb), (xa, ya) in zip(first, again):
-        np.testing.assert_array_equal(xb, xa)
-        for img, label in zip(xb.reshape(-1, 1, 4, 5), yb):
+    for (xf, yf), (xa, ya) in zip(first, again):
+        np.testing.assert_array_equal(xf, xa)
+        for img, label in zip(xf.reshape(-1, 1, 4, 5), yf):
             orig = X[label].astype(np.float32)
             assert np.array_equal(img, orig) or np.array_equal(img, orig[..., ::-1])
             flipped += not np.array_equal(img, orig)
@@ -303,20 +337,26 @@ def test_array_loader_augment_flips_reproducibly(xp):
 def test_array_loader_prefetch_yields_the_same_batches(numpy_backend):
     """Gathering one batch ahead in a thread changes nothing in what the loader yields."""
     from gpunet.data import ArrayLoader
+
     rng = np.random.default_rng(2)
     X, y = rng.integers(0, 256, (53, 3, 4, 4)).astype(np.uint8), rng.integers(0, 3, 53)
-    kw = dict(batch_size=8, seed=4, mean=np.full((3, 1, 1), 100.0), std=np.full((3, 1, 1), 50.0),
-              augment={"flip": True, "crop_pad": 1})
+    kw = dict(
+        batch_size=8,
+        seed=4,
+        mean=np.full((3, 1, 1), 100.0),
+        std=np.full((3, 1, 1), 50.0),
+        augment={"flip": True, "crop_pad": 1},
+    )
     plain, ahead = ArrayLoader(X, y, **kw), ArrayLoader(X, y, prefetch=True, **kw)
-    for epoch in (0, 1):
-        plain.set_epoch(epoch)
-        ahead.set_epoch(epoch)
+    for e in (0, 1):
+        plain.set_epoch(e)
+        ahead.set_epoch(e)
         got, want = list(ahead), list(plain)
         assert len(got) == len(want) == 7
         for (a, ya), (b, yb) in zip(got, want):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(ya, yb)
-    it = iter(ahead)                     # stopped early: the background gather is waited for
+    it = iter(ahead)  # stopped early: the background gather is waited for
     next(it)
     it.close()
 
@@ -324,9 +364,10 @@ def test_array_loader_prefetch_yields_the_same_batches(numpy_backend):
 def test_array_loader_batches_never_alias_the_data(numpy_backend):
     """A float32 batch that needs no conversion is the gather itself, never a view of X."""
     from gpunet.data import ArrayLoader
+
     X = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
     keep = X.copy()
     for shuffle in (True, False):
-        for xb, _ in ArrayLoader(X, np.zeros(40, int), batch_size=7, shuffle=shuffle, seed=1):
-            xb[...] = -1.0
+        for xs, _ in ArrayLoader(X, np.zeros(40, int), batch_size=7, shuffle=shuffle, seed=1):
+            xs[...] = -1.0
     np.testing.assert_array_equal(X, keep)

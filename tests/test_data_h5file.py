@@ -1,6 +1,7 @@
 """The gpunet HDF5 format (``gpunet.data.h5file``): writing, the version check on open,
 metadata, layout checks and ``load_split``. Files are read back with plain h5py as an
 independent oracle."""
+
 import h5py
 import numpy as np
 import pytest
@@ -12,15 +13,23 @@ from h5_fixtures import numpy_backend, write_raw  # noqa: F401 (numpy_backend is
 SHAPE = (2, 3, 4)
 
 
-
-
 def write_file(path, n=40, chunk=8, **kw):
     """A well-formed file with train (n) and test (n // 2) splits; returns {split: (x, y)}."""
     rng = np.random.default_rng(0)
-    data = {s: (rng.integers(0, 256, (m,) + SHAPE, dtype=np.uint8), rng.integers(0, 3, m))
-            for s, m in (("train", n), ("test", n // 2))}
-    with fmt.create(path, dataset="toy", class_names=["a", "b", "c"], mean=[10.0, 20.0], std=[2.0, 4.0],
-                    image_shape=SHAPE, notes=["one", "two"], **kw) as f:
+    data = {
+        s: (rng.integers(0, 256, (m,) + SHAPE, dtype=np.uint8), rng.integers(0, 3, m))
+        for s, m in (("train", n), ("test", n // 2))
+    }
+    with fmt.create(
+        path,
+        dataset="toy",
+        class_names=["a", "b", "c"],
+        mean=[10.0, 20.0],
+        std=[2.0, 4.0],
+        image_shape=SHAPE,
+        notes=["one", "two"],
+        **kw,
+    ) as f:
         for s, (x, y) in data.items():
             fmt.write_split(f, s, x, y, chunk, usage="Public" if s == "test" else None)
     return data
@@ -41,13 +50,15 @@ def test_written_layout_read_back_with_plain_h5py(tmp_path):
             np.testing.assert_array_equal(f[s]["x"][...], x)
             np.testing.assert_array_equal(f[s]["y"][...], y)
         assert f["test"].attrs["usage"] == "Public" and "usage" not in f["train"].attrs
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]   # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]  # no temporary left behind
 
 
 def test_a_failed_write_leaves_nothing(tmp_path):
     path = tmp_path / "d.h5"
     with pytest.raises(ValueError, match=r"split 'train': expected x uint8 \(N, C, H, W\)"):
-        with fmt.create(path, dataset="toy", class_names=["a"], mean=[0.0], std=[1.0], image_shape=(1, 2, 2)) as f:
+        with fmt.create(
+            path, dataset="toy", class_names=["a"], mean=[0.0], std=[1.0], image_shape=(1, 2, 2)
+        ) as f:
             fmt.write_split(f, "train", np.zeros((3, 4), np.float32), np.zeros(3), 2)
     assert list(tmp_path.iterdir()) == []
 
@@ -61,14 +72,23 @@ def test_read_meta(tmp_path):
     np.testing.assert_array_equal(m["mean"], [10.0, 20.0])
 
 
-@pytest.mark.parametrize("opener", [read_meta, lambda p: H5Loader(p), lambda p: load_split(p, "train"),
-                                    lambda p: runs.load_split(p, "train")])
+@pytest.mark.parametrize(
+    "opener",
+    [
+        read_meta,
+        lambda p: H5Loader(p),
+        lambda p: load_split(p, "train"),
+        lambda p: runs.load_split(p, "train"),
+    ],
+)
 def test_a_newer_format_version_is_refused_naming_file_and_versions(tmp_path, numpy_backend, opener):
     path = tmp_path / "new.h5"
     write_file(path)
-    with h5py.File(path, "r+") as f:       # a file from a future gpunet
+    with h5py.File(path, "r+") as f:  # a file from a future gpunet
         f.attrs["format_version"] = 99
-    with pytest.raises(ValueError, match=r"new\.h5: format_version 99 is newer than this gpunet reads \(up to 1\)"):
+    with pytest.raises(
+        ValueError, match=r"new\.h5: format_version 99 is newer than this gpunet reads \(up to 1\)"
+    ):
         opener(path)
 
 
@@ -84,12 +104,19 @@ def test_missing_file_and_split(tmp_path):
         read_meta(tmp_path / "text.h5")
 
 
-@pytest.mark.parametrize("x,y,match", [
-    (np.zeros((10, 1, 2, 2), np.float32), np.arange(10), r"expected /train/x uint8.*found float32"),
-    (np.zeros((10, 4), np.uint8), np.arange(10), r"shape \(N, C, H, W\), found uint8 of shape \(10, 4\)"),
-    (np.zeros((10, 1, 2, 2), np.uint8), np.arange(9), r"expected /train/y integer of shape \(10,\).*\(9,\)"),
-    (np.zeros((10, 1, 2, 2), np.uint8), np.zeros(10, np.float64), r"/train/y integer.*found float64"),
-])
+@pytest.mark.parametrize(
+    "x,y,match",
+    [
+        (np.zeros((10, 1, 2, 2), np.float32), np.arange(10), r"expected /train/x uint8.*found float32"),
+        (np.zeros((10, 4), np.uint8), np.arange(10), r"shape \(N, C, H, W\), found uint8 of shape \(10, 4\)"),
+        (
+            np.zeros((10, 1, 2, 2), np.uint8),
+            np.arange(9),
+            r"expected /train/y integer of shape \(10,\).*\(9,\)",
+        ),
+        (np.zeros((10, 1, 2, 2), np.uint8), np.zeros(10, np.float64), r"/train/y integer.*found float64"),
+    ],
+)
 def test_wrong_layout(tmp_path, numpy_backend, x, y, match):
     path = tmp_path / "bad.h5"
     write_raw(path, x, y)
@@ -106,7 +133,7 @@ def test_labels_outside_the_class_range_are_refused_at_open(tmp_path, numpy_back
     match = r"bad.h5: split 'train': /train/y entry 3 is 3, expected a label in \[0, 3\)"
     with pytest.raises(ValueError, match=match):
         H5Loader(path, "train")
-    with pytest.raises(ValueError, match=match):         # the in-memory path (tuning, train_eval) too
+    with pytest.raises(ValueError, match=match):  # the in-memory path (tuning, train_eval) too
         runs.load_split(path, "train")
 
 
@@ -126,7 +153,7 @@ def test_load_split_whole_and_limited(tmp_path):
     assert X.dtype == np.uint8 and Y.dtype == np.int64
     np.testing.assert_array_equal(X, x)
     np.testing.assert_array_equal(Y, y)
-    for limit in (10, 1500):           # both reading strategies
+    for limit in (10, 1500):  # both reading strategies
         X, Y = load_split(path, "train", limit, seed=3)
         idx = np.sort(np.random.default_rng([3, 7]).choice(2000, limit, replace=False))
         np.testing.assert_array_equal(X, x[idx])

@@ -1,5 +1,6 @@
 """gpunet.data internals: the one normalisation rule, the seed streams, the package's
 import graph, and the CUDA ring's bookkeeping exercised with a fake ``cupy`` (no GPU)."""
+
 import numpy as np
 import pytest
 
@@ -9,6 +10,7 @@ from h5_fixtures import SHAPE, epoch, h5file, numpy_backend, xb  # noqa: F401 (f
 
 
 # ---------------------------------------------------------------- normalisation, seed streams
+
 
 def test_normalize_is_the_one_rule(xb):
     """``normalize`` against float64 arithmetic; it never returns a view of its input."""
@@ -36,14 +38,16 @@ def test_data_modules_import_no_cycle():
     """The modules of gpunet.data import each other in one direction only."""
     import ast
     import pathlib
+
     pkg = pathlib.Path(data.__file__).parent
     graph = {}
     for p in pkg.glob("*.py"):
         if p.stem == "__init__":
             continue
         tree = ast.parse(p.read_text())
-        graph[p.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                         and n.level == 1 and n.module}
+        graph[p.stem] = {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module
+        }
         assert len(p.read_text().splitlines()) <= 400, p
     seen, done = set(), set()
 
@@ -55,11 +59,13 @@ def test_data_modules_import_no_cycle():
         for d in graph.get(m, ()):
             visit(d, path + [d])
         done.add(m)
+
     for m in graph:
         visit(m, [m])
 
 
 # ---------------------------------------------------------------- the CUDA ring, without a GPU
+
 
 class _FakeEvent:
     def __init__(self, block=False, disable_timing=False):
@@ -109,17 +115,17 @@ def test_a_superseded_epoch_marks_the_ring_consumed(h5file, numpy_backend, monke
     with H5Loader(path, batch_size=64, preload=False) as ld:
         ld._copy_stream = copy = _FakeStream()
         old = iter(ld)
-        next(old), next(old)                              # suspended mid-epoch, e.g. after a divergence
+        next(old), next(old)  # suspended mid-epoch, e.g. after a divergence
         assert ld._consumed == [None, None]
         ld.set_epoch(1)
-        new = iter(ld)                                    # supersedes it
+        new = iter(ld)  # supersedes it
         assert copy.synchronized == 1 and len(cp.current.recorded) == 1
         done = cp.current.recorded[0]
         assert ld._consumed == [done, done]
         first = next(new)
-        old.close()                                       # the old generator's cleanup runs now
+        old.close()  # the old generator's cleanup runs now
         assert ld._consumed == [done, done] and len(cp.current.recorded) == 1
-        with pytest.raises(StopIteration):                # a superseded epoch just ends
+        with pytest.raises(StopIteration):  # a superseded epoch just ends
             next(old)
         got = [first] + [b for b in new]
     got = [(backend.to_numpy(x), backend.to_numpy(y)) for x, y in got]
@@ -138,10 +144,12 @@ def test_copy_events_sleep_instead_of_spinning():
 
 # ---------------------------------------------------------------- the data-path benchmark
 
+
 def test_bench_library_on_a_tiny_synthetic_file(tmp_path, numpy_backend):
     """``gpunet.data.bench``: the synthetic writer goes through the owner, and the measurements
     run end to end on a small file (the real run uses 50000 samples and a 2 GB file)."""
     from gpunet.data import bench, read_meta
+
     path = tmp_path / "syn.h5"
     bench.write_synthetic(path, 300, shape=(3, 4, 4), chunk=32, block=128)
     m = read_meta(path)

@@ -3,6 +3,7 @@
 Expected numbers are computed independently in the test: the file's pixels are
 normalised with the model's meta and pushed through the weights with plain NumPy.
 """
+
 import json
 import os
 import subprocess
@@ -31,11 +32,22 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def write_h5(path, n=50, shape=SHAPE, seed=0, mean=100.0, std=50.0, names=NAMES):
     """A toy gpunet HDF5 file (train, test), written through the format's owner."""
     rng = np.random.default_rng(seed)
-    with fmt.create(path, dataset="toy", class_names=names, mean=np.full(shape[0], mean),
-                    std=np.full(shape[0], std), image_shape=shape) as f:
+    with fmt.create(
+        path,
+        dataset="toy",
+        class_names=names,
+        mean=np.full(shape[0], mean),
+        std=np.full(shape[0], std),
+        image_shape=shape,
+    ) as f:
         for split, m in (("train", n), ("test", n + 7)):
-            fmt.write_split(f, split, rng.integers(0, 256, (m,) + shape, dtype=np.uint8),
-                            rng.integers(0, len(names), m).astype(np.int64), 8)
+            fmt.write_split(
+                f,
+                split,
+                rng.integers(0, 256, (m,) + shape, dtype=np.uint8),
+                rng.integers(0, len(names), m).astype(np.int64),
+                8,
+            )
     return path
 
 
@@ -43,8 +55,13 @@ def make_model(seed=0, meta=True, shape=SHAPE):
     m = FullyConnectedNet([12], input_dim=int(np.prod(shape)), num_classes=len(NAMES), seed=seed)
     if meta:
         # deliberately not the file's mean/std: the model's own preprocessing must be used
-        m.meta = {"mean": [120.0] * shape[0], "std": [40.0] * shape[0], "image_shape": list(shape),
-                  "class_names": NAMES, "dataset": "toy"}
+        m.meta = {
+            "mean": [120.0] * shape[0],
+            "std": [40.0] * shape[0],
+            "image_shape": list(shape),
+            "class_names": NAMES,
+            "dataset": "toy",
+        }
     return m
 
 
@@ -93,8 +110,21 @@ def test_evaluate_without_meta_falls_back_to_file_stats(files, tmp_path):
 def test_cli_json_plot_and_numbers(files, tmp_path, capsys):
     h5, path, model = files
     js, png = tmp_path / "r.json", tmp_path / "cm.png"
-    rc = evaluate_main([str(path), "--data", str(h5), "--json", str(js), "--plot", str(png),
-                        "--backend", "numpy", "--batch-size", "10"])
+    rc = evaluate_main(
+        [
+            str(path),
+            "--data",
+            str(h5),
+            "--json",
+            str(js),
+            "--plot",
+            str(png),
+            "--backend",
+            "numpy",
+            "--batch-size",
+            "10",
+        ]
+    )
     assert rc == 0
     y, p = reference(model, h5)
     rep = json.loads(js.read_text())
@@ -113,13 +143,29 @@ def test_cli_json_plot_and_numbers(files, tmp_path, capsys):
 def test_cli_json_to_stdout_and_out_dir(files, tmp_path, capsys):
     h5, path, model = files
     out = tmp_path / "results"
-    assert evaluate_main([str(path), "--data", str(h5), "--split", "train", "--json", "-",
-                          "--out", str(out), "--counts", "-q"]) == 0
-    rep = json.loads(capsys.readouterr().out)          # stdout holds only the JSON
+    assert (
+        evaluate_main(
+            [
+                str(path),
+                "--data",
+                str(h5),
+                "--split",
+                "train",
+                "--json",
+                "-",
+                "--out",
+                str(out),
+                "--counts",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    rep = json.loads(capsys.readouterr().out)  # stdout holds only the JSON
     y, p = reference(model, h5, split="train")
     assert rep["accuracy"] == pytest.approx(np.mean(y == p))
     assert_png(out / "confusion_train.png")
-    assert not (out / "report_train.json").exists()    # the JSON went to stdout instead
+    assert not (out / "report_train.json").exists()  # the JSON went to stdout instead
 
 
 def test_cli_errors_are_one_line(files, tmp_path, capsys):
@@ -154,13 +200,23 @@ def test_cli_errors_are_one_line(files, tmp_path, capsys):
 def test_cli_subprocess_exit_codes(files, tmp_path):
     h5, path, _ = files
     env = dict(os.environ, GPUNET_BACKEND="numpy", PYTHONPATH=str(ROOT))
-    ok = subprocess.run([sys.executable, "-m", "gpunet.cli.evaluate", str(path), "--data", str(h5),
-                         "--json", "-", "-q"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    ok = subprocess.run(
+        [sys.executable, "-m", "gpunet.cli.evaluate", str(path), "--data", str(h5), "--json", "-", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     assert 0.0 <= json.loads(ok.stdout)["accuracy"] <= 1.0
     bad = write_h5(tmp_path / "bad.h5", shape=(3, 6, 6))
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--data", str(bad)],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--data", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "bad.h5" in r.stderr and "(3, 6, 6)" in r.stderr
 
@@ -168,8 +224,13 @@ def test_cli_subprocess_exit_codes(files, tmp_path):
 def test_preprocess_meta_from_h5(files, tmp_path):
     h5, _, _ = files
     meta = preprocess_meta_from_h5(h5)
-    assert meta == {"mean": [100.0], "std": [50.0], "image_shape": [1, 6, 6], "class_names": NAMES,
-                    "dataset": "toy"}
+    assert meta == {
+        "mean": [100.0],
+        "std": [50.0],
+        "image_shape": [1, 6, 6],
+        "class_names": NAMES,
+        "dataset": "toy",
+    }
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as f:
         f.attrs["dataset"] = "x"
@@ -178,6 +239,7 @@ def test_preprocess_meta_from_h5(files, tmp_path):
 
 
 # --------------------------------------------------------------------------- plots
+
 
 def test_plots_write_valid_pngs(tmp_path):
     cm = np.array([[5, 1, 0], [0, 0, 0], [2, 0, 3]])

@@ -5,6 +5,7 @@ pass, softmax) on the same pixels, run by an independent engine (onnxruntime);
 the CNN case also sets batch-norm statistics away from their defaults so that the
 folded normalisation is exercised.
 """
+
 import json
 import sys
 
@@ -49,8 +50,13 @@ def pixels(n, shape, seed=0):
 def fc_model():
     m = FullyConnectedNet([20, 12], input_dim=3 * 6 * 5, num_classes=4, seed=3)
     m.set_params({"b1": np.linspace(-0.2, 0.2, 20, dtype=np.float32)})
-    m.meta = {"mean": [125.0, 116.0, 104.0], "std": [63.0, 62.0, 66.0], "image_shape": [3, 6, 5],
-              "class_names": ["a", "b", "c", "d"], "dataset": "toy"}
+    m.meta = {
+        "mean": [125.0, 116.0, 104.0],
+        "std": [63.0, 62.0, 66.0],
+        "image_shape": [3, 6, 5],
+        "class_names": ["a", "b", "c", "d"],
+        "dataset": "toy",
+    }
     return m
 
 
@@ -62,7 +68,7 @@ def test_cli_exports_fc_model_that_onnxruntime_runs(tmp_path, capsys):
     data = (tmp_path / "fc.onnx").read_bytes()
     onnx.checker.check_model(onnx.load_from_string(data))
     loaded = load_model(tmp_path / "fc.npz")
-    for n in (1, 7):                                    # the batch dimension is free
+    for n in (1, 7):  # the batch dimension is free
         x = pixels(n, (3, 6, 5), seed=n)
         np.testing.assert_allclose(onnx_probs(data, x), gpunet_probs(loaded, x), atol=1e-4, rtol=0)
     props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
@@ -72,20 +78,39 @@ def test_cli_exports_fc_model_that_onnxruntime_runs(tmp_path, capsys):
 
 
 def cnn_model(nn):
-    layers = [nn.Conv2d(1, 4, 3, stride=1, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-              nn.Conv2d(4, 6, 3, stride=2, padding=0), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 10),
-              nn.BatchNorm1d(10), nn.ReLU(), nn.Dropout(0.5), nn.Linear(10, 7)]
+    layers = [
+        nn.Conv2d(1, 4, 3, stride=1, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, padding=0),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 10),
+        nn.BatchNorm1d(10),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(10, 7),
+    ]
     m = nn.Sequential(layers, seed=0, input_shape=(1, 12, 12))
     rng = np.random.default_rng(1)
-    for i in (1, 8):                                    # batch norm away from the identity
+    for i in (1, 8):  # batch norm away from the identity
         d = m.params[f"{i}.gamma"].shape[0]
-        m.set_params({f"{i}.gamma": rng.uniform(0.5, 1.5, d).astype(np.float32),
-                      f"{i}.beta": rng.normal(0, 0.3, d).astype(np.float32),
-                      f"{i}.running_mean": rng.normal(0, 0.5, d).astype(np.float32),
-                      f"{i}.running_var": rng.uniform(0.5, 2.0, d).astype(np.float32)})
-    m.meta = {"mean": [129.0], "std": [64.0], "image_shape": [1, 12, 12],
-              "class_names": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
-              "dataset": "fer2013"}
+        m.set_params(
+            {
+                f"{i}.gamma": rng.uniform(0.5, 1.5, d).astype(np.float32),
+                f"{i}.beta": rng.normal(0, 0.3, d).astype(np.float32),
+                f"{i}.running_mean": rng.normal(0, 0.5, d).astype(np.float32),
+                f"{i}.running_var": rng.uniform(0.5, 2.0, d).astype(np.float32),
+            }
+        )
+    m.meta = {
+        "mean": [129.0],
+        "std": [64.0],
+        "image_shape": [1, 12, 12],
+        "class_names": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
+        "dataset": "fer2013",
+    }
     return m
 
 
@@ -93,18 +118,22 @@ def test_cnn_export_matches_gpunet(tmp_path, capsys):
     nn = pytest.importorskip("gpunet.nn")
     m = cnn_model(nn)
     x = pixels(5, (1, 12, 12), seed=2)
-    np.testing.assert_allclose(onnx_probs(to_onnx(m).SerializeToString(), x), gpunet_probs(m, x),
-                               atol=1e-4, rtol=0)
-    m.save(tmp_path / "cnn.npz")                         # and through the command, from the file
-    assert export_main([str(tmp_path / "cnn.npz"), "-o", str(tmp_path / "cnn.onnx"), "-q"]) == 0, \
+    np.testing.assert_allclose(
+        onnx_probs(to_onnx(m).SerializeToString(), x), gpunet_probs(m, x), atol=1e-4, rtol=0
+    )
+    m.save(tmp_path / "cnn.npz")  # and through the command, from the file
+    assert export_main([str(tmp_path / "cnn.npz"), "-o", str(tmp_path / "cnn.onnx"), "-q"]) == 0, (
         capsys.readouterr().err
+    )
     data = (tmp_path / "cnn.onnx").read_bytes()
-    np.testing.assert_allclose(onnx_probs(data, x), gpunet_probs(load_model(tmp_path / "cnn.npz"), x),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        onnx_probs(data, x), gpunet_probs(load_model(tmp_path / "cnn.npz"), x), atol=1e-4, rtol=0
+    )
 
 
 class _Unknown:
     """A stand-in Sequential with a layer type the exporter does not know."""
+
     params, buffers, num_classes, input_dim = {}, {}, 2, 4
     meta = {"mean": [0.0], "std": [1.0], "image_shape": [1, 2, 2], "class_names": ["x", "y"]}
 
@@ -127,7 +156,7 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert export_main([str(tmp_path / "nometa.npz"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "mean, std and image_shape" in capsys.readouterr().err
     fc_model().save(tmp_path / "fc.npz")
-    monkeypatch.setitem(sys.modules, "onnx", None)       # the [onnx] extra is not installed
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the [onnx] extra is not installed
     assert export_main([str(tmp_path / "fc.npz"), "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: ONNX export needs onnx: pip install 'gpunet[onnx]'"]

@@ -7,6 +7,7 @@ hand on the astronaut photo; crops made by the training pipeline itself
 weights with plain NumPy; and the packaged-model default checked against an
 explicit model path.
 """
+
 import csv
 import io
 import sys
@@ -24,7 +25,7 @@ from gpunet.predict import test_fer_model
 
 skdata = pytest.importorskip("skimage.data")
 
-HAND_BOX = (180, 70, 90, 95)     # x, y, w, h of the astronaut's face, marked by hand (hairline to chin)
+HAND_BOX = (180, 70, 90, 95)  # x, y, w, h of the astronaut's face, marked by hand (hairline to chin)
 MEAN, STD = 129.4, 65.0
 
 
@@ -38,8 +39,13 @@ def _numpy_backend():
 
 def fer_model(seed=0, names=FER_EMOTIONS):
     m = FullyConnectedNet([32], input_dim=48 * 48, num_classes=len(names), seed=seed, weight_scale=0.05)
-    m.meta = {"mean": [MEAN], "std": [STD], "image_shape": [1, 48, 48],
-              "class_names": [n.capitalize() for n in names], "dataset": "fer2013"}
+    m.meta = {
+        "mean": [MEAN],
+        "std": [STD],
+        "image_shape": [1, 48, 48],
+        "class_names": [n.capitalize() for n in names],
+        "dataset": "fer2013",
+    }
     return m
 
 
@@ -85,7 +91,7 @@ def test_path_grey_and_array_inputs_agree(tmp_path):
     assert detect_emotions(tmp_path / "astronaut.png", model) == from_array
     assert detect_emotions(str(tmp_path / "astronaut.png"), model) == from_array
     grey = np.asarray(Image.fromarray(photo).convert("L"))
-    assert detect_emotions(grey, model) == from_array     # a grey model sees the same grey crop
+    assert detect_emotions(grey, model) == from_array  # a grey model sees the same grey crop
 
 
 def test_faces_come_largest_first():
@@ -122,11 +128,14 @@ def test_bad_inputs_name_what_was_expected(tmp_path):
 
 def test_missing_extra_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage.feature", None)
-    with pytest.raises(ImportError, match=r"^face detection needs scikit-image: pip install 'gpunet\[faces\]'$"):
+    with pytest.raises(
+        ImportError, match=r"^face detection needs scikit-image: pip install 'gpunet\[faces\]'$"
+    ):
         detect_emotions(skdata.astronaut(), fer_model())
 
 
 # ------------------------------------------------------------------ the packaged model
+
 
 @pytest.fixture
 def packaged(tmp_path, monkeypatch):
@@ -151,7 +160,9 @@ def test_defaults_use_the_packaged_model(packaged, tmp_path):
 
 def test_absent_packaged_model_says_what_to_do(monkeypatch):
     monkeypatch.setattr(pretrained, "FILE_NAME", "absent.npz")
-    with pytest.raises(FileNotFoundError, match=r"absent.npz: the packaged FER2013 model is missing.*model=PATH"):
+    with pytest.raises(
+        FileNotFoundError, match=r"absent.npz: the packaged FER2013 model is missing.*model=PATH"
+    ):
         detect_emotions(skdata.astronaut())
 
 
@@ -171,10 +182,11 @@ def test_real_packaged_model_reads_a_smile():
     faces = detect_emotions(skdata.astronaut())
     assert len(faces) == 1
     ranked = sorted(faces[0]["emotions"], key=faces[0]["emotions"].get, reverse=True)
-    assert "happy" in ranked[:2], faces[0]["emotions"]      # she is smiling broadly
+    assert "happy" in ranked[:2], faces[0]["emotions"]  # she is smiling broadly
 
 
 # ------------------------------------------------------------------ gpunet-predict --faces
+
 
 def test_cli_faces_csv_and_annotated_copies(tmp_path, capsys):
     photos, ann = tmp_path / "photos", tmp_path / "ann"
@@ -184,13 +196,25 @@ def test_cli_faces_csv_and_annotated_copies(tmp_path, capsys):
     (photos / "notes.txt").write_text("not a photo")
     model = fer_model()
     model.save(tmp_path / "m.npz")
-    rc = predict_main([str(tmp_path / "m.npz"), str(photos), "--faces", "--annotate", str(ann),
-                       "-o", str(tmp_path / "faces.csv"), "--backend", "numpy"])
+    rc = predict_main(
+        [
+            str(tmp_path / "m.npz"),
+            str(photos),
+            "--faces",
+            "--annotate",
+            str(ann),
+            "-o",
+            str(tmp_path / "faces.csv"),
+            "--backend",
+            "numpy",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert "1 face(s) in 2 photo(s), 1 without a face" in capsys.readouterr().err
     rows = list(csv.reader(open(tmp_path / "faces.csv", encoding="utf-8")))
-    assert rows[0] == ["file", "face", "x", "y", "w", "h", "label", "class_name"] + \
-        [f"p_{n}" for n in FER_EMOTIONS]
+    assert rows[0] == ["file", "face", "x", "y", "w", "h", "label", "class_name"] + [
+        f"p_{n}" for n in FER_EMOTIONS
+    ]
     assert len(rows) == 2 and rows[1][:2] == ["astronaut.jpg", "0"]
     want = detect_emotions(photos / "astronaut.jpg", model)[0]
     assert [int(v) for v in rows[1][2:6]] == want["box"]
@@ -201,9 +225,9 @@ def test_cli_faces_csv_and_annotated_copies(tmp_path, capsys):
     with Image.open(ann / "astronaut.jpg") as a, Image.open(photos / "astronaut.jpg") as o:
         assert a.size == o.size
         x, y, w, h = want["box"]
-        edge = np.asarray(a.convert("RGB"))[y + h // 2, x]    # the box's left edge is drawn red
+        edge = np.asarray(a.convert("RGB"))[y + h // 2, x]  # the box's left edge is drawn red
         assert edge[0] > 200 and edge[1] < 100 and edge[2] < 100
-    with Image.open(ann / "cat.png") as a:                   # no face: an unchanged copy
+    with Image.open(ann / "cat.png") as a:  # no face: an unchanged copy
         assert np.array_equal(np.asarray(a.convert("RGB")), skdata.chelsea())
 
 
@@ -227,7 +251,20 @@ def test_cli_default_model_is_the_packaged_one(packaged, tmp_path, capsys):
     photos.mkdir()
     Image.fromarray(skdata.astronaut()).save(photos / "a.png")
     for model in ("default", str(packaged)):
-        assert predict_main([model, str(photos), "--faces", "-o", str(tmp_path / f"{len(model)}.csv"),
-                             "-q", "--backend", "numpy"]) == 0, capsys.readouterr().err
+        assert (
+            predict_main(
+                [
+                    model,
+                    str(photos),
+                    "--faces",
+                    "-o",
+                    str(tmp_path / f"{len(model)}.csv"),
+                    "-q",
+                    "--backend",
+                    "numpy",
+                ]
+            )
+            == 0
+        ), capsys.readouterr().err
     assert (tmp_path / "7.csv").read_text() == (tmp_path / f"{len(str(packaged))}.csv").read_text()
     assert len((tmp_path / "7.csv").read_text().splitlines()) == 2

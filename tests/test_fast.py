@@ -4,6 +4,7 @@ Every test runs on NumPy and on CuPy (the CuPy case skips without a GPU). The
 oracle is always a straightforward composition of the coursework kernels in
 ``gpunet.layers`` or the update formula written out with whole-array NumPy ops.
 """
+
 import json
 import math
 
@@ -12,8 +13,16 @@ import pytest
 
 from gpunet import FullyConnectedNet, backend, optim
 from gpunet import threads
-from gpunet.layers import (dropout_backward, dropout_forward, keep_mask, linear_backward, linear_forward,
-                           relu_backward, relu_forward, softmax_loss)
+from gpunet.layers import (
+    dropout_backward,
+    dropout_forward,
+    keep_mask,
+    linear_backward,
+    linear_forward,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+)
 from gpunet.optim import Optimizer
 
 
@@ -49,15 +58,18 @@ def reference_loss(model, X, y, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("dropout,reg", [(0.0, 0.0), (0.5, 0.0), (0.25, 0.1), (0.3, 0.0), (1 / 65536 * 777, 0.0)])
+@pytest.mark.parametrize(
+    "dropout,reg", [(0.0, 0.0), (0.5, 0.0), (0.25, 0.1), (0.3, 0.0), (1 / 65536 * 777, 0.0)]
+)
 def test_model_loss_matches_plain_kernels(xp, dtype, dropout, reg):
     """Same inputs, same dropout masks (same generator state): same loss and gradients."""
     rng = np.random.default_rng(5)
     N, D, C = 33, 20, 7
     X = xp.asarray(rng.standard_normal((N, D)).astype(dtype))
     y = xp.asarray(rng.integers(0, C, N))
-    model = FullyConnectedNet([16, 12, 9], input_dim=D, num_classes=C, dropout=dropout, reg=reg,
-                              dtype=dtype, seed=2)
+    model = FullyConnectedNet(
+        [16, 12, 9], input_dim=D, num_classes=C, dropout=dropout, reg=reg, dtype=dtype, seed=2
+    )
     model.rng = backend.default_rng(11)
     loss, grads = model.loss(X, y)
     ref_loss, ref = reference_loss(model, X, y, backend.default_rng(11))
@@ -95,10 +107,14 @@ def test_fused_layer_kernels_match_plain(xp):
     dout = xp.asarray(rng.standard_normal((17, 13)).astype(np.float32))
     plain = relu_backward(dout, fused)
     np.testing.assert_array_equal(np_((lambda d: relu_backward(d, fused, out=d))(dout.copy())), np_(plain))
-    np.testing.assert_allclose(np_((lambda d: relu_backward(d, fused, out=d, scale=2.0))(dout.copy())), 2 * np_(plain), rtol=1e-7)
+    np.testing.assert_allclose(
+        np_((lambda d: relu_backward(d, fused, out=d, scale=2.0))(dout.copy())), 2 * np_(plain), rtol=1e-7
+    )
     h = xp.asarray(rng.standard_normal((40, 50)).astype(np.float32))
     out, mask = dropout_forward(h, 0.5, True, backend.default_rng(3))
-    np.testing.assert_array_equal(np_((lambda c: dropout_forward(c, 0.5, rng=backend.default_rng(3), out=c)[0])(h.copy())), np_(out))
+    np.testing.assert_array_equal(
+        np_((lambda c: dropout_forward(c, 0.5, rng=backend.default_rng(3), out=c)[0])(h.copy())), np_(out)
+    )
 
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.75, 1 / 256, 300 / 65536, 0.3, 0.9])
@@ -211,13 +227,37 @@ def test_training_step_keeps_the_memory_pool_steady(xp):
 def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     """A tiny run of gpunet-bench (no re-exec: the thread variables are already set)."""
     from gpunet.cli import bench
+
     monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
     out = tmp_path / "bench.json"
     previous = backend.selected()
     try:
-        rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "8", "--steps", "1", "--repeats", "2",
-                         "--warmup", "1", "--no-torch", "--json", str(out), "--backend", "numpy", "-q",
-                         "--epoch-samples", "64"])
+        rc = bench.main(
+            [
+                "--settle",
+                "0",
+                "--threads",
+                "1",
+                "--nets",
+                "A",
+                "--batch-sizes",
+                "8",
+                "--steps",
+                "1",
+                "--repeats",
+                "2",
+                "--warmup",
+                "1",
+                "--no-torch",
+                "--json",
+                str(out),
+                "--backend",
+                "numpy",
+                "-q",
+                "--epoch-samples",
+                "64",
+            ]
+        )
     finally:
         backend.use(previous)
     assert rc == 0
@@ -232,19 +272,43 @@ def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
 def test_bench_compares_with_torch(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from gpunet.cli import bench
+
     monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
     out = tmp_path / "bench.json"
     previous = backend.selected()
     try:
-        rc = bench.main(["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
-                         "--warmup", "1", "--json", str(out), "--backend", "numpy", "-q", "--epoch-samples", "64"])
+        rc = bench.main(
+            [
+                "--settle",
+                "0",
+                "--threads",
+                "1",
+                "--nets",
+                "A",
+                "--batch-sizes",
+                "4",
+                "--steps",
+                "1",
+                "--repeats",
+                "1",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+                "--backend",
+                "numpy",
+                "-q",
+                "--epoch-samples",
+                "64",
+            ]
+        )
     finally:
         backend.use(previous)
     assert rc == 0
     steps, epoch = json.loads(out.read_text())["results"]
     forms = steps["torch_train_variants"]
     assert set(forms) <= {"default", "foreach", "fused"} and "default" in forms
-    assert steps["torch_optimizer"] == max(forms, key=forms.get)            # compared against the fastest form
+    assert steps["torch_optimizer"] == max(forms, key=forms.get)  # compared against the fastest form
     assert steps["torch_train"] == forms[steps["torch_optimizer"]] and steps["train_ratio"] > 0
     assert epoch["view"] == "epoch" and epoch["samples"] == 64 and epoch["epoch_ratio"] > 0
     assert epoch["torch_epoch"] == max(epoch[f"torch_epoch_{k}"] for k in forms)

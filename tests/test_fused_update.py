@@ -4,6 +4,7 @@ Oracle: the plain composition, ``model.loss(X, y)`` then ``Optimizer.step``, on 
 The arithmetic is the same on the same values, so parameters, optimizer state and losses must
 be bit-identical after several steps, for every update rule, with dropout, L2 and batch norm.
 """
+
 import numpy as np
 import pytest
 
@@ -12,8 +13,14 @@ from gpunet.model import FullyConnectedNet
 from h5_fixtures import numpy_backend  # noqa: F401 (a shared fixture)
 from gpunet.nn import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
-RULES = [("sgd", {}), ("sgd_momentum", {"momentum": 0.9}), ("nesterov", {"momentum": 0.9}),
-         ("rmsprop", {}), ("adam", {}), ("adamw", {"weight_decay": 1e-2})]
+RULES = [
+    ("sgd", {}),
+    ("sgd_momentum", {"momentum": 0.9}),
+    ("nesterov", {"momentum": 0.9}),
+    ("rmsprop", {}),
+    ("adam", {}),
+    ("adamw", {"weight_decay": 1e-2}),
+]
 
 
 def _fc():
@@ -21,8 +28,21 @@ def _fc():
 
 
 def _cnn():
-    return Sequential([Conv2d(2, 4, 3, padding=1), BatchNorm2d(4), ReLU(), MaxPool2d(2), Flatten(),
-                       Linear(4 * 3 * 3, 8), ReLU(), Dropout(0.3), Linear(8, 5)], reg=1e-3, seed=4)
+    return Sequential(
+        [
+            Conv2d(2, 4, 3, padding=1),
+            BatchNorm2d(4),
+            ReLU(),
+            MaxPool2d(2),
+            Flatten(),
+            Linear(4 * 3 * 3, 8),
+            ReLU(),
+            Dropout(0.3),
+            Linear(8, 5),
+        ],
+        reg=1e-3,
+        seed=4,
+    )
 
 
 def _batches(shape, n=4):
@@ -35,6 +55,7 @@ def _plain_step(model, opt):
         loss, grads = model.loss(X, y)
         opt.step(model.params, grads, lr)
         return loss
+
     return step
 
 
@@ -59,13 +80,17 @@ def test_update_inside_backward_is_bit_identical(numpy_backend, make, shape, rul
         assert np.array_equal(fused_model.params[k], plain_model.params[k]), k
         assert not np.array_equal(plain_model.params[k], before[k]) or k.endswith("b"), k
         for s in plain_opt.state[k]:
-            assert np.array_equal(np.asarray(fused_opt.state[k][s]), np.asarray(plain_opt.state[k][s])), (k, s)
+            assert np.array_equal(np.asarray(fused_opt.state[k][s]), np.asarray(plain_opt.state[k][s])), (
+                k,
+                s,
+            )
     for k in getattr(plain_model, "buffers", {}):
         assert np.array_equal(fused_model.buffers[k], plain_model.buffers[k]), k
 
 
 def test_models_without_on_grad_still_train(numpy_backend):
     """A coursework-style model whose loss takes only (X, y) gets the plain composition."""
+
     class Tiny:
         def __init__(self):
             self.params = {"W": np.ones((3, 2), np.float32)}
@@ -81,14 +106,27 @@ def test_models_without_on_grad_still_train(numpy_backend):
 
 def test_solver_with_and_without_the_fused_update_train_alike(numpy_backend):
     from gpunet import Solver
+
     rng = np.random.default_rng(5)
-    data = {"X_train": rng.standard_normal((60, 20)).astype(np.float32), "y_train": rng.integers(0, 5, 60),
-            "X_val": rng.standard_normal((20, 20)).astype(np.float32), "y_val": rng.integers(0, 5, 20)}
+    data = {
+        "X_train": rng.standard_normal((60, 20)).astype(np.float32),
+        "y_train": rng.integers(0, 5, 60),
+        "X_val": rng.standard_normal((20, 20)).astype(np.float32),
+        "y_val": rng.integers(0, 5, 20),
+    }
     models = []
     for fused in (True, False):
         m = _fc()
-        Solver(m, data, update_rule="adam", batch_size=16, num_epochs=2, verbose=False, seed=3,
-               fused_update=fused).train()
+        Solver(
+            m,
+            data,
+            update_rule="adam",
+            batch_size=16,
+            num_epochs=2,
+            verbose=False,
+            seed=3,
+            fused_update=fused,
+        ).train()
         models.append(m)
     for k in models[0].params:
         assert np.array_equal(models[0].params[k], models[1].params[k]), k

@@ -1,4 +1,5 @@
 """gpunet/io.py: files are complete or absent, never half-written."""
+
 import os
 
 import pytest
@@ -17,13 +18,16 @@ def test_copy_file_is_atomic(tmp_path):
     assert dst.read_bytes() == b"x" * 1000 and _listing(dst.parent) == ["b.npz"]
     with pytest.raises(FileNotFoundError):
         copy_file(tmp_path / "missing.npz", dst)
-    assert dst.read_bytes() == b"x" * 1000 and _listing(dst.parent) == ["b.npz"]  # old copy kept, no temporaries
+    assert dst.read_bytes() == b"x" * 1000 and _listing(dst.parent) == [
+        "b.npz"
+    ]  # old copy kept, no temporaries
 
 
 def test_save_figure_writes_png_and_cleans_up_on_error(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     save_figure(fig, tmp_path / "f.png", dpi=50)
@@ -47,6 +51,7 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
     """A finished file gets 0666 minus the umask, not the 0600 of its temporary name."""
     import os
     from gpunet.io import write_json
+
     old = os.umask(0o022)
     try:
         write_json(tmp_path / "a.json", {"x": 1})

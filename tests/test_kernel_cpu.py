@@ -14,6 +14,7 @@ and asserts the result against the layer's public function run on NumPy
 ``test_every_kernel_has_a_case`` fails until a registered kernel has one, and
 ``test_every_body_compiles_as_cpp`` already builds the body without a case.
 """
+
 import shutil
 
 import numpy as np
@@ -27,8 +28,10 @@ from gpunet.layers.softmax import softmax_loss
 
 import kernel_harness as H
 
-pytestmark = [pytest.mark.kernel_cpu,
-              pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")]
+pytestmark = [
+    pytest.mark.kernel_cpu,
+    pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed"),
+]
 DTYPES = (np.float32, np.float64)
 
 
@@ -43,12 +46,13 @@ def _run(name, dt, n, **args):
 
 # ------------------------------------------------------------------ layers
 
+
 def case_bias(name, relu, dt, rng):
     X, W, b = (rng.standard_normal(s).astype(dt) for s in ((6, 5), (5, 7), (7,)))
     h = X @ W
-    h[0, :3] = -b[:3]                                # exact zeros after the add: ReLU at 0
+    h[0, :3] = -b[:3]  # exact zeros after the add: ReLU at 0
     want = np.maximum(h + b, 0) if relu else h + b
-    twin = linear._bias_(h.copy(), b, relu)          # the NumPy branch of the same rule
+    twin = linear._bias_(h.copy(), b, relu)  # the NumPy branch of the same rule
     _run(name, dt, h.size, b=np.ascontiguousarray(np.broadcast_to(b, h.shape)), h=h)
     close(h, twin, dt)
     close(h, want, dt)
@@ -56,7 +60,7 @@ def case_bias(name, relu, dt, rng):
 
 def case_relu_bwd(dt, rng):
     a = rng.standard_normal((8, 9)).astype(dt)
-    a[0] = 0                                         # ReLU at 0: no gradient passes
+    a[0] = 0  # ReLU at 0: no gradient passes
     a[1] = -0.0
     dout = rng.standard_normal(a.shape).astype(dt)
     for scale in (1.0, 2.5):
@@ -79,7 +83,7 @@ class _FixedUniforms:
 def case_dropout(dt, rng):
     X = rng.standard_normal((16, 12)).astype(dt)
     u = rng.random(X.shape, dtype=np.float32)
-    u[0, :4] = (0.0, 0.25, 0.5, np.nextafter(np.float32(0.5), 0))   # uniforms at the threshold
+    u[0, :4] = (0.0, 0.25, 0.5, np.nextafter(np.float32(0.5), 0))  # uniforms at the threshold
     for p in (0.0, 0.25, 0.5):
         h = X.copy()
         _run("dropout", dt, h.size, u=u, p=np.float32(p), scale=dt(1 / (1 - p)), h=h)
@@ -90,12 +94,21 @@ def case_dropout(dt, rng):
 def case_softmax_xent(dt, rng, label_dtype=np.int64):
     N, C = 12, 5
     x = rng.standard_normal((N, C)).astype(dt) * 3
-    x[0], x[1] = 1e4, -1e4                           # huge logits: stable only with the row max subtracted
+    x[0], x[1] = 1e4, -1e4  # huge logits: stable only with the row max subtracted
     x[2, 0] = 1e4
-    y = (np.arange(N) % C).astype(label_dtype)      # every label index
+    y = (np.arange(N) % C).astype(label_dtype)  # every label index
     row, dx = np.empty(N, dt), np.empty(N * C, dt)
-    H.run_elementwise(SOURCES["softmax_xent"], {"T": dt, "S": label_dtype}, N, x=x.ravel(), y=y,
-                      C=C, inv_n=1.0 / N, row_loss=row, dx=dx)
+    H.run_elementwise(
+        SOURCES["softmax_xent"],
+        {"T": dt, "S": label_dtype},
+        N,
+        x=x.ravel(),
+        y=y,
+        C=C,
+        inv_n=1.0 / N,
+        row_loss=row,
+        dx=dx,
+    )
     loss, dlogits = softmax_loss(x, y)
     assert np.isfinite(row).all()
     close(row.mean(), loss, dt)
@@ -104,8 +117,17 @@ def case_softmax_xent(dt, rng, label_dtype=np.int64):
     bad = y.copy()
     bad[3], bad[7] = C, -1
     row[:], dx[:] = 0, 0
-    H.run_elementwise(SOURCES["softmax_xent"], {"T": dt, "S": label_dtype}, N, x=x.ravel(), y=bad,
-                      C=C, inv_n=1.0 / N, row_loss=row, dx=dx)
+    H.run_elementwise(
+        SOURCES["softmax_xent"],
+        {"T": dt, "S": label_dtype},
+        N,
+        x=x.ravel(),
+        y=bad,
+        C=C,
+        inv_n=1.0 / N,
+        row_loss=row,
+        dx=dx,
+    )
     with pytest.raises(ValueError, match="labels in"):
         softmax_loss(x, bad)
     assert np.isnan(row[[3, 7]]).all() and np.isnan(dx.reshape(N, C)[[3, 7]]).all()
@@ -114,6 +136,7 @@ def case_softmax_xent(dt, rng, label_dtype=np.int64):
 
 
 # ------------------------------------------------------------------ optimizers
+
 
 def _wgv(dt, rng, k=3, n=300):
     return [rng.standard_normal(n).astype(dt) for _ in range(k)]
@@ -150,9 +173,9 @@ def case_rmsprop(dt, rng):
 def case_adam(dt, rng):
     w, g, m = _wgv(dt, rng)
     v = np.abs(rng.standard_normal(w.size)).astype(dt)
-    g[:5] = 0                                        # zero gradient and moments: the eps floor
+    g[:5] = 0  # zero gradient and moments: the eps floor
     m[:5], v[:5] = 0, 0
-    args = dict(b1=0.9, b2=0.999, lr_t=1e-3 / (1 - 0.9 ** 3), inv_sqrt_bc2=1 / np.sqrt(1 - 0.999 ** 3), eps=1e-8)
+    args = dict(b1=0.9, b2=0.999, lr_t=1e-3 / (1 - 0.9**3), inv_sqrt_bc2=1 / np.sqrt(1 - 0.999**3), eps=1e-8)
     got = [w.copy(), m.copy(), v.copy()]
     _run("adam", dt, w.size, dw=g, **{k: dt(a) for k, a in args.items()}, w=got[0], m=got[1], v=got[2])
     want = [w.copy(), m.copy(), v.copy()]
@@ -174,8 +197,9 @@ CASES = {
     "rmsprop": case_rmsprop,
     "adam": case_adam,
 }
-try:                                                 # the multi-tensor update (its cases live beside it)
+try:  # the multi-tensor update (its cases live beside it)
     from kernel_cpu_multi import MULTI_CASES
+
     CASES.update(MULTI_CASES)
 except ImportError:
     pass
@@ -194,13 +218,15 @@ def _case_params():
 
 @pytest.mark.parametrize("name, dt", _case_params())
 def test_kernel_matches_numpy_twin(name, dt):
-    CASES[name](dt, np.random.default_rng(abs(hash(name)) % 2 ** 32))
+    CASES[name](dt, np.random.default_rng(abs(hash(name)) % 2**32))
 
 
 def test_every_kernel_has_a_case():
     missing = sorted(set(SOURCES) - {n.split("/")[0] for n in CASES})
-    assert not missing, (f"no CPU-execution case for CUDA kernel(s) {missing}: add case_<name> to "
-                         "tests/test_kernel_cpu.py (see its docstring)")
+    assert not missing, (
+        f"no CPU-execution case for CUDA kernel(s) {missing}: add case_<name> to "
+        "tests/test_kernel_cpu.py (see its docstring)"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in SOURCES.items() if s.kind == "elementwise"))
@@ -213,8 +239,9 @@ def test_every_body_compiles_as_cpp(name):
 
 def test_harness_can_fail():
     """A wrong body gives a wrong answer: the comparison is not vacuous."""
-    wrong = SOURCES["sgd"].__class__("sgd_wrong", "elementwise", "w += lr * dw", "T dw, T lr", "T w",
-                                     scalars=("lr",))
+    wrong = SOURCES["sgd"].__class__(
+        "sgd_wrong", "elementwise", "w += lr * dw", "T dw, T lr", "T w", scalars=("lr",)
+    )
     w, g = np.ones(4), np.full(4, 2.0)
     H.run_elementwise(wrong, {"T": np.float64}, 4, dw=g, lr=0.5, w=w)
     with pytest.raises(AssertionError):

@@ -1,4 +1,5 @@
 """Layer kernels against numerical gradients and statistical properties, on every backend."""
+
 import math
 
 import numpy as np
@@ -6,8 +7,15 @@ import pytest
 
 from gpunet import backend
 from gpunet.testing import emulated
-from gpunet.layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
-                           relu_backward, relu_forward, softmax_loss)
+from gpunet.layers import (
+    dropout_backward,
+    dropout_forward,
+    linear_backward,
+    linear_forward,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+)
 from gradcheck import numerical_gradient, numerical_gradient_array, rel_error
 
 
@@ -108,8 +116,9 @@ def test_dropout_identity_at_test_time(xp, rng):
     assert mask is None
     np.testing.assert_array_equal(backend.to_numpy(out), backend.to_numpy(X))
     dout = arr(xp, rng.standard_normal((4, 5)).astype(np.float32))
-    np.testing.assert_array_equal(backend.to_numpy(dropout_backward(dout, None, 0.5, train=False)),
-                                  backend.to_numpy(dout))
+    np.testing.assert_array_equal(
+        backend.to_numpy(dropout_backward(dout, None, 0.5, train=False)), backend.to_numpy(dout)
+    )
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
@@ -163,9 +172,14 @@ def test_kernels_keep_dtype_and_kind(xp, rng, dtype):
     X = xp.asarray(rng.standard_normal((4, 6)).astype(dtype))
     W = xp.asarray(rng.standard_normal((6, 3)).astype(dtype))
     b = xp.asarray(rng.standard_normal(3).astype(dtype))
-    outs = [linear_forward(X, W, b), *linear_backward(xp.ones((4, 3), dtype=dtype), X, W, b),
-            relu_forward(X), relu_backward(X, X), dropout_forward(X, 0.5, True, backend.default_rng(0))[0],
-            softmax_loss(X, xp.asarray([0, 1, 2, 3]))[1]]
+    outs = [
+        linear_forward(X, W, b),
+        *linear_backward(xp.ones((4, 3), dtype=dtype), X, W, b),
+        relu_forward(X),
+        relu_backward(X, X),
+        dropout_forward(X, 0.5, True, backend.default_rng(0))[0],
+        softmax_loss(X, xp.asarray([0, 1, 2, 3]))[1],
+    ]
     for o in outs:
         assert type(o) is type(X) and o.dtype == dtype
 
@@ -188,12 +202,13 @@ def test_gpu_dropout_reuses_its_uniform_buffer(monkeypatch):
     """On the (emulated) GPU the dropout kernel's uniforms go into one buffer per shape."""
     from gpunet.layers import activations
     from gpunet.ops import CupyOps
+
     monkeypatch.setattr(CupyOps, "_uniform_bufs", {})
     rng = _RecordingRng()
     with backend.using("emulated") as xp:
         for _ in range(3):
             x = xp.ones((6, 4), np.float32)
-            activations.dropout_forward(x, 0.5, rng=rng, out=x)       # the fast path is in place only
+            activations.dropout_forward(x, 0.5, rng=rng, out=x)  # the fast path is in place only
             kept = backend.to_numpy(x) != 0
             assert np.array_equal(kept, backend.to_numpy(rng.outs[-1]) >= 0.5)
         x = xp.ones((2, 4), np.float32)
@@ -207,6 +222,7 @@ def test_gpu_dropout_allocates_nothing_per_call(xp):
     if xp is np:
         pytest.skip("GPU path")
     from gpunet.layers import activations
+
     X = xp.ones((256, 512), np.float32)
     activations.dropout_forward(X, 0.5, out=X)
     pool = backend.cupy_module().get_default_memory_pool()

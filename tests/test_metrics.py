@@ -1,4 +1,5 @@
 """gpunet.metrics against hand-computed cases and a plain-Python reference loop."""
+
 import json
 import warnings
 
@@ -6,8 +7,14 @@ import numpy as np
 import pytest
 
 from gpunet import backend
-from gpunet.metrics import (accuracy, classification_report, confusion_matrix, format_report,
-                            normalize_rows, precision_recall_f1)
+from gpunet.metrics import (
+    accuracy,
+    classification_report,
+    confusion_matrix,
+    format_report,
+    normalize_rows,
+    precision_recall_f1,
+)
 
 
 def reference(y_true, y_pred, C):
@@ -103,14 +110,17 @@ def test_normalize_rows_keeps_empty_rows_zero():
     np.testing.assert_array_equal(normalize_rows([[2, 2], [0, 0]]), [[0.5, 0.5], [0, 0]])
 
 
-@pytest.mark.parametrize("args, name", [
-    (([0, 1], [0], 2), "y_pred"),            # different lengths
-    (([0, 2], [0, 1], 2), "y_true"),         # label >= C
-    (([0, 1], [0, -1], 2), "y_pred"),        # negative label
-    (([[0, 1]], [[0, 1]], 2), "y_true"),     # not 1-D
-    (([0.0, 1.0], [0, 1], 2), "y_true"),     # float labels
-    (([0, 1], [0, 1], 0), "num_classes"),
-])
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (([0, 1], [0], 2), "y_pred"),  # different lengths
+        (([0, 2], [0, 1], 2), "y_true"),  # label >= C
+        (([0, 1], [0, -1], 2), "y_pred"),  # negative label
+        (([[0, 1]], [[0, 1]], 2), "y_true"),  # not 1-D
+        (([0.0, 1.0], [0, 1], 2), "y_true"),  # float labels
+        (([0, 1], [0, 1], 0), "num_classes"),
+    ],
+)
 def test_invalid_inputs_name_the_argument(args, name):
     with pytest.raises(ValueError, match=name):
         confusion_matrix(*args)
@@ -135,7 +145,7 @@ def test_on_each_backend(xp):
     cm = confusion_matrix(yt, yp, 5)
     assert isinstance(cm, np.ndarray) and cm.dtype == np.int64
     np.testing.assert_array_equal(cm, cm_ref)
-    np.testing.assert_array_equal(confusion_matrix(y_true, yp, 5), cm_ref)   # NumPy + device
+    np.testing.assert_array_equal(confusion_matrix(y_true, yp, 5), cm_ref)  # NumPy + device
     p, _, f = precision_recall_f1(yt, yp, 5)
     np.testing.assert_allclose(p, p_ref)
     np.testing.assert_allclose(f, f_ref)

@@ -1,4 +1,5 @@
 """FullyConnectedNet: whole-net gradients, the coursework overfit check, save/load."""
+
 import json
 
 import numpy as np
@@ -15,9 +16,20 @@ def test_whole_net_gradcheck_float64(xp, dropout, reg):
     rng = np.random.default_rng(0)
     X = xp.asarray(rng.standard_normal((N, D)))
     y = xp.asarray(rng.integers(0, C, N))
-    model = FullyConnectedNet([6, 5], input_dim=D, num_classes=C, dropout=dropout, reg=reg,
-                              weight_scale=0.5, dtype=np.float64, seed=1)
-    for name, b in model.params.items():   # nonzero biases: a unit whose inputs all dropped sits off the ReLU kink
+    model = FullyConnectedNet(
+        [6, 5],
+        input_dim=D,
+        num_classes=C,
+        dropout=dropout,
+        reg=reg,
+        weight_scale=0.5,
+        dtype=np.float64,
+        seed=1,
+    )
+    for (
+        name,
+        b,
+    ) in model.params.items():  # nonzero biases: a unit whose inputs all dropped sits off the ReLU kink
         if name.startswith("b"):
             b[...] = xp.asarray(rng.uniform(0.05, 0.2, b.shape))
 
@@ -66,9 +78,16 @@ def test_overfit_50_cifar_shaped_samples(xp):
     X = rng.integers(0, 256, (50, 3, 32, 32)).astype(np.float32) / 255 - 0.5
     y = rng.integers(0, 10, 50)
     model = FullyConnectedNet([100, 100], seed=0)
-    solver = Solver(model, {"X_train": X, "y_train": y, "X_val": X, "y_val": y},
-                    update_rule="adam", optim_config={"learning_rate": 1e-3},
-                    batch_size=25, num_epochs=20, verbose=False, seed=0)
+    solver = Solver(
+        model,
+        {"X_train": X, "y_train": y, "X_val": X, "y_val": y},
+        update_rule="adam",
+        optim_config={"learning_rate": 1e-3},
+        batch_size=25,
+        num_epochs=20,
+        verbose=False,
+        seed=0,
+    )
     solver.train()
     assert max(solver.train_acc_history) == 1.0
     assert solver.check_accuracy(solver.train_eval_loader) == 1.0
@@ -133,23 +152,31 @@ def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="plain.npz.*no __meta__"):
         load_model(plain)
     pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, __meta__=np.frombuffer(json.dumps({"format": "gpunet-model"}).encode(), np.uint8),
-             W1=np.array([{"evil": 1}], dtype=object))
+    np.savez(
+        pickled,
+        __meta__=np.frombuffer(json.dumps({"format": "gpunet-model"}).encode(), np.uint8),
+        W1=np.array([{"evil": 1}], dtype=object),
+    )
     with pytest.raises(ValueError, match="pickled.npz"):
         load_model(pickled)
     future = tmp_path / "future.npz"
-    np.savez(future, __meta__=np.frombuffer(json.dumps({"format": "gpunet-model", "version": 99}).encode(),
-                                            np.uint8))
+    np.savez(
+        future,
+        __meta__=np.frombuffer(json.dumps({"format": "gpunet-model", "version": 99}).encode(), np.uint8),
+    )
     with pytest.raises(ValueError, match="future.npz.*newer"):
         load_model(future)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(dropout=1.0), "dropout: expected a drop probability"),
-    (dict(dropout=-0.1), "dropout: expected a drop probability"),
-    (dict(reg=-1.0), "reg: expected >= 0"),
-    (dict(hidden_dims=[0]), "hidden_dims: expected positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dropout=1.0), "dropout: expected a drop probability"),
+        (dict(dropout=-0.1), "dropout: expected a drop probability"),
+        (dict(reg=-1.0), "reg: expected >= 0"),
+        (dict(hidden_dims=[0]), "hidden_dims: expected positive"),
+    ],
+)
 def test_constructor_rejects_bad_arguments(kwargs, match):
     args = dict(hidden_dims=[4], input_dim=3, num_classes=2)
     args.update(kwargs)
@@ -170,6 +197,7 @@ def test_loss_rejects_bad_inputs(xp):
 
 def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
     from gpunet.io import atomic_open, write_json
+
     target = tmp_path / "out.json"
     write_json(target, {"a": 1})
     with pytest.raises(KeyboardInterrupt):

@@ -6,13 +6,26 @@ result must equal the NumPy path on plain contiguous copies (float64, so only th
 may differ). On the emulated GPU and on CuPy this drives the fast paths (the bias, ReLU, dropout,
 softmax and optimizer kernels, the one-launch update) with those views.
 """
+
 import numpy as np
 import pytest
 
 from gpunet import backend, multi_tensor, optim
-from gpunet.layers import (batchnorm_backward, batchnorm_forward, conv2d_backward, conv2d_forward,
-                           dropout_backward, dropout_forward, linear_backward, linear_forward, max_pool2d_backward,
-                           max_pool2d_forward, relu_backward, relu_forward, softmax_loss)
+from gpunet.layers import (
+    batchnorm_backward,
+    batchnorm_forward,
+    conv2d_backward,
+    conv2d_forward,
+    dropout_backward,
+    dropout_forward,
+    linear_backward,
+    linear_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+)
 
 LAYOUTS = ["transposed", "strided", "offset"]
 
@@ -67,15 +80,25 @@ def reference(f, *arrays, **kw):
 
 # ------------------------------------------------------------------ layers
 
+
 @pytest.mark.parametrize("how", LAYOUTS)
 @pytest.mark.parametrize("relu", [False, True])
 def test_linear(xp, r, how, relu):
-    X, W, b, dout = r.standard_normal((6, 5)), r.standard_normal((5, 4)), r.standard_normal(4), r.standard_normal((6, 4))
+    X, W, b, dout = (
+        r.standard_normal((6, 5)),
+        r.standard_normal((5, 4)),
+        r.standard_normal(4),
+        r.standard_normal((6, 4)),
+    )
     b[:2] = 0.0
-    same(linear_forward(view(xp, X, how), view(xp, W, how), view(xp, b, how), relu=relu),
-         reference(linear_forward, X, W, b, relu=relu))
-    same(linear_backward(view(xp, dout, how), view(xp, X, how), view(xp, W, how), view(xp, b, how)),
-         reference(linear_backward, dout, X, W, b))
+    same(
+        linear_forward(view(xp, X, how), view(xp, W, how), view(xp, b, how), relu=relu),
+        reference(linear_forward, X, W, b, relu=relu),
+    )
+    same(
+        linear_backward(view(xp, dout, how), view(xp, X, how), view(xp, W, how), view(xp, b, how)),
+        reference(linear_backward, dout, X, W, b),
+    )
 
 
 @pytest.mark.parametrize("how", LAYOUTS)
@@ -84,13 +107,13 @@ def test_relu(xp, r, how, scale):
     X, dout = r.standard_normal((7, 6)), r.standard_normal((7, 6))
     same(relu_forward(view(xp, X, how)), reference(relu_forward, X))
     x = view(xp, X, how)
-    relu_forward(x, out=x)                                     # in place on a view
+    relu_forward(x, out=x)  # in place on a view
     same(x, np.maximum(X, 0))
     a = np.maximum(X, 0)
     want = reference(relu_backward, dout, a, scale=scale)
     same(relu_backward(view(xp, dout, how), view(xp, a, how), scale=scale), want)
     d = view(xp, dout, how)
-    out = relu_backward(d, view(xp, a, how), out=d, scale=scale)   # the fused kernel's path
+    out = relu_backward(d, view(xp, a, how), out=d, scale=scale)  # the fused kernel's path
     same(out, want)
     same(d, want)
 
@@ -98,13 +121,13 @@ def test_relu(xp, r, how, scale):
 @pytest.mark.parametrize("how", LAYOUTS)
 def test_dropout(xp, r, how):
     X, dout, p = r.standard_normal((8, 6)), r.standard_normal((8, 6)), 0.25
-    got, mask = dropout_forward(view(xp, X, how), p, seed=3)   # the coursework's seeded mask
+    got, mask = dropout_forward(view(xp, X, how), p, seed=3)  # the coursework's seeded mask
     want, want_mask = reference(dropout_forward, X, p, seed=3)
     same(got, want)
     same(mask, want_mask)
     same(dropout_backward(view(xp, dout, how), view(xp, want_mask, how), p), dout * want_mask)
     x = view(xp, X, how)
-    out, none = dropout_forward(x, p, rng=backend.default_rng(0), out=x)    # in place (the GPU kernel)
+    out, none = dropout_forward(x, p, rng=backend.default_rng(0), out=x)  # in place (the GPU kernel)
     got = host(out)
     kept = got != 0
     assert none is None and out is x and 0.5 < kept.mean() < 0.95
@@ -138,10 +161,11 @@ def test_conv2d(xp, r, how, layout):
     out = reference(conv2d_forward, X, W, b, 1, 1, layout=layout)
     dout = r.standard_normal(out.shape)
     same(conv2d_forward(view(xp, X, how), view(xp, W, how), view(xp, b, how), 1, 1, layout=layout), out)
-    got = conv2d_backward(view(xp, dout, how), view(xp, X, how), view(xp, W, how), view(xp, b, how), 1, 1,
-                          layout=layout)
+    got = conv2d_backward(
+        view(xp, dout, how), view(xp, X, how), view(xp, W, how), view(xp, b, how), 1, 1, layout=layout
+    )
     same(got, reference(conv2d_backward, dout, X, W, b, 1, 1, layout=layout))
-    assert got[1].flags.c_contiguous and got[2].flags.c_contiguous     # gradients are plain arrays
+    assert got[1].flags.c_contiguous and got[2].flags.c_contiguous  # gradients are plain arrays
 
 
 @pytest.mark.parametrize("how", LAYOUTS)
@@ -152,8 +176,10 @@ def test_max_pool(xp, r, how, size, stride):
     dout = r.standard_normal(out.shape)
     cache = {}
     same(max_pool2d_forward(view(xp, X, how), size, stride, cache=cache), out)
-    same(max_pool2d_backward(view(xp, dout, how), view(xp, X, how), size, stride, cache=cache),
-         reference(max_pool2d_backward, dout, X, size, stride))
+    same(
+        max_pool2d_backward(view(xp, dout, how), view(xp, X, how), size, stride, cache=cache),
+        reference(max_pool2d_backward, dout, X, size, stride),
+    )
 
 
 @pytest.mark.parametrize("how", LAYOUTS)
@@ -164,8 +190,9 @@ def test_batchnorm(xp, r, how, shape, axis):
     gamma, beta = r.standard_normal(C), r.standard_normal(C)
     rm, rv = np.zeros(C), np.ones(C)
     want, cache = reference(batchnorm_forward, X, gamma, beta, rm.copy(), rv.copy(), axis=axis)
-    got, c = batchnorm_forward(view(xp, X, how), view(xp, gamma, how), view(xp, beta, how), xp.asarray(rm),
-                               xp.asarray(rv), axis=axis)
+    got, c = batchnorm_forward(
+        view(xp, X, how), view(xp, gamma, how), view(xp, beta, how), xp.asarray(rm), xp.asarray(rv), axis=axis
+    )
     same(got, want)
     with backend.using("numpy"):
         _, ref_cache = batchnorm_forward(X, gamma, beta, rm.copy(), rv.copy(), axis=axis)
@@ -226,11 +253,12 @@ def test_gradient_sharing_memory_with_a_weight(xp, r, rule):
     with backend.using("numpy"):
         _steps(want, [{"W": w0.copy()}], rule)
     got = {"W": buf[:12]}
-    _steps(got, [{"W": buf[:12]}], rule)                       # the gradient is the weight itself
+    _steps(got, [{"W": buf[:12]}], rule)  # the gradient is the weight itself
     same(got["W"], want["W"], 1e-9)
 
 
 # ------------------------------------------------------------------ the one-launch update's checks
+
 
 def test_refusal_names_what_the_kernel_would_misread():
     w = np.zeros((4, 3))
@@ -252,8 +280,9 @@ def test_safe_gradients_copies_only_what_it_must():
     w = np.zeros((8, 9))
     plain, strided = np.ones((8, 9)), np.ones((8, 10))[:, :-1]
     half = np.ones((8, 9), np.float32)
-    fixed = multi_tensor.safe_gradients(np, [[plain, w], [strided, np.zeros((8, 9))], [half, np.zeros((8, 9))],
-                                             [w, w]])
+    fixed = multi_tensor.safe_gradients(
+        np, [[plain, w], [strided, np.zeros((8, 9))], [half, np.zeros((8, 9))], [w, w]]
+    )
     assert fixed[0][0] is plain
     assert fixed[1][0] is not strided and fixed[1][0].flags.c_contiguous
     np.testing.assert_array_equal(fixed[1][0], strided)
@@ -265,9 +294,14 @@ def test_safe_gradients_copies_only_what_it_must():
 
 # ------------------------------------------------------------------ other awkward inputs
 
+
 def test_bias_of_another_dtype(xp, r):
     """The fused bias kernel has one type T: a float64 bias for float32 activations takes the plain path."""
-    X, W, b = r.standard_normal((6, 5)).astype(np.float32), r.standard_normal((5, 4)).astype(np.float32), r.standard_normal(4)
+    X, W, b = (
+        r.standard_normal((6, 5)).astype(np.float32),
+        r.standard_normal((5, 4)).astype(np.float32),
+        r.standard_normal(4),
+    )
     for relu in (False, True):
         got = linear_forward(xp.asarray(X), xp.asarray(W), xp.asarray(b), relu=relu)
         want = reference(linear_forward, X, W, b, relu=relu)
@@ -277,7 +311,7 @@ def test_bias_of_another_dtype(xp, r):
 
 def test_relu_backward_of_another_dtype(xp, r):
     a, dout = r.standard_normal((5, 4)), r.standard_normal((5, 4)).astype(np.float32)
-    d = xp.asarray(dout.copy())                                 # changed in place
+    d = xp.asarray(dout.copy())  # changed in place
     out = relu_backward(d, xp.asarray(a), out=d, scale=2.0)
     same(out, reference(relu_backward, dout, a, scale=2.0), 1e-6)
 
@@ -289,4 +323,4 @@ def test_coursework_rules_on_views(xp, r, rule):
     want, cfg = reference(lambda a, b: getattr(optim, rule)(a, b, config={}), w, dw)
     got, config = getattr(optim, rule)(view(xp, w, "transposed"), view(xp, dw, "strided"), config={})
     same(got, want)
-    same(view(xp, w, "transposed"), w)                       # the coursework form leaves w alone
+    same(view(xp, w, "transposed"), w)  # the coursework form leaves w alone

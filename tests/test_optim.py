@@ -1,4 +1,5 @@
 """Update rules against reference formulas written out per element; schedules by hand."""
+
 import math
 
 import numpy as np
@@ -27,8 +28,8 @@ def _ref_run(rule, w0, grads, cfg, lr):
             elif rule == "adam":
                 s["m"] = cfg.beta1 * s["m"] + (1 - cfg.beta1) * gi
                 s["c"] = cfg.beta2 * s["c"] + (1 - cfg.beta2) * gi * gi
-                mhat = s["m"] / (1 - cfg.beta1 ** t)
-                vhat = s["c"] / (1 - cfg.beta2 ** t)
+                mhat = s["m"] / (1 - cfg.beta1**t)
+                vhat = s["c"] / (1 - cfg.beta2**t)
                 w[i] -= lr * mhat / (math.sqrt(vhat) + cfg.epsilon)
     return np.array(w)
 
@@ -44,8 +45,9 @@ def test_rules_match_reference(xp, rule, wd):
     params = {"W": xp.asarray(w0.copy())}
     for g in grads:
         opt.step(params, {"W": xp.asarray(g)}, 0.05)
-    np.testing.assert_allclose(backend.to_numpy(params["W"]), _ref_run(rule, w0, grads, opt.config, 0.05),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        backend.to_numpy(params["W"]), _ref_run(rule, w0, grads, opt.config, 0.05), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_hyperparameters_apart_from_state(xp):
@@ -73,7 +75,7 @@ def test_schedules():
     s = Schedule("step", step_size=3, gamma=0.5)
     assert [s.factor(e) for e in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
     e = Schedule("exponential", gamma=0.9)
-    assert math.isclose(e.factor(4), 0.9 ** 4)
+    assert math.isclose(e.factor(4), 0.9**4)
     c = Schedule("cosine", total_epochs=10, min_lr_ratio=0.1)
     assert c.factor(0) == 1.0
     assert math.isclose(c.factor(5), 0.1 + 0.9 * 0.5)
@@ -86,7 +88,7 @@ def test_schedules():
 def test_float64_grads_are_converted_to_float32_weights(xp, rule):
     rng = np.random.default_rng(4)
     w0 = rng.standard_normal((5, 3)).astype(np.float32)
-    g64 = rng.standard_normal((5, 3))                            # float64
+    g64 = rng.standard_normal((5, 3))  # float64
     got, want = {"W": xp.asarray(w0.copy())}, {"W": xp.asarray(w0.copy())}
     optim.Optimizer(rule, {}).step(got, {"W": xp.asarray(g64)}, 0.1)
     optim.Optimizer(rule, {}).step(want, {"W": xp.asarray(g64.astype(np.float32))}, 0.1)

@@ -1,4 +1,5 @@
 """gpunet-overfit: the 50-image sanity check, on synthetic data and on a prepared HDF5 file."""
+
 import os
 import subprocess
 import sys
@@ -12,8 +13,13 @@ from test_train_cli import ROOT, write_h5
 
 def test_synthetic_reaches_100_percent_and_exits_0():
     env = {**os.environ, "GPUNET_BACKEND": "numpy"}
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "overfit.py"), "--synthetic"],
-                       capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "overfit.py"), "--synthetic"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert "OK: 100% training accuracy on 50 images" in p.stdout
     epochs = [line for line in p.stdout.splitlines() if line.startswith("epoch")]
@@ -38,8 +44,13 @@ def test_prepared_file_and_library_result(tmp_path, capsys):
 
 def test_missing_data_is_one_line_error(tmp_path):
     env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_DATA": str(tmp_path)}
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "overfit.py"), "--no-download"],
-                       capture_output=True,
-                       text=True, env=env, timeout=60, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "overfit.py"), "--no-download"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/cifar10.h5: no such file")

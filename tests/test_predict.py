@@ -3,6 +3,7 @@
 Expected labels are computed independently: pixels decoded with Pillow in the test,
 normalised and pushed through the weights with plain NumPy.
 """
+
 import csv
 import io
 
@@ -23,8 +24,13 @@ def fer_model(seed=0, meta=True):
     m = FullyConnectedNet([32], input_dim=48 * 48, num_classes=7, seed=seed, weight_scale=0.05)
     m.set_params({"b2": np.linspace(-0.3, 0.3, 7).astype(np.float32)})
     if meta:
-        m.meta = {"mean": [MEAN], "std": [STD], "image_shape": [1, 48, 48],
-                  "class_names": list(FER2013_CLASSES), "dataset": "fer2013"}
+        m.meta = {
+            "mean": [MEAN],
+            "std": [STD],
+            "image_shape": [1, 48, 48],
+            "class_names": list(FER2013_CLASSES),
+            "dataset": "fer2013",
+        }
     return m
 
 
@@ -81,7 +87,7 @@ def test_test_fer_model_matches_independent_forward(faces, tmp_path):
 def test_predict_folder_order_probs_and_batching(faces):
     folder, order = faces
     model = fer_model(seed=1)
-    files, labels, probs = predict_folder(folder, model, batch_size=4)   # two batches, one partial
+    files, labels, probs = predict_folder(folder, model, batch_size=4)  # two batches, one partial
     assert files == order
     scores = reference_scores(model, np.stack([expected_pixels(folder / n) for n in order]))
     e = np.exp(scores - scores.max(1, keepdims=True))
@@ -97,8 +103,13 @@ def test_colour_model_reads_rgb(tmp_path):
     img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     Image.fromarray(img, "RGB").save(d / "x.png")
     m = FullyConnectedNet([8], input_dim=3 * 8 * 8, num_classes=3, seed=2)
-    m.meta = {"mean": [120.0, 110.0, 100.0], "std": [60.0, 50.0, 40.0], "image_shape": [3, 8, 8],
-              "class_names": ["a", "b", "c"], "dataset": "cifar10"}
+    m.meta = {
+        "mean": [120.0, 110.0, 100.0],
+        "std": [60.0, 50.0, 40.0],
+        "image_shape": [3, 8, 8],
+        "class_names": ["a", "b", "c"],
+        "dataset": "cifar10",
+    }
     _, labels, probs = predict_folder(d, m)
     ref = reference_scores(m, img.transpose(2, 0, 1)[None])
     assert labels[0] == ref.argmax()
@@ -134,8 +145,9 @@ def test_normalize_contract(xp):
     x = np.arange(12, dtype=np.uint8).reshape(2, 2, 1, 3)
     out = normalize(x, meta)
     assert backend.get_array_module(out) is xp and out.dtype == np.float32 and out.shape == (2, 6)
-    ref = ((x.astype(np.float64) - np.array([10.0, 20.0])[:, None, None])
-           / np.array([2.0, 4.0])[:, None, None]).reshape(2, 6)
+    ref = (
+        (x.astype(np.float64) - np.array([10.0, 20.0])[:, None, None]) / np.array([2.0, 4.0])[:, None, None]
+    ).reshape(2, 6)
     np.testing.assert_allclose(backend.to_numpy(out), ref, rtol=1e-6)
     np.testing.assert_allclose(backend.to_numpy(normalize(x.reshape(2, 6), meta)), ref, rtol=1e-6)
     with pytest.raises(ValueError, match="x: expected images of shape"):
@@ -154,6 +166,7 @@ def test_predict_on_each_backend(xp, faces):
 
 
 # --------------------------------------------------------------------------- gpunet-predict
+
 
 def read_csv(text):
     return list(csv.reader(io.StringIO(text)))

@@ -1,10 +1,19 @@
 """CIFAR-10 conversion from every source format, checked pixel for pixel."""
+
 import hashlib
 
 import numpy as np
 import pytest
-from prep_fixtures import (CIFAR_NAMES, cifar_batches, make_tar, make_zip, read_h5,
-                           write_cifar_binary, write_cifar_python, write_image_tree)
+from prep_fixtures import (
+    CIFAR_NAMES,
+    cifar_batches,
+    make_tar,
+    make_zip,
+    read_h5,
+    write_cifar_binary,
+    write_cifar_python,
+    write_image_tree,
+)
 
 import data_prep
 

@@ -1,4 +1,5 @@
 """The gpunet-prep command line: convert, summary line, info."""
+
 import json
 
 from prep_fixtures import fer_rows, write_fer_csv
@@ -15,8 +16,7 @@ def test_convert_and_info(tmp_path, capsys):
     assert line.startswith(f"wrote {out}: train 7, val 7, test 7 (1x48x48 uint8")
     assert cli.main(["info", str(out)]) == 0
     text = capsys.readouterr().out
-    for word in ("fer2013", "6 neutral", "0 angry", "sha256", "md5", "usage PublicTest",
-                 "gzip", "mean"):
+    for word in ("fer2013", "6 neutral", "0 angry", "sha256", "md5", "usage PublicTest", "gzip", "mean"):
         assert word in text
     assert cli.main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -1,4 +1,5 @@
 """Downloading without the internet: a local HTTP server thread, and file:// URLs."""
+
 import hashlib
 import http.server
 import threading
@@ -14,7 +15,7 @@ PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     payload = PAYLOAD
-    cut_first = False      # close the connection halfway through the first response
+    cut_first = False  # close the connection halfway through the first response
     requests: list = []
 
     def do_GET(self):
@@ -24,8 +25,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.payload[start:]
         self.send_response(206 if rng else 200)
         if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/"
-                                              f"{len(self.payload)}")
+            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if type(self).cut_first and len(type(self).requests) == 1:
@@ -90,15 +90,19 @@ def test_md5_mismatch_removes_file(tmp_path, server):
 
 def test_no_network_message(tmp_path):
     with pytest.raises(PrepError) as e:
-        download.fetch("http://127.0.0.1:9/cifar-10-python.tar.gz",
-                       tmp_path / "cifar-10-python.tar.gz", MD5, retries=2, delay=0)
+        download.fetch(
+            "http://127.0.0.1:9/cifar-10-python.tar.gz",
+            tmp_path / "cifar-10-python.tar.gz",
+            MD5,
+            retries=2,
+            delay=0,
+        )
     msg = str(e.value)
     assert msg.startswith("no network") and "by hand" in msg and "pass it as SRC" in msg
 
 
 def test_convert_with_download_from_file_url(tmp_path, monkeypatch):
-    tar = make_tar(write_cifar_python(tmp_path / "s", cifar_batches(10)),
-                   tmp_path / "served.tar.gz")
+    tar = make_tar(write_cifar_python(tmp_path / "s", cifar_batches(10)), tmp_path / "served.tar.gz")
     monkeypatch.setenv("GPUNET_CIFAR10_URL", tar.as_uri())
     monkeypatch.setenv("GPUNET_CACHE", str(tmp_path / "envcache"))
     monkeypatch.setattr(download, "CIFAR10_MD5", hashlib.md5(tar.read_bytes()).hexdigest())
@@ -109,8 +113,9 @@ def test_convert_with_download_from_file_url(tmp_path, monkeypatch):
     assert info["source"] == "cifar-10-python.tar.gz"
     assert info["source_md5"] == download.CIFAR10_MD5
     assert info["splits"]["val"]["count"] == 10
-    data_prep.convert("cifar10", None, tmp_path / "d.h5", download=True, val_size=10,
-                      cache_dir=tmp_path / "argcache")  # the argument beats the env
+    data_prep.convert(
+        "cifar10", None, tmp_path / "d.h5", download=True, val_size=10, cache_dir=tmp_path / "argcache"
+    )  # the argument beats the env
     assert (tmp_path / "argcache" / "cifar-10-python.tar.gz").exists()
 
 

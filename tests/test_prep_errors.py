@@ -1,4 +1,5 @@
 """Bad input: each gives one clear line naming the file and entry, and leaves nothing behind."""
+
 import io
 import os
 import pickle
@@ -9,8 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prep_fixtures import (cifar_batches, fer_rows, folder_listing, make_tar, write_cifar_binary,
-                           write_cifar_python, write_fer_csv, write_image_tree)
+from prep_fixtures import (
+    cifar_batches,
+    fer_rows,
+    folder_listing,
+    make_tar,
+    write_cifar_binary,
+    write_cifar_python,
+    write_fer_csv,
+    write_image_tree,
+)
 
 import data_prep
 from data_prep import cli, h5format
@@ -134,8 +143,16 @@ def test_truncated_binary_batch(tmp_path):
 def test_cifar_label_out_of_range(tmp_path):
     b = cifar_batches(5)
     b["test_batch"][1][2] = 10
-    fails(tmp_path, "cifar10", write_cifar_python(tmp_path / "s", b), "test_batch", "image 2",
-          "0..9", "found 10", val_size=0)
+    fails(
+        tmp_path,
+        "cifar10",
+        write_cifar_python(tmp_path / "s", b),
+        "test_batch",
+        "image 2",
+        "0..9",
+        "found 10",
+        val_size=0,
+    )
 
 
 def test_missing_batch(tmp_path):
@@ -159,8 +176,7 @@ class _Evil:
 def test_malicious_pickle_cannot_run_code(tmp_path):
     d = write_cifar_python(tmp_path / "s", cifar_batches(5))
     marker = tmp_path / "pwned"
-    (d / "data_batch_1").write_bytes(
-        pickle.dumps({b"data": _Evil(marker), b"labels": [0]}, protocol=2))
+    (d / "data_batch_1").write_bytes(pickle.dumps({b"data": _Evil(marker), b"labels": [0]}, protocol=2))
     msg = fails(tmp_path, "cifar10", d, "data_batch_1", "refusing to load global")
     assert "system" in msg
     assert not marker.exists()
@@ -204,7 +220,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, exc):
 
     def write_then_fail(f, *a, **kw):
         real_write(f, *a, **kw)
-        assert [p.name for p in tmp_path.glob(".out.h5.tmp-*.h5")]      # written to a temporary name
+        assert [p.name for p in tmp_path.glob(".out.h5.tmp-*.h5")]  # written to a temporary name
         raise exc("stop")
 
     monkeypatch.setattr(fmt, "write_split", write_then_fail)
@@ -216,6 +232,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, exc):
 
 def test_failed_write_removes_folders_it_made(tmp_path, monkeypatch):
     src = write_fer_csv(tmp_path / "fer2013.csv", fer_rows(6))
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -234,14 +251,18 @@ def test_cli_error_is_one_line_exit_2(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and "line 4" in err
     assert cli.main(["fer2013", str(src), "-o", str(tmp_path / "o.h5"), "--debug"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" in err and "PrepError" in err                 # --debug: the traceback, as every command
+    assert "Traceback" in err and "PrepError" in err  # --debug: the traceback, as every command
     assert not (tmp_path / "o.h5").exists()
 
 
 def test_module_run_no_traceback(tmp_path):
     src = csv_with(tmp_path, (3, lambda l: l[: len(l) // 2]))
-    r = subprocess.run([sys.executable, "-m", "data_prep", "fer2013", str(src), "-o",
-                        str(tmp_path / "o.h5")], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "data_prep", "fer2013", str(src), "-o", str(tmp_path / "o.h5")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.startswith("error: ")
     assert "fer2013.csv line 3" in r.stderr

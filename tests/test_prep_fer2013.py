@@ -1,9 +1,18 @@
 """FER2013 conversion from CSVs, image trees (plain, zip, tar) and the coursework layout."""
+
 import numpy as np
 import pytest
 from PIL import Image
-from prep_fixtures import (FER_NAMES, fer_rows, jpeg_bytes, make_tar, make_zip, read_h5,
-                           write_fer_csv, write_image_tree)
+from prep_fixtures import (
+    FER_NAMES,
+    fer_rows,
+    jpeg_bytes,
+    make_tar,
+    make_zip,
+    read_h5,
+    write_fer_csv,
+    write_image_tree,
+)
 
 import data_prep
 
@@ -70,13 +79,24 @@ def check_tree(out, want):
 @pytest.mark.parametrize("packed", ["folder", "zip", "tar", "tgz", "zip-top", "tar.gz-top"])
 def test_image_tree_label_order_and_usage_prefixes(tmp_path, packed):
     rng = np.random.default_rng(2)
-    files, want = fer_tree(rng, {
-        "train": [("neutral", "Training_2.png", "train"), ("sad", "Training_1.png", "train"),
-                  ("angry", "Training_9.png", "train"), ("Happy", "Training_3.png", "train"),
-                  ("neutral", "Training_10.png", "train")],
-        "test": [("surprise", "PublicTest_5.png", "val"), ("neutral", "PrivateTest_7.png", "test"),
-                 ("disgust", "PublicTest_4.png", "val"), ("FEAR", "PrivateTest_6.png", "test")],
-    })
+    files, want = fer_tree(
+        rng,
+        {
+            "train": [
+                ("neutral", "Training_2.png", "train"),
+                ("sad", "Training_1.png", "train"),
+                ("angry", "Training_9.png", "train"),
+                ("Happy", "Training_3.png", "train"),
+                ("neutral", "Training_10.png", "train"),
+            ],
+            "test": [
+                ("surprise", "PublicTest_5.png", "val"),
+                ("neutral", "PrivateTest_7.png", "test"),
+                ("disgust", "PublicTest_4.png", "val"),
+                ("FEAR", "PrivateTest_6.png", "test"),
+            ],
+        },
+    )
     src = write_image_tree(tmp_path / "tree", files)
     top = packed.endswith("-top")
     if packed.startswith("zip"):
@@ -95,10 +115,13 @@ def test_image_tree_label_order_and_usage_prefixes(tmp_path, packed):
 
 def test_real_style_tree_without_private_test_gives_train_and_val(tmp_path):
     rng = np.random.default_rng(3)
-    files, want = fer_tree(rng, {
-        "train": [("happy", "Training_1.jpg", "train"), ("sad", "Training_2.jpg", "train")],
-        "test": [("happy", "PublicTest_3.jpg", "val")],
-    })
+    files, want = fer_tree(
+        rng,
+        {
+            "train": [("happy", "Training_1.jpg", "train"), ("sad", "Training_2.jpg", "train")],
+            "test": [("happy", "PublicTest_3.jpg", "val")],
+        },
+    )
     src = tmp_path / "tree"
     for rel, img in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -109,16 +132,22 @@ def test_real_style_tree_without_private_test_gives_train_and_val(tmp_path):
     for split, x in (("train", h["splits"]["train"][0]), ("val", h["splits"]["val"][0])):
         mine = sorted((w for w in want if w[0] == split), key=lambda w: (w[1], w[2]))
         for i, w in enumerate(mine):  # oracle: Pillow decoding the same JPEG file
-            ref = np.asarray(Image.open(src / ("train" if split == "train" else "test")
-                                        / FER_NAMES[w[1]] / w[2]))
+            ref = np.asarray(
+                Image.open(src / ("train" if split == "train" else "test") / FER_NAMES[w[1]] / w[2])
+            )
             np.testing.assert_array_equal(x[i, 0], ref)
     assert any("no test split" in n for n in data_prep.info(out)["notes"])
 
 
 def test_unprefixed_test_folder_is_test(tmp_path):
     rng = np.random.default_rng(4)
-    files, want = fer_tree(rng, {"train": [("fear", "a.png", "train")],
-                                 "test": [("fear", "b.png", "test"), ("sad", "c.png", "test")]})
+    files, want = fer_tree(
+        rng,
+        {
+            "train": [("fear", "a.png", "train")],
+            "test": [("fear", "b.png", "test"), ("sad", "c.png", "test")],
+        },
+    )
     out = data_prep.convert("fer2013", write_image_tree(tmp_path / "t", files), tmp_path / "f.h5")
     check_tree(out, want)
 
@@ -140,18 +169,21 @@ def test_colour_to_grey_and_resize(tmp_path):
 
 def test_coursework_layout(tmp_path):
     rng = np.random.default_rng(7)
-    imgs = {n: rng.integers(0, 256, (48, 48), dtype=np.uint8)
-            for n in ("Train/b.png", "Train/a.png", "Train/c.png", "Test/x.png",
-                      "Test/y.png", "Test/z.png")}
+    imgs = {
+        n: rng.integers(0, 256, (48, 48), dtype=np.uint8)
+        for n in ("Train/b.png", "Train/a.png", "Train/c.png", "Test/x.png", "Test/y.png", "Test/z.png")
+    }
     root = write_image_tree(tmp_path / "cw", imgs)
     (root / "labels_public.txt").write_text(
-        "img,emotion\nTrain/b.png,6\nTrain/a.png,4\nTest/y.png,3\nTrain/c.png,0\n")
+        "img,emotion\nTrain/b.png,6\nTrain/a.png,4\nTest/y.png,3\nTrain/c.png,0\n"
+    )
     out = data_prep.convert("fer2013", root, tmp_path / "f.h5")
     h = read_h5(out)
     xtr, ytr = h["splits"]["train"]
     np.testing.assert_array_equal(ytr, [6, 4, 0])  # the labels file's order
-    np.testing.assert_array_equal(xtr[:, 0], np.stack([imgs["Train/b.png"], imgs["Train/a.png"],
-                                                       imgs["Train/c.png"]]))
+    np.testing.assert_array_equal(
+        xtr[:, 0], np.stack([imgs["Train/b.png"], imgs["Train/a.png"], imgs["Train/c.png"]])
+    )
     xte, yte = h["splits"]["test"]
     np.testing.assert_array_equal(yte, [3])
     np.testing.assert_array_equal(xte[0, 0], imgs["Test/y.png"])

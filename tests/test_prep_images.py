@@ -1,4 +1,5 @@
 """The public image helpers reused by gpunet-predict."""
+
 import numpy as np
 import pytest
 from PIL import Image

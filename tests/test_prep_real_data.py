@@ -2,6 +2,7 @@
 
 Skipped when the folder is absent: the project must not depend on it.
 """
+
 import os
 from pathlib import Path
 
@@ -11,15 +12,30 @@ import pytest
 
 import data_prep
 
-DATASETS = Path(os.environ.get("GPUNET_DATASETS")
-                or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+DATASETS = Path(
+    os.environ.get("GPUNET_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
+)
 CIFAR = DATASETS / "cifar-10-python.tar.gz"
 FER = DATASETS / "fer2013-images.tar.gz"
 
-FER_TRAIN = {"angry": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965,
-             "sad": 4830, "surprise": 3171}
-FER_PUBLIC = {"angry": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral": 607,
-              "sad": 653, "surprise": 415}
+FER_TRAIN = {
+    "angry": 3995,
+    "disgust": 436,
+    "fear": 4097,
+    "happy": 7215,
+    "neutral": 4965,
+    "sad": 4830,
+    "surprise": 3171,
+}
+FER_PUBLIC = {
+    "angry": 467,
+    "disgust": 56,
+    "fear": 496,
+    "happy": 895,
+    "neutral": 607,
+    "sad": 653,
+    "surprise": 415,
+}
 
 
 def need(path):
@@ -30,8 +46,18 @@ def need(path):
 def test_real_cifar10(tmp_path):
     need(CIFAR)
     info = data_prep.info(data_prep.convert("cifar10", CIFAR, tmp_path / "c.h5", progress=False))
-    assert info["class_names"] == ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                   "frog", "horse", "ship", "truck"]
+    assert info["class_names"] == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     s = info["splits"]
     assert (s["train"]["count"], s["val"]["count"], s["test"]["count"]) == (49000, 1000, 10000)
     assert set(s["test"]["class_counts"].values()) == {1000}
@@ -46,8 +72,7 @@ def test_real_cifar10(tmp_path):
 def test_real_fer2013(tmp_path):
     need(FER)
     info = data_prep.info(data_prep.convert("fer2013", FER, tmp_path / "f.h5", progress=False))
-    assert info["class_names"] == ["angry", "disgust", "fear", "happy", "sad", "surprise",
-                                   "neutral"]
+    assert info["class_names"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     s = info["splits"]
     assert set(s) == {"train", "val"}  # this copy has no PrivateTest images
     assert s["train"]["count"] == 28709 and s["val"]["count"] == 3589

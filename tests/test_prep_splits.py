@@ -1,4 +1,5 @@
 """The stratified, seeded validation carve-out."""
+
 import numpy as np
 import pytest
 
@@ -25,14 +26,14 @@ def test_carve_properties():
     rest, val = carve_validation(train, 100, seed=7, num_classes=4)
     np.testing.assert_array_equal(np.bincount(val.y, minlength=4), [40, 5, 30, 25])
     a, b = rest.x.ravel(), val.x.ravel()
-    assert not set(a) & set(b)                                   # no overlap
-    assert sorted(np.concatenate([a, b])) == list(range(1000))   # union = original
-    assert np.all(np.diff(a) > 0) and np.all(np.diff(b) > 0)     # source order kept
-    np.testing.assert_array_equal(train.y[a], rest.y)            # labels travel with images
+    assert not set(a) & set(b)  # no overlap
+    assert sorted(np.concatenate([a, b])) == list(range(1000))  # union = original
+    assert np.all(np.diff(a) > 0) and np.all(np.diff(b) > 0)  # source order kept
+    np.testing.assert_array_equal(train.y[a], rest.y)  # labels travel with images
     np.testing.assert_array_equal(train.y[b], val.y)
     again = carve_validation(train, 100, seed=7, num_classes=4)[1]
     other = carve_validation(train, 100, seed=8, num_classes=4)[1]
-    np.testing.assert_array_equal(again.x, val.x)                # same seed, same draw
+    np.testing.assert_array_equal(again.x, val.x)  # same seed, same draw
     assert not np.array_equal(other.x, val.x)
     assert "seed 7" in val.usage
 

@@ -1,4 +1,5 @@
 """Recipes: the dataset's default, the named variants (--recipe), and their precedence."""
+
 import json
 
 import pytest

@@ -4,6 +4,7 @@ Each test replays one defect on a tiny generated fixture: the API raises PrepErr
 ValueError) with one line naming the file, the command prints one ``error:`` line and
 exits 2, there is no traceback, and nothing is left in the output folder.
 """
+
 import io
 import pickle
 import struct
@@ -15,8 +16,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from prep_fixtures import (cifar_batches, fer_rows, folder_listing, write_cifar_python,
-                           write_fer_csv, write_image_tree)
+from prep_fixtures import (
+    cifar_batches,
+    fer_rows,
+    folder_listing,
+    write_cifar_python,
+    write_fer_csv,
+    write_image_tree,
+)
 
 import data_prep
 from data_prep import cli, safe_pickle, trees
@@ -64,7 +71,7 @@ def test_csv_that_is_not_utf8_further_down(tmp_path, capsys):
     refused(tmp_path, "fer2013", path, "expected UTF-8", capsys=capsys)
 
 
-@pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])   # superscript two, Arabic-Indic three
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])  # superscript two, Arabic-Indic three
 def test_non_ascii_digit_as_pixel(tmp_path, capsys, digit):
     path, lines = csv_lines(tmp_path)
     label, pixels, usage = lines[2].split(",")
@@ -98,7 +105,7 @@ def _batches_with(tmp_path, name, blob):
 
 def test_pickled_label_of_2_to_the_70(tmp_path, capsys):
     data = np.zeros((2, 3072), np.uint8)
-    d = _batches_with(tmp_path, "data_batch_2", {b"data": data, b"labels": [1, 2 ** 70]})
+    d = _batches_with(tmp_path, "data_batch_2", {b"data": data, b"labels": [1, 2**70]})
     refused(tmp_path, "cifar10", d, "data_batch_2", "image 1", "71 bits", capsys=capsys)
 
 
@@ -107,8 +114,7 @@ def test_labels_of_nested_shared_lists_are_refused_at_once(tmp_path, capsys):
     nested = [1]
     for _ in range(60):
         nested = [nested, nested]
-    d = _batches_with(tmp_path, "data_batch_1", {b"data": np.zeros((2, 3072), np.uint8),
-                                                 b"labels": nested})
+    d = _batches_with(tmp_path, "data_batch_1", {b"data": np.zeros((2, 3072), np.uint8), b"labels": nested})
     t0 = time.perf_counter()
     refused(tmp_path, "cifar10", d, "data_batch_1", "image 0", "label 0..9", capsys=capsys)
     assert time.perf_counter() - t0 < 10
@@ -117,9 +123,9 @@ def test_labels_of_nested_shared_lists_are_refused_at_once(tmp_path, capsys):
 def test_dict_key_of_nested_shared_tuples_is_refused_without_hashing_it(tmp_path):
     nested = (1,)
     for _ in range(60):
-        nested = (nested, nested)          # hashing it would take 2**60 steps
+        nested = (nested, nested)  # hashing it would take 2**60 steps
     body = pickle.dumps(nested, protocol=2)[2:-1]
-    blob = b"\x80\x02}" + body + b"K\x01s."   # {nested: 1}, built by hand: never hashed here
+    blob = b"\x80\x02}" + body + b"K\x01s."  # {nested: 1}, built by hand: never hashed here
     d = write_cifar_python(tmp_path / "src", cifar_batches(per_batch=10))
     (d / "data_batch_3").write_bytes(blob)
     t0 = time.perf_counter()
@@ -149,16 +155,16 @@ def test_huge_member_in_a_small_tar_gz_is_refused_from_its_header(tmp_path, caps
     info.size = 2_500_000_000
     raw = io.BytesIO()
     raw.write(info.tobuf(format=tarfile.GNU_FORMAT))
-    raw.write(b"\0" * 512)                  # a little of the member; the rest never comes
+    raw.write(b"\0" * 512)  # a little of the member; the rest never comes
     path = tmp_path / "small.tar.gz"
     path.write_bytes(_gzip(raw.getvalue()))
     assert path.stat().st_size < 1000
-    refused(tmp_path, "cifar10", path, "data_batch_1", "MiB per file", "found 2384 MiB",
-            capsys=capsys)
+    refused(tmp_path, "cifar10", path, "data_batch_1", "MiB per file", "found 2384 MiB", capsys=capsys)
 
 
 def _gzip(data: bytes) -> bytes:
     import gzip
+
     return gzip.compress(data)
 
 
@@ -174,13 +180,18 @@ def test_members_adding_up_past_the_total_budget(tmp_path, monkeypatch):
 def test_huge_image_header_refused_before_decoding(tmp_path):
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 8, 0, 0, 0, 0))
-           + chunk(b"IEND", b""))
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
     root = tmp_path / "tree"
     (root / "train" / "angry").mkdir(parents=True)
     (root / "train" / "angry" / "big.png").write_bytes(png)
     refused(tmp_path, "fer2013", root, "big.png", "expected a 48x48 image, found 9000x9000")
     from data_prep.images import decode_image
+
     with pytest.raises(data_prep.PrepError, match="at most 50000000 pixels"):
         decode_image(png, "big.png", resize=True)
 
@@ -189,8 +200,15 @@ def test_huge_image_header_refused_before_decoding(tmp_path):
 
 
 def _good_file(path, n=6):
-    with fmt.create(path, dataset="t", class_names=["a", "b", "c"], mean=[1.0], std=[2.0],
-                    image_shape=(1, 2, 2), splits=["train", "test"]) as f:
+    with fmt.create(
+        path,
+        dataset="t",
+        class_names=["a", "b", "c"],
+        mean=[1.0],
+        std=[2.0],
+        image_shape=(1, 2, 2),
+        splits=["train", "test"],
+    ) as f:
         for s in ("train", "test"):
             fmt.write_split(f, s, np.zeros((n, 1, 2, 2), np.uint8), np.arange(n) % 3, 4)
     return path
@@ -206,13 +224,14 @@ def _replace_y(s, values):
     def fn(f):
         del f[f"{s}/y"]
         f[f"{s}/y"] = np.asarray(values, np.int64)
+
     return fn
 
 
 def _unchunked(f):
     x = f["train/x"][()]
     del f["train/x"]
-    f.create_dataset("train/x", data=x)      # contiguous
+    f.create_dataset("train/x", data=x)  # contiguous
 
 
 def _external(f):
@@ -229,7 +248,7 @@ def _virtual(f):
 
 
 INFO_CASES = {
-    "unchunked": (_unchunked, None),            # describable, and valid
+    "unchunked": (_unchunked, None),  # describable, and valid
     "negative label": (_replace_y("train", [0, -1, 2, 0, 1, 2]), "1 label(s) outside 0..2"),
     "label 50": (_replace_y("test", [0, 1, 2, 50, 1, 2]), "first at entry 3: 50"),
     "missing mean": (lambda f: f.attrs.__delitem__("mean"), "root attribute mean"),
@@ -251,7 +270,7 @@ def test_info_describes_malformed_files(tmp_path, capsys, case):
     rc = cli.main(["info", str(path)])
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
-    assert str(path) in out                   # what could be read is described
+    assert str(path) in out  # what could be read is described
     if problem is None:
         assert rc == 0 and err == "" and "not chunked" in out
         return
@@ -283,8 +302,10 @@ READER_CASES = {
     "format_version '1' as text": (lambda f: f.attrs.__setitem__("format_version", "1"), "integer"),
     "external storage": (_external, "external file"),
     "virtual dataset": (_virtual, "virtual dataset"),
-    "external link": (lambda f: f.__setitem__("val", h5py.ExternalLink("other.h5", "/train")),
-                      "external link"),
+    "external link": (
+        lambda f: f.__setitem__("val", h5py.ExternalLink("other.h5", "/train")),
+        "external link",
+    ),
     "NaN mean": (lambda f: f.attrs.__setitem__("mean", [np.nan]), "finite"),
     "infinite std": (lambda f: f.attrs.__setitem__("std", [np.inf]), "finite"),
     "zero std": (lambda f: f.attrs.__setitem__("std", [0.0]), "std > 0"),
@@ -305,6 +326,7 @@ def test_every_reader_refuses(tmp_path, case):
 def test_info_of_a_valid_file_without_gpunet_prep_attributes(tmp_path, capsys):
     """``splits``, ``source`` and the like are gpunet-prep's additions, not the format's."""
     from gpunet.data.bench import write_synthetic
+
     write_synthetic(tmp_path / "s.h5", 20)
     assert cli.main(["info", str(tmp_path / "s.h5")]) == 0
     out, err = capsys.readouterr()

@@ -1,4 +1,5 @@
 """The Solver: sampling, histories, best-parameter restore, early stopping, checkpoints, resume."""
+
 import json
 
 import numpy as np
@@ -18,8 +19,14 @@ def _data(n=120, d=10, c=3, seed=0):
 
 def _solver(tmp_path=None, data=None, **kw):
     model = FullyConnectedNet([16, 16], input_dim=10, num_classes=3, dropout=0.2, seed=0)
-    opts = dict(update_rule="adam", optim_config={"learning_rate": 3e-3}, batch_size=16, num_epochs=4,
-                verbose=False, seed=5)
+    opts = dict(
+        update_rule="adam",
+        optim_config={"learning_rate": 3e-3},
+        batch_size=16,
+        num_epochs=4,
+        verbose=False,
+        seed=5,
+    )
     if tmp_path is not None:
         opts["checkpoint_name"] = str(tmp_path / "run")
     opts.update(kw)
@@ -84,8 +91,9 @@ def test_checkpoint_history_and_resume_equal_uninterrupted(xp, tmp_path):
     assert resumed.epoch == 2
     resumed.train()
     for k in full.model.params:
-        np.testing.assert_array_equal(backend.to_numpy(resumed.model.params[k]),
-                                      backend.to_numpy(full.model.params[k]))
+        np.testing.assert_array_equal(
+            backend.to_numpy(resumed.model.params[k]), backend.to_numpy(full.model.params[k])
+        )
     assert resumed.val_acc_history == full.val_acc_history
     assert resumed.loss_history == pytest.approx(full.loss_history, rel=0, abs=0)
 
@@ -110,19 +118,24 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(xp, tmp_path):
 
 def test_accepts_batch_iterators(xp):
     d = _data()
-    loaders = {"train": ArrayLoader(d["X_train"], d["y_train"], 16, seed=0),
-               "val": ArrayLoader(d["X_val"], d["y_val"], 64, shuffle=False)}
+    loaders = {
+        "train": ArrayLoader(d["X_train"], d["y_train"], 16, seed=0),
+        "val": ArrayLoader(d["X_val"], d["y_val"], 64, shuffle=False),
+    }
     solver = _solver(data=loaders, num_epochs=3).train()
     assert len(solver.val_acc_history) == 3 and solver.best_val_acc > 0.5
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(update_rule="sgdd"), "update_rule"),
-    (dict(optim_config={"lr": 1}), "optim_config"),
-    (dict(schedule="linear"), "schedule"),
-    (dict(bogus=1), r"unrecognized option\(s\) \['bogus'\]"),
-    (dict(patience=0), "patience"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(update_rule="sgdd"), "update_rule"),
+        (dict(optim_config={"lr": 1}), "optim_config"),
+        (dict(schedule="linear"), "schedule"),
+        (dict(bogus=1), r"unrecognized option\(s\) \['bogus'\]"),
+        (dict(patience=0), "patience"),
+    ],
+)
 def test_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         _solver(**kw)
@@ -141,12 +154,15 @@ def test_bad_labels():
 
 
 def test_lr_decay_is_the_coursework_exponential_schedule():
-    solver = _solver(num_epochs=3, lr_decay=0.5, update_rule="sgd", optim_config={"learning_rate": 0.1}).train()
+    solver = _solver(
+        num_epochs=3, lr_decay=0.5, update_rule="sgd", optim_config={"learning_rate": 0.1}
+    ).train()
     assert solver.lr_history == pytest.approx([0.1, 0.05, 0.025])
 
 
 class _FirstColumnModel:
     """Scores whose argmax is X[:, 0]; records the rows (X[:, 1]) it was asked about."""
+
     num_classes, dtype = 3, np.dtype(np.float32)
 
     def __init__(self):
@@ -163,22 +179,22 @@ def test_check_accuracy_takes_arrays_like_the_coursework():
     fake = _FirstColumnModel()
     solver.model = fake
     pred = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
-    y = np.array([0, 1, 2, 0, 1, 2, 0, 2, 1, 1])       # 7 of 10 right, counted by hand
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 2, 1, 1])  # 7 of 10 right, counted by hand
     X = np.stack([pred, np.arange(10)], axis=1).astype(np.float32)
     assert solver.check_accuracy(X, y) == pytest.approx(0.7)
     fake.seen.clear()
-    assert solver.check_accuracy(X, y, batch_size=3) == pytest.approx(0.7)   # 3 + 3 + 3 + 1
+    assert solver.check_accuracy(X, y, batch_size=3) == pytest.approx(0.7)  # 3 + 3 + 3 + 1
     assert sorted(fake.seen) == list(range(10))
     fake.seen.clear()
     acc = solver.check_accuracy(X, y, num_samples=4, batch_size=3)
     picked = sorted(fake.seen)
-    assert len(set(picked)) == 4                      # a subsample without replacement
+    assert len(set(picked)) == 4  # a subsample without replacement
     assert acc == pytest.approx(np.mean(pred[picked] == y[picked]))
     fake.seen.clear()
     assert solver.check_accuracy(X, y, num_samples=4) == acc and sorted(fake.seen) == picked  # seeded
     assert solver.check_accuracy(X, y, num_samples=50) == pytest.approx(0.7)
     loader = ArrayLoader(X, y, 4, shuffle=False)
-    assert solver.check_accuracy(loader) == pytest.approx(0.7)                # the loader form still works
+    assert solver.check_accuracy(loader) == pytest.approx(0.7)  # the loader form still works
     assert np.isnan(solver.check_accuracy(None))
     with pytest.raises(ValueError, match=r"y: expected shape \(10,\)"):
         solver.check_accuracy(X, y[:5])
@@ -186,13 +202,23 @@ def test_check_accuracy_takes_arrays_like_the_coursework():
 
 def test_solver_config_and_coursework_keywords():
     from gpunet.solver import SolverConfig
-    course = dict(update_rule="sgd_momentum", optim_config={"learning_rate": 1e-2}, lr_decay=0.9, batch_size=8,
-                  num_epochs=2, num_train_samples=50, num_val_samples=20, print_every=3, verbose=False,
-                  checkpoint_name=None)
+
+    course = dict(
+        update_rule="sgd_momentum",
+        optim_config={"learning_rate": 1e-2},
+        lr_decay=0.9,
+        batch_size=8,
+        num_epochs=2,
+        num_train_samples=50,
+        num_val_samples=20,
+        print_every=3,
+        verbose=False,
+        checkpoint_name=None,
+    )
     model = FullyConnectedNet([8], input_dim=10, num_classes=3, seed=0)
     a = Solver(model, _data(), **course)
     b = Solver(model, _data(), config=SolverConfig(**course))
-    c = Solver(model, _data(), config=SolverConfig(**course), batch_size=4)   # keywords override the config
+    c = Solver(model, _data(), config=SolverConfig(**course), batch_size=4)  # keywords override the config
     for name, value in course.items():
         assert getattr(a, name) == getattr(b, name) == value
     assert a.config == b.config and c.batch_size == 4 and c.config.batch_size == 4
@@ -204,6 +230,7 @@ def test_solver_config_and_coursework_keywords():
 def test_losses_read_once_per_epoch_when_host_reads_are_costly(monkeypatch):
     """On the GPU the loop must not copy losses to the host every print_every steps."""
     import gpunet.solver as solver_mod
+
     calls = []
     real = Solver._check_finite
 
@@ -213,27 +240,30 @@ def test_losses_read_once_per_epoch_when_host_reads_are_costly(monkeypatch):
 
     monkeypatch.setattr(Solver, "_check_finite", counting)
     _solver(num_epochs=2, print_every=2).train()
-    assert calls == [2, 2, 2, 6] * 2                     # CPU: every 2 of 6 steps, then the epoch
+    assert calls == [2, 2, 2, 6] * 2  # CPU: every 2 of 6 steps, then the epoch
     calls.clear()
     monkeypatch.setattr(solver_mod, "_host_sync_is_free", lambda: False)
     _solver(num_epochs=2, print_every=2).train()
-    assert calls == [6, 6]                               # "GPU": once per epoch
+    assert calls == [6, 6]  # "GPU": once per epoch
     solver = _solver(num_epochs=2, print_every=1, update_rule="sgd", optim_config={"learning_rate": 1e30})
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, iteration \d"):
         solver.train()
-    assert solver.epoch == 0 and solver.val_acc_history == []   # raised before evaluating the epoch
+    assert solver.epoch == 0 and solver.val_acc_history == []  # raised before evaluating the epoch
 
 
 def test_epoch_generator_is_a_function_of_seed_and_epoch(xp):
     """On CuPy the epoch's generator is reseeded in place; its draws equal a fresh generator's."""
     from gpunet.solver import _epoch_rng
+
     first = _epoch_rng(None, [5, 0, 1])
     again = _epoch_rng(first, [5, 3, 1])
     fresh = backend.default_rng([5, 3, 1])
-    np.testing.assert_array_equal(backend.to_numpy(again.random(1000, dtype=np.float32)),
-                                  backend.to_numpy(fresh.random(1000, dtype=np.float32)))
-    if xp is not np and not backend.emulated():   # cuRAND's state (the emulated GPU draws with NumPy's)
-        assert again is first                     # the same device state, reseeded
+    np.testing.assert_array_equal(
+        backend.to_numpy(again.random(1000, dtype=np.float32)),
+        backend.to_numpy(fresh.random(1000, dtype=np.float32)),
+    )
+    if xp is not np and not backend.emulated():  # cuRAND's state (the emulated GPU draws with NumPy's)
+        assert again is first  # the same device state, reseeded
     other = _epoch_rng(again, [5, 4, 1])
     epoch3 = backend.default_rng([5, 3, 1])
     assert not np.array_equal(backend.to_numpy(other.random(10)), backend.to_numpy(epoch3.random(10)))
@@ -242,6 +272,7 @@ def test_epoch_generator_is_a_function_of_seed_and_epoch(xp):
 def test_extensions_run_in_priority_order_with_their_triggers():
     """A user extension needs no subclass of Solver: hooks, a trigger (every N epochs), a priority."""
     from gpunet import extensions
+
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
     calls = []
@@ -256,15 +287,21 @@ def test_extensions_run_in_priority_order_with_their_triggers():
             assert len(losses) == it + 1
 
         def after_epoch(self, solver, epoch):
-            calls.append(("every2", epoch, solver.epoch, len(solver.val_acc_history)))   # after Evaluate
-            return epoch == 3                                                             # stop after epoch 4
+            calls.append(("every2", epoch, solver.epoch, len(solver.val_acc_history)))  # after Evaluate
+            return epoch == 3  # stop after epoch 4
 
         def finalize(self, solver):
             calls.append("final")
 
     model = FullyConnectedNet([8], input_dim=6, num_classes=3, seed=0)
-    s = Solver(model, {"X_train": X, "y_train": y, "X_val": X, "y_val": y}, num_epochs=10, batch_size=10,
-               verbose=False, extensions=[Every2()])
+    s = Solver(
+        model,
+        {"X_train": X, "y_train": y, "X_val": X, "y_val": y},
+        num_epochs=10,
+        batch_size=10,
+        verbose=False,
+        extensions=[Every2()],
+    )
     s.extend(lambda solver, epoch: calls.append(("fn", epoch)))
     s.train()
     assert calls[0] == "init" and calls[-1] == "final"

@@ -3,6 +3,7 @@
 Oracles: the same products run one after the other, and float64 products (the concurrent
 single-threaded BLAS calls may sum in another order, so values agree to float32 rounding).
 """
+
 import threading
 
 import numpy as np
@@ -25,13 +26,15 @@ def test_concurrently_runs_every_job_on_two_threads(always_concurrent):
     if threads.blas_control() is None:
         pytest.skip("NumPy's BLAS cannot be driven here: the jobs run in turn")
     seen = []
-    barrier = threading.Barrier(2, timeout=10)     # both jobs must be running at once to pass it
+    barrier = threading.Barrier(2, timeout=10)  # both jobs must be running at once to pass it
 
     def job(k):
         def run():
             barrier.wait()
             seen.append((k, threading.current_thread().name))
+
         return run
+
     threads.concurrently(job(0), job(1), work=1)
     assert sorted(k for k, _ in seen) == [0, 1]
     assert len({name for _, name in seen}) == 2
@@ -48,21 +51,24 @@ def test_blas_thread_count_is_restored(always_concurrent):
     threads.concurrently(lambda: inside.append(get()), lambda: a @ a, work=1)
     assert inside == [1]
     assert get() == before
-    with pytest.raises(ZeroDivisionError):         # a failing job still restores the count, and propagates
+    with pytest.raises(ZeroDivisionError):  # a failing job still restores the count, and propagates
         threads.concurrently(lambda: None, lambda: 1 / 0, work=1)
     assert get() == before
 
 
 def test_small_products_and_nested_calls_run_in_turn(monkeypatch):
     order = []
-    threads.concurrently(lambda: order.append(1), lambda: order.append(2), work=1)   # below CONCURRENT_MIN
+    threads.concurrently(lambda: order.append(1), lambda: order.append(2), work=1)  # below CONCURRENT_MIN
     assert order == [1, 2]
     monkeypatch.setattr(threads, "CONCURRENT_MIN", 0)
     inner = []
     threads.set_num_threads(2)
-    try:   # a job that itself asks for the team: no deadlock, the inner jobs run on its thread
-        threads.concurrently(lambda: None, lambda: threads.concurrently(lambda: inner.append(1),
-                                                                          lambda: inner.append(2), work=1), work=1)
+    try:  # a job that itself asks for the team: no deadlock, the inner jobs run on its thread
+        threads.concurrently(
+            lambda: None,
+            lambda: threads.concurrently(lambda: inner.append(1), lambda: inner.append(2), work=1),
+            work=1,
+        )
     finally:
         threads.set_num_threads(None)
     assert inner == [1, 2]
@@ -78,6 +84,7 @@ def test_concurrent_callers_leave_the_blas_count_as_found(always_concurrent):
     def caller():
         for _ in range(20):
             threads.concurrently(lambda: a @ a, lambda: a @ a, work=1)
+
     ts = [threading.Thread(target=caller) for _ in range(3)]
     for t in ts:
         t.start()
@@ -115,6 +122,7 @@ def test_linear_backward_concurrent_matches_float64(always_concurrent, need_dx):
 @pytest.mark.parametrize("relu", [False, True])
 def test_linear_forward_split_over_rows_of_W_matches_float64(always_concurrent, relu):
     from gpunet.layers import linear_forward
+
     if threads.ways(1 << 40) < 2:
         pytest.skip("NumPy's BLAS cannot be driven here: the product is not split")
     rng = np.random.default_rng(2)
@@ -127,7 +135,7 @@ def test_linear_forward_split_over_rows_of_W_matches_float64(always_concurrent, 
     got = linear_forward(X, W, b, relu=relu)
     assert got.shape == (40, 30) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    buf = np.full((40, 30), np.nan, np.float32)                 # into a caller's buffer, as the model does
+    buf = np.full((40, 30), np.nan, np.float32)  # into a caller's buffer, as the model does
     assert linear_forward(X, W, b, out=buf, relu=relu) is buf
     np.testing.assert_array_equal(buf, got)
 
@@ -142,16 +150,18 @@ def test_the_forward_split_follows_the_update_s_ranges():
 
 def _affinity(tid=0):
     import os
+
     return os.sched_getaffinity(tid)
 
 
 def test_pinned_keeps_the_caller_apart_and_restores_every_thread():
     import os
+
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs Linux and two CPUs")
     threads.set_num_threads(2)
     stop = threading.Event()
-    bystander = threading.Thread(target=stop.wait, name="user-thread")     # a Python thread of the user's
+    bystander = threading.Thread(target=stop.wait, name="user-thread")  # a Python thread of the user's
     bystander.start()
     try:
         me, before = threading.get_native_id(), _affinity()
@@ -161,12 +171,12 @@ def test_pinned_keeps_the_caller_apart_and_restores_every_thread():
             assert len(mine) == 1 and mine <= before
             team = [t.native_id for t in threading.enumerate() if t.name.startswith("gpunet-team")]
             assert team and all(_affinity(t) == before - mine for t in team)
-            assert _affinity(bystander.native_id) == before                # left alone
-            late = threading.Thread(target=stop.wait)                      # started inside: inherits the pin
+            assert _affinity(bystander.native_id) == before  # left alone
+            late = threading.Thread(target=stop.wait)  # started inside: inherits the pin
             late.start()
             started.append(late)
         assert _affinity() == before and all(_affinity(t) == before for t in team)
-        assert _affinity(started[0].native_id) == before                   # given the whole set on exit
+        assert _affinity(started[0].native_id) == before  # given the whole set on exit
         assert threading.get_native_id() == me
     finally:
         stop.set()
@@ -177,16 +187,28 @@ def test_pinned_keeps_the_caller_apart_and_restores_every_thread():
 def test_solver_train_restores_the_caller_s_cpus():
     import os
     from gpunet import FullyConnectedNet, Solver
+
     rng = np.random.default_rng(0)
-    data = {"X_train": rng.standard_normal((64, 6)).astype(np.float32), "y_train": rng.integers(0, 3, 64),
-            "X_val": rng.standard_normal((16, 6)).astype(np.float32), "y_val": rng.integers(0, 3, 16)}
+    data = {
+        "X_train": rng.standard_normal((64, 6)).astype(np.float32),
+        "y_train": rng.integers(0, 3, 64),
+        "X_val": rng.standard_normal((16, 6)).astype(np.float32),
+        "y_val": rng.integers(0, 3, 16),
+    }
     before = _affinity() if hasattr(os, "sched_getaffinity") else None
     seen = []
     probe = (lambda s, e: seen.append(_affinity())) if before is not None else None
     for pin in (True, False):
         seen.clear()
-        Solver(FullyConnectedNet([5], input_dim=6, num_classes=3, seed=0), data, batch_size=16, num_epochs=1,
-               verbose=False, pin_threads=pin, on_epoch_end=probe).train()
+        Solver(
+            FullyConnectedNet([5], input_dim=6, num_classes=3, seed=0),
+            data,
+            batch_size=16,
+            num_epochs=1,
+            verbose=False,
+            pin_threads=pin,
+            on_epoch_end=probe,
+        ).train()
         if before is not None:
             assert _affinity() == before
             if not pin or len(before) < 2 or threads.num_threads() < 2:
@@ -197,6 +219,7 @@ def test_solver_train_restores_the_caller_s_cpus():
 
 def test_pinned_sections_do_not_nest_or_overlap():
     import os
+
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs Linux and two CPUs")
     threads.set_num_threads(2)
@@ -204,15 +227,16 @@ def test_pinned_sections_do_not_nest_or_overlap():
         before = _affinity()
         with threads.pinned():
             mine = _affinity()
-            with threads.pinned():                     # nested: leaves the outer pin as it is
+            with threads.pinned():  # nested: leaves the outer pin as it is
                 assert _affinity() == mine
             assert _affinity() == mine
             other = []
 
-            def second():                              # another thread's Solver meanwhile: a no-op
+            def second():  # another thread's Solver meanwhile: a no-op
                 own = _affinity()
                 with threads.pinned():
                     other.append(_affinity() == own)
+
             t = threading.Thread(target=second)
             t.start()
             t.join()

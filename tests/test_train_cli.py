@@ -1,4 +1,6 @@
-"""gpunet-train end to end on a tiny HDF5 file written here through the format's owner (read back with h5py)."""
+"""gpunet-train end to end on a tiny HDF5 file written here through the format's owner (read back with
+h5py)."""
+
 import json
 import os
 import subprocess
@@ -18,11 +20,19 @@ CLASSES = ["a", "b", "c"]
 FAST = ["--hidden", "16", "--epochs", "3", "--batch-size", "20", "--backend", "numpy", "-q", "--no-plots"]
 
 
-def write_h5(path, n=(120, 40, 40), shape=(3, 4, 4), classes=CLASSES, seed=0, splits=("train", "val", "test")):
+def write_h5(
+    path, n=(120, 40, 40), shape=(3, 4, 4), classes=CLASSES, seed=0, splits=("train", "val", "test")
+):
     """A tiny gpunet HDF5 file: class k has brighter channel k % C, so it is learnable."""
     rng = np.random.default_rng(seed)
-    with fmt.create(path, dataset="cifar10", class_names=classes, mean=np.full(shape[0], 110.0),
-                    std=np.full(shape[0], 50.0), image_shape=shape) as f:
+    with fmt.create(
+        path,
+        dataset="cifar10",
+        class_names=classes,
+        mean=np.full(shape[0], 110.0),
+        std=np.full(shape[0], 50.0),
+        image_shape=shape,
+    ) as f:
         for split, m in zip(splits, n):
             y = rng.integers(0, len(classes), m)
             x = rng.integers(0, 150, (m,) + shape)
@@ -63,12 +73,12 @@ def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
     settings = {k: v for k, v in cfg.items() if k not in ("plots", "resumes")}
-    assert runs.TrainConfig.from_dict(cfg).to_dict() == settings       # round-trips
+    assert runs.TrainConfig.from_dict(cfg).to_dict() == settings  # round-trips
     assert cfg["plots"] is True and cfg["resumes"] == [] and os.path.isabs(cfg["data"])
     assert cfg["hidden"] == [16] and cfg["lr"] == 3e-3 and cfg["epochs"] == 3 and cfg["optimizer"] == "adam"
     hist = json.loads((out / "history.json").read_text())
     assert len(hist["val_acc"]) == len(hist["train_acc"]) == len(hist["lr"]) == 3
-    assert len(hist["loss"]) == 3 * 6                                     # 120 / 20 batches per epoch
+    assert len(hist["loss"]) == 3 * 6  # 120 / 20 batches per epoch
     assert all(np.isfinite(hist["train_acc"]))
     m = json.loads((out / "metrics.json").read_text())
     y, pred = reference_predictions(out / "model.npz", data_dir / "cifar10.h5", "test")
@@ -78,7 +88,7 @@ def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
     assert m["report"]["confusion_matrix"] == cm.tolist()
     assert len(m["report"]["per_class"]) == 3 and "f1" in m["report"]["macro_avg"]
     assert m["backend"] == "numpy" and m["train_time_s"] > 0
-    assert m["accuracy"] > 0.6                                            # it learned something
+    assert m["accuracy"] > 0.6  # it learned something
     for png in ("curves.png", "confusion.png"):
         with Image.open(out / png) as im:
             im.verify()
@@ -92,8 +102,28 @@ def test_config_file_and_flag_precedence(data_dir, tmp_path):
     assert cfg.hidden == [8, 8] and cfg.dropout == 0.3 and cfg.optimizer == "nesterov" and cfg.epochs == 2
     assert cfg.schedule == runs.RECIPES[("cifar10", "fc")]["schedule"]
     out = tmp_path / "run"
-    assert train.main(["cifar10", "--config", str(conf), "--data-dir", str(data_dir), "--out", str(out),
-                       "--backend", "numpy", "-q", "--no-plots", "--batch-size", "40", "--schedule", "step"]) == 0
+    assert (
+        train.main(
+            [
+                "cifar10",
+                "--config",
+                str(conf),
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--backend",
+                "numpy",
+                "-q",
+                "--no-plots",
+                "--batch-size",
+                "40",
+                "--schedule",
+                "step",
+            ]
+        )
+        == 0
+    )
     saved = runs.load_config(out)
     assert saved.hidden == [8, 8] and saved.schedule == "step" and saved.batch_size == 40
 
@@ -119,6 +149,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_dir, tmp_path,
         def hook(solver, epoch):
             if epoch == 1:
                 raise KeyboardInterrupt
+
         return real(cfg, run_dir, **{**kw, "on_epoch_end": hook})
 
     monkeypatch.setattr(runs, "train_run", interrupted)
@@ -148,6 +179,7 @@ def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
     assert runs.find_source("cifar10", tmp_path) == src
 
     import data_prep
+
     calls = []
 
     def fake_convert(dataset, source, out, **kw):
@@ -155,16 +187,17 @@ def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
         return write_h5(out)
 
     monkeypatch.setattr(data_prep, "convert", fake_convert)
-    out = runs.find_data("cifar10", tmp_path)                            # a source in the data home
+    out = runs.find_data("cifar10", tmp_path)  # a source in the data home
     assert out == str(tmp_path / "cifar10.h5") and calls == [("cifar10", str(src), out, False, str(tmp_path))]
     assert runs.find_data("cifar10", tmp_path, source=str(src)) == out and len(calls) == 1  # reused
     home = tmp_path / "home"
     monkeypatch.setenv("GPUNET_DATA", str(home))
-    out = runs.find_data("cifar10")                                      # nothing there: download into it
+    out = runs.find_data("cifar10")  # nothing there: download into it
     assert out == str(home / "cifar10.h5") and calls[-1] == ("cifar10", None, out, True, str(home))
 
     def failing(*a, **kw):
         raise data_prep.PrepError(f"{src}: not a gzip archive")
+
     monkeypatch.setattr(data_prep, "convert", failing)
     with pytest.raises(ValueError, match="not a gzip archive"):
         runs.find_data("cifar10", tmp_path / "e")
@@ -172,6 +205,7 @@ def test_find_data_errors_and_conversion_hook(tmp_path, monkeypatch):
 
 def test_data_home_defaults_to_the_user_cache(monkeypatch, tmp_path):
     from gpunet import datasets
+
     monkeypatch.delenv("GPUNET_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert datasets.data_home() == tmp_path / ".cache" / "gpunet"
@@ -180,38 +214,61 @@ def test_data_home_defaults_to_the_user_cache(monkeypatch, tmp_path):
 
 
 def test_offline_download_is_one_line_naming_the_url_and_source(tmp_path):
-    env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_DATA": str(tmp_path / "home"),
-           "GPUNET_CIFAR10_URL": "http://127.0.0.1:9/cifar-10-python.tar.gz"}   # nothing listens there
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "cifar10", "--out",
-                        str(tmp_path / "r")], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "GPUNET_BACKEND": "numpy",
+        "GPUNET_DATA": str(tmp_path / "home"),
+        "GPUNET_CIFAR10_URL": "http://127.0.0.1:9/cifar-10-python.tar.gz",
+    }  # nothing listens there
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "cifar10", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode != 0 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "127.0.0.1:9/cifar-10-python.tar.gz" in last and "--source" in last
     assert not (tmp_path / "home" / "cifar10.h5").exists()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["cifar10", "--optimizer", "adagrad"], "invalid choice"),
-    (["cifar10", "--schedule", "linear"], "invalid choice"),
-    (["cifar10", "--dropout", "1.5"], "dropout: expected"),
-    (["cifar10", "--data-dir", "{tmp}/empty", "--no-download"], "cifar10.h5: no such file"),
-    (["cifar10", "--data-dir", "{tmp}/bad"], "bad/cifar10.h5: expected an HDF5 file"),
-    (["cifar10", "--config", "{tmp}/bad.json"], "bad.json: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["cifar10", "--optimizer", "adagrad"], "invalid choice"),
+        (["cifar10", "--schedule", "linear"], "invalid choice"),
+        (["cifar10", "--dropout", "1.5"], "dropout: expected"),
+        (["cifar10", "--data-dir", "{tmp}/empty", "--no-download"], "cifar10.h5: no such file"),
+        (["cifar10", "--data-dir", "{tmp}/bad"], "bad/cifar10.h5: expected an HDF5 file"),
+        (["cifar10", "--config", "{tmp}/bad.json"], "bad.json: not valid JSON"),
+    ],
+)
 def test_user_errors_are_one_line(tmp_path, argv, needle):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "cifar10.h5").write_text("not hdf5")
     (tmp_path / "bad.json").write_text("{oops")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     env = {**os.environ, "GPUNET_BACKEND": "numpy", "GPUNET_DATA": str(tmp_path / "empty")}
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *argv, "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *argv, "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode != 0
     assert needle in p.stderr.strip().splitlines()[-1] and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith(("error:", "gpunet-train: error:"))
 
 
 def test_script_wrapper_help():
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--help"],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0 and "--resume" in p.stdout

@@ -6,6 +6,7 @@ with the same parameters as a twin trained step by step. On NumPy the factory
 returns the eager step, checked against the written-out loop. The order of warm-up,
 capture, replay and eager fallback is checked without a GPU through stand-ins.
 """
+
 import numpy as np
 import pytest
 
@@ -18,7 +19,9 @@ CUPY_REFUSES_CUBLAS = "calling cuBLAS API during stream capture is currently uns
 
 def _data(xp, n_batches=5, partial=13):
     rng = np.random.default_rng(7)
-    batches = [(rng.standard_normal((N, D)).astype(np.float32), rng.integers(0, C, N)) for _ in range(n_batches)]
+    batches = [
+        (rng.standard_normal((N, D)).astype(np.float32), rng.integers(0, C, N)) for _ in range(n_batches)
+    ]
     batches.append((rng.standard_normal((partial, D)).astype(np.float32), rng.integers(0, C, partial)))
     return [(xp.asarray(X), xp.asarray(y)) for X, y in batches]
 
@@ -52,7 +55,7 @@ def test_replayed_steps_match_eager_steps(xp, rule):
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    assert not np.allclose(want["W1"], init)                    # training moved the weights
+    assert not np.allclose(want["W1"], init)  # training moved the weights
 
 
 def test_numpy_gets_the_eager_step():
@@ -104,6 +107,7 @@ class _FakeStream:
 
 def _fake_cupy(log):
     import contextlib
+
     cuda = type("cuda", (), {})
     cuda.Stream = lambda non_blocking=False: _FakeStream(log)
     cuda.MemoryPool = lambda: type("Pool", (), {"malloc": None})()
@@ -140,7 +144,7 @@ class _FakeOpt:
         self.log.append(f"step({lr})")
 
     def begin(self, params, lr, during_backward=True):
-        return optim.StepRun(self, params, lr, False)        # the one-launch form: the update after the backward
+        return optim.StepRun(self, params, lr, False)  # the one-launch form: the update after the backward
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -151,15 +155,31 @@ def test_graph_step_control_flow(monkeypatch, fail):
     X, y, Xp, yp = np.zeros((4, 3)), np.zeros(4, np.int64), np.zeros((2, 3)), np.zeros(2, np.int64)
     losses = [float(step(X, y, 1)), float(step(X, y, 2)), float(step(X, y, 3)), float(step(Xp, yp, 4))]
     if not fail:
-        assert log == ["loss", "step(1)",                                          # warm-up, eager
-                       "prepare(2)", "loss(capture)", "apply(capture)", "launch",  # capture, then launch
-                       "prepare(3)", "launch",                                     # replay: lr written first
-                       "loss", "step(4)"]                                          # partial batch: eager
+        assert log == [
+            "loss",
+            "step(1)",  # warm-up, eager
+            "prepare(2)",
+            "loss(capture)",
+            "apply(capture)",
+            "launch",  # capture, then launch
+            "prepare(3)",
+            "launch",  # replay: lr written first
+            "loss",
+            "step(4)",
+        ]  # partial batch: eager
         assert step.replays == 2 and step.failed is None
     else:
-        assert log == ["loss", "step(1)",
-                       "prepare(2)", "loss", "apply",     # capture failed: this step eagerly, prepared once
-                       "loss", "step(3)", "loss", "step(4)"]
+        assert log == [
+            "loss",
+            "step(1)",
+            "prepare(2)",
+            "loss",
+            "apply",  # capture failed: this step eagerly, prepared once
+            "loss",
+            "step(3)",
+            "loss",
+            "step(4)",
+        ]
         assert "host synchronisation" in step.failed
     assert losses == [4, 4, 4, 2]
 
@@ -168,5 +188,5 @@ def test_old_module_names_still_import():
     """gpunet.cudagraph and gpunet.data.stream were renamed (issue 20); their names keep working."""
     from gpunet import cudagraph
     from gpunet.data import stream
-    assert cudagraph is train_step and stream.H5Loader.__module__ == "gpunet.data.h5loader"
 
+    assert cudagraph is train_step and stream.H5Loader.__module__ == "gpunet.data.h5loader"

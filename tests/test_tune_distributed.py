@@ -5,6 +5,7 @@ temporary folder and stopped at the end; each test gets a fresh database. Withou
 psycopg these tests skip, unless GPUNET_REQUIRE_POSTGRES=1 (CI sets it) makes them fail.
 Trials are a tiny FC net on the 3-class HDF5 file of test_train_cli, a few seconds at most.
 """
+
 import os
 import shutil
 import signal
@@ -23,9 +24,26 @@ from optuna.trial import TrialState  # noqa: E402
 from test_train_cli import ROOT, write_h5  # noqa: E402
 
 HOST = socket.gethostname()
-FAST = ["--sampler", "random", "--hidden", "8", "--batch-size", "30", "--backend", "numpy", "--no-plots",
-        "--param", "hidden=8,16", "--param", "optimizer=adam", "--pruner", "none", "--patience", "1000"]
-SLOW_TRIAL = ["--epochs", "150"]   # about 0.5-1 s a trial here: long enough to be caught in the middle
+FAST = [
+    "--sampler",
+    "random",
+    "--hidden",
+    "8",
+    "--batch-size",
+    "30",
+    "--backend",
+    "numpy",
+    "--no-plots",
+    "--param",
+    "hidden=8,16",
+    "--param",
+    "optimizer=adam",
+    "--pruner",
+    "none",
+    "--patience",
+    "1000",
+]
+SLOW_TRIAL = ["--epochs", "150"]  # about 0.5-1 s a trial here: long enough to be caught in the middle
 
 
 def _require(module):
@@ -45,26 +63,27 @@ def pg_server():
     runs as its own user (pgserver's, when we are root), which must reach it."""
     _require("psycopg")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # platformdirs: XDG_RUNTIME_DIR unset
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
         pgserver = _require("pgserver")
         home = tempfile.mkdtemp(prefix="gpunet-pg-")
         try:
             srv = pgserver.get_server(os.path.join(home, "data"), cleanup_mode="delete")
-        except subprocess.CalledProcessError:   # as root: another test process created its user first
+        except subprocess.CalledProcessError:  # as root: another test process created its user first
             srv = pgserver.get_server(os.path.join(home, "data"), cleanup_mode="delete")
     yield srv
     pid = srv.get_pid()
-    os.kill(pid, signal.SIGQUIT)              # immediate shutdown: the data is thrown away anyway
+    os.kill(pid, signal.SIGQUIT)  # immediate shutdown: the data is thrown away anyway
     end = time.time() + 30
     while pid_alive(pid) and time.time() < end:
         time.sleep(0.05)
-    srv.cleanup()                              # deletes the data folder (and stops it, had SIGQUIT failed)
+    srv.cleanup()  # deletes the data folder (and stops it, had SIGQUIT failed)
     shutil.rmtree(home, ignore_errors=True)
 
 
 def sql(url, query):
     """Ask the server itself (psycopg), not Optuna."""
     import psycopg
+
     with psycopg.connect(url) as conn:
         return conn.execute(query).fetchall()
 
@@ -85,17 +104,35 @@ def data_dir(tmp_path_factory):
 
 
 def tune_cmd(data_dir, out, *args):
-    return [sys.executable, os.path.join(ROOT, "scripts", "tune.py"), "cifar10", "--data-dir", str(data_dir),
-            "--out", str(out), *FAST, *args]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "tune.py"),
+        "cifar10",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        *FAST,
+        *args,
+    ]
 
 
 def start_together(cmds, delay=3.0):
     """Start processes that import everything first, then call gpunet-tune at the same instant."""
     at = time.time() + delay
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from gpunet.cli.tune import main; "
-            "t = float(sys.argv[2]); time.sleep(max(0.0, t - time.time())); sys.exit(main(sys.argv[3:]))")
-    return [subprocess.Popen([sys.executable, "-c", code, ROOT, str(at), *cmd[2:]], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for cmd in cmds]
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from gpunet.cli.tune import main; "
+        "t = float(sys.argv[2]); time.sleep(max(0.0, t - time.time())); sys.exit(main(sys.argv[3:]))"
+    )
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", code, ROOT, str(at), *cmd[2:]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for cmd in cmds
+    ]
 
 
 def load(storage, name="gpunet-tune"):
@@ -106,6 +143,7 @@ def peek(storage):
     """The study while workers may still be creating it: None until it exists. (Opening an
     RDB storage creates the tables too, so the test itself can lose that race.)"""
     from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return load(storage)
     except (KeyError, ValueError, SQLAlchemyError):
@@ -114,6 +152,7 @@ def peek(storage):
 
 def journal(out):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
+
     return JournalStorage(JournalFileBackend(str(out / "study.journal")))
 
 
@@ -158,17 +197,25 @@ def pid_alive(pid):
 
 
 def test_workers_started_at_the_same_instant_join_one_study(pg_server, pg_url, data_dir, tmp_path):
-    procs = start_together([tune_cmd(data_dir, tmp_path / f"m{i}", "--storage", pg_url, "--trials", "2",
-                                     "--epochs", "2", "-q") for i in range(4)])
+    procs = start_together(
+        [
+            tune_cmd(
+                data_dir, tmp_path / f"m{i}", "--storage", pg_url, "--trials", "2", "--epochs", "2", "-q"
+            )
+            for i in range(4)
+        ]
+    )
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
     study = load(pg_url)
     assert_sound(study)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
     workers = sorted(t.user_attrs["worker"] for t in study.trials)
-    assert workers == sorted(f"{HOST}:{p.pid}" for p in procs for _ in range(2))   # each ran its own two
+    assert workers == sorted(f"{HOST}:{p.pid}" for p in procs for _ in range(2))  # each ran its own two
     # the server's own view, not Optuna's: one study, 8 trials with distinct numbers
-    assert sql(pg_url, "SELECT count(DISTINCT study_id), count(*), count(DISTINCT number) FROM trials") == [(1, 8, 8)]
+    assert sql(pg_url, "SELECT count(DISTINCT study_id), count(*), count(DISTINCT number) FROM trials") == [
+        (1, 8, 8)
+    ]
 
 
 def test_a_killed_worker_is_noticed_by_heartbeat_and_its_trial_retried(pg_url, data_dir, tmp_path):
@@ -178,10 +225,16 @@ def test_a_killed_worker_is_noticed_by_heartbeat_and_its_trial_retried(pg_url, d
     check for dead local processes has passed): a's last beat is at most 1 s old at the kill,
     it is stale 3 s later, and b keeps starting trials for 12 s (slack for a loaded CI machine:
     an 8 s window failed once under the whole suite on 2 workers)."""
+
     def worker(name, *args):
-        return subprocess.Popen(tune_cmd(data_dir, tmp_path / name, "--storage", pg_url, "--heartbeat", "1",
-                                         *SLOW_TRIAL, "-q", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        return subprocess.Popen(
+            tune_cmd(
+                data_dir, tmp_path / name, "--storage", pg_url, "--heartbeat", "1", *SLOW_TRIAL, "-q", *args
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     a = worker("a", "--trials", "50")
     wait_for(lambda: running_trial_of(pg_url, {a.pid}), 60, "a running trial of worker a")
@@ -197,18 +250,23 @@ def test_a_killed_worker_is_noticed_by_heartbeat_and_its_trial_retried(pg_url, d
     by_number = {t.number: t for t in study.trials}
     assert by_number[killed].state == TrialState.FAIL
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
-    assert len(retries) == 1                                                # retried exactly once
+    assert len(retries) == 1  # retried exactly once
     retry = retries[0]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == f"{HOST}:{b.pid}"
-    assert retry.params == by_number[killed].params                         # the same point, run again
+    assert retry.params == by_number[killed].params  # the same point, run again
     assert retry.datetime_start.timestamp() - by_number[killed].datetime_start.timestamp() >= 2
 
 
 def test_ctrl_c_stops_every_worker_and_the_study_resumes(pg_url, data_dir, tmp_path):
     out = tmp_path / "run"
     cmd = tune_cmd(data_dir, out, "--storage", pg_url, "--workers", "2", *SLOW_TRIAL)
-    launcher = subprocess.Popen(cmd + ["--trials", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)               # a terminal's Ctrl-C hits the whole group
+    launcher = subprocess.Popen(
+        cmd + ["--trials", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # a terminal's Ctrl-C hits the whole group
 
     def two_running_one_done():
         study = peek(pg_url)
@@ -221,19 +279,23 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(pg_url, data_dir, tmp_p
     assert launcher.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     study = load(pg_url)
-    assert_sound(study)                                                   # no trial left RUNNING
-    before = study.trials                                                 # (a list: .trials reads the server)
+    assert_sound(study)  # no trial left RUNNING
+    before = study.trials  # (a list: .trials reads the server)
     assert {t.state for t in before} <= {TrialState.COMPLETE, TrialState.FAIL}
     pids = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in before}
-    assert len(pids) == 2 and not any(pid_alive(p) for p in pids)       # both workers stopped
+    assert len(pids) == 2 and not any(pid_alive(p) for p in pids)  # both workers stopped
     done = {t.number: (t.params, t.value) for t in before if t.state == TrialState.COMPLETE}
     assert (out / "results.csv").is_file()
 
-    resumed = subprocess.run(cmd + ["--trials", "2", "--epochs", "2"], capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        cmd + ["--trials", "2", "--epochs", "2"], capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
     after = load(pg_url)
     assert_sound(after)
-    assert {t.number: (t.params, t.value) for t in after.trials if t.number in done} == done   # kept as they were
+    assert {
+        t.number: (t.params, t.value) for t in after.trials if t.number in done
+    } == done  # kept as they were
     new = [t for t in after.trials if t.number >= len(before)]
     assert len(new) == 2 and all(t.state == TrialState.COMPLETE for t in new), resumed.stderr
 
@@ -241,8 +303,12 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(pg_url, data_dir, tmp_p
 def test_launcher_retries_the_trial_of_a_killed_local_worker(data_dir, tmp_path):
     """--workers 2 on the default journal file: no heartbeat there, the launcher sees the death."""
     out = tmp_path / "run"
-    launcher = subprocess.Popen(tune_cmd(data_dir, out, "--workers", "2", "--trials", "4", *SLOW_TRIAL),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        tune_cmd(data_dir, out, "--workers", "2", "--trials", "4", *SLOW_TRIAL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def a_running_worker_trial():
         study = peek(journal(out)) if (out / "study.journal").exists() else None
@@ -263,8 +329,8 @@ def test_launcher_retries_the_trial_of_a_killed_local_worker(data_dir, tmp_path)
     assert_sound(study)
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert retry[0].user_attrs["worker"] != f"{HOST}:{pid}"               # another worker ran it
-    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4   # --trials finished trials
+    assert retry[0].user_attrs["worker"] != f"{HOST}:{pid}"  # another worker ran it
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4  # --trials finished trials
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 2
 
 
@@ -274,26 +340,42 @@ def test_missing_driver_is_one_line_naming_the_extra(data_dir, tmp_path):
     (blocker / "psycopg.py").write_text("raise ImportError('No module named psycopg')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker)}
     out = tmp_path / "never"
-    p = subprocess.run(tune_cmd(data_dir, out, "--storage", "postgresql://tuner:s3cret@db.example/gpunet", "-q"),
-                       capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        tune_cmd(data_dir, out, "--storage", "postgresql://tuner:s3cret@db.example/gpunet", "-q"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
-        "error: --storage postgresql://tuner:***@db.example/gpunet: the postgresql driver psycopg (v3) is not "
-        "installed; pip install 'gpunet[postgres]'"]
+        "error: --storage postgresql://tuner:***@db.example/gpunet: the postgresql driver psycopg (v3) "
+        "is not "
+        "installed; pip install 'gpunet[postgres]'"
+    ]
     assert not out.exists()
 
 
 def test_sigterm_stops_a_search_cleanly(data_dir, tmp_path):
     """SIGTERM (a scheduler's stop) is a clean stop like Ctrl-C: exit 143, the trial recorded as FAIL."""
     out = tmp_path / "run"
-    p = subprocess.Popen(tune_cmd(data_dir, out, "--trials", "50", *SLOW_TRIAL), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        tune_cmd(data_dir, out, "--trials", "50", *SLOW_TRIAL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
-    wait_for(lambda: (out / "study.journal").exists() and running_trial_of(journal(out), {p.pid}), 60,
-             "a running trial")
+    wait_for(
+        lambda: (out / "study.journal").exists() and running_trial_of(journal(out), {p.pid}),
+        60,
+        "a running trial",
+    )
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 143 and err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err, err
+    assert p.returncode == 143 and err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err, (
+        err
+    )
     study = load(journal(out))
     assert_sound(study)
     assert study.trials[-1].state == TrialState.FAIL and (out / "results.csv").is_file()

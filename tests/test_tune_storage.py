@@ -1,5 +1,6 @@
 """gpunet-tune --storage: every bad URL or file is one line naming --storage and the file, refused
 before the run folder exists; a foreign SQLite file is left byte for byte as it was."""
+
 import hashlib
 import os
 import signal
@@ -16,17 +17,33 @@ from gpunet import tuning_journal, tuning_storage  # noqa: E402
 from gpunet.cli import tune  # noqa: E402
 from test_train_cli import ROOT, data_dir  # noqa: E402,F401 (data_dir is a shared fixture)
 
-FAST = ["--trials", "1", "--sampler", "random", "--hidden", "8", "--epochs", "1", "--batch-size", "30",
-        "--backend", "numpy", "-q", "--no-plots"]
+FAST = [
+    "--trials",
+    "1",
+    "--sampler",
+    "random",
+    "--hidden",
+    "8",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "30",
+    "--backend",
+    "numpy",
+    "-q",
+    "--no-plots",
+]
 
 
 def refused(capsys, data_dir, out, storage, *extra):
     """Run gpunet-tune with a bad --storage; return its one error line."""
-    rc = tune.main(["cifar10", "--data-dir", str(data_dir), "--out", str(out), "--storage", storage, *FAST, *extra])
+    rc = tune.main(
+        ["cifar10", "--data-dir", str(data_dir), "--out", str(out), "--storage", storage, *FAST, *extra]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: --storage {storage}") or err[0].startswith("error: --workers")
-    assert not out.exists()                                 # nothing created before the check failed
+    assert not out.exists()  # nothing created before the check failed
     return err[0]
 
 
@@ -39,7 +56,9 @@ def test_sqlite_paths_that_cannot_hold_a_study(capsys, data_dir, tmp_path):
     line = refused(capsys, data_dir, out, f"sqlite:///{tmp_path}/missing/s.db")
     assert line.endswith(f"folder {tmp_path}/missing does not exist")
     (tmp_path / "adir").mkdir()
-    assert "is a folder, expected an SQLite file" in refused(capsys, data_dir, out, f"sqlite:///{tmp_path}/adir")
+    assert "is a folder, expected an SQLite file" in refused(
+        capsys, data_dir, out, f"sqlite:///{tmp_path}/adir"
+    )
     text = tmp_path / "notes.db"
     text.write_text("just some notes\n")
     line = refused(capsys, data_dir, out, f"sqlite:///{text}")
@@ -66,7 +85,7 @@ def test_urls_that_name_no_usable_database(capsys, data_dir, tmp_path, monkeypat
     assert "unknown database kind 'postgres'" in refused(capsys, data_dir, out, "postgres://u@h/db")
     assert "expected a database URL" in refused(capsys, data_dir, out, "my-study")
     assert "not a database URL" in refused(capsys, data_dir, out, "postgresql://u@h:port/db")
-    monkeypatch.setitem(sys.modules, "MySQLdb", None)             # as if no MySQL driver were installed
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)  # as if no MySQL driver were installed
     monkeypatch.setitem(sys.modules, "pymysql", None)
     assert refused(capsys, data_dir, out, "mysql://u@h/db").endswith("pip install 'gpunet[mysql]'")
 
@@ -74,11 +93,15 @@ def test_urls_that_name_no_usable_database(capsys, data_dir, tmp_path, monkeypat
 def test_an_unreachable_server_is_one_line_without_the_password(capsys, data_dir, tmp_path):
     pytest.importorskip("psycopg")
     url = f"postgresql://tuner:s3cret@/gpunet?host={tmp_path}/no-server-here"
-    rc = tune.main(["cifar10", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--storage", url, *FAST])
+    rc = tune.main(
+        ["cifar10", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--storage", url, *FAST]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
-    assert err[0].startswith(f"error: --storage postgresql://tuner:***@/gpunet?host={tmp_path}/no-server-here: "
-                             "cannot open the database (")
+    assert err[0].startswith(
+        f"error: --storage postgresql://tuner:***@/gpunet?host={tmp_path}/no-server-here: "
+        "cannot open the database ("
+    )
     assert "s3cret" not in err[0] and not (tmp_path / "run").exists()
 
 
@@ -113,22 +136,23 @@ def test_a_worker_whose_trial_was_taken_over_goes_on(capsys):
     """A live worker declared dead (late heartbeats) finds its trial FAIL and queued again: it
     leaves that trial to the retry and keeps running trials instead of dying."""
     from gpunet import tuning_workers
+
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     seen = []
 
     def objective(trial):
         x = trial.suggest_float("x", 0, 1)
         seen.append((trial.number, x))
-        if trial.number == 0:               # another worker fails it and queues it again, mid-trial
+        if trial.number == 0:  # another worker fails it and queues it again, mid-trial
             frozen = study.get_trials(deepcopy=False)[0]
             assert tuning_storage.fail_and_retry(study, frozen)
-            assert not tuning_storage.fail_and_retry(study, frozen)      # only once
+            assert not tuning_storage.fail_and_retry(study, frozen)  # only once
         return x
 
     tuning_workers.run_trials(study, objective, tuning_workers.budget(3), say=print)
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
-    assert study.trials[1].system_attrs["failed_trial"] == 0 and seen[1][1] == seen[0][1]   # the same point
+    assert study.trials[1].system_attrs["failed_trial"] == 0 and seen[1][1] == seen[0][1]  # the same point
     assert "declared dead by another worker" in capsys.readouterr().out
 
 
@@ -136,35 +160,52 @@ def test_an_interrupt_waits_for_the_journal_write_to_end(tmp_path):
     lock = tuning_journal.JournalLock(str(tmp_path / "j.journal"))
     handler = tuning_journal.interrupt_handler(KeyboardInterrupt)
     lock.acquire()
-    handler(signal.SIGINT, None)                       # Ctrl-C mid-write: nothing raised yet
+    handler(signal.SIGINT, None)  # Ctrl-C mid-write: nothing raised yet
     assert os.path.islink(tmp_path / "j.journal.lock")
     with pytest.raises(KeyboardInterrupt):
-        lock.release()                                 # raised once the lock is given back
+        lock.release()  # raised once the lock is given back
     assert not os.path.lexists(tmp_path / "j.journal.lock")
     with pytest.raises(KeyboardInterrupt):
-        handler(signal.SIGINT, None)                   # outside a write: at once
+        handler(signal.SIGINT, None)  # outside a write: at once
 
 
 def test_a_writer_killed_holding_the_journal_lock_holds_it_up_3_s_not_30(tmp_path):
     path = str(tmp_path / "j.journal")
-    open(path, "w").close()                            # as JournalFileBackend makes it (the lock links to it)
-    code = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); from gpunet.tuning_journal import JournalLock; "
-            "JournalLock(sys.argv[2]).acquire(); os.kill(os.getpid(), signal.SIGKILL)")
+    open(path, "w").close()  # as JournalFileBackend makes it (the lock links to it)
+    code = (
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); "
+        "from gpunet.tuning_journal import JournalLock; "
+        "JournalLock(sys.argv[2]).acquire(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     p = subprocess.run([sys.executable, "-c", code, ROOT, path], timeout=60)
-    assert p.returncode == -signal.SIGKILL and os.path.islink(path + ".lock")     # left behind
+    assert p.returncode == -signal.SIGKILL and os.path.islink(path + ".lock")  # left behind
     start = time.monotonic()
     lock = tuning_journal.JournalLock(path)
     assert lock.acquire()
     lock.release()
-    assert time.monotonic() - start < 10                 # Optuna's own lock alone waits 30 s
+    assert time.monotonic() - start < 10  # Optuna's own lock alone waits 30 s
 
 
 def test_a_journal_file_named_by_storage_holds_the_study(data_dir, tmp_path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
+
     j = tmp_path / "shared.journal"
-    for run in ("a", "b"):                                # two search folders, one study
-        assert tune.main(["cifar10", "--data-dir", str(data_dir), "--out", str(tmp_path / run),
-                          "--storage", str(j), *FAST]) == 0
+    for run in ("a", "b"):  # two search folders, one study
+        assert (
+            tune.main(
+                [
+                    "cifar10",
+                    "--data-dir",
+                    str(data_dir),
+                    "--out",
+                    str(tmp_path / run),
+                    "--storage",
+                    str(j),
+                    *FAST,
+                ]
+            )
+            == 0
+        )
     study = optuna.load_study(study_name="gpunet-tune", storage=JournalStorage(JournalFileBackend(str(j))))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert not (tmp_path / "a" / "study.journal").exists()

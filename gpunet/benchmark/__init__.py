@@ -9,9 +9,11 @@ with ``cnn=True``, the FER-size CNN (``cnn.py``). For the FC nets there are two 
 ``steps`` (bare training steps on device-held batches) and ``epoch`` (``epoch.py``: a whole
 ``Solver.train()`` epoch against the PyTorch loop a user would write, the headline figure).
 PyTorch runs in every optimizer form that works (default, foreach, fused; ``compile`` adds
-the ``torch.compile``-d step) and each ratio is against the fastest, which is named. ``machine.py`` records the
+the ``torch.compile``-d step) and each ratio is against the fastest, which is named. ``machine.py`` records
+the
 machine and pins the BLAS thread count; ``timing.py`` does the interleaving.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,21 +34,21 @@ VIEWS = ("steps", "epoch", "both")
 @dataclass
 class BenchConfig:
     nets: list = field(default_factory=lambda: ["A", "B"])  # FC reference nets to time
-    batch_sizes: list | None = None   # None: 256 and 1024 for the FC nets, 128 for the CNN
-    steps: int = 20                   # training steps per timed repeat
-    repeats: int = 5                  # interleaved repeats (the median is reported)
-    warmup: int = 3                   # untimed steps per measurement before the repeats
-    threads: int = 1                  # CPU threads for torch (numpy's are pinned by the caller)
-    torch: bool = True                # time PyTorch beside gpunet
-    tf32: bool = False                # allow TF32 matmuls on the GPU (both libraries)
-    cnn: bool = False                 # the FER CNN instead of the FC nets
-    view: str = "both"                # FC nets: "steps", "epoch" (Solver.train() epochs) or "both"
-    compile: bool = False             # also time PyTorch's step under torch.compile
+    batch_sizes: list | None = None  # None: 256 and 1024 for the FC nets, 128 for the CNN
+    steps: int = 20  # training steps per timed repeat
+    repeats: int = 5  # interleaved repeats (the median is reported)
+    warmup: int = 3  # untimed steps per measurement before the repeats
+    threads: int = 1  # CPU threads for torch (numpy's are pinned by the caller)
+    torch: bool = True  # time PyTorch beside gpunet
+    tf32: bool = False  # allow TF32 matmuls on the GPU (both libraries)
+    cnn: bool = False  # the FER CNN instead of the FC nets
+    view: str = "both"  # FC nets: "steps", "epoch" (Solver.train() epochs) or "both"
+    compile: bool = False  # also time PyTorch's step under torch.compile
     epoch_samples: int = EPOCH_TRAIN  # training samples per epoch in the epoch view
-    levers: bool = False              # epoch view: also time gpunet with each speed lever off
-    settle: float | None = None       # untimed sleep before each timed call; None: 0.2 s on the CPU, 0 on a GPU
-    json_path: str | None = None      # also write the results here, after every case
-    command: str = ""                 # recorded in the JSON
+    levers: bool = False  # epoch view: also time gpunet with each speed lever off
+    settle: float | None = None  # untimed sleep before each timed call; None: 0.2 s on the CPU, 0 on a GPU
+    json_path: str | None = None  # also write the results here, after every case
+    command: str = ""  # recorded in the JSON
 
     def __post_init__(self):
         for k in ("steps", "repeats", "threads", "epoch_samples"):
@@ -101,7 +103,9 @@ def run(cfg: BenchConfig, say=None) -> dict:
     if cfg.cnn:
         cases = [(bench_cnn, "cnn", b) for b in cfg.batch_sizes]
     else:
-        cases = [(bench_case, net, b) for net in cfg.nets for b in cfg.batch_sizes] if cfg.view != "epoch" else []
+        cases = (
+            [(bench_case, net, b) for net in cfg.nets for b in cfg.batch_sizes] if cfg.view != "epoch" else []
+        )
         cases += [(bench_epoch, net, EPOCH_BATCH) for net in cfg.nets] if cfg.view != "steps" else []
     for fn, net, batch in cases:
         r = fn(batch, cfg) if net == "cnn" else fn(net, batch, cfg)
@@ -119,26 +123,34 @@ def run(cfg: BenchConfig, say=None) -> dict:
 def progress_line(r: dict) -> str:
     """One line per finished case."""
     if r.get("view") == "epoch":
-        return (f"{r['net']} epoch, batch {r['batch']}: gpunet {r['gpunet_epoch']:,.0f}/s"
-                + (f", torch ({r['torch_optimizer']}) {r['torch_epoch']:,.0f}/s ({r['epoch_ratio']:.2f}x)"
-                   if "torch_epoch" in r else ""))
-    return (f"{r['net']} batch {r['batch']}: gpunet {r['gpunet_train']:,.0f}/s"
-            + (f", torch {r['torch_train']:,.0f}/s ({r['train_ratio']:.2f}x)" if "torch_train" in r else "")
-            + (f", gemm bound {r['gemm_bound']:,.0f}/s" if "gemm_bound" in r else ""))
+        return f"{r['net']} epoch, batch {r['batch']}: gpunet {r['gpunet_epoch']:,.0f}/s" + (
+            f", torch ({r['torch_optimizer']}) {r['torch_epoch']:,.0f}/s ({r['epoch_ratio']:.2f}x)"
+            if "torch_epoch" in r
+            else ""
+        )
+    return (
+        f"{r['net']} batch {r['batch']}: gpunet {r['gpunet_train']:,.0f}/s"
+        + (f", torch {r['torch_train']:,.0f}/s ({r['train_ratio']:.2f}x)" if "torch_train" in r else "")
+        + (f", gemm bound {r['gemm_bound']:,.0f}/s" if "gemm_bound" in r else "")
+    )
 
 
 def machine_line(info: dict) -> str:
-    return (f"machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads, backend {info['backend']}"
-            + (f" ({info.get('gpu')})" if "gpu" in info else "")
-            + f", numpy {info['numpy']} ({info['blas']}), torch {info['torch']}, tf32 {info['tf32']}, "
-            f"load average {info['loadavg_start']} -> {info['loadavg_end']}")
+    return (
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads, backend {info['backend']}"
+        + (f" ({info.get('gpu')})" if "gpu" in info else "")
+        + f", numpy {info['numpy']} ({info['blas']}), torch {info['torch']}, tf32 {info['tf32']}, "
+        f"load average {info['loadavg_start']} -> {info['loadavg_end']}"
+    )
 
 
 def format_table(results) -> str:
     """The results as Markdown tables (samples/s): steps, then epochs; the device-memory lines on CuPy."""
     steps = [r for r in results if r.get("view") != "epoch"]
     epochs = [r for r in results if r.get("view") == "epoch"]
-    return "\n\n".join(t for t in (_steps_table(steps) if steps else "", _epoch_table(epochs) if epochs else "") if t)
+    return "\n\n".join(
+        t for t in (_steps_table(steps) if steps else "", _epoch_table(epochs) if epochs else "") if t
+    )
 
 
 def _markdown(head, rows) -> list:
@@ -148,46 +160,97 @@ def _markdown(head, rows) -> list:
 
 
 def _epoch_table(results) -> str:
-    head = ["net", "batch", "gpunet epoch samples/s", "torch best samples/s", "torch best form",
-            "ratio (median)", "paired ratio (median)", "ratio range", "torch forms (samples/s)", "update in backward: gain",
-            "batch prefetch: gain", "products side by side: gain", "threads pinned: gain"]
+    head = [
+        "net",
+        "batch",
+        "gpunet epoch samples/s",
+        "torch best samples/s",
+        "torch best form",
+        "ratio (median)",
+        "paired ratio (median)",
+        "ratio range",
+        "torch forms (samples/s)",
+        "update in backward: gain",
+        "batch prefetch: gain",
+        "products side by side: gain",
+        "threads pinned: gain",
+    ]
     rows = []
     for r in results:
-        forms = ", ".join(f"{k[len('torch_epoch_'):]} {v:,.0f}" for k, v in r.items()
-                          if k.startswith("torch_epoch_") and isinstance(v, float))
+        forms = ", ".join(
+            f"{k[len('torch_epoch_') :]} {v:,.0f}"
+            for k, v in r.items()
+            if k.startswith("torch_epoch_") and isinstance(v, float)
+        )
         rr = r.get("epoch_ratio_all")
-        rows.append([r["net"], str(r["batch"]), f"{r['gpunet_epoch']:,.0f}",
-                     f"{r['torch_epoch']:,.0f}" if "torch_epoch" in r else "-", r.get("torch_optimizer", "-"),
-                     f"{r['epoch_ratio']:.2f}x" if "epoch_ratio" in r else "-",
-                     f"{r['epoch_ratio_paired']:.2f}x" if "epoch_ratio_paired" in r else "-",
-                     f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "-", forms or "-",
-                     f"{r['fused_update_gain']:.3f}x" if "fused_update_gain" in r else "-",
-                     f"{r['prefetch_gain']:.3f}x" if "prefetch_gain" in r else "-",
-                     f"{r['concurrent_gain']:.3f}x" if "concurrent_gain" in r else "-",
-                     f"{r['pin_gain']:.3f}x" if "pin_gain" in r else "-"])
+        rows.append(
+            [
+                r["net"],
+                str(r["batch"]),
+                f"{r['gpunet_epoch']:,.0f}",
+                f"{r['torch_epoch']:,.0f}" if "torch_epoch" in r else "-",
+                r.get("torch_optimizer", "-"),
+                f"{r['epoch_ratio']:.2f}x" if "epoch_ratio" in r else "-",
+                f"{r['epoch_ratio_paired']:.2f}x" if "epoch_ratio_paired" in r else "-",
+                f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "-",
+                forms or "-",
+                f"{r['fused_update_gain']:.3f}x" if "fused_update_gain" in r else "-",
+                f"{r['prefetch_gain']:.3f}x" if "prefetch_gain" in r else "-",
+                f"{r['concurrent_gain']:.3f}x" if "concurrent_gain" in r else "-",
+                f"{r['pin_gain']:.3f}x" if "pin_gain" in r else "-",
+            ]
+        )
     return "\n".join(["whole epochs (Solver.train() vs the PyTorch loop):"] + _markdown(head, rows))
 
 
 def _steps_table(results) -> str:
-    head = ["net", "batch", "gpunet train/s", "torch best train/s", "torch form", "ratio", "gemm bound/s",
-            "of bound", "gpunet infer/s", "torch infer/s", "ratio", "torch forms (train/s)"]
+    head = [
+        "net",
+        "batch",
+        "gpunet train/s",
+        "torch best train/s",
+        "torch form",
+        "ratio",
+        "gemm bound/s",
+        "of bound",
+        "gpunet infer/s",
+        "torch infer/s",
+        "ratio",
+        "torch forms (train/s)",
+    ]
     rows = []
     for r in results:
         f = lambda k, fmt="{:,.0f}": fmt.format(r[k]) if k in r else "-"
-        rows.append([r["net"], str(r["batch"]), f("gpunet_train"), f("torch_train"), r.get("torch_optimizer", "-"),
-                     f("train_ratio", "{:.2f}x"),
-                     f("gemm_bound"), f("train_frac_of_gemm_bound", "{:.0%}"), f("gpunet_infer"),
-                     f("torch_infer"), f("infer_ratio", "{:.2f}x"),
-                     ", ".join(f"{k} {v:,.0f}" for k, v in r.get("torch_train_variants", {}).items()) or "-"])
+        rows.append(
+            [
+                r["net"],
+                str(r["batch"]),
+                f("gpunet_train"),
+                f("torch_train"),
+                r.get("torch_optimizer", "-"),
+                f("train_ratio", "{:.2f}x"),
+                f("gemm_bound"),
+                f("train_frac_of_gemm_bound", "{:.0%}"),
+                f("gpunet_infer"),
+                f("torch_infer"),
+                f("infer_ratio", "{:.2f}x"),
+                ", ".join(f"{k} {v:,.0f}" for k, v in r.get("torch_train_variants", {}).items()) or "-",
+            ]
+        )
     out = _markdown(head, rows)
     for r in results:
         if r.get("torch_compile_s") is not None:
-            out.append(f"{r['net']} batch {r['batch']}: torch.compile took {r['torch_compile_s']:.1f} s "
-                       f"(first two steps, not in the throughput)")
+            out.append(
+                f"{r['net']} batch {r['batch']}: torch.compile took {r['torch_compile_s']:.1f} s "
+                f"(first two steps, not in the throughput)"
+            )
     for r in results:
         if "device_memory" in r:
             m = r["device_memory"]
-            out.append(f"{r['net']} batch {r['batch']}: gpunet training holds {m['after_6_steps']['total_bytes'] / 2**20:.1f}"
-                       f" MiB of device pool (used {m['after_6_steps']['used_bytes'] / 2**20:.1f} MiB); no growth "
-                       f"after the first step: {m['pool_steady']}")
+            out.append(
+                f"{r['net']} batch {r['batch']}: gpunet training holds "
+                f"{m['after_6_steps']['total_bytes'] / 2**20:.1f}"
+                f" MiB of device pool (used {m['after_6_steps']['used_bytes'] / 2**20:.1f} MiB); no growth "
+                f"after the first step: {m['pool_steady']}"
+            )
     return "\n".join(out)

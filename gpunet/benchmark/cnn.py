@@ -7,6 +7,7 @@ The gpunet step is the Solver's: ``model.loss(X, y)`` then ``Optimizer("adam").s
 PyTorch's is eager mode with each form of Adam that works on the device (default, foreach,
 fused; ``--compile`` adds the compiled step); the ratio is against the fastest.
 """
+
 from __future__ import annotations
 
 from .. import backend
@@ -21,7 +22,11 @@ CHANNELS = (32, 64, 128)
 HIDDEN, DROPOUT = 256, 0.5
 LR = 1e-3
 DESC = "FER CNN: 3x[conv3x3-BN-ReLU-pool2] 32/64/128, 4608-256-7, dropout 0.5, Adam"
-ORDER = ["gpunet_train"] + [f"torch_train_{k}" for k in TORCH_KINDS + ("compile",)] + ["gpunet_infer", "torch_infer"]
+ORDER = (
+    ["gpunet_train"]
+    + [f"torch_train_{k}" for k in TORCH_KINDS + ("compile",)]
+    + ["gpunet_infer", "torch_infer"]
+)
 
 
 def gpunet_cnn(seed=0):
@@ -30,7 +35,7 @@ def gpunet_cnn(seed=0):
     for c in CHANNELS:
         layers += [Conv2d(c_in, c, 3, padding=1), BatchNorm2d(c), ReLU(), MaxPool2d(2)]
         c_in = c
-    flat = c_in * (INPUT_SHAPE[1] // 8) * (INPUT_SHAPE[2] // 8)       # 128 * 6 * 6 = 4608
+    flat = c_in * (INPUT_SHAPE[1] // 8) * (INPUT_SHAPE[2] // 8)  # 128 * 6 * 6 = 4608
     layers += [Flatten(), Linear(flat, HIDDEN), ReLU(), Dropout(DROPOUT), Linear(HIDDEN, NUM_CLASSES)]
     return Sequential(layers, seed=seed)
 
@@ -44,7 +49,13 @@ def torch_cnn(torch, seed=0):
         layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
         c_in = c
     flat = c_in * (INPUT_SHAPE[1] // 8) * (INPUT_SHAPE[2] // 8)
-    layers += [nn.Flatten(), nn.Linear(flat, HIDDEN), nn.ReLU(), nn.Dropout(DROPOUT), nn.Linear(HIDDEN, NUM_CLASSES)]
+    layers += [
+        nn.Flatten(),
+        nn.Linear(flat, HIDDEN),
+        nn.ReLU(),
+        nn.Dropout(DROPOUT),
+        nn.Linear(HIDDEN, NUM_CLASSES),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -62,10 +73,22 @@ def bench_cnn(batch: int, cfg) -> dict:
     cases = {}
     if cfg.torch:
         import torch
+
         torch.set_num_threads(cfg.threads)
-        cases = torch_cases(torch, lambda: torch_cnn(torch), torch.optim.Adam, {"lr": LR}, X, y,
-                            "cuda" if backend.name() == "cupy" else "cpu", compile=cfg.compile)
-    fns = {"gpunet_train": (g.train_step, backend.synchronize), "gpunet_infer": (g.infer_step, backend.synchronize)}
+        cases = torch_cases(
+            torch,
+            lambda: torch_cnn(torch),
+            torch.optim.Adam,
+            {"lr": LR},
+            X,
+            y,
+            "cuda" if backend.name() == "cupy" else "cpu",
+            compile=cfg.compile,
+        )
+    fns = {
+        "gpunet_train": (g.train_step, backend.synchronize),
+        "gpunet_infer": (g.infer_step, backend.synchronize),
+    }
     add_torch_fns(fns, cases)
     times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup, cfg.settle)
     res = {"net": "cnn", "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}

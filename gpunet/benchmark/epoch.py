@@ -8,6 +8,7 @@ validation accuracy, and a copy of the parameters when validation improved. One 
 is one epoch; repeats interleave gpunet with every PyTorch optimizer form (default, foreach,
 fused, and the compiled step with ``--compile``), and the ratio is against the fastest.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,13 @@ from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc, torch_step
 from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
 
 EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
-ORDER = ["gpunet_epoch", "gpunet_epoch_unfused", "gpunet_epoch_prefetch", "gpunet_epoch_sequential",
-         "gpunet_epoch_unpinned"] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
+ORDER = [
+    "gpunet_epoch",
+    "gpunet_epoch_unfused",
+    "gpunet_epoch_prefetch",
+    "gpunet_epoch_sequential",
+    "gpunet_epoch_unpinned",
+] + [f"torch_epoch_{k}" for k in TORCH_KINDS + ("compile",)]
 
 
 def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
@@ -35,14 +41,36 @@ def epoch_data(n_train=EPOCH_TRAIN, n_val=EPOCH_VAL, seed=0) -> dict:
 class GpunetEpoch:
     """One more epoch of a Solver per call (its loaders, evaluation and best-state bookkeeping)."""
 
-    def __init__(self, net: dict, data: dict, batch: int, fused_update: bool = True, prefetch: bool = False,
-                 pin_threads: bool = True):
-        model = FullyConnectedNet(net["hidden"], input_dim=INPUT_DIM, num_classes=NUM_CLASSES,
-                                  dropout=net["dropout"], dtype=np.float32, seed=0)
-        self.solver = Solver(model, data, update_rule="sgd_momentum",
-                             optim_config={"learning_rate": LR, "momentum": MOMENTUM},
-                             batch_size=batch, num_epochs=0, num_train_samples=TRAIN_EVAL, verbose=False,
-                             fused_update=fused_update, prefetch=prefetch, pin_threads=pin_threads)
+    def __init__(
+        self,
+        net: dict,
+        data: dict,
+        batch: int,
+        fused_update: bool = True,
+        prefetch: bool = False,
+        pin_threads: bool = True,
+    ):
+        model = FullyConnectedNet(
+            net["hidden"],
+            input_dim=INPUT_DIM,
+            num_classes=NUM_CLASSES,
+            dropout=net["dropout"],
+            dtype=np.float32,
+            seed=0,
+        )
+        self.solver = Solver(
+            model,
+            data,
+            update_rule="sgd_momentum",
+            optim_config={"learning_rate": LR, "momentum": MOMENTUM},
+            batch_size=batch,
+            num_epochs=0,
+            num_train_samples=TRAIN_EVAL,
+            verbose=False,
+            fused_update=fused_update,
+            prefetch=prefetch,
+            pin_threads=pin_threads,
+        )
 
     def epoch(self):
         self.solver.num_epochs += 1
@@ -77,7 +105,9 @@ class TorchEpoch:
 
     def _accuracy(self, X, y):
         with self.torch.inference_mode():
-            correct = sum((self.net(X[i:i + 1024]).argmax(1) == y[i:i + 1024]).sum() for i in range(0, len(y), 1024))
+            correct = sum(
+                (self.net(X[i : i + 1024]).argmax(1) == y[i : i + 1024]).sum() for i in range(0, len(y), 1024)
+            )
         return int(correct) / len(y)
 
     def sync(self):
@@ -90,7 +120,7 @@ class TorchEpoch:
         perm = torch.randperm(len(self.y), generator=self.gen, device=self.device)
         losses = []
         for i in range(0, len(perm), self.batch):
-            idx = perm[i:i + self.batch]
+            idx = perm[i : i + self.batch]
             losses.append(self.step(self.X[idx], self.y[idx]))
         if not bool(torch.isfinite(torch.stack(losses)).all()):
             raise FloatingPointError("torch epoch diverged")
@@ -109,20 +139,36 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
     fns = {}
     g = GpunetEpoch(net, data, batch)
     fns["gpunet_epoch"] = (g.epoch, backend.synchronize)
-    if cfg.levers:                     # the same Solver with the update after the backward pass
-        fns["gpunet_epoch_unfused"] = (GpunetEpoch(net, data, batch, fused_update=False).epoch, backend.synchronize)
-        fns["gpunet_epoch_prefetch"] = (GpunetEpoch(net, data, batch, prefetch=True).epoch, backend.synchronize)
+    if cfg.levers:  # the same Solver with the update after the backward pass
+        fns["gpunet_epoch_unfused"] = (
+            GpunetEpoch(net, data, batch, fused_update=False).epoch,
+            backend.synchronize,
+        )
+        fns["gpunet_epoch_prefetch"] = (
+            GpunetEpoch(net, data, batch, prefetch=True).epoch,
+            backend.synchronize,
+        )
         fns["gpunet_epoch_sequential"] = (GpunetEpoch(net, data, batch).sequential_epoch, backend.synchronize)
-        fns["gpunet_epoch_unpinned"] = (GpunetEpoch(net, data, batch, pin_threads=False).epoch, backend.synchronize)
+        fns["gpunet_epoch_unpinned"] = (
+            GpunetEpoch(net, data, batch, pin_threads=False).epoch,
+            backend.synchronize,
+        )
     kinds = []
     if cfg.torch:
         import torch
+
         torch.set_num_threads(cfg.threads)
         device = "cuda" if backend.name() == "cupy" else "cpu"
         for kind in TORCH_KINDS + (("compile",) if cfg.compile else ()):
             tnet = torch_fc(torch, net).to(device)
-            opt = torch_optimizer(torch, torch.optim.SGD, tnet.parameters(),
-                                  "default" if kind == "compile" else kind, lr=LR, momentum=MOMENTUM)
+            opt = torch_optimizer(
+                torch,
+                torch.optim.SGD,
+                tnet.parameters(),
+                "default" if kind == "compile" else kind,
+                lr=LR,
+                momentum=MOMENTUM,
+            )
             if opt is not None:
                 t = TorchEpoch(torch, tnet, opt, data, batch, kind == "compile", device)
                 fns[f"torch_epoch_{kind}"] = (t.epoch, t.sync)
@@ -140,7 +186,9 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
         res["torch_optimizer"] = best
         res["torch_epoch"] = res[f"torch_epoch_{best}"]
         res["epoch_ratio"] = res["gpunet_epoch"] / res["torch_epoch"]
-        res["epoch_ratio_all"] = [a / b for a, b in zip(res["gpunet_epoch_all"], res[f"torch_epoch_{best}_all"])]
+        res["epoch_ratio_all"] = [
+            a / b for a, b in zip(res["gpunet_epoch_all"], res[f"torch_epoch_{best}_all"])
+        ]
         # each repeat's two epochs ran side by side in time: the median of their ratios is immune to
         # the machine's slow swings between fast and slow spells, which the ratio of medians is not
         res["epoch_ratio_paired"] = float(np.median(res["epoch_ratio_all"]))

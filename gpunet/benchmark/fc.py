@@ -6,6 +6,7 @@ The GEMM-only bound is the time of just the matrix products of one training step
 (forward, weight-gradient, and input-gradient products except the first layer's)
 with the backend's matmul, so each figure reads as a fraction of what the hardware allows.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,12 @@ NETS = {
 }
 INPUT_DIM, NUM_CLASSES = 3072, 10
 LR, MOMENTUM = 1e-3, 0.9
-N_BATCHES = 4          # distinct synthetic batches cycled through (all on the device)
-ORDER = ["gpunet_train"] + [f"torch_train_{k}" for k in TORCH_KINDS + ("compile",)] + \
-    ["gpunet_infer", "torch_infer", "gemm_bound"]
+N_BATCHES = 4  # distinct synthetic batches cycled through (all on the device)
+ORDER = (
+    ["gpunet_train"]
+    + [f"torch_train_{k}" for k in TORCH_KINDS + ("compile",)]
+    + ["gpunet_infer", "torch_infer", "gemm_bound"]
+)
 
 
 def synthetic_batches(shape, num_classes, seed=0, n=N_BATCHES):
@@ -39,7 +43,8 @@ def synthetic_batches(shape, num_classes, seed=0, n=N_BATCHES):
 
 
 class GpunetCase:
-    """The library path, the Solver's inner loop: ``model.loss`` + ``Optimizer.step`` on device-held batches."""
+    """The library path, the Solver's inner loop: ``model.loss`` + ``Optimizer.step`` on device-held
+    batches."""
 
     def __init__(self, model, optimizer, X, y, lr):
         self.model, self.opt, self.lr = model, optimizer, lr
@@ -57,7 +62,7 @@ class GpunetCase:
         with self._pinned():
             loss, grads = self.model.loss(self.X[i], self.y[i])
             self.opt.step(self.model.params, grads, self.lr)
-        self.loss = loss                 # stays on the device: no host synchronisation per step
+        self.loss = loss  # stays on the device: no host synchronisation per step
 
     def infer_step(self):
         i = self.i = (self.i + 1) % len(self.X)
@@ -125,7 +130,9 @@ def torch_cases(torch, make_net, opt_cls, opt_kw, X, y, device, compile=False) -
     cases = {}
     for kind in TORCH_KINDS + (("compile",) if compile else ()):
         net = make_net().to(device)
-        opt = torch_optimizer(torch, opt_cls, net.parameters(), "default" if kind == "compile" else kind, **opt_kw)
+        opt = torch_optimizer(
+            torch, opt_cls, net.parameters(), "default" if kind == "compile" else kind, **opt_kw
+        )
         if opt is not None:
             cases[kind] = TorchCase(torch, net, opt, X, y, device, compile=kind == "compile")
     if "compile" in cases:
@@ -180,8 +187,17 @@ class GemmBound:
         mk = lambda *s: backend.to_device(rng.standard_normal(s, dtype=np.float32))
         self.layers = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            self.layers.append((i, mk(batch, a), mk(a, b), xp.empty((batch, b), np.float32),
-                                mk(batch, b), xp.empty((a, b), np.float32), xp.empty((batch, a), np.float32)))
+            self.layers.append(
+                (
+                    i,
+                    mk(batch, a),
+                    mk(a, b),
+                    xp.empty((batch, b), np.float32),
+                    mk(batch, b),
+                    xp.empty((a, b), np.float32),
+                    xp.empty((batch, a), np.float32),
+                )
+            )
         self.matmul = xp.matmul
 
     def step(self):
@@ -196,17 +212,20 @@ class GemmBound:
 
 def measure_memory(case: GpunetCase):
     """Device-pool bytes after the first training step and after 5 more (None on the CPU)."""
-    case.train_step()                    # the first step allocates optimizer state and buffers
+    case.train_step()  # the first step allocates optimizer state and buffers
     backend.synchronize()
     first = pool_bytes()
-    for _ in range(5):                   # ... and no later step may allocate more
+    for _ in range(5):  # ... and no later step may allocate more
         case.train_step()
     backend.synchronize()
     later = pool_bytes()
     if first is None:
         return None
-    return {"after_first_step": first, "after_6_steps": later,
-            "pool_steady": later["total_bytes"] == first["total_bytes"]}
+    return {
+        "after_first_step": first,
+        "after_6_steps": later,
+        "pool_steady": later["total_bytes"] == first["total_bytes"],
+    }
 
 
 def bench_case(net_name: str, batch: int, cfg) -> dict:
@@ -217,19 +236,37 @@ def bench_case(net_name: str, batch: int, cfg) -> dict:
     net = NETS[net_name]
     X, y = synthetic_batches((batch, INPUT_DIM), NUM_CLASSES)
     free_pool()
-    model = FullyConnectedNet(net["hidden"], input_dim=INPUT_DIM, num_classes=NUM_CLASSES,
-                              dropout=net["dropout"], dtype=np.float32, seed=0)
+    model = FullyConnectedNet(
+        net["hidden"],
+        input_dim=INPUT_DIM,
+        num_classes=NUM_CLASSES,
+        dropout=net["dropout"],
+        dtype=np.float32,
+        seed=0,
+    )
     g = GpunetCase(model, Optimizer("sgd_momentum", {"learning_rate": LR, "momentum": MOMENTUM}), X, y, LR)
     memory = measure_memory(g)
     cases = {}
     if cfg.torch:
         import torch
+
         torch.set_num_threads(cfg.threads)
-        cases = torch_cases(torch, lambda: torch_fc(torch, net), torch.optim.SGD, {"lr": LR, "momentum": MOMENTUM},
-                            X, y, "cuda" if backend.name() == "cupy" else "cpu", compile=cfg.compile)
+        cases = torch_cases(
+            torch,
+            lambda: torch_fc(torch, net),
+            torch.optim.SGD,
+            {"lr": LR, "momentum": MOMENTUM},
+            X,
+            y,
+            "cuda" if backend.name() == "cupy" else "cpu",
+            compile=cfg.compile,
+        )
     gemm = GemmBound(net, batch)
-    fns = {"gpunet_train": (g.train_step, backend.synchronize), "gpunet_infer": (g.infer_step, backend.synchronize),
-           "gemm_bound": (gemm.step, backend.synchronize)}
+    fns = {
+        "gpunet_train": (g.train_step, backend.synchronize),
+        "gpunet_infer": (g.infer_step, backend.synchronize),
+        "gemm_bound": (gemm.step, backend.synchronize),
+    }
     add_torch_fns(fns, cases)
     times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup, cfg.settle)
     res = {"net": net_name, "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}

@@ -4,6 +4,7 @@ numpy's BLAS reads its thread count from the environment when numpy is imported,
 so ``pin_threads`` re-executes the command once with OMP_NUM_THREADS /
 OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set (torch gets ``set_num_threads``).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import numpy as np
 from .. import backend
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_PINNED = "GPUNET_BENCH_THREADS"   # set in the re-executed process: pinning is done
+_PINNED = "GPUNET_BENCH_THREADS"  # set in the re-executed process: pinning is done
 
 
 def pin_threads(n: int, module: str, argv):
@@ -41,11 +42,18 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "blas": blas_name(), "backend": backend.selected(),
-            "threads_env": {k: os.environ.get(k) for k in THREAD_ENV}}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas_name(),
+        "backend": backend.selected(),
+        "threads_env": {k: os.environ.get(k) for k in THREAD_ENV},
+    }
     try:
         import torch
+
         info["torch"] = torch.__version__
     except ImportError:
         info["torch"] = None

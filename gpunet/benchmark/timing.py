@@ -4,6 +4,7 @@ machine load hits all of them alike; the median over repeats is what gets report
 Between two timed calls the machine may ``settle``: both BLAS/OpenMP thread pools keep
 spinning for a while after their work ends, and right after one library a spinning pool of
 the other would slow the next call, which no user running one library meets."""
+
 from __future__ import annotations
 
 import statistics
@@ -18,7 +19,7 @@ def interleaved(fns: dict, order, steps: int, repeats: int, warmup: int, settle:
     timed) before each timed call. Returns ``{name: [seconds, ...]}``.
     """
     order = [k for k in order if k in fns]
-    for k in order:                      # warm-up: caches, pools, kernel compilation
+    for k in order:  # warm-up: caches, pools, kernel compilation
         fn, sync = fns[k]
         for _ in range(warmup):
             fn()

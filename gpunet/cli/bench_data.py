@@ -4,6 +4,7 @@ Converts the real datasets found, measures loader throughput, the cost of stream
 against memory in a training epoch, and the memory of streaming a large file; prints
 a table and writes everything with ``--json PATH``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,16 @@ from .common import add_common_args, run, setup
 
 def _body(args):
     name = setup(args)
-    r = bench.run_all(sources=args.sources, tmp=args.tmp, big_gb=args.big_gb, batch_size=args.batch_size,
-                      repeats=args.repeats, block=args.block, skip_memory=args.skip_memory,
-                      skip_train=args.skip_train)
+    r = bench.run_all(
+        sources=args.sources,
+        tmp=args.tmp,
+        big_gb=args.big_gb,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        block=args.block,
+        skip_memory=args.skip_memory,
+        skip_train=args.skip_train,
+    )
     r["backend"] = name
     print(bench.table(r))
     if args.json:
@@ -30,8 +38,11 @@ def _body(args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--sources", default=os.environ.get("GPUNET_DATASETS"),
-                   help="folder of the real dataset archives (default: $GPUNET_DATASETS; none: synthetic data only)")
+    p.add_argument(
+        "--sources",
+        default=os.environ.get("GPUNET_DATASETS"),
+        help="folder of the real dataset archives (default: $GPUNET_DATASETS; none: synthetic data only)",
+    )
     p.add_argument("--tmp", default=None, help="folder for temporary files (default: the system's)")
     p.add_argument("--big-gb", type=float, default=2.2, help="size of the synthetic file of the memory check")
     p.add_argument("--batch-size", type=int, default=100)

@@ -17,6 +17,7 @@ Exit codes, the same for every command (``gpunet-*`` and ``gpunet-prep``):
 141   stdout was closed by its reader (``| head``), as for any Unix tool
 ====  ==============================================================================
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,26 @@ class UserError(Exception):
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 # Exceptions that mean "bad input" rather than "bug": reported as one line.
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError,
-               backend.BackendError, OSError)
+USER_ERRORS = (
+    UserError,
+    ValueError,
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
+    backend.BackendError,
+    OSError,
+)
 
 
 def add_common_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("device")
-    g.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cupy", "gpu", "emulated"],
-                   help="array backend (default: $GPUNET_BACKEND or auto: GPU when usable; emulated: the "
-                        "GPU code paths run on the CPU, for testing)")
+    g.add_argument(
+        "--backend",
+        default=None,
+        choices=["auto", "numpy", "cpu", "cupy", "gpu", "emulated"],
+        help="array backend (default: $GPUNET_BACKEND or auto: GPU when usable; emulated: the "
+        "GPU code paths run on the CPU, for testing)",
+    )
     g.add_argument("--device", type=int, default=None, metavar="N", help="GPU index (default 0)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--quiet", "-q", action="store_true", help="only print errors and the final report")
@@ -53,23 +65,26 @@ def add_common_args(parser: argparse.ArgumentParser):
 
 def setup(args) -> str:
     """Configure logging and the backend from parsed args; return the backend's name."""
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     return backend.use(args.backend, args.device)
 
 
 def run(body, args) -> int:
     """Run ``body(args)``; map user errors to a one-line message and a non-zero exit code."""
-    with interrupts.stop_signals():      # SIGTERM and SIGHUP stop as cleanly as Ctrl-C
+    with interrupts.stop_signals():  # SIGTERM and SIGHUP stop as cleanly as Ctrl-C
         return _run(body, args)
 
 
 def _run(body, args) -> int:
     try:
         rc = body(args)
-        interrupts.raise_lost()          # a signal whose exception a library swallowed
+        interrupts.raise_lost()  # a signal whose exception a library swallowed
         return EXIT_OK if rc is None else int(rc)
-    except KeyboardInterrupt as e:       # gpunet.interrupts.Interrupted carries its exit code
+    except KeyboardInterrupt as e:  # gpunet.interrupts.Interrupted carries its exit code
         interrupts.forget()
         print(str(e) or "interrupted", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_INTERRUPTED)

@@ -7,6 +7,7 @@ Prints both accuracies, McNemar's exact test on the samples where exactly one mo
 is right (two-sided, binomial with p = 1/2), and a seeded paired-bootstrap interval
 of the accuracy difference A - B (see ``gpunet.compare``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ from .common import UserError, add_common_args, run, setup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpunet-compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gpunet-compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model_a", metavar="A", help="first model file (.npz)")
     p.add_argument("model_b", metavar="B", help="second model file (.npz)")
     p.add_argument("--data", required=True, metavar="FILE.h5", help="prepared HDF5 file (gpunet-prep)")
@@ -27,9 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boot", type=int, default=10000, metavar="N", help="bootstrap resamples (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--level", type=float, default=0.95, help="interval confidence level (default 0.95)")
-    p.add_argument("--batch-size", type=int, default=1024, metavar="N", help="samples per batch (default 1024)")
-    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH ('-': only JSON "
-                   "on standard output)")
+    p.add_argument(
+        "--batch-size", type=int, default=1024, metavar="N", help="samples per batch (default 1024)"
+    )
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the numbers as JSON to PATH ('-': only JSON on standard output)",
+    )
     add_common_args(p)
     return p
 
@@ -47,10 +54,23 @@ def _body(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size: expected a positive integer, got {args.batch_size}")
     setup(args)
-    result = compare_models(args.model_a, args.model_b, args.data, args.split, n_boot=args.boot,
-                            seed=args.seed, level=args.level, batch_size=args.batch_size)
-    report = dict(dataclasses.asdict(result), model_a=os.fspath(args.model_a),
-                  model_b=os.fspath(args.model_b), data=os.fspath(args.data), split=args.split)
+    result = compare_models(
+        args.model_a,
+        args.model_b,
+        args.data,
+        args.split,
+        n_boot=args.boot,
+        seed=args.seed,
+        level=args.level,
+        batch_size=args.batch_size,
+    )
+    report = dict(
+        dataclasses.asdict(result),
+        model_a=os.fspath(args.model_a),
+        model_b=os.fspath(args.model_b),
+        data=os.fspath(args.data),
+        split=args.split,
+    )
     report["ci"] = list(result.ci)
     if args.json == "-":
         print(json.dumps(report, indent=2))

@@ -8,6 +8,7 @@ per-class precision/recall/F1 and their macro averages; saves the heat map
 (``--plot PATH``, or ``DIR/confusion_<split>.png`` with ``--out DIR``) and a JSON
 report (``--json PATH``; ``--json -`` prints only the JSON on standard output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,15 +21,20 @@ from .common import UserError, add_common_args, run, setup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpunet-evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gpunet-evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model", metavar="MODEL", help="trained model file (.npz from gpunet-train)")
     p.add_argument("--data", required=True, metavar="FILE.h5", help="prepared HDF5 file (gpunet-prep)")
     p.add_argument("--split", default="test", help="split to evaluate: train, val or test (default test)")
-    p.add_argument("--batch-size", type=int, default=1024, metavar="N", help="samples per batch (default 1024)")
+    p.add_argument(
+        "--batch-size", type=int, default=1024, metavar="N", help="samples per batch (default 1024)"
+    )
     p.add_argument("--out", metavar="DIR", help="folder for confusion_<split>.png and report_<split>.json")
     p.add_argument("--plot", metavar="PATH", help="save the confusion-matrix heat map to PATH (PNG)")
-    p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH ('-' for standard output)")
+    p.add_argument(
+        "--json", metavar="PATH", help="write the report as JSON to PATH ('-' for standard output)"
+    )
     p.add_argument("--counts", action="store_true", help="heat map of counts instead of row-normalised rates")
     add_common_args(p)
     return p
@@ -54,6 +60,7 @@ def _body(args) -> int:
     names = (model_meta(model, where, required=False) or model.meta or {}).get("class_names")
     if not names:
         from ..data import read_meta
+
         names = read_meta(args.data).get("class_names") or [str(i) for i in range(model.num_classes)]
     y_true, y_pred = evaluate(model, args.data, args.split, batch_size=args.batch_size)
     report = classification_report(y_true, y_pred, names)
@@ -67,8 +74,14 @@ def _body(args) -> int:
             os.makedirs(args.out, exist_ok=True)
         if plot:
             from ..plots import confusion_heatmap  # matplotlib loads only when a plot is wanted
-            confusion_heatmap(report["confusion_matrix"], names, plot, normalize=not args.counts,
-                              title=f"{os.path.basename(args.model)} on {args.split}")
+
+            confusion_heatmap(
+                report["confusion_matrix"],
+                names,
+                plot,
+                normalize=not args.counts,
+                title=f"{os.path.basename(args.model)} on {args.split}",
+            )
         if json_path and not to_stdout:
             _write_json(report, json_path)
     except PrepError as e:

@@ -6,6 +6,7 @@ The ONNX graph takes float32 pixels (N, C, H, W) in 0..255 (input ``pixels``) an
 gives class probabilities (N, classes) (output ``probabilities``): the model's
 normalisation and the softmax are inside. Needs the extra: pip install 'gpunet[onnx]'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ from .common import UserError, add_common_args, run, setup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpunet-export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gpunet-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model", metavar="MODEL", help="trained model file (.npz from gpunet-train)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.onnx", help="ONNX file to write")
     add_common_args(p)
@@ -28,7 +30,7 @@ def _body(args) -> int:
     from ..export import export_onnx
 
     setup(args)
-    backend.use("numpy")    # the weights are written from host memory anyway
+    backend.use("numpy")  # the weights are written from host memory anyway
     try:
         out = export_onnx(args.model, args.output)
     except ImportError as e:

@@ -6,6 +6,7 @@
 
 Exit status 0 when 100% is reached within --epochs (default 20), 1 when not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,11 @@ from .train import add_data_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpunet-overfit", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gpunet-overfit",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped images and labels")
     p.add_argument("--num-train", type=int, default=50, help="training images (default 50)")
     p.add_argument("--epochs", type=int, default=20, help="most epochs allowed (default 20)")
@@ -38,25 +42,31 @@ def _body(args):
     setup(args)
     say = (lambda m: None) if args.quiet else print
     if args.num_train < 1 or args.epochs < 1:
-        raise UserError(f"--num-train/--epochs: expected positive numbers, got {args.num_train}/{args.epochs}")
+        raise UserError(
+            f"--num-train/--epochs: expected positive numbers, got {args.num_train}/{args.epochs}"
+        )
     if args.synthetic:
         rng = np.random.default_rng(args.seed)
         X = rng.integers(0, 256, (args.num_train, 3, 32, 32), dtype=np.uint8)
         y = rng.integers(0, 10, args.num_train)
         C, what = 10, "synthetic CIFAR-shaped data"
     else:
-        path = runs.find_data("cifar10", args.data_dir, args.source, args.download,
-                              say=lambda m: print(m, file=sys.stderr))
+        path = runs.find_data(
+            "cifar10", args.data_dir, args.source, args.download, say=lambda m: print(m, file=sys.stderr)
+        )
         meta = runs.check_data(path)
         X, y = runs.load_split(path, "train", args.num_train, args.seed)
         C, what = len(meta["class_names"]), path
-    reached, epochs, accs = runs.overfit_small(X, y, C, args.hidden, args.epochs, args.lr, args.optimizer,
-                                               args.batch_size, args.seed, say=say)
+    reached, epochs, accs = runs.overfit_small(
+        X, y, C, args.hidden, args.epochs, args.lr, args.optimizer, args.batch_size, args.seed, say=say
+    )
     if reached:
         print(f"OK: 100% training accuracy on {len(y)} images of {what} after {epochs} epoch(s)")
         return 0
-    print(f"FAILED: {max(accs) if accs else 0:.1%} training accuracy on {len(y)} images of {what} "
-          f"after {epochs} epochs (target 100%)")
+    print(
+        f"FAILED: {max(accs) if accs else 0:.1%} training accuracy on {len(y)} images of {what} "
+        f"after {epochs} epochs (target 100%)"
+    )
     return 1
 
 

@@ -17,6 +17,7 @@ largest; a photo without a face has no row). ``--annotate DIR`` (implies
 ``--faces``) also writes a copy of each photo into DIR with the boxes and the top
 emotions drawn. MODEL may be ``default`` for the FER2013 model packaged with gpunet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,19 +27,34 @@ from .common import UserError, add_common_args, run, setup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpunet-predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL",
-                   help="trained model file (.npz from gpunet-train), or 'default' (packaged FER2013 model)")
+    p = argparse.ArgumentParser(
+        prog="gpunet-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="trained model file (.npz from gpunet-train), or 'default' (packaged FER2013 model)",
+    )
     p.add_argument("images", metavar="IMAGES_DIR", help="folder of images (PNG, JPEG, ...)")
     p.add_argument("-o", "--output", metavar="CSV", help="write the CSV here (default: standard output)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch (default 256)")
-    p.add_argument("--decimals", type=int, default=6, metavar="D",
-                   help="decimals of the probabilities, 4 to 6 (default 6)")
-    p.add_argument("--faces", action="store_true",
-                   help="find the faces in each photo and classify each (one CSV row per face)")
-    p.add_argument("--annotate", metavar="DIR",
-                   help="with --faces: write copies of the photos with boxes and labels drawn into DIR")
+    p.add_argument(
+        "--decimals",
+        type=int,
+        default=6,
+        metavar="D",
+        help="decimals of the probabilities, 4 to 6 (default 6)",
+    )
+    p.add_argument(
+        "--faces",
+        action="store_true",
+        help="find the faces in each photo and classify each (one CSV row per face)",
+    )
+    p.add_argument(
+        "--annotate",
+        metavar="DIR",
+        help="with --faces: write copies of the photos with boxes and labels drawn into DIR",
+    )
     add_common_args(p)
     return p
 
@@ -54,13 +70,17 @@ def _faces(args, model) -> int:
             n_faces += len(faces)
             if args.annotate:
                 save_annotated(path, faces, args.annotate)
-    except ImportError as e:       # the [faces] extra is missing: one line, not a traceback
+    except ImportError as e:  # the [faces] extra is missing: one line, not a traceback
         raise UserError(str(e)) from None
     write_faces_csv(args.output, results, decimals=args.decimals)
     if not args.quiet:
         bare = sum(1 for _, f in results if not f)
-        print(f"{n_faces} face(s) in {len(results)} photo(s)" + (f", {bare} without a face" if bare else "")
-              + (f"; annotated copies in {args.annotate}" if args.annotate else ""), file=sys.stderr)
+        print(
+            f"{n_faces} face(s) in {len(results)} photo(s)"
+            + (f", {bare} without a face" if bare else "")
+            + (f"; annotated copies in {args.annotate}" if args.annotate else ""),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -74,6 +94,7 @@ def _body(args) -> int:
     setup(args)
     if args.model == "default":
         from .. import pretrained
+
         args.model = pretrained.path()
     if args.faces or args.annotate:
         return _faces(args, args.model)

@@ -11,6 +11,7 @@
 Without --storage the study is the journal file RUN_DIR/study.journal (safe for concurrent
 workers). docs/SCALING.md: one study from several machines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,34 +30,63 @@ EXIT_TERMINATED = 143  # SIGTERM: the search stopped cleanly, as after Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpunet-tune", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gpunet-tune",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dataset", choices=runs.DATASETS)
-    p.add_argument("--out", metavar="RUN_DIR", help="search folder (default: runs/tune-<dataset>-<timestamp>); "
-                   "running again with the same folder resumes the study")
+    p.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        help="search folder (default: runs/tune-<dataset>-<timestamp>); "
+        "running again with the same folder resumes the study",
+    )
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=10, help="new trials to run (default 10)")
     g.add_argument("--timeout", type=float, metavar="SEC", help="stop starting new trials after SEC seconds")
     g.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
     g.add_argument("--pruner", choices=["median", "halving", "none"], default="median")
     g.add_argument("--space", metavar="FILE", help="search space as JSON (or YAML with PyYAML)")
-    g.add_argument("--param", action="append", default=[], metavar="NAME=SPEC",
-                   help="add/replace one dimension: lr=1e-4:1e-2:log, dropout=0:0.5, "
-                        "optimizer=adam,nesterov, hidden=1024-512,512, channels=32-64-128,32-64-128-256 "
-                        "(repeatable; default space: tuning.DEFAULT_SPACE, or CNN_SPACE with --arch cnn)")
+    g.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="add/replace one dimension: lr=1e-4:1e-2:log, dropout=0:0.5, "
+        "optimizer=adam,nesterov, hidden=1024-512,512, channels=32-64-128,32-64-128-256 "
+        "(repeatable; default space: tuning.DEFAULT_SPACE, or CNN_SPACE with --arch cnn)",
+    )
     g.add_argument("--subset", type=int, metavar="N", help="tune on N random training samples")
     g.add_argument("--no-plots", dest="plots", action="store_false", help="skip Optuna's PNG plots")
     g.add_argument("--study-name", default="gpunet-tune", help="study name in the storage")
-    g.add_argument("--storage", metavar="URL", help="where the study lives, shared by every worker that names "
-                   "it: postgresql://USER@HOST/DB (pip install 'gpunet[postgres]'), mysql://..., sqlite:///FILE.db "
-                   "(one worker at a time) or FILE.journal (default: RUN_DIR/study.journal)")
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="where the study lives, shared by every worker that names "
+        "it: postgresql://USER@HOST/DB (pip install 'gpunet[postgres]'), mysql://..., sqlite:///FILE.db "
+        "(one worker at a time) or FILE.journal (default: RUN_DIR/study.journal)",
+    )
     w = p.add_argument_group("workers")
-    w.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine sharing the study "
-                   "and the --trials budget; each gets 1/N of the cores, or one of --devices (default 1, or one "
-                   "per --devices entry)")
-    w.add_argument("--devices", metavar="I,J,...", help="GPU indices given to the workers round-robin (cupy backend)")
-    w.add_argument("--heartbeat", type=int, default=60, metavar="SEC", help="with a database: each running trial "
-                   "beats every SEC seconds; one silent for 3*SEC is failed and retried once (default 60)")
+    w.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes on this machine sharing the study "
+        "and the --trials budget; each gets 1/N of the cores, or one of --devices (default 1, or one "
+        "per --devices entry)",
+    )
+    w.add_argument(
+        "--devices", metavar="I,J,...", help="GPU indices given to the workers round-robin (cupy backend)"
+    )
+    w.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        metavar="SEC",
+        help="with a database: each running trial "
+        "beats every SEC seconds; one silent for 3*SEC is failed and retried once (default 60)",
+    )
     add_data_args(p)
     add_model_args(p)
     add_common_args(p)
@@ -92,8 +122,12 @@ def parse_devices(args) -> list[int] | None:
 
 
 def check_counts(args):
-    for flag, value in (("--trials", args.trials), ("--workers", args.workers), ("--subset", args.subset),
-                        ("--heartbeat", args.heartbeat)):
+    for flag, value in (
+        ("--trials", args.trials),
+        ("--workers", args.workers),
+        ("--subset", args.subset),
+        ("--heartbeat", args.heartbeat),
+    ):
         if value is not None and value < 1:
             raise UserError(f"{flag}: expected a positive number, got {value}")
 
@@ -104,7 +138,9 @@ def _body(args):
     workers = args.workers or (len(devices) if devices else 1)
     if workers == 1 and devices:
         args.device = devices[0]
-    setup(args if workers == 1 else argparse.Namespace(**{**vars(args), "backend": "numpy"}))  # workers pick their own
+    setup(
+        args if workers == 1 else argparse.Namespace(**{**vars(args), "backend": "numpy"})
+    )  # workers pick their own
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     settings = overrides(args)
     if settings["epochs"] is None:
@@ -114,26 +150,51 @@ def _body(args):
     base.data = runs.find_data(base.dataset, args.data_dir, args.source, args.download, say=say)
     run_dir = args.out or f"runs/tune-{base.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = tuning_storage.resolve(args.storage, run_dir)
-    tuning_storage.check(storage)                 # before the run folder or the study is created
+    tuning_storage.check(storage)  # before the run folder or the study is created
     if workers > 1 and not storage.shared_safely:
-        raise UserError(f"--workers {workers}: the SQLite study {storage.shown} is not safe for concurrent "
-                        f"workers; use a PostgreSQL or MySQL --storage, a FILE.journal, or a new --out")
+        raise UserError(
+            f"--workers {workers}: the SQLite study {storage.shown} is not safe for concurrent "
+            f"workers; use a PostgreSQL or MySQL --storage, a FILE.journal, or a new --out"
+        )
     runs.check_data(base.data)
     (Path(run_dir) / "trials").mkdir(parents=True, exist_ok=True)
-    runs.save_json(Path(run_dir) / "tune_config.json",
-                   {"base": base.to_dict(), "space": space, "sampler": args.sampler, "pruner": args.pruner,
-                    "subset": args.subset, "study_name": args.study_name, "storage": storage.shown})
+    runs.save_json(
+        Path(run_dir) / "tune_config.json",
+        {
+            "base": base.to_dict(),
+            "space": space,
+            "sampler": args.sampler,
+            "pruner": args.pruner,
+            "subset": args.subset,
+            "study_name": args.study_name,
+            "storage": storage.shown,
+        },
+    )
     tuning_workers.quiet_optuna()
-    search = tuning_workers.Search(base, space, str(run_dir), storage, args.study_name, args.sampler, args.pruner,
-                                   args.subset, args.heartbeat, args.backend,
-                                   shared=args.storage is not None or workers > 1, quiet=args.quiet)
+    search = tuning_workers.Search(
+        base,
+        space,
+        str(run_dir),
+        storage,
+        args.study_name,
+        args.sampler,
+        args.pruner,
+        args.subset,
+        args.heartbeat,
+        args.backend,
+        shared=args.storage is not None or workers > 1,
+        quiet=args.quiet,
+    )
     study = tuning_workers.open_study(search)
-    retried = tuning_storage.reap_dead_workers(study)   # trials left RUNNING by killed workers of this machine
+    retried = tuning_storage.reap_dead_workers(study)  # trials left RUNNING by killed workers of this machine
     before = len(study.trials)
-    say(f"study {args.study_name!r}: {before} trial(s) so far"
-        f"{f' ({len(retried)} left running by a dead worker, queued again)' if retried else ''}; running up to "
+    say(
+        f"study {args.study_name!r}: {before} trial(s) so far"
+        f"{f' ({len(retried)} left running by a dead worker, queued again)' if retried else ''}; "
+        f"running up to "
         f"{args.trials} more on {workers} worker(s) ({args.sampler} sampler, {args.pruner} pruner"
-        f"{f', {args.subset} training samples' if args.subset else ''})")
+        f"{f', {args.subset} training samples' if args.subset else ''})"
+    )
     logging.getLogger("gpunet").setLevel(logging.WARNING)  # one line per trial is enough
     rc = 0
     try:
@@ -141,9 +202,13 @@ def _body(args):
             if workers == 1:
                 device = devices[0] if devices else args.device
                 objective = tuning_workers.make_objective(search, device, say)
-                tuning_workers.run_trials(study, objective, tuning_workers.budget(args.trials, args.timeout), say)
+                tuning_workers.run_trials(
+                    study, objective, tuning_workers.budget(args.trials, args.timeout), say
+                )
             else:
-                rc = tuning_workers.run_workers(search, study, workers, args.trials, args.timeout, devices, say)
+                rc = tuning_workers.run_workers(
+                    search, study, workers, args.trials, args.timeout, devices, say
+                )
     except tuning_workers.Terminated:
         rc = EXIT_TERMINATED
     finally:
@@ -156,12 +221,16 @@ def _body(args):
     best = tuning.save_best_model(study, run_dir)
     plots = tuning.save_plots(study, run_dir, say=say) if args.plots else []
     try:
-        print(f"best: trial {study.best_trial.number}, val acc {study.best_value:.4f}, "
-              f"{json.dumps(study.best_params)}")
+        print(
+            f"best: trial {study.best_trial.number}, val acc {study.best_value:.4f}, "
+            f"{json.dumps(study.best_params)}"
+        )
     except ValueError:
         print("no trial finished")
-    print(f"results in {run_dir}/ (results.csv{', best_model.npz' if best else ''}"
-          f"{''.join(', ' + p for p in plots)}; study in {storage.shown})")
+    print(
+        f"results in {run_dir}/ (results.csv{', best_model.npz' if best else ''}"
+        f"{''.join(', ' + p for p in plots)}; study in {storage.shown})"
+    )
     return rc
 
 

@@ -1,4 +1,5 @@
 """``ArrayLoader``: mini-batches of in-memory arrays, with the loader interface of ``gpunet.data``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,9 +29,21 @@ class ArrayLoader:
         priority) while the caller works on this one; the batches are the same either way.
     """
 
-    def __init__(self, X, y, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, mean=None, std=None, dtype=np.float32, augment=None,
-                 num_classes=None, prefetch=False):
+    def __init__(
+        self,
+        X,
+        y,
+        batch_size: int = 100,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        mean=None,
+        std=None,
+        dtype=np.float32,
+        augment=None,
+        num_classes=None,
+        prefetch=False,
+    ):
         if len(X) != len(y):
             raise ValueError(f"y: expected {len(X)} labels (one per row of X), got {len(y)}")
         if batch_size < 1:
@@ -52,7 +65,9 @@ class ArrayLoader:
         self.augment = check_augment(augment)
         self.prefetch = bool(prefetch)
         if self.augment and self.X.ndim != 4:
-            raise ValueError(f"augment: needs images shaped (N, C, H, W), got X of shape {tuple(self.X.shape)}")
+            raise ValueError(
+                f"augment: needs images shaped (N, C, H, W), got X of shape {tuple(self.X.shape)}"
+            )
 
     def __len__(self):
         n, b = self.num_samples, self.batch_size
@@ -82,7 +97,7 @@ class ArrayLoader:
                 ahead = _gather_thread().submit(_next_or_none, batches)
                 yield item
         finally:
-            ahead.result()                 # the generator is never advanced by two threads at once
+            ahead.result()  # the generator is never advanced by two threads at once
 
     def _batches(self):
         n, b = self.num_samples, self.batch_size
@@ -96,7 +111,7 @@ class ArrayLoader:
                 yield self._prepare(self.X[sl], rng), self.y[sl]
             else:
                 idx = order[sl]
-                yield self._prepare(self.X[idx], rng, fresh=True), self.y[idx]   # a gather is a copy
+                yield self._prepare(self.X[idx], rng, fresh=True), self.y[idx]  # a gather is a copy
 
     def close(self):
         pass
@@ -116,6 +131,7 @@ def _gather_thread():
     global _pool
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
+
         _pool = ThreadPoolExecutor(1, thread_name_prefix="gpunet-gather", initializer=lower_thread_priority)
     return _pool
 

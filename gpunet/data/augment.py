@@ -3,6 +3,7 @@
 Both loaders (``ArrayLoader``, ``H5Loader``) apply it after normalisation, drawing
 from the generator ``plan.augment_seed(seed, epoch)``, so augmented epochs are reproducible.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ def check_augment(augment):
     if not augment:
         return None
     if not isinstance(augment, dict):
-        raise ValueError(f"augment: expected None or a dict like {{'flip': True, 'crop_pad': 4}}, got {augment!r}")
+        raise ValueError(
+            f"augment: expected None or a dict like {{'flip': True, 'crop_pad': 4}}, got {augment!r}"
+        )
     unknown = set(augment) - {"flip", "crop_pad"}
     if unknown:
         raise ValueError(f"augment: expected keys among 'flip', 'crop_pad', found {sorted(unknown)}")
@@ -38,15 +41,19 @@ def augment_images(x, rng, flip=False, crop_pad=0):
     xp = backend.get_array_module(x)
     b, c, h, w = x.shape
     if flip:
-        mirror = rng.random(b) < 0.5                                      # (B,)
+        mirror = rng.random(b) < 0.5  # (B,)
         x = xp.where(mirror[:, None, None, None], x[..., ::-1], x)
     if crop_pad:
         p = crop_pad
-        padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))              # (B, C, H+2p, W+2p)
+        padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))  # (B, C, H+2p, W+2p)
         dy = xp.asarray(rng.integers(0, 2 * p + 1, size=b))
         dx = xp.asarray(rng.integers(0, 2 * p + 1, size=b))
-        rows = dy[:, None] + xp.arange(h)                                 # (B, H)
-        cols = dx[:, None] + xp.arange(w)                                 # (B, W)
-        x = padded[xp.arange(b)[:, None, None, None], xp.arange(c)[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]
+        rows = dy[:, None] + xp.arange(h)  # (B, H)
+        cols = dx[:, None] + xp.arange(w)  # (B, W)
+        x = padded[
+            xp.arange(b)[:, None, None, None],
+            xp.arange(c)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
     return x

@@ -13,6 +13,7 @@
 
 ``table`` formats the results; ``gpunet-bench-data`` only parses arguments around them.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -56,13 +57,19 @@ def write_synthetic(path, n, shape=(3, 32, 32), chunk=256, seed=0, block=16384):
     """A gpunet HDF5 file of ``n`` random uint8 images (labels 0..9), written block by block
     through the format's owner (atomically)."""
     base = np.random.default_rng(seed).integers(0, 256, (block,) + shape, dtype=np.uint8)
-    with h5file.create(path, dataset="synthetic", class_names=[str(i) for i in range(10)],
-                       mean=np.full(shape[0], 127.5), std=np.full(shape[0], 73.9), image_shape=shape) as f:
+    with h5file.create(
+        path,
+        dataset="synthetic",
+        class_names=[str(i) for i in range(10)],
+        mean=np.full(shape[0], 127.5),
+        std=np.full(shape[0], 73.9),
+        image_shape=shape,
+    ) as f:
         x, y = h5file.create_split(f, "train", n, shape, chunk)
         for a in range(0, n, block):
             m = min(block, n - a)
-            x[a:a + m] = base[:m] + np.uint8(a // block)   # different content per block, no new RNG draw
-            y[a:a + m] = np.arange(a, a + m) % 10
+            x[a : a + m] = base[:m] + np.uint8(a // block)  # different content per block, no new RNG draw
+            y[a : a + m] = np.arange(a, a + m) % 10
 
 
 def time_conversions(sources: Path, out_dir: Path) -> dict:
@@ -84,8 +91,12 @@ def time_conversions(sources: Path, out_dir: Path) -> dict:
         except Exception as e:  # report it and go on with the other measurements
             out[name] = {"skipped": f"convert failed: {type(e).__name__}: {e}"}
             continue
-        out[name] = {"seconds": time.perf_counter() - t0, "path": str(dst),
-                     "file_mb": dst.stat().st_size / 1e6, "counts": read_meta(dst)["counts"]}
+        out[name] = {
+            "seconds": time.perf_counter() - t0,
+            "path": str(dst),
+            "file_mb": dst.stat().st_size / 1e6,
+            "counts": read_meta(dst)["counts"],
+        }
     return out
 
 
@@ -109,8 +120,10 @@ def _net(seed=0):
     from ..model import FullyConnectedNet
     from ..optim import Optimizer
 
-    return (FullyConnectedNet([512, 256], input_dim=3072, num_classes=10, seed=seed),
-            Optimizer("sgd_momentum", {"learning_rate": 1e-3}))
+    return (
+        FullyConnectedNet([512, 256], input_dim=3072, num_classes=10, seed=seed),
+        Optimizer("sgd_momentum", {"learning_rate": 1e-3}),
+    )
 
 
 def _train_steps(model, opt, batches, n) -> tuple:
@@ -149,7 +162,7 @@ def compare_epochs(path, batch_size, repeats, block) -> dict:
             wall, proc = {k: 0.0 for k in loaders}, {k: 0.0 for k in loaders}
             for b in itertools.count():
                 pair = {}
-                for k in (("memory", "streaming") if b % 2 == 0 else ("streaming", "memory")):
+                for k in ("memory", "streaming") if b % 2 == 0 else ("streaming", "memory"):
                     w, p, done = _train_steps(*nets[k], its[k], block)
                     wall[k], proc[k], pair[k] = wall[k] + w, proc[k] + p, (w, done)
                 if pair["memory"][1] == 0:
@@ -160,11 +173,17 @@ def compare_epochs(path, batch_size, repeats, block) -> dict:
                 totals[k].append(wall[k])
                 cpu[k].append(proc[k])
     best = {k: min(v) for k, v in totals.items()}
-    return {"samples": len(y), "batch_size": batch_size, "block_batches": block,
-            "epoch_wall_s": totals, "best_s": best, "process_cpu_s": cpu,
-            "overhead_pct": 100 * (best["streaming"] / best["memory"] - 1),
-            "overhead_median_block_pct": 100 * (float(np.median(ratios)) - 1),
-            "loadavg_after": os.getloadavg()}
+    return {
+        "samples": len(y),
+        "batch_size": batch_size,
+        "block_batches": block,
+        "epoch_wall_s": totals,
+        "best_s": best,
+        "process_cpu_s": cpu,
+        "overhead_pct": 100 * (best["streaming"] / best["memory"] - 1),
+        "overhead_median_block_pct": 100 * (float(np.median(ratios)) - 1),
+        "loadavg_after": os.getloadavg(),
+    }
 
 
 def memory_check(tmp: Path, gb: float) -> dict:
@@ -176,14 +195,21 @@ def memory_check(tmp: Path, gb: float) -> dict:
         write_synthetic(path, n)
         write_s = time.perf_counter() - t0
         evict(path)
-        with H5Loader(path, "train", preload="auto") as ld:   # 'auto' must choose streaming here
+        with H5Loader(path, "train", preload="auto") as ld:  # 'auto' must choose streaming here
             auto_streams = not ld.preloaded
         before = rss_mb()
         peak = [before]
         res = loader_throughput(path, preload=False, on_batch=lambda: peak.append(rss_mb()))
-        return {"file_gb": path.stat().st_size / 1e9, "samples": n, "write_s": write_s,
-                "auto_chose_streaming": auto_streams, "rss_before_mb": before,
-                "rss_peak_mb": max(peak), "extra_rss_mb": max(peak) - before, "cold_read": res}
+        return {
+            "file_gb": path.stat().st_size / 1e9,
+            "samples": n,
+            "write_s": write_s,
+            "auto_chose_streaming": auto_streams,
+            "rss_before_mb": before,
+            "rss_peak_mb": max(peak),
+            "extra_rss_mb": max(peak) - before,
+            "cold_read": res,
+        }
     finally:
         path.unlink(missing_ok=True)
 
@@ -192,32 +218,65 @@ def table(r: dict) -> str:
     """The results of ``run_all`` as a two-column text table."""
     rows = [("measurement", "value")]
     for name, c in r["convert"].items():
-        rows.append((f"convert {name}", f"{c['seconds']:.1f} s ({c['file_mb']:.0f} MB)" if "seconds" in c
-                     else f"skipped: {c['skipped']}"))
+        rows.append(
+            (
+                f"convert {name}",
+                f"{c['seconds']:.1f} s ({c['file_mb']:.0f} MB)"
+                if "seconds" in c
+                else f"skipped: {c['skipped']}",
+            )
+        )
     for name, t in r["throughput"].items():
         rows.append((f"loader {name}", f"{t['samples_per_s']:,.0f} samples/s, {t['mb_per_s']:,.0f} MB/s"))
     e = r.get("epoch")
     if e:
         rows.append((f"epoch from memory ({e['samples']} samples)", f"{e['best_s']['memory']:.2f} s"))
         rows.append(("epoch streaming from HDF5", f"{e['best_s']['streaming']:.2f} s"))
-        rows.append(("streaming overhead (target <= 5%)", f"{e['overhead_pct']:+.2f} % (median over "
-                     f"{e['block_batches']}-batch blocks {e['overhead_median_block_pct']:+.2f} %)"))
-        rows.append(("process CPU per epoch, memory/streaming",
-                     f"{min(e['process_cpu_s']['memory']):.1f} / {min(e['process_cpu_s']['streaming']):.1f} s"))
-        rows.append(("load average after (other processes)", " ".join(f"{v:.1f}" for v in e["loadavg_after"])))
+        rows.append(
+            (
+                "streaming overhead (target <= 5%)",
+                f"{e['overhead_pct']:+.2f} % (median over "
+                f"{e['block_batches']}-batch blocks {e['overhead_median_block_pct']:+.2f} %)",
+            )
+        )
+        rows.append(
+            (
+                "process CPU per epoch, memory/streaming",
+                f"{min(e['process_cpu_s']['memory']):.1f} / {min(e['process_cpu_s']['streaming']):.1f} s",
+            )
+        )
+        rows.append(
+            ("load average after (other processes)", " ".join(f"{v:.1f}" for v in e["loadavg_after"]))
+        )
     m = r.get("memory")
     if m:
-        rows.append((f"stream {m['file_gb']:.2f} GB file, cold", f"{m['cold_read']['samples_per_s']:,.0f} samples/s, "
-                     f"{m['cold_read']['mb_per_s']:,.0f} MB/s"))
-        rows.append(("extra RSS while streaming it", f"{m['extra_rss_mb']:.1f} MB "
-                     f"({m['rss_before_mb']:.0f} -> {m['rss_peak_mb']:.0f} MB)"))
+        rows.append(
+            (
+                f"stream {m['file_gb']:.2f} GB file, cold",
+                f"{m['cold_read']['samples_per_s']:,.0f} samples/s, {m['cold_read']['mb_per_s']:,.0f} MB/s",
+            )
+        )
+        rows.append(
+            (
+                "extra RSS while streaming it",
+                f"{m['extra_rss_mb']:.1f} MB ({m['rss_before_mb']:.0f} -> {m['rss_peak_mb']:.0f} MB)",
+            )
+        )
         rows.append(("preload='auto' chose streaming", str(m["auto_chose_streaming"])))
     w = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
 
-def run_all(sources=None, tmp=None, big_gb=2.2, batch_size=100, repeats=1, block=10,
-            skip_memory=False, skip_train=False) -> dict:
+def run_all(
+    sources=None,
+    tmp=None,
+    big_gb=2.2,
+    batch_size=100,
+    repeats=1,
+    block=10,
+    skip_memory=False,
+    skip_train=False,
+) -> dict:
     """Every measurement above, as a JSON-ready dict; temporary files go under ``tmp``
     (default: the system's) and are deleted."""
     r = {"backend": backend.selected(), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
@@ -230,9 +289,13 @@ def run_all(sources=None, tmp=None, big_gb=2.2, batch_size=100, repeats=1, block
         if cifar is None:
             cifar = work / "synthetic_cifar.h5"
             write_synthetic(cifar, 50000)
-        r["epoch_data"] = str(cifar) if "path" in r["convert"].get("cifar10", {}) else "synthetic 50000x3x32x32"
-        r["throughput"] = {f"{name} ({r['epoch_data'].split('/')[-1]})": loader_throughput(cifar, pre)
-                           for name, pre in (("streaming", False), ("preloaded", True))}
+        r["epoch_data"] = (
+            str(cifar) if "path" in r["convert"].get("cifar10", {}) else "synthetic 50000x3x32x32"
+        )
+        r["throughput"] = {
+            f"{name} ({r['epoch_data'].split('/')[-1]})": loader_throughput(cifar, pre)
+            for name, pre in (("streaming", False), ("preloaded", True))
+        }
         if not skip_train:
             r["epoch"] = compare_epochs(cifar, batch_size, repeats, block)
     finally:

@@ -23,6 +23,7 @@ file (HDF5 itself crashes when its own writes fail), and a signal during the wri
 raised between blocks (``gpunet.interrupts.deferred``), never lost inside h5py. Files are
 opened read-only without a lock, so several readers may share one.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,10 +40,11 @@ from .plan import limit_seed
 FORMAT_VERSION = 1
 COMPRESSIONS = (None, "gzip", "lzf")
 _STR = h5py.string_dtype()
-BLOCK_BYTES = 16 << 20   # image bytes written between two checks for a stop signal
+BLOCK_BYTES = 16 << 20  # image bytes written between two checks for a stop signal
 
 
 # --------------------------------------------------------------------------- writing
+
 
 class _DiskWriter(io.RawIOBase):
     """The file object h5py writes through. After the first failed write (a full disk) it
@@ -111,8 +113,7 @@ def _h5_writing(tmp):
 
 
 @contextmanager
-def create(path, *, dataset: str, class_names, mean, std, image_shape, overwrite: bool = True,
-           **attrs):
+def create(path, *, dataset: str, class_names, mean, std, image_shape, overwrite: bool = True, **attrs):
     """Write a gpunet HDF5 file at ``path`` atomically: yield the open ``h5py.File`` (add
     splits with ``write_split``/``create_split``); it appears at ``path`` only when the block
     ends without an error.
@@ -173,16 +174,19 @@ def write_split(f, name: str, x, y, chunk: int, compression=None, usage=None):
     """Write split ``name``: x uint8 (N, C, H, W), y integer (N,), ``chunk`` rows per chunk."""
     x, y = np.asarray(x), np.asarray(y)
     if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (len(x),):
-        raise ValueError(f"split {name!r}: expected x uint8 (N, C, H, W) and y (N,), "
-                         f"found x {x.dtype} {x.shape} and y {y.shape}")
+        raise ValueError(
+            f"split {name!r}: expected x uint8 (N, C, H, W) and y (N,), "
+            f"found x {x.dtype} {x.shape} and y {y.shape}"
+        )
     dx, dy = create_split(f, name, len(x), x.shape[1:], chunk, compression, usage)
     k = dx.chunks[0] if dx.chunks else 1
     rows = max(k, BLOCK_BYTES // max(int(np.prod(x.shape[1:])), 1) // k * k)
-    for a in range(0, len(x), rows):   # in blocks, so a stop signal is raised between them
-        dx[a:a + rows], dy[a:a + rows] = x[a:a + rows], y[a:a + rows].astype(np.int64)
+    for a in range(0, len(x), rows):  # in blocks, so a stop signal is raised between them
+        dx[a : a + rows], dy[a : a + rows] = x[a : a + rows], y[a : a + rows].astype(np.int64)
 
 
 # --------------------------------------------------------------------------- reading
+
 
 def open_file(path, check: bool = True):
     """Open ``path`` read-only without a file lock, after checking its ``format_version`` and
@@ -207,7 +211,7 @@ def open_file(path, check: bool = True):
         if check:
             check_version(f, path)
             check_storage(f, path)
-            file_meta(f, path)          # refuses a non-finite mean or std
+            file_meta(f, path)  # refuses a non-finite mean or std
     except BaseException:
         f.close()
         raise
@@ -216,7 +220,7 @@ def open_file(path, check: bool = True):
 
 def show(v, width=60) -> str:
     text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def check_version(f, path) -> int:
@@ -229,15 +233,18 @@ def check_version(f, path) -> int:
     except Exception as e:  # an attribute of a type h5py cannot read
         raise ValueError(f"{where}: root attribute format_version is unreadable ({e})") from None
     if v is None:
-        raise ValueError(f"{where}: expected a gpunet HDF5 file with root attribute format_version "
-                         f"{FORMAT_VERSION}, found none (write it with gpunet-prep)")
+        raise ValueError(
+            f"{where}: expected a gpunet HDF5 file with root attribute format_version "
+            f"{FORMAT_VERSION}, found none (write it with gpunet-prep)"
+        )
     if v.dtype.kind not in "iu" or v.size != 1:
-        raise ValueError(f"{where}: expected an integer root attribute format_version, "
-                         f"found {show(v)}")
+        raise ValueError(f"{where}: expected an integer root attribute format_version, found {show(v)}")
     v = int(v.reshape(()))
     if v > FORMAT_VERSION:
-        raise ValueError(f"{where}: format_version {v} is newer than this gpunet reads "
-                         f"(up to {FORMAT_VERSION}); update gpunet or re-run gpunet-prep")
+        raise ValueError(
+            f"{where}: format_version {v} is newer than this gpunet reads "
+            f"(up to {FORMAT_VERSION}); update gpunet or re-run gpunet-prep"
+        )
     if v < 1:
         raise ValueError(f"{where}: expected format_version 1..{FORMAT_VERSION}, found {v}")
     return v
@@ -251,7 +258,7 @@ def storage_problem(f, name: str):
         return f"/{name} is an external link to {link.filename}:{link.path}"
     try:
         obj = f.get(name)
-    except (KeyError, OSError, RuntimeError):   # a dangling soft link
+    except (KeyError, OSError, RuntimeError):  # a dangling soft link
         return None
     if isinstance(obj, h5py.Dataset):
         if obj.external:
@@ -272,8 +279,7 @@ def check_storage(f, path) -> None:
     for name in names:
         problem = storage_problem(f, name)
         if problem:
-            raise ValueError(f"{os.fspath(path)}: {problem}; refusing to read data stored "
-                             "outside the file")
+            raise ValueError(f"{os.fspath(path)}: {problem}; refusing to read data stored outside the file")
 
 
 def is_group(obj) -> bool:
@@ -304,8 +310,9 @@ def file_meta(f, path) -> dict:
         "dataset": get("dataset", _attr_str),
     }
     if meta["std"] is not None and (meta["std"] <= 0).any():
-        raise ValueError(f"{os.fspath(path)}: expected a root attribute std > 0 per channel, "
-                         f"found {show(meta['std'])}")
+        raise ValueError(
+            f"{os.fspath(path)}: expected a root attribute std > 0 per channel, found {show(meta['std'])}"
+        )
     return meta
 
 
@@ -316,8 +323,10 @@ def channel_attr(v, name: str, path) -> np.ndarray:
     except (TypeError, ValueError):
         a = None
     if a is None or not a.size or not np.isfinite(a).all():
-        raise ValueError(f"{os.fspath(path)}: expected a root attribute {name} of finite "
-                         f"numbers per channel, found {show(np.asarray(v))}")
+        raise ValueError(
+            f"{os.fspath(path)}: expected a root attribute {name} of finite "
+            f"numbers per channel, found {show(np.asarray(v))}"
+        )
     return a
 
 
@@ -352,11 +361,14 @@ def check_split(f, path, split):
             raise ValueError(f"{where}: expected a dataset /{split}/{k}, found {sorted(g.keys())}")
     x, y = g["x"], g["y"]
     if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"{where}: expected /{split}/x uint8 of shape (N, C, H, W), "
-                         f"found {x.dtype} of shape {x.shape}")
+        raise ValueError(
+            f"{where}: expected /{split}/x uint8 of shape (N, C, H, W), found {x.dtype} of shape {x.shape}"
+        )
     if y.ndim != 1 or y.dtype.kind not in "iu" or y.shape[0] != x.shape[0]:
-        raise ValueError(f"{where}: expected /{split}/y integer of shape ({x.shape[0]},), "
-                         f"found {y.dtype} of shape {y.shape}")
+        raise ValueError(
+            f"{where}: expected /{split}/y integer of shape ({x.shape[0]},), "
+            f"found {y.dtype} of shape {y.shape}"
+        )
     names = f.attrs.get("class_names")
     if names is not None and y.shape[0]:
         # small (8 bytes a sample); checked once here, never in the training step

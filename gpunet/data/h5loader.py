@@ -6,6 +6,7 @@ copied to the device as uint8 and normalised there (``gpunet.data.norm``). A str
 epoch follows ``epoch_plan`` (chunks in a random order, mixed inside a window); a
 preloaded split is permuted as a whole. Both are pure functions of ``(seed, epoch)``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,9 @@ from .norm import norm_stats, normalize
 from .plan import augment_seed, epoch_permutation, epoch_plan
 from .prefetch import Prefetcher, blocking_event
 
-DEFAULT_CHUNK = 256           # rows per read when a dataset is stored contiguously
-_WINDOW_BYTES = 64 << 20      # shuffle-buffer budget: at most this many bytes of chunks, ...
-_MAX_WINDOW_CHUNKS = 16       # ... and at most this many chunks
+DEFAULT_CHUNK = 256  # rows per read when a dataset is stored contiguously
+_WINDOW_BYTES = 64 << 20  # shuffle-buffer budget: at most this many bytes of chunks, ...
+_MAX_WINDOW_CHUNKS = 16  # ... and at most this many chunks
 
 
 def _available_ram() -> int:
@@ -65,9 +66,21 @@ class H5Loader:
         ``(x - mean[c]) / std[c]`` using the file's attrs ``mean``, ``std`` (pixel units).
     """
 
-    def __init__(self, path, split="train", batch_size=100, shuffle=True, seed=0, drop_last=False,
-                 preload="auto", prefetch=2, augment=None, dtype=np.float32, normalize=True,
-                 buffer_chunks=None):
+    def __init__(
+        self,
+        path,
+        split="train",
+        batch_size=100,
+        shuffle=True,
+        seed=0,
+        drop_last=False,
+        preload="auto",
+        prefetch=2,
+        augment=None,
+        dtype=np.float32,
+        normalize=True,
+        buffer_chunks=None,
+    ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if int(prefetch) < 1:
@@ -94,7 +107,7 @@ class H5Loader:
         self._x, self._y = check_split(self._file, self.path, self.split)
         self.meta = file_meta(self._file, self.path)
         self.num_samples = int(self._x.shape[0])
-        self.sample_shape = tuple(int(s) for s in self._x.shape[1:])          # (C, H, W)
+        self.sample_shape = tuple(int(s) for s in self._x.shape[1:])  # (C, H, W)
         c, d = self.sample_shape[0], int(np.prod(self.sample_shape))
         self.chunk = int(self._x.chunks[0]) if self._x.chunks else DEFAULT_CHUNK
         if buffer_chunks is None:
@@ -106,8 +119,10 @@ class H5Loader:
         if normalize:
             mean, std = self.meta["mean"], self.meta["std"]
             if mean is None or std is None or mean.shape != (c,) or std.shape != (c,) or not (std > 0).all():
-                raise ValueError(f"{self.path}: expected root attrs mean, std of shape ({c},) with std > 0 "
-                                 f"to normalise split {self.split!r}, found mean={mean}, std={std}")
+                raise ValueError(
+                    f"{self.path}: expected root attrs mean, std of shape ({c},) with std > 0 "
+                    f"to normalise split {self.split!r}, found mean={mean}, std={std}"
+                )
             self._mean, self._inv_std = norm_stats(mean, std, self.dtype, shape=self.sample_shape)
         nbytes = self.num_samples * (d + 8)
         self.preloaded = bool(preload) if preload != "auto" else nbytes <= preload_budget()
@@ -118,8 +133,10 @@ class H5Loader:
             self._win_x = np.empty((self.buffer_chunks * self.chunk,) + self.sample_shape, np.uint8)
             self._win_y = np.empty(self.buffer_chunks * self.chunk, np.int64)
             self._chunk_slot = np.zeros(-(-self.num_samples // self.chunk), np.int64)
-            self._slots = [(backend.pinned_empty(shape, np.uint8), backend.pinned_empty(shape[:1], np.int64))
-                           for _ in range(self.prefetch + 1)]
+            self._slots = [
+                (backend.pinned_empty(shape, np.uint8), backend.pinned_empty(shape[:1], np.int64))
+                for _ in range(self.prefetch + 1)
+            ]
             if backend.name() == "cupy":
                 xp = backend.xp()
                 self._device_id = backend.cupy_module().cuda.Device().id  # for the worker thread
@@ -134,8 +151,8 @@ class H5Loader:
         host = np.empty((min(step, n),) + self.sample_shape, np.uint8)
         for a in range(0, n, step):
             m = min(step, n - a)
-            self._x.read_direct(host, np.s_[a:a + m], np.s_[:m])
-            self._X[a:a + m] = backend.to_device(host[:m])
+            self._x.read_direct(host, np.s_[a : a + m], np.s_[:m])
+            self._X[a : a + m] = backend.to_device(host[:m])
         self._Y[...] = backend.to_device(self._y[...].astype(np.int64))
         self._file.close()  # everything is on the device now
 
@@ -299,8 +316,10 @@ class H5Loader:
 
     def __repr__(self):
         mode = "preloaded" if self.preloaded else f"streaming, window {self.buffer_chunks} chunks"
-        return (f"H5Loader({self.path!r}, split={self.split!r}, N={self.num_samples}, "
-                f"batch_size={self.batch_size}, {mode})")
+        return (
+            f"H5Loader({self.path!r}, split={self.split!r}, N={self.num_samples}, "
+            f"batch_size={self.batch_size}, {mode})"
+        )
 
 
 def open_split(path, split="train", **kw) -> H5Loader:

@@ -5,6 +5,7 @@ Every loader (``ArrayLoader``; ``H5Loader``'s host and device paths) and predict
 ``norm_stats``. ``mean`` and ``std`` are in pixel units (0..255), one value per channel,
 as the HDF5 file's root attributes and a trained model's ``meta`` store them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,13 +42,13 @@ def normalize(x, mean, inv_std, dtype=np.float32, fresh=False):
     """
     dtype = np.dtype(dtype)
     if mean is not None:
-        out = x - mean                     # uint8 - float: one pass, a new float array
+        out = x - mean  # uint8 - float: one pass, a new float array
         if out.dtype != dtype:
             out = out.astype(dtype)
     elif fresh and x.dtype == dtype:
-        out = x                            # no copy of a batch nobody else holds
+        out = x  # no copy of a batch nobody else holds
     else:
-        out = x.astype(dtype)              # astype copies: safe to scale in place
+        out = x.astype(dtype)  # astype copies: safe to scale in place
     if inv_std is not None:
         out *= inv_std
     return out
@@ -56,5 +57,7 @@ def normalize(x, mean, inv_std, dtype=np.float32, fresh=False):
 def channel_stats(meta):
     """``(mean, std)`` of a file's metadata shaped ``(C, 1, 1)``, for an ``ArrayLoader`` on
     image batches ``(N, C, H, W)``."""
-    return (np.asarray(meta["mean"], np.float64).reshape(-1, 1, 1),
-            np.asarray(meta["std"], np.float64).reshape(-1, 1, 1))
+    return (
+        np.asarray(meta["mean"], np.float64).reshape(-1, 1, 1),
+        np.asarray(meta["std"], np.float64).reshape(-1, 1, 1),
+    )

@@ -14,15 +14,16 @@ every module that draws imports them from here:
 ``[seed, LIMIT_STREAM]``              ``load_split(..., limit)``'s random subset
 ====================================  ==========================================
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-DROPOUT_STREAM = 1              # third seed word of the dropout generator
-AUGMENT_STREAM = 0xA06          # third seed word: augmentation draws are independent of the order
-TRAIN_EVAL_STREAM = 2**31 - 1   # second seed word of the Solver's train-accuracy subsample
-CHECK_STREAM = 2**31 - 2        # second seed word of the Solver's check_accuracy subsample
-LIMIT_STREAM = 7                # second seed word of load_split's random subset
+DROPOUT_STREAM = 1  # third seed word of the dropout generator
+AUGMENT_STREAM = 0xA06  # third seed word: augmentation draws are independent of the order
+TRAIN_EVAL_STREAM = 2**31 - 1  # second seed word of the Solver's train-accuracy subsample
+CHECK_STREAM = 2**31 - 2  # second seed word of the Solver's check_accuracy subsample
+LIMIT_STREAM = 7  # second seed word of load_split's random subset
 
 
 def dropout_seed(seed: int, epoch: int) -> list:
@@ -64,7 +65,7 @@ def epoch_plan(n: int, chunk: int, window: int, seed: int, epoch: int, shuffle: 
     visit = rng.permutation(n_chunks) if shuffle else np.arange(n_chunks)
     plan = []
     for w in range(0, n_chunks, window):
-        chunks = visit[w:w + window]
+        chunks = visit[w : w + window]
         order = np.concatenate([np.arange(c * chunk, min((c + 1) * chunk, n)) for c in chunks])
         if shuffle:
             rng.shuffle(order)

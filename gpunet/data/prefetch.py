@@ -5,6 +5,7 @@ chunks of a window (``epoch_plan``), gathers each batch into a free slot of a sm
 ring of host buffers (pinned on CuPy) and queues it; the consumer hands each slot back
 with the CUDA event of the copy out of it, which the thread waits on before refilling.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ import numpy as np
 
 from .. import backend
 
-POLL_S = 0.05   # queue timeout, so stop requests and Ctrl-C are seen promptly
+POLL_S = 0.05  # queue timeout, so stop requests and Ctrl-C are seen promptly
 
 
 def lower_thread_priority(niceness=5):
@@ -102,8 +103,8 @@ class Prefetcher:
                 return
             a, b = chunks[run[0]] * k, min((chunks[run[-1]] + 1) * k, n)
             r = run[0] * k
-            ld._x.read_direct(ld._win_x, np.s_[a:b], np.s_[r:r + b - a])
-            ld._y.read_direct(ld._win_y, np.s_[a:b], np.s_[r:r + b - a])
+            ld._x.read_direct(ld._win_x, np.s_[a:b], np.s_[r : r + b - a])
+            ld._y.read_direct(ld._win_y, np.s_[a:b], np.s_[r : r + b - a])
         ld._chunk_slot[chunks] = np.arange(len(chunks))
 
     def _finish(self, slot, rows):
@@ -132,9 +133,9 @@ class Prefetcher:
                             return
                         hx, hy = ld._slots[slot]
                         m = min(b - fill, len(rows) - s)
-                        r = rows[s:s + m]
-                        np.take(ld._win_x, r, axis=0, out=hx[fill:fill + m], mode="clip")
-                        np.take(ld._win_y, r, out=hy[fill:fill + m], mode="clip")
+                        r = rows[s : s + m]
+                        np.take(ld._win_x, r, axis=0, out=hx[fill : fill + m], mode="clip")
+                        np.take(ld._win_y, r, out=hy[fill : fill + m], mode="clip")
                         fill, s = fill + m, s + m
                         if fill == b:
                             self._ready.put(self._finish(slot, fill))

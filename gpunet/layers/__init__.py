@@ -13,6 +13,7 @@ arrays' backend (``gpunet.ops``): ``NumpyOps`` holds the NumPy form, ``CupyOps``
 - ``pool``: ``max_pool2d_forward``, ``max_pool2d_backward``
 - ``batchnorm``: ``batchnorm_forward``, ``batchnorm_backward``
 """
+
 from .activations import dropout_backward, dropout_forward, keep_mask, relu_backward, relu_forward
 from .batchnorm import batchnorm_backward, batchnorm_forward
 from .conv import conv2d_backward, conv2d_forward
@@ -20,6 +21,20 @@ from .linear import linear_backward, linear_forward
 from .pool import max_pool2d_backward, max_pool2d_forward
 from .softmax import softmax, softmax_loss
 
-__all__ = ["linear_forward", "linear_backward", "relu_forward", "relu_backward", "dropout_forward",
-           "dropout_backward", "keep_mask", "softmax", "softmax_loss", "conv2d_forward", "conv2d_backward",
-           "max_pool2d_forward", "max_pool2d_backward", "batchnorm_forward", "batchnorm_backward"]
+__all__ = [
+    "linear_forward",
+    "linear_backward",
+    "relu_forward",
+    "relu_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "keep_mask",
+    "softmax",
+    "softmax_loss",
+    "conv2d_forward",
+    "conv2d_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "batchnorm_forward",
+    "batchnorm_backward",
+]

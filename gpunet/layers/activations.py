@@ -4,6 +4,7 @@ Inside a model, ReLU and dropout run in place on the activation ``a`` and one
 backward pass serves both: ``relu_backward(dout, a, scale=1/(1-p))``, because a
 unit of ``a`` is > 0 exactly where it passed both the ReLU and the dropout mask.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ from .. import backend
 from ..ops import get_ops
 
 _default_rngs = {}  # one unseeded generator per backend, created once, never reseeded
+
 
 def _rng_for(xp):
     key = xp.__name__
@@ -33,7 +35,7 @@ def relu_backward(dout, X, out=None, scale=1.0):
     which lets a model keep only the activation. ``out=dout`` makes it in place.
     ``scale``: multiply the passed gradient too (1/(1-p) after an in-place dropout).
     """
-    if out is dout:                                    # in place: the fused kernel on the GPU
+    if out is dout:  # in place: the fused kernel on the GPU
         return get_ops(dout).relu_backward_(dout, X, scale)
     xp = backend.get_array_module(dout)
     out = xp.multiply(dout, X > 0, out=out)
@@ -48,7 +50,8 @@ def _check_p(p):
 
 
 def keep_mask(rng, shape, p):
-    """Random boolean keep-mask of ``shape`` (NumPy or CuPy, like ``rng``) with drop probability exactly ``p``.
+    """Random boolean keep-mask of ``shape`` (NumPy or CuPy, like ``rng``) with drop probability exactly
+    ``p``.
 
     On the CPU random generation dominates dropout's cost, so the mask is built
     from raw generator bits: one bit per unit when p = 1/2, a byte when 256 p is
@@ -57,11 +60,11 @@ def keep_mask(rng, shape, p):
     """
     n = int(np.prod(shape))
     if isinstance(rng, np.random.Generator):
-        raw = rng.bit_generator.random_raw          # 64 uniform bits per call
+        raw = rng.bit_generator.random_raw  # 64 uniform bits per call
         if p == 0.5:
             return np.unpackbits(raw(-(-n // 64)).view(np.uint8), count=n).view(bool).reshape(shape)
         for bits, dt in ((8, np.uint8), (16, np.uint16)):
-            thr = p * 2 ** bits
+            thr = p * 2**bits
             if thr == int(thr):
                 return raw(-(-n * bits // 64)).view(dt)[:n].reshape(shape) >= dt(int(thr))
     return rng.random(shape, dtype=np.float32) >= np.float32(p)
@@ -86,19 +89,19 @@ def dropout_forward(X, p=0.5, train=True, seed=None, rng=None, out=None):
     xp = backend.get_array_module(X)
     scale = X.dtype.type(1.0 / (1.0 - p))
     if seed is not None and not isinstance(seed, (int, np.integer)) and hasattr(seed, "random"):
-        seed, rng = None, seed          # gpunet <= 0.1 took the generator as the 4th positional argument
+        seed, rng = None, seed  # gpunet <= 0.1 took the generator as the 4th positional argument
     if seed is not None:
         keep = xp.asarray(np.random.RandomState(seed).random_sample(X.shape) >= p)
     else:
         rng = rng if rng is not None else _rng_for(xp)
-        if out is X:                           # in place: one kernel on the GPU
+        if out is X:  # in place: one kernel on the GPU
             return get_ops(X).dropout_(X, p, rng, keep_mask), None
         keep = keep_mask(rng, X.shape, p)
     if out is not None:
         xp.multiply(X, keep, out=out)
         out *= scale
         return out, None
-    mask = keep.astype(X.dtype)       # keep-mask * scale in X's dtype (no float64 upcast)
+    mask = keep.astype(X.dtype)  # keep-mask * scale in X's dtype (no float64 upcast)
     mask *= scale
     return X * mask, mask
 

@@ -4,6 +4,7 @@ The arithmetic and its conventions (CS231n's momentum, the biased batch variance
 ``gpunet.ops.batchnorm``, a part of ``NumpyOps``: these functions hand it to the ops object of the
 arrays' backend, which a GPU backend may override.
 """
+
 from __future__ import annotations
 
 from ..ops import get_ops

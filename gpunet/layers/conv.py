@@ -4,6 +4,7 @@
 The arithmetic (im2col and one GEMM per product) is ``gpunet.ops.conv``, a part of ``NumpyOps``:
 these functions hand it to the ops object of the arrays' backend, which a GPU backend may override.
 """
+
 from __future__ import annotations
 
 from ..ops import get_ops
@@ -19,7 +20,8 @@ def im2col(Xt, KH, KW, stride=1, padding=0, ones=False):
 
 
 def col2im(dcols, shape_cnhw, stride=1, padding=0):
-    """Adjoint of ``im2col``: sum (C, KH, KW, N, Ho, Wo) patch gradients into a (C, N, H, W) array (a view)."""
+    """Adjoint of ``im2col``: sum (C, KH, KW, N, Ho, Wo) patch gradients into a (C, N, H, W) array (a
+    view)."""
     return get_ops(dcols).col2im(dcols, shape_cnhw, stride, padding)
 
 

@@ -1,4 +1,5 @@
 """Affine layer ``X @ W + b`` (optionally fused with the ReLU that follows it)."""
+
 from __future__ import annotations
 
 from .. import backend
@@ -20,8 +21,9 @@ def linear_forward(X, W, b, out=None, relu=False):
     """
     X2 = X.reshape(X.shape[0], -1)
     if X2.shape[1] != W.shape[0]:
-        raise ValueError(f"X: expected {W.shape[0]} features per sample (W has shape {W.shape}), "
-                         f"got {X2.shape[1]}")
+        raise ValueError(
+            f"X: expected {W.shape[0]} features per sample (W has shape {W.shape}), got {X2.shape[1]}"
+        )
     ops = get_ops(X2)
     return ops.bias_(ops.affine(X2, W, out), b, relu)
 

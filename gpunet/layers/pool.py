@@ -4,6 +4,7 @@ The arithmetic (one strided operation per window offset; ties to the first maxim
 PyTorch) is ``gpunet.ops.pool``, a part of ``NumpyOps``: these functions hand it to the ops object
 of the arrays' backend, which a GPU backend may override.
 """
+
 from __future__ import annotations
 
 from ..ops import get_ops

@@ -1,4 +1,5 @@
 """Softmax and the mean softmax cross-entropy loss."""
+
 from __future__ import annotations
 
 from .. import backend

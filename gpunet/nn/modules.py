@@ -7,14 +7,26 @@ the activations, whether the input gradient is wanted, a ReLU applied by the poo
 keyword argument of ``forward``/``backward``, checked there: a container never sets attributes
 on its layers, so a layer behaves the same alone or in any model.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from .. import backend, seeding
-from ..layers import (batchnorm_backward, batchnorm_forward, conv2d_backward, conv2d_forward, dropout_backward,
-                      dropout_forward, linear_backward, linear_forward, max_pool2d_backward, max_pool2d_forward,
-                      relu_backward, relu_forward)
+from ..layers import (
+    batchnorm_backward,
+    batchnorm_forward,
+    conv2d_backward,
+    conv2d_forward,
+    dropout_backward,
+    dropout_forward,
+    linear_backward,
+    linear_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    relu_backward,
+    relu_forward,
+)
 
 LAYOUTS = ("NCHW", "CNHW")
 
@@ -58,10 +70,12 @@ class Linear(Layer):
     def __init__(self, in_features, out_features):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.init(seeding.init_rng(None), np.float32)      # usable alone; Sequential draws them again
+        self.init(seeding.init_rng(None), np.float32)  # usable alone; Sequential draws them again
 
     def init(self, rng, dtype):
-        self.params = seeding.uniform_init(rng, (self.in_features, self.out_features), self.in_features, dtype)
+        self.params = seeding.uniform_init(
+            rng, (self.in_features, self.out_features), self.in_features, dtype
+        )
 
     def forward(self, x, train=True):
         self.x = x
@@ -72,8 +86,9 @@ class Linear(Layer):
 
     def backward(self, dout, need_dx=True):
         """need_dx: False when nothing consumes the input gradient (the first layer of a model)."""
-        dx, self.grads["W"], self.grads["b"] = linear_backward(dout, self.x, self.params["W"], self.params["b"],
-                                                               need_dx=need_dx)
+        dx, self.grads["W"], self.grads["b"] = linear_backward(
+            dout, self.x, self.params["W"], self.params["b"], need_dx=need_dx
+        )
         return dx
 
     def config(self):
@@ -146,21 +161,27 @@ class Conv2d(Layer):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
-        self.init(seeding.init_rng(None), np.float32)      # usable alone; Sequential draws them again
+        self.init(seeding.init_rng(None), np.float32)  # usable alone; Sequential draws them again
 
     def init(self, rng, dtype):
         k = self.kernel_size
-        self.params = seeding.uniform_init(rng, (self.out_channels, self.in_channels, k, k), self.in_channels * k * k, dtype)
+        self.params = seeding.uniform_init(
+            rng, (self.out_channels, self.in_channels, k, k), self.in_channels * k * k, dtype
+        )
 
     def forward(self, x, train=True, in_layout="NCHW", out_layout="NCHW"):
         self.layouts = (_layout(in_layout, "Conv2d"), _layout(out_layout, "Conv2d"))
         if in_layout == "NCHW":
-            x = x.transpose(1, 0, 2, 3)                                   # a view
+            x = x.transpose(1, 0, 2, 3)  # a view
         self.x, self.cache = x, ({} if train else None)
-        out = conv2d_forward(x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache,
-                             layout="CNHW")
-        return backend.get_array_module(out).ascontiguousarray(out.transpose(1, 0, 2, 3)) \
-            if out_layout == "NCHW" else out
+        out = conv2d_forward(
+            x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache, layout="CNHW"
+        )
+        return (
+            backend.get_array_module(out).ascontiguousarray(out.transpose(1, 0, 2, 3))
+            if out_layout == "NCHW"
+            else out
+        )
 
     def saved(self):
         return [self.x] + list((self.cache or {}).values())
@@ -171,14 +192,28 @@ class Conv2d(Layer):
         if out_layout == "NCHW":
             dout = dout.transpose(1, 0, 2, 3)
         dx, self.grads["W"], self.grads["b"] = conv2d_backward(
-            dout, self.x, self.params["W"], self.params["b"], self.stride, self.padding, cache=self.cache,
-            need_dx=need_dx, layout="CNHW")
+            dout,
+            self.x,
+            self.params["W"],
+            self.params["b"],
+            self.stride,
+            self.padding,
+            cache=self.cache,
+            need_dx=need_dx,
+            layout="CNHW",
+        )
         self.cache = None
         return dx.transpose(1, 0, 2, 3) if dx is not None and in_layout == "NCHW" else dx
 
     def config(self):
-        return {"type": "Conv2d", "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+        return {
+            "type": "Conv2d",
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+        }
 
 
 class MaxPool2d(Layer):
@@ -196,8 +231,10 @@ class MaxPool2d(Layer):
     def forward(self, x, train=True, relu=False):
         self.x, self.cache, self.relu = x, {}, bool(relu)
         out = max_pool2d_forward(x, self.size, self.stride, cache=self.cache)
-        if relu:     # in place before forward returns: the backward then reads relu(max) as the window
-            out = relu_forward(out, out=out)   # maxima, the same gradient (a maximum <= 0 gets none either way)
+        if relu:  # in place before forward returns: the backward then reads relu(max) as the window
+            out = relu_forward(
+                out, out=out
+            )  # maxima, the same gradient (a maximum <= 0 gets none either way)
         self.out = out
         return out
 
@@ -229,10 +266,20 @@ class BatchNorm1d(Layer):
 
     def forward(self, x, train=True, axis=1):
         if axis not in (0, 1):
-            raise ValueError(f"{type(self).__name__}: axis: expected 1 (N, C, ...) or 0 (C, N, H, W), got {axis!r}")
-        out, self.cache = batchnorm_forward(x, self.params["gamma"], self.params["beta"],
-                                            self.buffers["running_mean"], self.buffers["running_var"],
-                                            train=train, momentum=self.momentum, eps=self.eps, axis=axis)
+            raise ValueError(
+                f"{type(self).__name__}: axis: expected 1 (N, C, ...) or 0 (C, N, H, W), got {axis!r}"
+            )
+        out, self.cache = batchnorm_forward(
+            x,
+            self.params["gamma"],
+            self.params["beta"],
+            self.buffers["running_mean"],
+            self.buffers["running_var"],
+            train=train,
+            momentum=self.momentum,
+            eps=self.eps,
+            axis=axis,
+        )
         return out
 
     def saved(self):
@@ -244,16 +291,21 @@ class BatchNorm1d(Layer):
         return dx
 
     def config(self):
-        return {"type": type(self).__name__, "num_features": self.num_features, "eps": self.eps,
-                "momentum": self.momentum}
+        return {
+            "type": type(self).__name__,
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+        }
 
 
 class BatchNorm2d(BatchNorm1d):
     """Batch norm of (N, C, H, W) per channel: ``gamma``, ``beta`` and running statistics of shape (C,)."""
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Linear, ReLU, Dropout, Flatten, Conv2d, MaxPool2d,
-                                             BatchNorm1d, BatchNorm2d)}
+LAYER_TYPES = {
+    cls.__name__: cls for cls in (Linear, ReLU, Dropout, Flatten, Conv2d, MaxPool2d, BatchNorm1d, BatchNorm2d)
+}
 
 
 def layer_from_config(cfg: dict) -> Layer:

@@ -14,6 +14,7 @@ With ``CHECK_SAVED`` (environment ``GPUNET_CHECK_SAVED=1``; the test suite sets 
 a layer keeps for its backward is made read-only on NumPy from the end of its forward until the
 backward is done, so a later write into it fails where it happens.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,25 +24,35 @@ import numpy as np
 from .. import backend, seeding
 from ..layers import softmax_loss
 from ..modelfile import save_model
-from .modules import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU,
-                      layer_from_config)
+from .modules import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    layer_from_config,
+)
 
 CHECK_SAVED = os.environ.get("GPUNET_CHECK_SAVED", "") not in ("", "0")
-FRESH = (Linear, Conv2d, BatchNorm1d, Dropout)   # layers whose output is a new array none of them keeps
+FRESH = (Linear, Conv2d, BatchNorm1d, Dropout)  # layers whose output is a new array none of them keeps
 
 
 def plan(layers) -> list:
     """Per layer ``(forward kwargs, backward kwargs, skipped)``; ValueError for a Linear or BatchNorm1d
     right after convolutions (a Flatten must come between)."""
-    out, layout = [], "NCHW"                  # what flows between layers: after a Conv2d, (C, N, H, W)
+    out, layout = [], "NCHW"  # what flows between layers: after a Conv2d, (C, N, H, W)
     for i, layer in enumerate(layers):
         fwd, bwd = {}, {}
         prev, nxt = layers[i - 1] if i else None, layers[i + 1] if i + 1 < len(layers) else None
         skipped = isinstance(layer, ReLU) and i > 0 and isinstance(nxt, MaxPool2d)
         if isinstance(layer, (Linear, Conv2d)):
-            bwd["need_dx"] = i > 0            # nothing consumes the first layer's input gradient
+            bwd["need_dx"] = i > 0  # nothing consumes the first layer's input gradient
         if isinstance(layer, ReLU):
-            fwd["inplace"] = isinstance(prev, FRESH)       # never the caller's batch, never a kept array
+            fwd["inplace"] = isinstance(prev, FRESH)  # never the caller's batch, never a kept array
         elif isinstance(layer, MaxPool2d):
             fwd["relu"] = isinstance(prev, ReLU) and i > 1
         if isinstance(layer, Conv2d):
@@ -54,8 +65,9 @@ def plan(layers) -> list:
             layout = "flat"
         elif isinstance(layer, (Linear, BatchNorm1d)):
             if layout == "CNHW":
-                raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) needs a Flatten() after "
-                                 "the convolutions")
+                raise ValueError(
+                    f"Sequential: layer {i} ({type(layer).__name__}) needs a Flatten() after the convolutions"
+                )
             layout = "flat"
         out.append((fwd, bwd, skipped))
     return out
@@ -87,7 +99,7 @@ class Sequential:
         for layer in self.layers:
             layer.init(init_rng, self.dtype)
         self._collect(lambda a: backend.to_device(a))
-        self.rng = backend.default_rng(seeding.resolve_seed(seed))        # dropout masks (the Solver reseeds)
+        self.rng = backend.default_rng(seeding.resolve_seed(seed))  # dropout masks (the Solver reseeds)
         self.num_classes = self._num_classes()
         self._frozen = []
 
@@ -153,14 +165,17 @@ class Sequential:
         on_grad: optional ``on_grad(name, grad)`` called once each layer's backward is done.
         """
         if y is not None and tuple(y.shape) != (X.shape[0],):
-            raise ValueError(f"y: expected shape ({X.shape[0]},) (one label per sample), got {tuple(y.shape)}")
+            raise ValueError(
+                f"y: expected shape ({X.shape[0]},) (one label per sample), got {tuple(y.shape)}"
+            )
         scores = self.forward(X, train=y is not None)
         if y is None:
             return scores
         loss, dout = softmax_loss(scores, y)
         if self.reg:
             loss = loss + self.dtype.type(0.5 * self.reg) * sum(
-                (w ** 2).sum() for k, w in self.params.items() if k.endswith(".W"))
+                (w**2).sum() for k, w in self.params.items() if k.endswith(".W")
+            )
         grads = {}
         for i in range(len(self.layers) - 1, -1, -1):
             layer, (_, bwd, skipped) = self.layers[i], self.plan[i]
@@ -168,7 +183,7 @@ class Sequential:
                 continue
             dout = layer.backward(dout, **bwd)
             if self._frozen:
-                self._thaw(i)                 # its parameters may be updated now (on_grad)
+                self._thaw(i)  # its parameters may be updated now (on_grad)
             for k, g in layer.grads.items():
                 name = f"{i}.{k}"
                 if self.reg and k == "W":
@@ -183,7 +198,7 @@ class Sequential:
     def predict(self, X, batch_size=1024):
         """Predicted labels (N,) on the model's backend, in batches of ``batch_size``."""
         xp = backend.get_array_module(next(iter(self.params.values())))
-        out = [self.loss(X[i:i + batch_size]).argmax(axis=1) for i in range(0, X.shape[0], batch_size)]
+        out = [self.loss(X[i : i + batch_size]).argmax(axis=1) for i in range(0, X.shape[0], batch_size)]
         return xp.concatenate(out) if out else xp.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------- placement
@@ -203,20 +218,32 @@ class Sequential:
         own = {**self.params, **self.buffers}
         for k, v in params.items():
             if k not in own or tuple(v.shape) != tuple(own[k].shape):
-                raise ValueError(f"set_params: parameter {k!r} with shape {tuple(v.shape)} does not fit this model")
+                raise ValueError(
+                    f"set_params: parameter {k!r} with shape {tuple(v.shape)} does not fit this model"
+                )
             xp = backend.get_array_module(own[k])
             own[k][...] = xp.asarray(backend.to_numpy(v) if xp is np else v)
 
     # ----------------------------------------------------------- persistence
     def config(self) -> dict:
-        return {"kind": self.kind, "layers": [layer.config() for layer in self.layers], "reg": self.reg,
-                "dtype": self.dtype.name, "input_shape": list(self.input_shape) if self.input_shape else None,
-                "num_classes": self.num_classes}
+        return {
+            "kind": self.kind,
+            "layers": [layer.config() for layer in self.layers],
+            "reg": self.reg,
+            "dtype": self.dtype.name,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "num_classes": self.num_classes,
+        }
 
     @classmethod
     def from_config(cls, cfg: dict, seed=0) -> "Sequential":
-        return cls([layer_from_config(c) for c in cfg["layers"]], reg=cfg.get("reg", 0.0),
-                   dtype=np.dtype(cfg.get("dtype", "float32")), seed=seed, input_shape=cfg.get("input_shape"))
+        return cls(
+            [layer_from_config(c) for c in cfg["layers"]],
+            reg=cfg.get("reg", 0.0),
+            dtype=np.dtype(cfg.get("dtype", "float32")),
+            seed=seed,
+            input_shape=cfg.get("input_shape"),
+        )
 
     def save(self, path, float16=False):
         """Write the model (layer list, parameters, buffers, ``self.meta``) to ``path`` atomically.
@@ -226,4 +253,8 @@ class Sequential:
         return save_model(path, self, float16)
 
     def __repr__(self):
-        return "Sequential(\n  " + ",\n  ".join(f"({i}) {layer!r}" for i, layer in enumerate(self.layers)) + "\n)"
+        return (
+            "Sequential(\n  "
+            + ",\n  ".join(f"({i}) {layer!r}" for i, layer in enumerate(self.layers))
+            + "\n)"
+        )

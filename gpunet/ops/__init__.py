@@ -7,9 +7,11 @@
   sources; each override checks its preconditions and otherwise calls ``super()``.
 
 The layer functions (``gpunet.layers``, the coursework API, now thin) and the update rules
-(``gpunet.optim``) compute through ``get_ops(array)``, so the CuPy-only code is the ``CupyOps`` class, which CI
+(``gpunet.optim``) compute through ``get_ops(array)``, so the CuPy-only code is the ``CupyOps`` class, which
+CI
 runs on the emulated GPU (``backend.use("emulated")``).
 """
+
 from __future__ import annotations
 
 from .. import backend

@@ -7,6 +7,7 @@ the biased one (divided by the number of values), as CS231n computes it, both to
 normalise and in the running variance (PyTorch keeps the unbiased one there, larger by
 M/(M-1) for M values per channel). At test time the running statistics are used.
 """
+
 from __future__ import annotations
 
 from .. import backend
@@ -22,7 +23,8 @@ def _axes(X, axis):
 
 
 def _channel_dot(a, b, axis, axes):
-    """Per-channel ``sum(a * b)``; one pass (a matrix-vector product) when channels lead a contiguous array."""
+    """Per-channel ``sum(a * b)``; one pass (a matrix-vector product) when channels lead a contiguous
+    array."""
     xp = backend.get_array_module(a)
     if axis == 0 and a.flags.c_contiguous and b.flags.c_contiguous:
         return xp.einsum("ij,ij->i", a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
@@ -30,9 +32,12 @@ def _channel_dot(a, b, axis, axes):
 
 
 class NormOps:
-    """The batchnorm primitives of ``NumpyOps`` (the NumPy reference; a backend overrides what it has a kernel for)."""
+    """The batchnorm primitives of ``NumpyOps`` (the NumPy reference; a backend overrides what it has a
+    kernel for)."""
 
-    def batchnorm_forward(self, X, gamma, beta, running_mean, running_var, train=True, momentum=0.9, eps=1e-5, axis=1):
+    def batchnorm_forward(
+        self, X, gamma, beta, running_mean, running_var, train=True, momentum=0.9, eps=1e-5, axis=1
+    ):
         """The NumPy form of ``gpunet.layers.batchnorm_forward`` (shapes and arguments there)."""
         axis, axes, bshape = _axes(X, axis)
         xp = backend.get_array_module(X)
@@ -49,13 +54,13 @@ class NormOps:
             xc = X - running_mean.reshape(bshape).astype(X.dtype, copy=False)
             var = running_var.astype(X.dtype, copy=False)
         inv_std = 1 / xp.sqrt(var + t(eps))
-        out = xp.multiply(xc, (gamma * inv_std).reshape(bshape))         # gamma * xhat, xhat = xc * inv_std
+        out = xp.multiply(xc, (gamma * inv_std).reshape(bshape))  # gamma * xhat, xhat = xc * inv_std
         out += beta.reshape(bshape)
         return out, {"xc": xc, "inv_std": inv_std, "gamma": gamma, "train": train, "axis": axis}
 
     def batchnorm_backward(self, dout, cache):
         """The NumPy form of ``gpunet.layers.batchnorm_backward`` (shapes and arguments there)."""
-        xc, inv_std, gamma = cache["xc"], cache["inv_std"], cache["gamma"]   # xhat = xc * inv_std
+        xc, inv_std, gamma = cache["xc"], cache["inv_std"], cache["gamma"]  # xhat = xc * inv_std
         axis, axes, bshape = _axes(dout, cache["axis"])
         dbeta = dout.sum(axis=axes)
         dgamma = _channel_dot(dout, xc, axis, axes) * inv_std

@@ -6,6 +6,7 @@ so the forward, the weight gradient and the input gradient are each a single lar
 matrix product: ``W (F, CKK) @ cols``, ``dout (F, NHoWo) @ cols.T`` and
 ``W.T @ dout``. On CuPy the same code runs as cuBLAS GEMMs plus strided copies.
 """
+
 from __future__ import annotations
 
 from .. import backend
@@ -14,8 +15,10 @@ from .. import backend
 def _out_size(size, k, stride, padding, what):
     o = (size + 2 * padding - k) // stride + 1
     if o < 1 or stride < 1 or padding < 0:
-        raise ValueError(f"{what}: a kernel of {k} with stride {stride} and padding {padding} does not fit "
-                         f"an input of {size}")
+        raise ValueError(
+            f"{what}: a kernel of {k} with stride {stride} and padding {padding} does not fit "
+            f"an input of {size}"
+        )
     return o
 
 
@@ -23,14 +26,25 @@ def _geometry(X, W, stride, padding, layout):
     if layout not in ("NCHW", "CNHW"):
         raise ValueError(f"conv2d: layout: expected 'NCHW' or 'CNHW', got {layout!r}")
     if X.ndim != 4 or W.ndim != 4:
-        raise ValueError(f"conv2d: expected X ({', '.join(layout)}) and W (F, C, KH, KW), got {tuple(X.shape)} "
-                         f"and {tuple(W.shape)}")
+        raise ValueError(
+            f"conv2d: expected X ({', '.join(layout)}) and W (F, C, KH, KW), got {tuple(X.shape)} "
+            f"and {tuple(W.shape)}"
+        )
     N, C, H, Wd = X.shape if layout == "NCHW" else (X.shape[1], X.shape[0]) + tuple(X.shape[2:])
     F, Cw, KH, KW = W.shape
     if C != Cw:
-        raise ValueError(f"conv2d: X has {C} channels but W expects {Cw} (W is (F, C, KH, KW) = {tuple(W.shape)})")
-    return N, C, F, KH, KW, _out_size(H, KH, stride, padding, "conv2d height"), \
-        _out_size(Wd, KW, stride, padding, "conv2d width")
+        raise ValueError(
+            f"conv2d: X has {C} channels but W expects {Cw} (W is (F, C, KH, KW) = {tuple(W.shape)})"
+        )
+    return (
+        N,
+        C,
+        F,
+        KH,
+        KW,
+        _out_size(H, KH, stride, padding, "conv2d height"),
+        _out_size(Wd, KW, stride, padding, "conv2d width"),
+    )
 
 
 def _as_cnhw(X, layout):
@@ -38,7 +52,8 @@ def _as_cnhw(X, layout):
 
 
 class ConvOps:
-    """The conv primitives of ``NumpyOps`` (the NumPy reference; a backend overrides what it has a kernel for)."""
+    """The conv primitives of ``NumpyOps`` (the NumPy reference; a backend overrides what it has a kernel
+    for)."""
 
     def im2col(self, Xt, KH, KW, stride=1, padding=0, ones=False):
         """The NumPy form of ``gpunet.layers.conv.im2col`` (shapes and arguments there)."""
@@ -55,7 +70,7 @@ class ConvOps:
         hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
         for i in range(KH):
             for j in range(KW):
-                cols[:, i, j] = Xt[:, :, i:i + hs:stride, j:j + ws:stride]
+                cols[:, i, j] = Xt[:, :, i : i + hs : stride, j : j + ws : stride]
         return buf if ones else cols
 
     def col2im(self, dcols, shape_cnhw, stride=1, padding=0):
@@ -67,15 +82,17 @@ class ConvOps:
         dXt = xp.zeros((C, N, H + 2 * padding, W + 2 * padding), dtype=dcols.dtype)
         for i in range(KH):
             for j in range(KW):
-                dXt[:, :, i:i + hs:stride, j:j + ws:stride] += dcols[:, i, j]
-        return dXt[:, :, padding:padding + H, padding:padding + W] if padding else dXt
+                dXt[:, :, i : i + hs : stride, j : j + ws : stride] += dcols[:, i, j]
+        return dXt[:, :, padding : padding + H, padding : padding + W] if padding else dXt
 
     def conv2d_forward(self, X, W, b, stride=1, padding=0, cache=None, layout="NCHW"):
         """The NumPy form of ``gpunet.layers.conv2d_forward`` (shapes and arguments there)."""
         N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding, layout)
         xp = backend.get_array_module(X)
         # patches plus a row of ones: [W | b] @ [cols; 1] adds the bias inside the product
-        cols1 = self.im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(C * KH * KW + 1, N * Ho * Wo)
+        cols1 = self.im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(
+            C * KH * KW + 1, N * Ho * Wo
+        )
         if cache is not None:
             cache["cols1"] = cols1
         Wb = xp.concatenate([W.reshape(F, -1), b.reshape(F, 1)], axis=1)  # (F, C*KH*KW + 1)
@@ -91,9 +108,11 @@ class ConvOps:
         xp = backend.get_array_module(dout)
         cols1 = cache.get("cols1") if cache else None
         if cols1 is None:
-            cols1 = self.im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(C * KH * KW + 1, N * Ho * Wo)
+            cols1 = self.im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(
+                C * KH * KW + 1, N * Ho * Wo
+            )
         d2 = xp.ascontiguousarray(_as_cnhw(dout, layout)).reshape(F, N * Ho * Wo)
-        dWb = xp.matmul(d2, cols1.T)                                     # [dW | db]: the ones row sums dout
+        dWb = xp.matmul(d2, cols1.T)  # [dW | db]: the ones row sums dout
         # both columns of [dW | db] are strided views: copy them out, so a gradient is always a plain array
         dW, db = xp.ascontiguousarray(dWb[:, :-1]).reshape(W.shape), xp.ascontiguousarray(dWb[:, -1])
         dX = None

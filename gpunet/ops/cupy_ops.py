@@ -7,6 +7,7 @@ kernel's type ``T``, an in-place output, contiguous raw arguments) and otherwise
 ``super()``, the NumPy form of the same rule on CuPy arrays. On the emulated GPU
 (``backend.use("emulated")``) this very class runs, its kernels compiled for the CPU.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,19 +16,29 @@ from .. import backend, cuda_sources, multi_tensor
 from .numpy_ops import NumpyOps
 
 # ReLU (and dropout) backward from the output a; inverted dropout of an activation in place
-_RELU_BWD = cuda_sources.elementwise("relu_bwd", "T a, T scale", "T d", "d = a > (T)0 ? d * scale : (T)0",
-                                module=__name__, scalars=("scale",))
-_DROPOUT = cuda_sources.elementwise("dropout", "float32 u, float32 p, T scale", "T h",
-                               "h = u < p ? (T)0 : h * scale", module=__name__, scalars=("p", "scale"))
+_RELU_BWD = cuda_sources.elementwise(
+    "relu_bwd", "T a, T scale", "T d", "d = a > (T)0 ? d * scale : (T)0", module=__name__, scalars=("scale",)
+)
+_DROPOUT = cuda_sources.elementwise(
+    "dropout",
+    "float32 u, float32 p, T scale",
+    "T h",
+    "h = u < p ? (T)0 : h * scale",
+    module=__name__,
+    scalars=("p", "scale"),
+)
 # the bias add: h = h + b, and h = relu(h + b) (NaN propagates as in np.maximum)
 _BIAS_ADD = cuda_sources.elementwise("bias_add", "T b", "T h", "h = h + b", module=__name__)
-_BIAS_RELU = cuda_sources.elementwise("bias_relu", "T b", "T h", "T t = h + b; h = t < (T)0 ? (T)0 : t",
-                                 module=__name__)
+_BIAS_RELU = cuda_sources.elementwise(
+    "bias_relu", "T b", "T h", "T t = h + b; h = t < (T)0 ? (T)0 : t", module=__name__
+)
 # softmax cross-entropy: one thread per row of (N, C) logits writes the row loss and the gradient row
 # (softmax - onehot) / N. A label outside [0, C) gives a NaN row loss (and a NaN gradient row)
 # instead of reading another row.
 _SOFTMAX_XENT = cuda_sources.elementwise(
-    "softmax_xent", "raw T x, raw S y, int64 C, T inv_n", "T row_loss, raw T dx",
+    "softmax_xent",
+    "raw T x, raw S y, int64 C, T inv_n",
+    "T row_loss, raw T dx",
     """
     const ptrdiff_t o = i * C;
     const ptrdiff_t t = (ptrdiff_t)y[i];
@@ -43,21 +54,45 @@ _SOFTMAX_XENT = cuda_sources.elementwise(
         for (ptrdiff_t j = 0; j < C; ++j)
             dx[o + j] = (exp(x[o + j] - m) / s - (j == t ? (T)1 : (T)0)) * inv_n;
     }
-    """, module=__name__, scalars=("C", "inv_n"))
+    """,
+    module=__name__,
+    scalars=("C", "inv_n"),
+)
 # the update rules, one elementwise launch per parameter (the one-launch update is generated from them)
 SGD = cuda_sources.elementwise("sgd", "T dw, T lr", "T w", "w -= lr * dw", module=__name__, scalars=("lr",))
-MOMENTUM = cuda_sources.elementwise("momentum", "T dw, T mu, T lr", "T w, T v", "v = mu * v - lr * dw; w += v",
-                               module=__name__, scalars=("mu", "lr"))
-NESTEROV = cuda_sources.elementwise("nesterov", "T dw, T mu, T lr", "T w, T v",
-                               "v = mu * v - lr * dw; w += mu * v - lr * dw", module=__name__,
-                               scalars=("mu", "lr"))
-RMSPROP = cuda_sources.elementwise("rmsprop", "T dw, T r, T lr, T eps", "T w, T c",
-                              "c = r * c + ((T)1 - r) * dw * dw; w -= lr * dw / (sqrt(c) + eps)",
-                              module=__name__, scalars=("r", "lr", "eps"))
-ADAM = cuda_sources.elementwise("adam", "T dw, T b1, T b2, T lr_t, T inv_sqrt_bc2, T eps", "T w, T m, T v",
-                           "m = b1 * m + ((T)1 - b1) * dw; v = b2 * v + ((T)1 - b2) * dw * dw; "
-                           "w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)", module=__name__,
-                           scalars=("b1", "b2", "lr_t", "inv_sqrt_bc2", "eps"))
+MOMENTUM = cuda_sources.elementwise(
+    "momentum",
+    "T dw, T mu, T lr",
+    "T w, T v",
+    "v = mu * v - lr * dw; w += v",
+    module=__name__,
+    scalars=("mu", "lr"),
+)
+NESTEROV = cuda_sources.elementwise(
+    "nesterov",
+    "T dw, T mu, T lr",
+    "T w, T v",
+    "v = mu * v - lr * dw; w += mu * v - lr * dw",
+    module=__name__,
+    scalars=("mu", "lr"),
+)
+RMSPROP = cuda_sources.elementwise(
+    "rmsprop",
+    "T dw, T r, T lr, T eps",
+    "T w, T c",
+    "c = r * c + ((T)1 - r) * dw * dw; w -= lr * dw / (sqrt(c) + eps)",
+    module=__name__,
+    scalars=("r", "lr", "eps"),
+)
+ADAM = cuda_sources.elementwise(
+    "adam",
+    "T dw, T b1, T b2, T lr_t, T inv_sqrt_bc2, T eps",
+    "T w, T m, T v",
+    "m = b1 * m + ((T)1 - b1) * dw; v = b2 * v + ((T)1 - b2) * dw * dw; "
+    "w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)",
+    module=__name__,
+    scalars=("b1", "b2", "lr_t", "inv_sqrt_bc2", "eps"),
+)
 
 
 def _one_type(*arrays) -> bool:

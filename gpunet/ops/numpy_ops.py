@@ -6,6 +6,7 @@ own fast paths (the row-split product, the block-wise momentum update on the thr
 part of the NumPy form: they compute the same values in the same order of rounding, or say where
 they do not. Every method takes and returns arrays of the object's ``xp``; ``_`` marks in place.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,8 +41,13 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
         dtype = np.result_type(X2, W)
         out = np.empty((X2.shape[0], M), dtype) if out is None else out
         parts = [out] + [np.empty((X2.shape[0], M), dtype) for _ in range(t - 1)]
-        threads.concurrently(*[lambda k=k: np.matmul(X2[:, rows[k]:rows[k + 1]], W[rows[k]:rows[k + 1]],
-                                                     out=parts[k]) for k in range(t)], work=X2.size * M)
+        threads.concurrently(
+            *[
+                lambda k=k: np.matmul(X2[:, rows[k] : rows[k + 1]], W[rows[k] : rows[k + 1]], out=parts[k])
+                for k in range(t)
+            ],
+            work=X2.size * M,
+        )
         for part in parts[1:]:
             out += part
         return out
@@ -51,8 +57,11 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
         products run side by side, one per core, when large (BLAS may then sum in another order)."""
         dW = np.empty(W.shape, np.result_type(X2, dout)) if o_dw is None else o_dw
         dX = np.empty((dout.shape[0], W.shape[0]), np.result_type(dout, W)) if o_dx is None else o_dx
-        threads.concurrently(lambda: np.matmul(X2.T, dout, out=dW), lambda: np.matmul(dout, W.T, out=dX),
-                             work=dout.size * W.shape[0])
+        threads.concurrently(
+            lambda: np.matmul(X2.T, dout, out=dW),
+            lambda: np.matmul(dout, W.T, out=dX),
+            work=dout.size * W.shape[0],
+        )
         return dX, dW
 
     def bias_(self, h, b, relu):
@@ -123,14 +132,14 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
         def blocks(lo, hi):
             tmp = np.empty((2, min(hi - lo, chunk)), w.dtype)
             for i in range(lo, hi, chunk):
-                wb, gb, vb = wf[i:i + chunk], gf[i:i + chunk], vf[i:i + chunk]
+                wb, gb, vb = wf[i : i + chunk], gf[i : i + chunk], vf[i : i + chunk]
                 if i + chunk > hi:
-                    wb, gb, vb = wb[:hi - i], gb[:hi - i], vb[:hi - i]
-                t, u = tmp[0, :wb.size], tmp[1, :wb.size]
+                    wb, gb, vb = wb[: hi - i], gb[: hi - i], vb[: hi - i]
+                t, u = tmp[0, : wb.size], tmp[1, : wb.size]
                 vb *= mu
                 np.multiply(gb, lr, out=t)
                 vb -= t
-                if nesterov:            # w += (mu * v - lr * dw), the same rounding as the formula
+                if nesterov:  # w += (mu * v - lr * dw), the same rounding as the formula
                     np.multiply(vb, mu, out=u)
                     u -= t
                     wb += u

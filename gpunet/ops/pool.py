@@ -6,6 +6,7 @@ PyTorch. Windows that tile the input exactly (the usual 2x2, stride 2) take a fa
 path: a running ``maximum`` forward, and a backward that finds each window's maximum
 again from the saved output.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,10 @@ def _geometry(X, size, stride):
     if X.ndim != 4:
         raise ValueError(f"max_pool2d: expected X (N, C, H, W), got shape {tuple(X.shape)}")
     if size < 1 or stride < 1 or X.shape[2] < size or X.shape[3] < size:
-        raise ValueError(f"max_pool2d: a {size}x{size} window with stride {stride} does not fit an input "
-                         f"of {X.shape[2]}x{X.shape[3]}")
+        raise ValueError(
+            f"max_pool2d: a {size}x{size} window with stride {stride} does not fit an input "
+            f"of {X.shape[2]}x{X.shape[3]}"
+        )
     Ho, Wo = (X.shape[2] - size) // stride + 1, (X.shape[3] - size) // stride + 1
     return stride, Ho, Wo
 
@@ -28,7 +31,7 @@ def _windows(X, size, stride, Ho, Wo):
     hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
     for i in range(size):
         for j in range(size):
-            yield i * size + j, X[:, :, i:i + hs:stride, j:j + ws:stride], (i, j)
+            yield i * size + j, X[:, :, i : i + hs : stride, j : j + ws : stride], (i, j)
 
 
 def _tiles(X, size, stride):
@@ -37,7 +40,8 @@ def _tiles(X, size, stride):
 
 
 class PoolOps:
-    """The pool primitives of ``NumpyOps`` (the NumPy reference; a backend overrides what it has a kernel for)."""
+    """The pool primitives of ``NumpyOps`` (the NumPy reference; a backend overrides what it has a kernel
+    for)."""
 
     def max_pool2d_forward(self, X, size=2, stride=None, cache=None):
         """The NumPy form of ``gpunet.layers.max_pool2d_forward`` (shapes and arguments there)."""
@@ -74,16 +78,16 @@ class PoolOps:
             out = cache.get("out") if cache else None
             if out is None:
                 out = self.max_pool2d_forward(X, size, stride)
-            dX = xp.empty(X.shape, dtype=dout.dtype)           # every position lies in exactly one window
+            dX = xp.empty(X.shape, dtype=dout.dtype)  # every position lies in exactly one window
             taken = None
             for k, v, (i, j) in _windows(X, size, stride_, Ho, Wo):
-                hit = v == out                                   # this offset holds the window's maximum ...
+                hit = v == out  # this offset holds the window's maximum ...
                 if taken is None:
                     taken = hit.copy()
                 else:
-                    xp.greater(hit, taken, out=hit)              # ... and no earlier offset did (first max wins)
+                    xp.greater(hit, taken, out=hit)  # ... and no earlier offset did (first max wins)
                     taken |= hit
-                xp.multiply(dout, hit, out=dX[:, :, i:i + hs:stride_, j:j + ws:stride_])
+                xp.multiply(dout, hit, out=dX[:, :, i : i + hs : stride_, j : j + ws : stride_])
             return dX
         arg = cache.get("arg") if cache else None
         if arg is None:
@@ -92,5 +96,5 @@ class PoolOps:
             arg = c["arg"]
         dX = xp.zeros(X.shape, dtype=dout.dtype)
         for k, _, (i, j) in _windows(X, size, stride_, Ho, Wo):
-            dX[:, :, i:i + hs:stride_, j:j + ws:stride_] += dout * (arg == k)
+            dX[:, :, i : i + hs : stride_, j : j + ws : stride_] += dout * (arg == k)
         return dX

@@ -5,6 +5,7 @@ The trained file lives beside this module as ``fer2013.npz`` (package data, so a
 wheel or an editable install carries it). ``path()`` is the one place that names
 it, so tests can point the default elsewhere with ``monkeypatch.setattr``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,11 @@ def path() -> Path:
     """Path of the packaged FER2013 model; FileNotFoundError saying what to do when it is absent."""
     p = Path(__file__).resolve().parent / FILE_NAME
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: the packaged FER2013 model is missing from this gpunet "
-                                "install; pass model=PATH (a model trained with gpunet-train) "
-                                "or reinstall gpunet")
+        raise FileNotFoundError(
+            f"{p}: the packaged FER2013 model is missing from this gpunet "
+            "install; pass model=PATH (a model trained with gpunet-train) "
+            "or reinstall gpunet"
+        )
     return p
 
 
@@ -64,15 +67,22 @@ def package(run_dir, dest=None, data=None, split=None, max_bytes=5_000_000) -> d
     acc32, acc16 = float((y32 == y_true).mean()), float((y16 == y_true).mean())
     use16 = acc16 >= acc32
     report = classification_report(y_true, y16 if use16 else y32, model.meta.get("class_names"))
-    record = {"run": str(run_dir), "train_config": model.meta.get("train_config"),
-              "seed": (model.meta.get("train_config") or {}).get("seed"),
-              "command": "gpunet-train fer2013 --arch cnn --source PATH --out RUN && "
-                         "python scripts/package_model.py RUN",
-              "split": split, "accuracy": report["accuracy"], "accuracy_float32": acc32,
-              "accuracy_float16": acc16, "storage": "float16" if use16 else "float32",
-              "macro_f1": report["macro_avg"]["f1"],
-              "per_class_f1": {c["name"]: c["f1"] for c in report["per_class"]},
-              "epochs_done": metrics.get("epochs_done"), "train_time_s": metrics.get("train_time_s")}
+    record = {
+        "run": str(run_dir),
+        "train_config": model.meta.get("train_config"),
+        "seed": (model.meta.get("train_config") or {}).get("seed"),
+        "command": "gpunet-train fer2013 --arch cnn --source PATH --out RUN && "
+        "python scripts/package_model.py RUN",
+        "split": split,
+        "accuracy": report["accuracy"],
+        "accuracy_float32": acc32,
+        "accuracy_float16": acc16,
+        "storage": "float16" if use16 else "float32",
+        "macro_f1": report["macro_avg"]["f1"],
+        "per_class_f1": {c["name"]: c["f1"] for c in report["per_class"]},
+        "epochs_done": metrics.get("epochs_done"),
+        "train_time_s": metrics.get("train_time_s"),
+    }
     model.meta = {**model.meta, "pretrained": record}
     model.save(dest, float16=use16)
     size = dest.stat().st_size

@@ -21,6 +21,7 @@ takes its GPU side, and what it launches is the real thing:
 
 What it cannot show: timing, races between streams, cuBLAS's or cuRAND's own numbers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,7 @@ from . import kernel_cpu  # noqa: F401  (g++ harness of the kernel bodies)
 from .emulated_kernels import ElementwiseKernel, RawKernel
 
 NAME = "gpunet emulated GPU (NumPy arrays, CUDA bodies compiled by g++)"
-_capturing = []                   # streams being captured (a capture refuses cuBLAS calls)
+_capturing = []  # streams being captured (a capture refuses cuBLAS calls)
 _BLAS = {"matmul", "dot", "vdot", "inner", "tensordot", "einsum"}
 
 
@@ -45,11 +46,14 @@ class CaptureRefused(RuntimeError):
 
 def _refuse_during_capture(what):
     if _capturing:
-        raise CaptureRefused(f"{what}: calling cuBLAS API during stream capture is currently unsupported "
-                             "(CuPy 14.2's message; the emulated GPU refuses as it does)")
+        raise CaptureRefused(
+            f"{what}: calling cuBLAS API during stream capture is currently unsupported "
+            "(CuPy 14.2's message; the emulated GPU refuses as it does)"
+        )
 
 
 # ------------------------------------------------------------------ arrays
+
 
 class MemoryPointer:
     """``a.data``: the address of an array's first element, with CuPy's copy methods."""
@@ -124,8 +128,10 @@ class ndarray(np.ndarray):
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         if any(_is_host(x) for x in inputs + (out or ())):
-            raise TypeError(f"{ufunc.__name__}: a NumPy array among the arguments of a device operation "
-                            "(CuPy refuses implicit host-to-device transfers; move it with asarray)")
+            raise TypeError(
+                f"{ufunc.__name__}: a NumPy array among the arguments of a device operation "
+                "(CuPy refuses implicit host-to-device transfers; move it with asarray)"
+            )
         if ufunc is np.matmul:
             _refuse_during_capture("matmul")
         args = [_plain(x) for x in inputs]
@@ -141,6 +147,7 @@ class ndarray(np.ndarray):
 
 
 # ------------------------------------------------------------------ cuda
+
 
 class _Event:
     def __init__(self, block=False, disable_timing=False, interprocess=False):
@@ -253,8 +260,14 @@ class _Runtime:
 
     @staticmethod
     def getDeviceProperties(device):
-        return {"name": NAME.encode(), "totalGlobalMem": 16 << 30, "major": 9, "minor": 0,
-                "multiProcessorCount": 1, "clockRate": 0}
+        return {
+            "name": NAME.encode(),
+            "totalGlobalMem": 16 << 30,
+            "major": 9,
+            "minor": 0,
+            "multiProcessorCount": 1,
+            "clockRate": 0,
+        }
 
     @staticmethod
     def runtimeGetVersion():
@@ -266,15 +279,22 @@ class _Runtime:
 
 
 cuda = types.SimpleNamespace(
-    Device=_Device, Stream=_Stream, Event=_Event, Graph=_Graph, MemoryPool=_MemoryPool, runtime=_Runtime,
+    Device=_Device,
+    Stream=_Stream,
+    Event=_Event,
+    Graph=_Graph,
+    MemoryPool=_MemoryPool,
+    runtime=_Runtime,
     get_current_stream=lambda device=None: _Stream._current[-1] if _Stream._current else _NULL,
     using_allocator=lambda allocator=None: contextlib.nullcontext(),
     alloc_pinned_memory=lambda size: bytearray(max(int(size), 1)),
-    get_device_id=lambda: 0, is_available=lambda: True,
+    get_device_id=lambda: 0,
+    is_available=lambda: True,
 )
 
 
 # ------------------------------------------------------------------ random
+
 
 class Generator:
     """``cupy.random.Generator``: NumPy's generator, drawing device arrays."""
@@ -295,6 +315,7 @@ class Generator:
                 f(*args, **kwargs)
                 return out
             return _wrap(f(*[_plain(a) for a in args], **kwargs))
+
         return draw
 
 
@@ -302,6 +323,7 @@ random = types.SimpleNamespace(default_rng=Generator, Generator=Generator)
 
 
 # ------------------------------------------------------------------ the module
+
 
 def asarray(a, dtype=None, order=None, **_):
     """A device array: ``a`` itself when it already is one (of that dtype), else a copy."""
@@ -338,6 +360,7 @@ def _wrapped(name, f):
         if isinstance(f, np.ufunc) and any(_is_host(a) for a in args):
             raise TypeError(f"{name}: a NumPy array among the arguments of a device operation")
         return _wrap(f(*args, **kwargs))
+
     return call
 
 
@@ -353,12 +376,21 @@ class _Module(types.ModuleType):
 
 
 _MODULE = _Module("gpunet.testing.emulated.cupy", __doc__)
-for _name, _value in dict(ndarray=ndarray, ElementwiseKernel=ElementwiseKernel, RawKernel=RawKernel, cuda=cuda,
-                          random=random, asarray=asarray, array=array, asnumpy=asnumpy,
-                          get_array_module=get_array_module, __version__="emulated",
-                          get_default_memory_pool=_MemoryPool, get_default_pinned_memory_pool=_MemoryPool,
-                          ascontiguousarray=lambda a, dtype=None: _wrap(np.ascontiguousarray(a, dtype=dtype)),
-                          ).items():
+for _name, _value in dict(
+    ndarray=ndarray,
+    ElementwiseKernel=ElementwiseKernel,
+    RawKernel=RawKernel,
+    cuda=cuda,
+    random=random,
+    asarray=asarray,
+    array=array,
+    asnumpy=asnumpy,
+    get_array_module=get_array_module,
+    __version__="emulated",
+    get_default_memory_pool=_MemoryPool,
+    get_default_pinned_memory_pool=_MemoryPool,
+    ascontiguousarray=lambda a, dtype=None: _wrap(np.ascontiguousarray(a, dtype=dtype)),
+).items():
     setattr(_MODULE, _name, _value)
 sys.modules.setdefault(_MODULE.__name__, _MODULE)
 
@@ -371,4 +403,9 @@ def module():
 def available() -> str | None:
     """Why the emulated GPU cannot run here (it needs g++), or None."""
     import shutil
-    return None if shutil.which("g++") else "g++ is not installed (the emulated GPU compiles CUDA bodies with it)"
+
+    return (
+        None
+        if shutil.which("g++")
+        else "g++ is not installed (the emulated GPU compiles CUDA bodies with it)"
+    )

@@ -5,6 +5,7 @@ its broadcast arguments as CuPy would: any strides, since arguments are gathered
 buffers and outputs scattered back. A raw kernel runs thread by thread over a 1-d grid and gets
 each array argument as its raw address, exactly what a GPU receives: no strides.
 """
+
 from __future__ import annotations
 
 import types
@@ -44,8 +45,13 @@ class ElementwiseKernel:
     """``cupy.ElementwiseKernel`` whose body runs on the CPU (see the module docstring)."""
 
     def __init__(self, in_params, out_params, operation, name="kernel", preamble="", **_):
-        self.in_params, self.out_params, self.body, self.name, self.preamble = \
-            in_params, out_params, operation, name, preamble
+        self.in_params, self.out_params, self.body, self.name, self.preamble = (
+            in_params,
+            out_params,
+            operation,
+            name,
+            preamble,
+        )
         self.ins, self.outs = kernel_cpu.parse_params(in_params), kernel_cpu.parse_params(out_params)
 
     def __call__(self, *args, size=None, stream=None):
@@ -53,7 +59,9 @@ class ElementwiseKernel:
         if len(args) == len(self.ins):
             args = args + (None,) * len(self.outs)
         if len(args) != len(params):
-            raise TypeError(f"{self.name}: expected {len(self.ins)} or {len(params)} arguments, got {len(args)}")
+            raise TypeError(
+                f"{self.name}: expected {len(self.ins)} or {len(params)} arguments, got {len(args)}"
+            )
         if any(_is_host(a) for a in args):
             raise TypeError(f"{self.name}: a NumPy array among the arguments (CuPy takes device arrays only)")
         types_, scalars = {}, []
@@ -66,11 +74,19 @@ class ElementwiseKernel:
                 continue
             if types_.setdefault(t, a.dtype) != a.dtype:
                 raise TypeError(f"{self.name}: type is mismatched: {t} is {types_[t]} and {a.dtype} ({name})")
-        shapes = [a.shape for (name, t, raw), a in zip(params, args) if a is not None and _is_array(a) and not raw]
+        shapes = [
+            a.shape for (name, t, raw), a in zip(params, args) if a is not None and _is_array(a) and not raw
+        ]
         shape = np.broadcast_shapes(*shapes) if shapes else (size,)
         n = int(np.prod(shape))
-        src = types.SimpleNamespace(name=self.name, in_params=self.in_params, out_params=self.out_params,
-                                    body=self.body, preamble=self.preamble, scalars=tuple(scalars))
+        src = types.SimpleNamespace(
+            name=self.name,
+            in_params=self.in_params,
+            out_params=self.out_params,
+            body=self.body,
+            preamble=self.preamble,
+            scalars=tuple(scalars),
+        )
         call, back = {}, []
         for k, ((name, t, raw), a) in enumerate(zip(params, args)):
             if _placeholder(t) and t not in types_:
@@ -79,9 +95,9 @@ class ElementwiseKernel:
             if name in scalars:
                 call[name] = dt.type(a)
                 continue
-            if a is None:                                  # an output CuPy would allocate
+            if a is None:  # an output CuPy would allocate
                 a = _device(shape, dt, args)
-                args = args[:k] + (a,) + args[k + 1:]
+                args = args[:k] + (a,) + args[k + 1 :]
             buf = np.ascontiguousarray((_plain(a) if raw else np.broadcast_to(_plain(a), shape)), dtype=dt)
             call[name] = buf
             if k >= len(self.ins):
@@ -91,14 +107,21 @@ class ElementwiseKernel:
         kernel_cpu.run_elementwise(src, {t: d for t, d in types_.items()}, n, **call)
         for a, buf in back:
             _plain(a)[...] = buf.reshape(a.shape)
-        outs = args[len(self.ins):]
+        outs = args[len(self.ins) :]
         return outs[0] if len(outs) == 1 else outs
 
 
-_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.int32): "int",
-          np.dtype(np.int64): "long long", np.dtype(np.uint32): "unsigned int",
-          np.dtype(np.uint64): "unsigned long long", np.dtype(np.uint8): "unsigned char",
-          np.dtype(np.int8): "signed char", np.dtype(np.bool_): "bool"}
+_CTYPE = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long",
+    np.dtype(np.uint32): "unsigned int",
+    np.dtype(np.uint64): "unsigned long long",
+    np.dtype(np.uint8): "unsigned char",
+    np.dtype(np.int8): "signed char",
+    np.dtype(np.bool_): "bool",
+}
 
 
 class RawKernel:
@@ -118,10 +141,13 @@ class RawKernel:
         for a in args:
             if isinstance(a, np.ndarray) and (a.ndim > 0 or type(a) is not np.ndarray):
                 arg_types.append(_CTYPE[a.dtype] + "*")
-                vals.append(a.view(np.ndarray))                    # its address only: no strides
+                vals.append(a.view(np.ndarray))  # its address only: no strides
             else:
-                a = np.asarray(a if not isinstance(a, (bool, int, float)) else
-                               (np.int64(a) if isinstance(a, int) else np.float64(a)))
+                a = np.asarray(
+                    a
+                    if not isinstance(a, (bool, int, float))
+                    else (np.int64(a) if isinstance(a, int) else np.float64(a))
+                )
                 arg_types.append(_CTYPE[a.dtype])
                 vals.append(a)
         kernel_cpu.run_raw(self.src, arg_types, int(grid[0]), int(block[0]), *vals)

@@ -12,6 +12,7 @@ each text once), keyed by the generated text. Needs g++ only.
 ``tests/kernel_cpu.py`` checks every body against its NumPy twin; ``gpunet.testing.emulated``
 runs the bodies in place of the GPU.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -23,9 +24,18 @@ import threading
 
 import numpy as np
 
-CTYPES = {"float32": "float", "float64": "double", "int8": "signed char", "uint8": "unsigned char",
-          "int16": "short", "int32": "int", "int64": "long long", "uint32": "unsigned int",
-          "uint64": "unsigned long long", "bool": "bool"}
+CTYPES = {
+    "float32": "float",
+    "float64": "double",
+    "int8": "signed char",
+    "uint8": "unsigned char",
+    "int16": "short",
+    "int32": "int",
+    "int64": "long long",
+    "uint32": "unsigned int",
+    "uint64": "unsigned long long",
+    "bool": "bool",
+}
 
 PRELUDE = r"""
 #include <cmath>
@@ -60,7 +70,9 @@ def parse_params(spec: str):
 
 
 def _cache_dir() -> str:
-    d = os.path.join(tempfile.gettempdir(), f"gpunet-kernel-cpu-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    d = os.path.join(
+        tempfile.gettempdir(), f"gpunet-kernel-cpu-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    )
     os.makedirs(d, mode=0o700, exist_ok=True)
     return d
 
@@ -73,16 +85,20 @@ def _compile(code: str) -> ctypes.CDLL:
         d = _cache_dir()
         so = os.path.join(d, key + ".so")
         if not os.path.exists(so):
-            with tempfile.TemporaryDirectory(dir=d) as tmp:      # another process may build the same text
+            with tempfile.TemporaryDirectory(dir=d) as tmp:  # another process may build the same text
                 cpp, out = os.path.join(tmp, key + ".cpp"), os.path.join(tmp, key + ".so")
                 with open(cpp, "w") as f:
                     f.write(code)
-                r = subprocess.run(["g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-o", out, cpp],
-                                   capture_output=True, text=True)
+                r = subprocess.run(
+                    ["g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-o", out, cpp],
+                    capture_output=True,
+                    text=True,
+                )
                 if r.returncode:
-                    raise RuntimeError(f"g++ rejected the CPU harness of this text:\n{code[:3000]}\n"
-                                       f"{r.stderr[-3000:]}")
-                os.replace(out, so)                             # atomic: never a half-written library
+                    raise RuntimeError(
+                        f"g++ rejected the CPU harness of this text:\n{code[:3000]}\n{r.stderr[-3000:]}"
+                    )
+                os.replace(out, so)  # atomic: never a half-written library
         _cache[key] = ctypes.CDLL(so)
         return _cache[key]
 
@@ -95,8 +111,11 @@ def elementwise_code(src, types: dict) -> str:
     """The C++ text of elementwise ``src`` with placeholders ``types`` (e.g. {"T": np.float32})."""
     ins, outs = parse_params(src.in_params), parse_params(src.out_params)
     lines = [PRELUDE] + [f"typedef {CTYPES[np.dtype(d).name]} {n};" for n, d in sorted(types.items())]
-    lines += [src.preamble, 'extern "C" void run(ptrdiff_t _n, void** _a, const ptrdiff_t* _sz) {',
-              "  IndArg _ind{_n}; (void)_ind;"]
+    lines += [
+        src.preamble,
+        'extern "C" void run(ptrdiff_t _n, void** _a, const ptrdiff_t* _sz) {',
+        "  IndArg _ind{_n}; (void)_ind;",
+    ]
     refs = []
     for k, (name, t, raw) in enumerate(ins + outs):
         c = _ctype(t, types)
@@ -108,7 +127,9 @@ def elementwise_code(src, types: dict) -> str:
         else:
             lines.append(f"  {const}{c}* _raw_{name} = ({const}{c}*)_a[{k}];")
             refs.append(f"    {const}{t if t in types else c} &{name} = _raw_{name}[i];")
-    lines += ["  for (ptrdiff_t i = 0; i < _n; ++i) {"] + refs + [src.body + ";", "  }", "}"]  # CuPy adds the ";" too
+    lines += (
+        ["  for (ptrdiff_t i = 0; i < _n; ++i) {"] + refs + [src.body + ";", "  }", "}"]
+    )  # CuPy adds the ";" too
     return "\n".join(lines)
 
 
@@ -143,18 +164,27 @@ def raw_code(src, arg_types) -> str:
     for bad in ("__syncthreads", "__shared__", "atomic"):
         if bad in src.body:
             raise ValueError(f"kernel {src.name!r} uses {bad}: it cannot run thread by thread on the CPU")
-    call = ", ".join(f"({t})_a[{k}]" if t.rstrip().endswith("*") else f"*({t}*)_a[{k}]"
-                     for k, t in enumerate(arg_types))
-    return "\n".join([
-        PRELUDE, "struct dim3_ { unsigned x = 0, y = 0, z = 0; };",
-        "static dim3_ threadIdx, blockIdx, blockDim, gridDim;",
-        "#define __global__", "#define __device__", "#define __forceinline__ inline",
-        "#define __restrict__ __restrict", src.body,
-        'extern "C" void launch(unsigned _g, unsigned _b, void** _a) {',
-        "  gridDim.x = _g; blockDim.x = _b; gridDim.y = gridDim.z = blockDim.y = blockDim.z = 1;",
-        "  for (blockIdx.x = 0; blockIdx.x < _g; ++blockIdx.x)",
-        "    for (threadIdx.x = 0; threadIdx.x < _b; ++threadIdx.x)",
-        f"      {src.function}({call});", "}"])
+    call = ", ".join(
+        f"({t})_a[{k}]" if t.rstrip().endswith("*") else f"*({t}*)_a[{k}]" for k, t in enumerate(arg_types)
+    )
+    return "\n".join(
+        [
+            PRELUDE,
+            "struct dim3_ { unsigned x = 0, y = 0, z = 0; };",
+            "static dim3_ threadIdx, blockIdx, blockDim, gridDim;",
+            "#define __global__",
+            "#define __device__",
+            "#define __forceinline__ inline",
+            "#define __restrict__ __restrict",
+            src.body,
+            'extern "C" void launch(unsigned _g, unsigned _b, void** _a) {',
+            "  gridDim.x = _g; blockDim.x = _b; gridDim.y = gridDim.z = blockDim.y = blockDim.z = 1;",
+            "  for (blockIdx.x = 0; blockIdx.x < _g; ++blockIdx.x)",
+            "    for (threadIdx.x = 0; threadIdx.x < _b; ++threadIdx.x)",
+            f"      {src.function}({call});",
+            "}",
+        ]
+    )
 
 
 def run_raw(src, arg_types, grid: int, block: int, *args):
