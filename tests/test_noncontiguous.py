@@ -324,3 +324,20 @@ def test_coursework_rules_on_views(xp, r, rule):
     got, config = getattr(optim, rule)(view(xp, w, "transposed"), view(xp, dw, "strided"), config={})
     same(got, want)
     same(view(xp, w, "transposed"), w)  # the coursework form leaves w alone
+
+
+@pytest.mark.parametrize("how", LAYOUTS)
+def test_max_pool_relu_is_relu_then_pool(xp, r, how):
+    """The named fusion: relu(max(x)) == max(relu(x)); its gradient is the chain's."""
+    from gpunet.layers import max_pool2d_relu_backward, max_pool2d_relu_forward
+
+    X = r.standard_normal((2, 3, 8, 8))
+    X[0, 0, :2, :2] = -1.0  # a window whose maximum is < 0
+    dout = r.standard_normal((2, 3, 4, 4))
+    relu_x = np.maximum(X, 0)
+    want = reference(max_pool2d_forward, relu_x, 2)
+    want_dx = reference(max_pool2d_backward, dout, relu_x, 2) * (X > 0)
+    cache = {}
+    out = max_pool2d_relu_forward(view(xp, X, how), 2, cache=cache)
+    same(out, want)
+    same(max_pool2d_relu_backward(view(xp, dout, how), view(xp, X, how), out, 2, cache=cache), want_dx)

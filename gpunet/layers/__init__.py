@@ -10,7 +10,8 @@ arrays' backend (``gpunet.ops``): ``NumpyOps`` holds the NumPy form, ``CupyOps``
 - ``activations``: ``relu_forward``, ``relu_backward``, ``dropout_forward``, ``dropout_backward``
 - ``softmax``: ``softmax``, ``softmax_loss``
 - ``conv``: ``conv2d_forward``, ``conv2d_backward``
-- ``pool``: ``max_pool2d_forward``, ``max_pool2d_backward``
+- ``pool``: ``max_pool2d_forward``, ``max_pool2d_backward``; fused with the ReLU before it:
+  ``max_pool2d_relu_forward``, ``max_pool2d_relu_backward``
 - ``batchnorm``: ``batchnorm_forward``, ``batchnorm_backward``
 """
 
@@ -18,7 +19,7 @@ from .activations import dropout_backward, dropout_forward, keep_mask, relu_back
 from .batchnorm import batchnorm_backward, batchnorm_forward
 from .conv import conv2d_backward, conv2d_forward
 from .linear import linear_backward, linear_forward
-from .pool import max_pool2d_backward, max_pool2d_forward
+from .pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_relu_backward, max_pool2d_relu_forward
 from .softmax import softmax, softmax_loss
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "conv2d_backward",
     "max_pool2d_forward",
     "max_pool2d_backward",
+    "max_pool2d_relu_forward",
+    "max_pool2d_relu_backward",
     "batchnorm_forward",
     "batchnorm_backward",
 ]

@@ -27,3 +27,14 @@ def max_pool2d_backward(dout, X, size=2, stride=None, cache=None):
     cache: the dict given to the forward (reuses what it kept), or None.
     """
     return get_ops(dout).max_pool2d_backward(dout, X, size, stride, cache)
+
+
+def max_pool2d_relu_forward(X, size=2, stride=None, cache=None):
+    """``relu(max_pool2d_forward(X))``: a ReLU and the max pool after it as one op (4x fewer values to
+    rectify). X: (N, C, H, W) -> (N, C, Ho, Wo); cache as in ``max_pool2d_forward``."""
+    return get_ops(X).max_pool2d_relu_forward(X, size, stride, cache)
+
+
+def max_pool2d_relu_backward(dout, X, out, size=2, stride=None, cache=None):
+    """Gradient of ``max_pool2d_relu_forward``; out: its output, cache: the dict given to it."""
+    return get_ops(dout).max_pool2d_relu_backward(dout, X, out, size, stride, cache)

@@ -24,6 +24,8 @@ from ..layers import (
     linear_forward,
     max_pool2d_backward,
     max_pool2d_forward,
+    max_pool2d_relu_backward,
+    max_pool2d_relu_forward,
     relu_backward,
     relu_forward,
 )
@@ -219,8 +221,9 @@ class Conv2d(Layer):
 class MaxPool2d(Layer):
     """Max over ``size`` x ``size`` windows every ``stride`` pixels (default: ``size``).
 
-    relu (per call): apply the ReLU that precedes the pool to the pool's output instead, the
-    fused ``relu(max(x)) == max(relu(x))`` with 4x fewer values; its gradients agree too.
+    relu (per call): apply the ReLU that precedes the pool to the pool's output instead: the named
+    fused op ``max_pool2d_relu_forward`` (``relu(max(x)) == max(relu(x))``, 4x fewer values; the
+    gradients agree too).
     """
 
     def __init__(self, size, stride=None):
@@ -230,20 +233,16 @@ class MaxPool2d(Layer):
 
     def forward(self, x, train=True, relu=False):
         self.x, self.cache, self.relu = x, {}, bool(relu)
-        out = max_pool2d_forward(x, self.size, self.stride, cache=self.cache)
-        if relu:  # in place before forward returns: the backward then reads relu(max) as the window
-            out = relu_forward(
-                out, out=out
-            )  # maxima, the same gradient (a maximum <= 0 gets none either way)
-        self.out = out
-        return out
+        fwd = max_pool2d_relu_forward if relu else max_pool2d_forward
+        self.out = fwd(x, self.size, self.stride, cache=self.cache)
+        return self.out
 
     def saved(self):
         return [self.x, self.out] + list(self.cache.values())
 
     def backward(self, dout):
         if self.relu:
-            dout = relu_backward(dout, self.out)
+            return max_pool2d_relu_backward(dout, self.x, self.out, self.size, self.stride, cache=self.cache)
         return max_pool2d_backward(dout, self.x, self.size, self.stride, cache=self.cache)
 
     def config(self):

@@ -98,3 +98,15 @@ class PoolOps:
         for k, _, (i, j) in _windows(X, size, stride_, Ho, Wo):
             dX[:, :, i : i + hs : stride_, j : j + ws : stride_] += dout * (arg == k)
         return dX
+
+    def max_pool2d_relu_forward(self, X, size=2, stride=None, cache=None):
+        """The named fusion of a ReLU and the max pool after it: ``relu(max_pool2d(X))``, which equals
+        ``max_pool2d(relu(X))`` with 4x fewer values to rectify. ``cache`` keeps what the pool keeps; the
+        output it keeps is already rectified (a window whose maximum is <= 0 gets no gradient either way)."""
+        out = self.max_pool2d_forward(X, size, stride, cache=cache)
+        return backend.get_array_module(out).maximum(out, 0, out=out)
+
+    def max_pool2d_relu_backward(self, dout, X, out, size=2, stride=None, cache=None):
+        """Gradient of ``max_pool2d_relu_forward``; out: its output."""
+        xp = backend.get_array_module(dout)
+        return self.max_pool2d_backward(xp.multiply(dout, out > 0), X, size, stride, cache=cache)
