@@ -6,7 +6,7 @@ model it describes holds, without building it. ``gpunet.modelfile`` compares tho
 with the arrays actually present in the file before reading any of them, so a
 description that asks for ``hidden_dims [1000000]`` beside small arrays is refused
 without allocating 17 GiB. These rules mirror the layers' ``init`` in ``gpunet.nn``
-and ``FullyConnectedNet``; ``tests/test_reliability_model.py`` checks they agree.
+and ``FullyConnectedNet``; ``tests/reliability/test_reliability_model.py`` checks they agree.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 #   graph_vs_eager the graph-versus-eager training-step test on its own;
 #   parity         backend parity (issue 19): the FC and CNN recipes, dropout 0, identical weights, one
 #                  fixed batch of 128, 50 Adam and 50 SGD-momentum steps, float32 and float64, on NumPy
-#                  and CuPy; loss curves and final parameters within 1e-3 (tests/test_backend_parity.py);
+#                  and CuPy; loss curves and final parameters within 1e-3 (tests/training/test_backend_parity.py);
 #   nvrtc_cpu      the NVRTC compile and CPU-execution tests of every CUDA source (needs the pinned CuPy);
 #   bench_fc, bench_cnn  gpunet-bench on CuPy beside PyTorch eager, TF32 off;
 #   train_cifar10  gpunet-train cifar10 --epochs 3 on a SYNTHETIC CIFAR-10 tarball (it runs, nothing more);
@@ -74,12 +74,12 @@ fi
 
 # 1. CuPy test cases, then the graph-vs-eager test alone (it is among them too; this names it in the summary)
 step pytest_gpu 120 env GPUNET_BACKEND=cupy "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ \
-    --deselect tests/test_backend_parity.py
-step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_train_step.py -k cupy
-step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/test_backend_parity.py -k test_gpu_trains_as_numpy
+    --deselect tests/training/test_backend_parity.py
+step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/training/test_train_step.py -k cupy
+step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/training/test_backend_parity.py -k test_gpu_trains_as_numpy
 # 2. every CUDA source through NVRTC and on the CPU
-step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/test_nvrtc.py \
-    tests/test_kernel_cpu.py
+step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/kernels/test_nvrtc.py \
+    tests/kernels/test_kernel_cpu.py
 # 3. the benchmarks (TF32 off is the bench's default)
 step bench_fc 150 "$PY" scripts/bench.py --backend "$BACKEND" --steps 50 --repeats 5 --warmup 10 --json "$OUT/bench_fc.json"
 if "$PY" scripts/bench.py --help 2>/dev/null | grep -q -- "--cnn"; then

@@ -3,7 +3,7 @@
 Each generated raw kernel runs on the CPU over a pointer table of NumPy arrays
 (three parameters of different sizes, one of them empty) and must give what the
 NumPy optimizer gives parameter by parameter, weight decay included.
-Collected by ``tests/test_kernel_cpu.py`` through ``MULTI_CASES``.
+Collected by ``tests/kernels/test_kernel_cpu.py`` through ``MULTI_CASES``.
 """
 
 import numpy as np

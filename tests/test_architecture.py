@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import REPO as ROOT
+
 PACKAGES = ("gpunet", "data_prep")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from gpunet import backend
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from common import REPO as ROOT
 
 
 def _imports_cupy(path):

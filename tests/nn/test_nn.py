@@ -13,9 +13,7 @@ from gpunet.layers import conv2d_forward, linear_forward
 from gpunet.solver import Solver
 from gradcheck import numerical_gradient
 
-DATASETS = Path(
-    os.environ.get("GPUNET_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
-)
+from common import DATASETS  # noqa: E402
 
 
 def small_cnn(dtype=np.float64, seed=0, dropout=0.0, reg=0.0):

@@ -8,13 +8,10 @@ import pytest
 from gpunet import FullyConnectedNet, Solver, TrainingDiverged, backend
 from gpunet.data import ArrayLoader
 
+from common import separable_data
 
-def _data(n=120, d=10, c=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((c, d)) * 2
-    y = rng.integers(0, c, n)
-    X = (centers[y] + rng.standard_normal((n, d))).astype(np.float32)
-    return {"X_train": X[:90], "y_train": y[:90], "X_val": X[90:], "y_val": y[90:]}
+
+_data = separable_data
 
 
 def _solver(tmp_path=None, data=None, **kw):

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_train_cli import ROOT, data_dir  # noqa: F401 (data_dir is a shared fixture)
+from common import ROOT, data_dir  # noqa: F401 (data_dir is a shared fixture)
 
 from gpunet import divergence, runfolder, runs
 from gpunet.cli import train

@@ -15,7 +15,7 @@ optuna = pytest.importorskip("optuna")
 
 from gpunet import tuning_journal, tuning_storage  # noqa: E402
 from gpunet.cli import tune  # noqa: E402
-from test_train_cli import ROOT, data_dir  # noqa: E402,F401 (data_dir is a shared fixture)
+from common import ROOT, data_dir  # noqa: E402,F401 (data_dir is a shared fixture)
 
 FAST = [
     "--trials",

@@ -23,7 +23,8 @@ from gpunet.plots import confusion_heatmap, training_curves
 from gpunet.predict import evaluate
 from gpunet.preprocess import preprocess_meta_from_h5
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import REPO as ROOT
+
 NAMES = ["cat", "dog", "owl"]
 SHAPE = (1, 6, 6)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

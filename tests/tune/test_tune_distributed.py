@@ -21,7 +21,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
 
-from test_train_cli import ROOT, write_h5  # noqa: E402
+from common import ROOT, write_h5  # noqa: E402
 
 HOST = socket.gethostname()
 FAST = [

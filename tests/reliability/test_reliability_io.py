@@ -25,7 +25,8 @@ from gpunet.cli.common import run
 from gpunet.data import h5file as fmt
 from gpunet.io import OutputExists, WriteError, atomic_path, savez, sweep_temporaries, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import REPO as ROOT
+
 SLOW = """
 import sys, time, pathlib
 from gpunet.data import h5file

@@ -15,30 +15,9 @@ from gpunet import runs
 from gpunet.cli import train
 from gpunet.data import h5file as fmt
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = ["a", "b", "c"]
+from common import CLASSES, ROOT, data_dir, write_h5  # noqa: F401 (data_dir: a fixture)
+
 FAST = ["--hidden", "16", "--epochs", "3", "--batch-size", "20", "--backend", "numpy", "-q", "--no-plots"]
-
-
-def write_h5(
-    path, n=(120, 40, 40), shape=(3, 4, 4), classes=CLASSES, seed=0, splits=("train", "val", "test")
-):
-    """A tiny gpunet HDF5 file: class k has brighter channel k % C, so it is learnable."""
-    rng = np.random.default_rng(seed)
-    with fmt.create(
-        path,
-        dataset="cifar10",
-        class_names=classes,
-        mean=np.full(shape[0], 110.0),
-        std=np.full(shape[0], 50.0),
-        image_shape=shape,
-    ) as f:
-        for split, m in zip(splits, n):
-            y = rng.integers(0, len(classes), m)
-            x = rng.integers(0, 150, (m,) + shape)
-            x[np.arange(m), y % shape[0]] += 100
-            fmt.write_split(f, split, x.astype(np.uint8), y, min(16, m))
-    return str(path)
 
 
 def reference_predictions(model_path, h5_path, split):
@@ -56,14 +35,6 @@ def reference_predictions(model_path, h5_path, split):
         if i < L:
             h = np.maximum(h, 0)
     return y, h.argmax(axis=1)
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    write_h5(d / "cifar10.h5")
-    return d
 
 
 def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):

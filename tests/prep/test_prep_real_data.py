@@ -12,9 +12,8 @@ import pytest
 
 import data_prep
 
-DATASETS = Path(
-    os.environ.get("GPUNET_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
-)
+from common import DATASETS  # noqa: E402
+
 CIFAR = DATASETS / "cifar-10-python.tar.gz"
 FER = DATASETS / "fer2013-images.tar.gz"
 

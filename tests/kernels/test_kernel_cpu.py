@@ -225,7 +225,7 @@ def test_every_kernel_has_a_case():
     missing = sorted(set(SOURCES) - {n.split("/")[0] for n in CASES})
     assert not missing, (
         f"no CPU-execution case for CUDA kernel(s) {missing}: add case_<name> to "
-        "tests/test_kernel_cpu.py (see its docstring)"
+        "tests/kernels/test_kernel_cpu.py (see its docstring)"
     )
 
 

@@ -34,7 +34,7 @@ class BufferedNet(FullyConnectedNet):
         super().set_params(params)
 
 
-from test_solver import _data  # the same small separable problem
+from common import separable_data as _data  # the same small separable problem
 
 
 def _solver(folder=None, hidden=(16, 16), **kw):

@@ -8,7 +8,7 @@ import numpy as np
 
 from gpunet import runs
 from gpunet.cli import overfit
-from test_train_cli import ROOT, write_h5
+from common import ROOT, write_h5
 
 
 def test_synthetic_reaches_100_percent_and_exits_0():

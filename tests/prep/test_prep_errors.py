@@ -25,7 +25,7 @@ import data_prep
 from data_prep import cli, h5format
 from gpunet.data import h5file as fmt
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
 
 
 def fails(tmp_path, dataset, src, *patterns, **kw):

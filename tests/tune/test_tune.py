@@ -15,7 +15,7 @@ from PIL import Image
 from gpunet import runs, tuning
 from gpunet.cli import tune
 from gpunet.model import load_model
-from test_train_cli import ROOT, data_dir  # noqa: F401 (data_dir is a shared fixture)
+from common import ROOT, data_dir  # noqa: F401 (data_dir is a shared fixture)
 
 FAST = [
     "--hidden",
