@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import socket
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .redact import mask
 from .tuning_journal import JournalLock
 
 DRIVERS = {  # SQLAlchemy dialect -> (what to install, the extra that installs it)
@@ -97,11 +97,19 @@ def resolve(storage: str | None, run_dir) -> Storage:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    rest = text.split("://", 1)[1]
+    last_at = rest.rfind("@")
+    end = rest.find("/", last_at) if last_at >= 0 else -1
+    if rest[: end if end >= 0 else len(rest)].count("@") > 1:  # the driver would take part of it for the host
+        raise StorageError(
+            f"--storage {mask(text)}: more than one '@' before the host; write an '@' inside the "
+            f"user name or password as %40"
+        )
     try:
         url = make_url(text)
     except (ArgumentError, ValueError) as e:
         raise StorageError(f"--storage {storage}: not a database URL ({_first_line(e)})") from None
-    shown = re.sub(r"^([^:/]+://[^:/@]*:)[^@]+@", r"\1***@", text)  # as typed, password hidden
+    shown = mask(text)  # as typed, every credential hidden
     return Storage("rdb", _with_installed_mysql_driver(url), shown)
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend, runs, tuning, tuning_journal, tuning_storage
+from .redact import guard_logging
 from .tuning_storage import Storage, worker_id
 
 THREAD_VARS = (
@@ -219,6 +220,7 @@ def quiet_optuna():
     for handler in logging.getLogger("optuna").handlers:
         if _not_an_interrupt not in handler.filters:
             handler.addFilter(_not_an_interrupt)
+    guard_logging("optuna", "gpunet")  # a storage URL in Optuna's messages keeps its password hidden
 
 
 class Terminated(KeyboardInterrupt):
@@ -248,6 +250,7 @@ def _worker_main(search: Search, slot: int, device, cores, conn):
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    guard_logging("optuna", "gpunet")
     say = (
         (lambda m: None)
         if search.quiet

@@ -28,6 +28,7 @@ import traceback
 
 from .. import backend
 from .. import interrupts
+from ..redact import guard_logging, mask
 
 
 class UserError(Exception):
@@ -70,6 +71,7 @@ def setup(args) -> str:
         format="%(message)s",
         stream=sys.stderr,
     )
+    guard_logging("gpunet", "optuna")  # no credential in any log line
     return backend.use(args.backend, args.device)
 
 
@@ -93,11 +95,11 @@ def _run(body, args) -> int:
         return EXIT_BROKEN_PIPE
     except USER_ERRORS as e:
         if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+            sys.stderr.write(mask(traceback.format_exc()))
+        print(f"error: {mask(e)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # a bug: say so, traceback only with --debug
         if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+            sys.stderr.write(mask(traceback.format_exc()))
+        print(f"error: {type(e).__name__}: {mask(e)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE

@@ -379,3 +379,29 @@ def test_sigterm_stops_a_search_cleanly(data_dir, tmp_path):
     study = load(journal(out))
     assert_sound(study)
     assert study.trials[-1].state == TrialState.FAIL and (out / "results.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://alice@127.0.0.1:1/db?password=S3cretPW",  # the password as a query parameter
+        "postgresql://alice:ab@S3cretPW@127.0.0.1:1/db",  # an unencoded "@" inside the password
+        "postgresql://alice:S3cretPW@127.0.0.1:1/db",
+    ],
+)
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_password_is_never_printed(data_dir, tmp_path, url, debug):
+    """Issue 24 #1: no form of the password reaches the error line or the --debug traceback."""
+    out = tmp_path / "never"
+    p = subprocess.run(
+        tune_cmd(data_dir, out, "--storage", url, "-q", *(["--debug"] if debug else [])),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PGCONNECT_TIMEOUT": "5"},
+    )
+    text = p.stdout + p.stderr
+    assert p.returncode == 2, text
+    assert "S3cret" not in text and "***" in text, text
+    assert ("Traceback" in text) == debug
+    assert not out.exists()

@@ -209,3 +209,35 @@ def test_a_journal_file_named_by_storage_holds_the_study(data_dir, tmp_path):
     study = optuna.load_study(study_name="gpunet-tune", storage=JournalStorage(JournalFileBackend(str(j))))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert not (tmp_path / "a" / "study.journal").exists()
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("postgresql://alice@h:1/db?password=S3cret", "postgresql://alice@h:1/db?password=***"),
+        ("postgresql://alice:ab@S3cret@h/db", "postgresql://alice:***@h/db"),
+        (
+            "mysql://u:p%40S3cret@h:3306/d?charset=utf8&pwd=S3cret",
+            "mysql://u:***@h:3306/d?charset=utf8&pwd=***",
+        ),
+        ("host=h user=alice password=S3cret dbname=db", "host=h user=alice password=*** dbname=db"),
+        ("PGPASSWORD=S3cret gpunet-tune", "PGPASSWORD=*** gpunet-tune"),
+        ("postgresql://alice@h/db", "postgresql://alice@h/db"),
+        ("sqlite:////tmp/a.db and /tmp/study.journal", "sqlite:////tmp/a.db and /tmp/study.journal"),
+    ],
+)
+def test_mask_hides_every_credential_form(text, shown):
+    from gpunet.redact import mask
+
+    assert mask(text) == shown
+
+
+def test_log_records_are_masked(caplog):
+    import logging
+
+    from gpunet.redact import MaskingFilter
+
+    record = logging.LogRecord(
+        "optuna", logging.WARNING, __file__, 1, "storage %s failed", ("x://u:S3cret@h/d",), None
+    )
+    assert MaskingFilter().filter(record) and record.getMessage() == "storage x://u:***@h/d failed"
