@@ -41,14 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_BOOT = 10_000_000  # resamples: one float each (80 MB), and minutes of work at the most
+
+
 def _body(args) -> int:
     import json
 
     from ..compare import compare_models
     from ..io import write_json
 
-    if args.boot < 1:
-        raise UserError(f"--boot: expected a positive integer, got {args.boot}")
+    if not 1 <= args.boot <= MAX_BOOT:
+        raise UserError(f"--boot: expected a number of resamples from 1 to {MAX_BOOT:,}, got {args.boot}")
+    if args.seed < 0:
+        raise UserError(f"--seed: expected an integer >= 0, got {args.seed}")
     if not 0 < args.level < 1:
         raise UserError(f"--level: expected a confidence level between 0 and 1, got {args.level}")
     if args.batch_size < 1:

@@ -297,7 +297,15 @@ def _attr_str(v):
 def file_meta(f, path) -> dict:
     """``read_meta`` of an open file."""
     a = f.attrs
-    counts = {k: int(g["x"].shape[0]) for k, g in f.items() if isinstance(g, h5py.Group) and "x" in g}
+    counts = {}
+    for k, g in f.items():
+        if isinstance(g, h5py.Group) and "x" in g:
+            if not isinstance(g["x"], h5py.Dataset) or not g["x"].shape:
+                raise ValueError(
+                    f"{os.fspath(path)}: split {k!r}: expected /{k}/x a dataset of shape (N, C, H, W), "
+                    f"found {'a group' if isinstance(g['x'], h5py.Group) else 'a scalar'}"
+                )
+            counts[k] = int(g["x"].shape[0])
     get = lambda k, conv: conv(a[k]) if k in a else None  # noqa: E731
     meta = {
         "path": os.fspath(path),

@@ -184,3 +184,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "missing.npz" in err[0]
     rc = compare_main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--data", str(data), "--boot", "0"])
     assert rc == 2 and "--boot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--boot", "1000000000000"), ("--seed", "-1")])
+def test_out_of_range_flags_are_named_before_any_work(tmp_path, capsys, flag, value):
+    """Issue 24 #16: a huge --boot was a MemoryError bug line; --seed -1 named no flag."""
+    data = _write_h5(tmp_path / "toy.h5")
+    _model(tmp_path / "a.npz", 1)
+    rc = compare_main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--data", str(data), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {flag}:") and value in err[0], err

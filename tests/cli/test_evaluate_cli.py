@@ -252,3 +252,22 @@ def test_plots_write_valid_pngs(tmp_path):
     with pytest.raises(ValueError, match="cm"):
         confusion_heatmap(cm, NAMES[:2], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["group", "scalar"])
+def test_a_split_whose_x_is_not_an_array_is_one_line(files, tmp_path, capsys, kind):
+    """Issue 24 #13: /test/x a group (or a scalar) gave "AttributeError: 'Group' object has no
+    attribute 'shape'"."""
+    h5, path, _ = files
+    bad = tmp_path / f"x_is_{kind}.h5"
+    bad.write_bytes(Path(h5).read_bytes())
+    with h5py.File(bad, "a") as f:
+        del f["test"]["x"]
+        if kind == "group":
+            f["test"].create_group("x")
+        else:
+            f["test"]["x"] = 3
+    assert evaluate_main([str(path), "--data", str(bad), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Error" not in err.split(":")[0], err
+    assert bad.name in err and "/test/x" in err, err
