@@ -262,8 +262,18 @@ def load_model(path):
     """
     arrays, desc = read_model(path)
     model = _build(dict(desc["config"]), path)
+    cast = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k, a in arrays.items():
+            cast[k] = a.astype(model.dtype, copy=False)
+            if cast[k].dtype.kind == "f" and not np.isfinite(cast[k]).all():  # 1e300 becomes inf in float32
+                big = float(np.abs(a[~np.isfinite(cast[k])]).max())
+                raise ModelFileError(
+                    f"{path}: entry {k!r}: values up to {big:.3g} do not fit the model's {model.dtype} "
+                    "(they would become inf)"
+                )
     try:
-        model.set_params({k: arrays[k].astype(model.dtype, copy=False) for k in arrays})
+        model.set_params(cast)
     except ValueError as e:
         raise ModelFileError(f"{path}: {e}") from None
     if getattr(model, "input_shape", None):  # a Sequential: its layers must chain from its input shape

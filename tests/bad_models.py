@@ -142,6 +142,8 @@ def _array_variants(arrays):
             {**arrays, w: np.where(np.arange(arrays[w].size).reshape(shape) == 0, np.nan, arrays[w])},
         ),
         ("weights inf", {**arrays, b: np.full(arrays[b].shape, np.inf, arrays[b].dtype)}),
+        # finite in float64, inf in the model's float32 (issue 24 #10)
+        ("weights beyond float32", {**arrays, w: np.full(shape, 1e300, np.float64)}),
         ("weights int8", {**arrays, w: arrays[w].astype(np.int8)}),
         ("weights int64", {**arrays, b: arrays[b].astype(np.int64)}),
         ("weights bool", {**arrays, b: arrays[b] > 0}),

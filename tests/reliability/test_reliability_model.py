@@ -146,6 +146,8 @@ def test_nan_weights_nan_mean_and_int8_are_refused_not_predicted(cases, capsys):
         (("cnn", "weights NaN"), "0.W: expected finite weights"),
         (("fc", "meta.mean NaN"), "meta.mean: expected a list of finite numbers"),
         (("fc", "weights int8"), "W1: expected floating-point weights, found dtype int8"),
+        (("fc", "weights beyond float32"), r"'W1': values up to 1e\+300 do not fit the model's float32"),
+        (("cnn", "weights beyond float32"), r"'0.W': values up to 1e\+300 do not fit"),
     ):
         with pytest.raises(ModelFileError, match=needle):
             load_model(files[key])
