@@ -132,6 +132,8 @@ def _check_arrays(path, kind, found: dict, expected: dict):
         want = tuple(expected[k].shape)
         if tuple(v.shape) != want:
             raise ValueError(f"{path}: {kind}/{k}: expected shape {want}, found {tuple(v.shape)}")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():  # a diverged state is no "last good state"
+            raise ValueError(f"{path}: {kind}/{k}: expected finite values, found NaN or inf")
 
 
 def _check_desc_types(path, desc):
@@ -245,6 +247,8 @@ def read_checkpoint(path, solver) -> Checkpoint:
                 f"{path}: opt/{k}: expected shape {tuple(params[pname].shape)} (the "
                 f"parameter's), found {tuple(v.shape)}"
             )
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise ValueError(f"{path}: opt/{k}: expected finite values, found NaN or inf")
         opt_state.setdefault(pname, {})[slot] = v
     for key, v in desc.get("opt_scalars", {}).items():
         pname, _, slot = key.partition("/")

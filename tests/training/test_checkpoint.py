@@ -142,6 +142,9 @@ def _tamper(src, dst, arrays=None, meta=None):
         ("opt_unknown", r"opt/W9/m: expected opt/<parameter>/<slot>"),
         ("update_rule", "update_rule 'adam', not 'rmsprop'"),
         ("model", "checkpoint is for a model"),
+        ("param_nan", "param/W2: expected finite values, found NaN or inf"),  # issue 24 #12
+        ("best_inf", "best/W1: expected finite values"),
+        ("opt_nan", "opt/W3/m: expected finite values"),
     ],
 )
 def test_refused_checkpoint_leaves_solver_exactly_as_it_was(tmp_path, case, match):
@@ -163,6 +166,9 @@ def test_refused_checkpoint_leaves_solver_exactly_as_it_was(tmp_path, case, matc
         "best_shape": ({"best/W1": z["best/W1"][:5]}, {}),
         "opt_shape": ({"opt/W3/m": z["opt/W3/m"][:, :2]}, {}),
         "opt_unknown": ({"opt/W9/m": z["opt/W3/m"]}, {}),
+        "param_nan": ({"param/W2": np.where(z["param/W2"] > 0, np.nan, z["param/W2"])}, {}),
+        "best_inf": ({"best/W1": np.full_like(z["best/W1"], np.inf)}, {}),
+        "opt_nan": ({"opt/W3/m": np.full_like(z["opt/W3/m"], np.nan)}, {}),
     }
     path = src
     if case in bad:
