@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from gpunet.io import regular_file
+
 from .errors import PrepError
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a larger header is refused before decoding
@@ -80,6 +82,12 @@ def load_image(
     """
     path = Path(path)
     try:
+        regular_file(path, "image file")  # a FIFO named x.png would block the reader for ever
+    except FileNotFoundError:
+        pass  # said below, as before: "cannot read (No such file or directory)"
+    except ValueError as e:
+        raise PrepError(str(e)) from None
+    try:
         data = path.read_bytes()
     except OSError as e:
         raise PrepError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -95,6 +103,11 @@ def list_images(folder) -> list[Path]:
             f"{folder}: expected a folder of images, found {'a file' if folder.exists() else 'nothing'}"
         )
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_name(p.name)),
+        # not only regular files: a pipe or a dangling link named x.png is listed, then refused by name
+        (
+            p
+            for p in folder.iterdir()
+            if not p.is_dir() and not p.name.startswith(".") and is_image_name(p.name)
+        ),
         key=lambda p: p.name,
     )

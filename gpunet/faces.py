@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from . import backend
+from .io import regular_file
 
 FER_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 DETECT_MAX_SIDE = 800  # photos are searched at most this large (boxes scaled back): bounded time
@@ -58,6 +59,7 @@ def read_photo(image) -> np.ndarray:
     H x W / H x W x 3 uint8 array (used as is). ValueError naming what was wrong.
     """
     if isinstance(image, (str, os.PathLike)):
+        regular_file(image, "image file")  # FileNotFoundError, or ValueError for a FIFO or a folder
         try:
             with Image.open(image) as im:
                 im = ImageOps.exif_transpose(im)

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -179,3 +180,34 @@ def save_figure(fig, path, **savefig_kw):
     fmt = savefig_kw.pop("format", Path(path).suffix.lstrip(".") or "png")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, **savefig_kw)
+
+
+def _kind(mode) -> str:
+    return (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+
+
+def regular_file(path, what: str = "file") -> str:
+    """``path`` (a string) when it is a regular file (through links); else, before anything opens it
+    (a FIFO would block the reader for ever): FileNotFoundError when it does not exist, ValueError
+    naming it and what it is (a folder, a named pipe, a socket, a device)."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read this {what} ({e.strerror or e})") from None
+    a = "an" if what[:1] in "aeiou" else "a"
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"{path}: expected {a} {what}, found a folder")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: expected {a} {what}, found {_kind(mode)}")
+    return path

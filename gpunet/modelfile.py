@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-from .io import savez
+from .io import regular_file, savez
 from .modelspec import ModelFileError, param_shapes
 
 
@@ -93,6 +93,10 @@ def _open(path, what):
         raise FileNotFoundError(f"{path}: no such {what} file")
     if os.path.isdir(path):
         raise ModelFileError(f"{path}: expected a gpunet {what} file, found a folder")
+    try:
+        regular_file(path, f"gpunet {what} file")  # a FIFO would block the reader for ever
+    except ValueError as e:
+        raise ModelFileError(str(e)) from None
     try:
         if not zipfile.is_zipfile(path):
             with open(path, "rb") as f:

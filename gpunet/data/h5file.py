@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from .. import interrupts
-from ..io import atomic_path
+from ..io import atomic_path, regular_file
 from .plan import limit_seed
 
 FORMAT_VERSION = 1
@@ -196,9 +196,7 @@ def open_file(path, check: bool = True):
     FileNotFoundError when it does not exist; ValueError naming the file when it is not
     HDF5, has no or a foreign ``format_version``, or stores data elsewhere.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such HDF5 file")
+    path = regular_file(path, "HDF5 file")  # missing: FileNotFoundError; a FIFO or folder: ValueError
     try:
         try:
             f = h5py.File(path, "r", locking=False)
