@@ -129,4 +129,7 @@ def check_data(path) -> dict:
     for split in ("train", "val"):
         if split not in meta["counts"]:
             raise ValueError(f"{path}: expected a /{split} split, found {sorted(meta['counts'])}")
+    empty = sorted(k for k, n in meta["counts"].items() if n == 0)
+    if empty:  # before training, not after it (issue 24 #8): every split is trained on, chosen by or reported
+        raise ValueError(f"{path}: split(s) {empty} hold no samples; every split needs at least one")
     return meta

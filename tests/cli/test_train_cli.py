@@ -243,3 +243,22 @@ def test_script_wrapper_help():
         timeout=60,
     )
     assert p.returncode == 0 and "--resume" in p.stdout
+
+
+@pytest.mark.parametrize("empty", ["val", "test"])
+def test_an_empty_split_is_refused_before_training(tmp_path, capsys, empty):
+    """Issue 24 #8: an empty val split used to train fully, write model.npz and the checkpoint, then fail."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_h5(d / "cifar10.h5")
+    with h5py.File(d / "cifar10.h5", "a") as f:  # the split emptied in place (the writer refuses 0 rows)
+        x, y = f[empty]["x"], f[empty]["y"]
+        shape, xdt, ydt = x.shape[1:], x.dtype, y.dtype
+        del f[empty]["x"], f[empty]["y"]
+        f[empty].create_dataset("x", shape=(0,) + shape, dtype=xdt)
+        f[empty].create_dataset("y", shape=(0,), dtype=ydt)
+    out = tmp_path / "run"
+    assert train.main(["cifar10", "--data-dir", str(d), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "cifar10.h5" in err[-1] and f"['{empty}']" in err[-1], err
+    assert not out.exists()
