@@ -126,12 +126,13 @@ def _with_installed_mysql_driver(url) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def check(st: Storage) -> None:
-    """Refuse a storage that cannot hold the study, before anything is created or written."""
+def check(st: Storage) -> list:
+    """Refuse a storage that cannot hold the study, before anything is created or written; return
+    notes on what was repaired (a journal's torn last record), to be shown."""
     if st.kind == "journal":
-        _check_journal(st)
-    else:
-        _check_rdb(st)
+        return _check_journal(st)
+    _check_rdb(st)
+    return []
 
 
 def _check_journal(st: Storage) -> None:
@@ -139,7 +140,7 @@ def _check_journal(st: Storage) -> None:
     if path.is_dir():
         raise StorageError(f"--storage {st.shown}: expected a journal file, found a folder")
     if not path.exists():
-        return  # the run folder, or the file, is created once every check has passed
+        return []  # the run folder, or the file, is created once every check has passed
     try:
         with open(path, "rb") as f:
             head = f.readline(1 << 16)
@@ -155,6 +156,51 @@ def _check_journal(st: Storage) -> None:
             f"--storage {st.shown}: not an Optuna journal file (its first line is not "
             f"a journal entry); give a new file name"
         )
+    note = repair_journal(st)  # after the first line: no lock files beside a foreign file
+    return [note] if note else []
+
+
+def repair_journal(st: Storage) -> str | None:
+    """Check every record of a journal file; drop a torn last record; return what was done (or None).
+
+    A write cut short (a kill, a full disk) leaves the last line without its newline. The next
+    append would join that fragment to a new record and break the journal for good, so the
+    fragment is cut off, under the journal's lock (no writer is mid-append then), keeping every
+    complete record, and said. A complete line that is not a journal record is refused with the
+    file and line named: what it held cannot be known.
+    """
+    path = Path(st.target)
+    lock = JournalLock(str(path))
+    lock.acquire()
+    try:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise StorageError(f"--storage {st.shown}: cannot read the journal file ({e.strerror})") from None
+        cut = data.rfind(b"\n") + 1
+        lines = data[:cut].split(b"\n")[:-1]
+        for k, line in enumerate(lines, 1):
+            try:
+                ok = isinstance(json.loads(line.decode("utf-8")), dict)
+            except (UnicodeDecodeError, ValueError):
+                ok = False
+            if not ok:
+                raise StorageError(
+                    f"--storage {st.shown}: line {k} is not a journal record ({line[:40]!r}); the file is "
+                    f"damaged: move it away, or give --storage a new file"
+                )
+        if cut == len(data):
+            return None
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    return (
+        f"{st.shown}: dropped an incomplete last record ({len(data) - cut} bytes: a write cut short); "
+        f"kept the {len(lines)} complete record(s)"
+    )
 
 
 def _check_rdb(st: Storage) -> None:

@@ -150,7 +150,8 @@ def _body(args):
     base.data = runs.find_data(base.dataset, args.data_dir, args.source, args.download, say=say)
     run_dir = args.out or f"runs/tune-{base.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = tuning_storage.resolve(args.storage, run_dir)
-    tuning_storage.check(storage)  # before the run folder or the study is created
+    for note in tuning_storage.check(storage) or ():  # before the run folder or the study is created
+        print(f"note: {note}", file=sys.stderr)  # shown even with -q: a repaired file is news
     if workers > 1 and not storage.shared_safely:
         raise UserError(
             f"--workers {workers}: the SQLite study {storage.shown} is not safe for concurrent "

@@ -2,6 +2,7 @@
 before the run folder exists; a foreign SQLite file is left byte for byte as it was."""
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -241,3 +242,41 @@ def test_log_records_are_masked(caplog):
         "optuna", logging.WARNING, __file__, 1, "storage %s failed", ("x://u:S3cret@h/d",), None
     )
     assert MaskingFilter().filter(record) and record.getMessage() == "storage x://u:***@h/d failed"
+
+
+def test_a_torn_journal_tail_is_dropped_and_later_runs_work(capsys, data_dir, tmp_path):
+    """Issue 24 #2: a journal ending in an incomplete line (a kill mid-write) used to be appended to,
+    and every later run failed with "Expecting ':' delimiter", naming no file."""
+    out = tmp_path / "run"
+    argv = ["cifar10", "--data-dir", str(data_dir), "--out", str(out), *FAST]
+    assert tune.main(argv) == 0
+    journal = out / "study.journal"
+    complete = journal.read_bytes()
+    n = complete.count(b"\n")
+    journal.write_bytes(complete + b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "par')  # torn
+    capsys.readouterr()
+    assert tune.main(argv) == 0  # the same --out resumes the study
+    err = capsys.readouterr().err
+    assert "dropped an incomplete last record" in err and f"kept the {n} complete record(s)" in err, err
+    assert str(journal) in err
+    text = journal.read_bytes()
+    assert text.startswith(complete) and text.endswith(
+        b"\n"
+    )  # every complete record kept, no fragment joined
+    assert all(json.loads(line) for line in text.splitlines())
+    assert tune.main(argv) == 0  # and the next run works as well
+
+
+def test_a_garbage_journal_line_is_refused_naming_file_and_line(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["cifar10", "--data-dir", str(data_dir), "--out", str(out), *FAST]
+    assert tune.main(argv) == 0
+    journal = out / "study.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b"\xff\xfe\x00garbage\n" + b"".join(lines[1:]))
+    before = sha(journal)
+    capsys.readouterr()
+    assert tune.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(journal) in err[0] and "line 2 is not a journal record" in err[0], err
+    assert sha(journal) == before  # refused, not touched
