@@ -240,7 +240,17 @@ def test_a_killed_worker_is_noticed_by_heartbeat_and_its_trial_retried(pg_url, d
     wait_for(lambda: running_trial_of(pg_url, {a.pid}), 60, "a running trial of worker a")
     b = worker("b", "--trials", "1000", "--timeout", "12")
     wait_for(lambda: running_trial_of(pg_url, {b.pid}), 60, "a running trial of worker b")
-    _, killed = wait_for(lambda: running_trial_of(pg_url, {a.pid}), 60, "worker a in a trial")
+    # freeze a before reading which trial it runs, so that trial cannot finish before the kill
+    # (reading the study can take longer than a trial on a loaded machine)
+    found, end = None, time.time() + 60
+    while found is None and time.time() < end:
+        os.kill(a.pid, signal.SIGSTOP)
+        found = running_trial_of(pg_url, {a.pid})
+        if found is None:
+            os.kill(a.pid, signal.SIGCONT)
+            time.sleep(0.1)
+    assert found is not None, "timed out waiting for worker a in a trial"
+    killed = found[1]
     a.kill()
     a.wait()
     _, err = b.communicate(timeout=120)
