@@ -74,6 +74,11 @@ def check_space(space, where="search space") -> dict:
         elif isinstance(spec, list):
             if not spec:
                 raise ValueError(f"{where}: {name}: expected at least one choice")
+            for choice in spec:  # each choice a valid setting, said now rather than from a failed trial
+                value = (
+                    (choice if isinstance(choice, list) else [choice]) if name in LIST_SETTINGS else choice
+                )
+                runs.TrainConfig.from_dict({name: value}, where=f"{where}: {name}: choice {choice!r}")
             out[name] = (
                 [_hidden_key(v if isinstance(v, list) else [v]) for v in spec]
                 if name in LIST_SETTINGS

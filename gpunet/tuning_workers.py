@@ -208,8 +208,13 @@ def _environ(values: dict):
 
 
 def _not_an_interrupt(record: logging.LogRecord) -> bool:
-    """Optuna logs a trial stopped by Ctrl-C with its traceback; the command says "interrupted" instead."""
-    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+    """Optuna logs a trial stopped by Ctrl-C with its traceback; the command says "interrupted" instead.
+    A failed trial's record keeps its one line but loses the traceback: the command's own error line
+    says what failed (and ``--debug`` prints the traceback of what ends the command)."""
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        return False
+    record.exc_info, record.exc_text = None, None
+    return True
 
 
 def quiet_optuna():

@@ -241,3 +241,30 @@ def test_tune_searches_convnet_settings(data_dir, tmp_path):
     assert isinstance(model, Sequential)
     widths = [layer.out_channels for layer in model.layers if isinstance(layer, Conv2d)]
     assert "-".join(map(str, widths)) == study.best_params["channels"]
+
+
+def test_a_bad_choice_in_the_space_is_one_line_before_any_trial(data_dir, tmp_path, capsys):
+    """Issue 24 #15: {"lr": ["fast"]} failed inside trial 0, after Optuna's logged traceback."""
+    space = tmp_path / "space.json"
+    space.write_text('{"lr": ["fast"]}')
+    out = tmp_path / "run"
+    argv = ["cifar10", "--data-dir", str(data_dir), "--out", str(out), "--space", str(space), "--trials", "1"]
+    assert tune.main(argv + ["--backend", "numpy", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "space.json: lr: choice 'fast'" in err[0] and "Traceback" not in err[0], err
+    assert not out.exists()
+
+
+def test_optuna_records_of_failed_trials_carry_no_traceback():
+    import logging
+
+    from gpunet.tuning_workers import _not_an_interrupt
+
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        import sys
+
+        record = logging.LogRecord("optuna", logging.WARNING, "x", 1, "Trial 0 failed", None, sys.exc_info())
+    assert _not_an_interrupt(record) and record.exc_info is None
+    assert "Traceback" not in logging.Formatter().format(record)
