@@ -319,6 +319,16 @@ def file_meta(f, path) -> dict:
         raise ValueError(
             f"{os.fspath(path)}: expected a root attribute std > 0 per channel, found {show(meta['std'])}"
         )
+    xs, shape, where = {k: f[k]["x"] for k in counts}, meta["image_shape"], os.fspath(path)
+    for k, x in xs.items():  # the attribute every reader trusts must describe the images (issue 24 #11)
+        if shape is not None and x.ndim == 4 and tuple(x.shape[1:]) != shape:
+            raise ValueError(
+                f"{where}: root attribute image_shape {list(shape)} does not match split {k!r}'s "
+                f"images, {list(x.shape[1:])}"
+            )
+        twin = next((j for j in xs if j < k and xs[j].id == x.id), None)  # a hard link: val = train
+        if twin is not None:
+            raise ValueError(f"{where}: splits {twin!r} and {k!r} are the same data (a link)")
     return meta
 
 

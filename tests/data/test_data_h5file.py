@@ -158,3 +158,22 @@ def test_load_split_whole_and_limited(tmp_path):
         idx = np.sort(np.random.default_rng([3, 7]).choice(2000, limit, replace=False))
         np.testing.assert_array_equal(X, x[idx])
         np.testing.assert_array_equal(Y, y[idx])
+
+
+def test_a_wrong_image_shape_and_a_linked_split_are_refused(tmp_path):
+    """Issue 24 #11: a wrong image_shape attribute was ignored; /val as a hard link to /train was accepted."""
+    import h5py
+
+    from common import write_h5
+    from gpunet.data import h5file
+
+    linked, shaped = write_h5(tmp_path / "linked.h5"), write_h5(tmp_path / "shaped.h5")
+    with h5py.File(linked, "a") as f:
+        del f["val"]
+        f["val"] = f["train"]
+    with pytest.raises(ValueError, match=r"linked.h5: splits 'train' and 'val' are the same data"):
+        h5file.read_meta(linked)
+    with h5py.File(shaped, "a") as f:
+        f.attrs["image_shape"] = [3, 2, 8]
+    with pytest.raises(ValueError, match=r"shaped.h5: root attribute image_shape \[3, 2, 8\] does not match"):
+        h5file.read_meta(shaped)

@@ -48,7 +48,7 @@ def test_data_modules_import_no_cycle():
         graph[p.stem] = {
             n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module
         }
-        assert len(p.read_text().splitlines()) <= 400, p
+        # module length: a warning in tests/test_architecture.py, not a failure (issue 20)
     seen, done = set(), set()
 
     def visit(m, path):
