@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,15 +51,37 @@ def run_files(run_dir) -> list:
     return [n for n in RUN_FILES if (run_dir / n).exists()]
 
 
+def _is_gpunet_config(path: Path) -> bool:
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(cfg, dict) and {"dataset", "arch", "epochs"} <= set(cfg)
+
+
 def check_new_run(run_dir, force=False):
-    """RunFolderError unless a new run may start in ``run_dir`` (absent, empty of run files, or ``force``)."""
+    """RunFolderError unless a new run may start in ``run_dir``: absent or empty, or holding a gpunet run
+    that ``force`` replaces as a whole. Anything else is refused: a folder with other files (``--out ~``)
+    is never written into, and ``--force`` never deletes a file of the same name that no run wrote."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: expected a run folder, found a file")
-    found = run_files(run_dir) if run_dir.is_dir() else []
-    if found and not force:
+    if not run_dir.is_dir():
+        return
+    # the lock and killed writers' temporaries (".model.npz.tmp-<pid>-...") belong to runs too
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME and ".tmp-" not in p.name)
+    if not names:
+        return
+    foreign = [n for n in names if n not in RUN_FILES]
+    if foreign or not _is_gpunet_config(run_dir / "config.json"):
+        shown = ", ".join((foreign or names)[:5]) + (", ..." if len(foreign or names) > 5 else "")
         raise RunFolderError(
-            f"{run_dir}: already holds a run ({', '.join(found)}); continue it with "
+            f"{run_dir}: holds files that are not a gpunet run's ({shown}); a run needs an empty "
+            "folder or a new --out (nothing there was touched)"
+        )
+    if not force:
+        raise RunFolderError(
+            f"{run_dir}: already holds a run ({', '.join(names)}); continue it with "
             f"--resume {run_dir}, replace it with --force, or choose another --out"
         )
 

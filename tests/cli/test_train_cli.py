@@ -262,3 +262,33 @@ def test_an_empty_split_is_refused_before_training(tmp_path, capsys, empty):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "cifar10.h5" in err[-1] and f"['{empty}']" in err[-1], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("content", ["foreign_config", "other_files", "run_plus_other"])
+def test_a_folder_that_is_not_a_gpunet_run_is_never_written_into(data_dir, tmp_path, capsys, force, content):
+    """Issue 24 #3: --force replaced an unrelated config.json; --out ~ mixed a run into a full folder."""
+    out = tmp_path / "run"
+    if content == "run_plus_other":
+        assert train.main(["cifar10", "--data-dir", str(data_dir), "--out", str(out), *FAST]) == 0
+        (out / "notes.txt").write_text("mine")
+    else:
+        out.mkdir()
+        name = "config.json" if content == "foreign_config" else "notes.txt"
+        (out / name).write_text('{"theme": "dark"}')
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["cifar10", "--data-dir", str(data_dir), "--out", str(out), *FAST] + (["--force"] if force else [])
+    capsys.readouterr()
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {out}: holds files that are not a gpunet run's"), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched, nothing added
+
+
+def test_force_replaces_a_gpunet_run_as_a_whole(data_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["cifar10", "--data-dir", str(data_dir), "--out", str(out), *FAST]
+    assert train.main(argv) == 0
+    assert train.main(argv) == 2  # a run is there
+    assert train.main(argv + ["--force"]) == 0
+    assert (out / "model.npz").exists() and (out / "config.json").exists()
