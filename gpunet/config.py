@@ -108,7 +108,7 @@ MAX_WIDTH = 1 << 16  # a layer wider than this is a typo, not a recipe (it would
 # Keys a run folder's config.json holds beside the settings: whether plots are drawn, and the
 # history of --resume calls that changed settings ([{"at_epoch": 3, "changed": {"lr": {"from": .., "to":
 # ..}}}]).
-RUN_KEYS = ("plots", "resumes")
+RUN_KEYS = ("plots", "resumes", "data_sha256")  # data_sha256: the data file a resume must find again
 # Settings --resume may change: how long and how fast to train, never the model or its data.
 # batch_size is refused too: it fixes each epoch's batch order and the loss history's iterations.
 RESUMABLE = (

@@ -146,6 +146,7 @@ def train_run(
     progress=None,
     plots=True,
     say=print,
+    force_data=False,
 ) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming its checkpoint when ``resume``); return the metrics.
 
@@ -156,6 +157,7 @@ def train_run(
     recorded in config.json's ``resumes``; the resumed checkpoint must not be past ``cfg.epochs``.
     on_epoch_end: passed to the Solver (``callable(solver, epoch) -> stop?``).
     plots: draw curves.png and confusion.png (matplotlib takes seconds to start).
+    force_data: resume although the data file's sha256 differs from the one the run recorded.
     A run that diverges (``TrainingDiverged``) still writes model.npz from its best epoch.
     """
     meta = check_data(cfg.data)
@@ -165,12 +167,42 @@ def train_run(
         if not resume:
             runfolder.check_new_run(run_dir, force)
         return _train_owned(
-            cfg, meta, run_dir, resume, force, changes or {}, on_epoch_end, verbose, progress, plots, say
+            cfg,
+            meta,
+            run_dir,
+            resume,
+            force,
+            changes or {},
+            on_epoch_end,
+            verbose,
+            progress,
+            plots,
+            say,
+            force_data,
         )
 
 
-def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbose, progress, plots, say):
-    resumes = load_run(run_dir)[1].get("resumes", []) if resume else []
+def _sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _train_owned(
+    cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbose, progress, plots, say, force_data=False
+):
+    saved = load_run(run_dir)[1] if resume else {}
+    resumes = saved.get("resumes", [])
+    digest = _sha256(cfg.data)  # recorded at the start of a run: a resume must train on the same data
+    if saved.get("data_sha256") not in (None, digest) and not force_data:
+        raise ValueError(
+            f"{cfg.data}: not the data this run started with (sha256 {digest[:12]}..., the run recorded "
+            f"{saved['data_sha256'][:12]}...); resume with --force-data to train on it anyway"
+        )
     ckpt = run_dir / "solver.ckpt.npz"
     resume_from = str(ckpt) if resume and ckpt.is_file() else False
     if resume and not resume_from:
@@ -201,7 +233,10 @@ def _train_owned(cfg, meta, run_dir, resume, force, changes, on_epoch_end, verbo
                 solver.epoch, solver.stopped_early = done, False  # train on under the new settings
         if force:
             runfolder.clear_run(run_dir)
-        save_json(run_dir / "config.json", {**cfg.to_dict(), "plots": bool(plots), "resumes": resumes})
+        save_json(
+            run_dir / "config.json",
+            {**cfg.to_dict(), "plots": bool(plots), "resumes": resumes, "data_sha256": digest},
+        )
         try:
             with runfolder.naming(run_dir):  # the Solver's own writes (history.json): at least the folder
                 solver.train()

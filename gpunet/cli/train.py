@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "are replaced once the new run starts writing)",
     )
     p.add_argument(
+        "--force-data",
+        action="store_true",
+        help="with --resume: train on although the data file differs from the one the run started with",
+    )
+    p.add_argument(
         "--plots",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -195,6 +200,7 @@ def _body(args):
             run_dir,
             resume=bool(args.resume),
             force=args.force,
+            force_data=args.force_data,
             changes=changes,
             verbose=not args.quiet,
             plots=plots,

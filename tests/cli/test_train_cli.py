@@ -43,7 +43,7 @@ def test_train_writes_a_complete_run_folder(data_dir, tmp_path, capsys):
     assert rc == 0
     assert "test accuracy" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
-    settings = {k: v for k, v in cfg.items() if k not in ("plots", "resumes")}
+    settings = {k: v for k, v in cfg.items() if k not in ("plots", "resumes", "data_sha256")}
     assert runs.TrainConfig.from_dict(cfg).to_dict() == settings  # round-trips
     assert cfg["plots"] is True and cfg["resumes"] == [] and os.path.isabs(cfg["data"])
     assert cfg["hidden"] == [16] and cfg["lr"] == 3e-3 and cfg["epochs"] == 3 and cfg["optimizer"] == "adam"
@@ -292,3 +292,23 @@ def test_force_replaces_a_gpunet_run_as_a_whole(data_dir, tmp_path):
     assert train.main(argv) == 2  # a run is there
     assert train.main(argv + ["--force"]) == 0
     assert (out / "model.npz").exists() and (out / "config.json").exists()
+
+
+def test_resume_refuses_other_data_unless_told(data_dir, tmp_path, capsys):
+    """Issue 24 #4: pointing config.json at another file and resuming trained on it without a word."""
+    out = tmp_path / "run"
+    assert train.main(["cifar10", "--data-dir", str(data_dir), "--out", str(out), *FAST]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert len(cfg["data_sha256"]) == 64
+    other = write_h5(tmp_path / "other.h5", seed=7)
+    cfg["data"] = str(other)
+    (out / "config.json").write_text(json.dumps(cfg))
+    before = (out / "solver.ckpt.npz").read_bytes()
+    capsys.readouterr()
+    resume = ["--resume", str(out), "--epochs", "4", "--backend", "numpy", "-q", "--no-plots"]
+    assert train.main(resume) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "other.h5: not the data this run started with" in err[-1] and "--force-data" in err[-1], err
+    assert (out / "solver.ckpt.npz").read_bytes() == before  # nothing trained
+    assert train.main(resume + ["--force-data"]) == 0
+    assert json.loads((out / "config.json").read_text())["data_sha256"] != cfg["data_sha256"]
