@@ -61,6 +61,12 @@ def write(
     names = [s for s in SPLIT_ORDER if s in data.splits and len(data.splits[s].y)]
     image_shape = data.splits["train"].x.shape[1:]
     mean, std = channel_stats(data.splits["train"].x)
+    if (std <= 0).any():  # checked before the file exists (issue 24 #7): it could not be trained on
+        flat = [int(c) for c in np.flatnonzero(std <= 0)]
+        raise PrepError(
+            f"{source}: the training images have no variation in channel(s) {flat} (every pixel "
+            f"{[round(float(mean[c]), 1) for c in flat]}): nothing to learn from; no output written"
+        )
     extra = {"source": source, "source_sha256": data.fingerprint["sha256"]}
     if "md5" in data.fingerprint:
         extra["source_md5"] = data.fingerprint["md5"]

@@ -266,3 +266,14 @@ def test_module_run_no_traceback(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.startswith("error: ")
     assert "fer2013.csv line 3" in r.stderr
+
+
+def test_all_zero_images_are_refused_naming_the_source_and_writing_nothing(tmp_path):
+    """Issue 24 #7: all-zero images gave "b.h5: expected root attribute std > 0" and left a complete b.h5."""
+    from prep_fixtures import cifar_batches, make_tar, write_cifar_python
+
+    batches = {k: (np.zeros_like(x), y) for k, (x, y) in cifar_batches().items()}
+    src = tmp_path / "src"
+    tar = make_tar(write_cifar_python(src, batches), tmp_path / "zeros.tar.gz")
+    msg = fails(tmp_path, "cifar10", tar, "zeros.tar.gz", "no variation", "no output written", val_size=10)
+    assert "out.h5" not in msg
