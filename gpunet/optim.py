@@ -228,18 +228,13 @@ class Optimizer:
     def _use_multi(self, params) -> bool:
         """One launch can update every parameter: CuPy weights and state that pass ``multi_tensor.refusal``
         (gradients need not: the launch copies any it could not read; w stands in for them here)."""
-        if not (self.multi_tensor and params):
+        ops = get_ops(*params.values()) if self.multi_tensor and params else None
+        if ops is None or not ops.on_device:  # NumPy: per parameter, nothing to check on every step
             return False
-        names, st = (
-            _MULTI_RULES["sgd_momentum" if self.rule is sgd_momentum else self.rule.__name__][0],
-            self.state,
-        )
-        return (
-            get_ops(*params.values()).one_launch_refusal(
-                [[w, w] + [st[k][n] for n in names if n in st.get(k, {})] for k, w in params.items()]
-            )
-            is None
-        )
+        names = _MULTI_RULES["sgd_momentum" if self.rule is sgd_momentum else self.rule.__name__][0]
+        st = self.state
+        arrays = [[w, w] + [st[k][n] for n in names if n in st.get(k, {})] for k, w in params.items()]
+        return ops.one_launch_refusal(arrays) is None
 
     def prepare(self, params: dict, lr: float):
         """Multi-tensor path: create missing state, advance step counters, write the step's scalars."""

@@ -33,7 +33,7 @@ import types
 import numpy as np
 
 from . import kernel_cpu  # noqa: F401  (g++ harness of the kernel bodies)
-from .emulated_kernels import ElementwiseKernel, RawKernel
+from .emulated_kernels import ElementwiseKernel, RawKernel, _is_host, _plain
 
 NAME = "gpunet emulated GPU (NumPy arrays, CUDA bodies compiled by g++)"
 _capturing = []  # streams being captured (a capture refuses cuBLAS calls)
@@ -81,10 +81,6 @@ class MemoryPointer:
         ctypes.memset(self.ptr, value, size)
 
 
-def _plain(x):
-    return x.view(np.ndarray) if isinstance(x, ndarray) else x
-
-
 def _wrap(x):
     """Results as device arrays: plain NumPy arrays and NumPy scalars (CuPy returns 0-d arrays)."""
     if isinstance(x, ndarray):
@@ -98,10 +94,6 @@ def _wrap(x):
     if isinstance(x, list):
         return [_wrap(v) for v in x]
     return x
-
-
-def _is_host(x) -> bool:
-    return type(x) is np.ndarray and x.ndim > 0
 
 
 class ndarray(np.ndarray):
