@@ -18,10 +18,11 @@ filtering, then the model's own normalisation from its meta.
 from __future__ import annotations
 
 import functools
+import io
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from . import backend
 from .io import regular_file
@@ -52,23 +53,25 @@ def _load_cascade(cascade_class, filename):
     return cascade_class(filename)  # parsing the XML once per process
 
 
-def read_photo(image) -> np.ndarray:
+def read_photo(image, *, name=None, formats=None, max_pixels=None) -> np.ndarray:
     """uint8 (H, W) grey or (H, W, 3) RGB pixels of ``image``.
 
-    image: a file path (EXIF orientation applied, other modes converted to RGB), or an
-    H x W / H x W x 3 uint8 array (used as is). ValueError naming what was wrong.
+    image: a file path or the bytes of an image file (EXIF orientation applied, other modes
+    converted to RGB), or an H x W / H x W x 3 uint8 array (used as is).
+    name: what error messages call bytes (default ``photo``); a path names itself.
+    formats: Pillow format names to accept, e.g. ``("JPEG", "PNG")`` (None: any Pillow reads).
+    max_pixels: a photo of more pixels (width x height) is refused before it is decoded, as a
+    decompression bomb (None: Pillow's ``Image.MAX_IMAGE_PIXELS``).
+    ValueError naming what was wrong: not an image, truncated, too many pixels.
     """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(image), name or "photo", formats, max_pixels)
     if isinstance(image, (str, os.PathLike)):
         regular_file(image, "image file")  # FileNotFoundError, or ValueError for a FIFO or a folder
         try:
-            with Image.open(image) as im:
-                im = ImageOps.exif_transpose(im)
-                im = im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB")
-                return np.asarray(im, np.uint8).copy()
+            return _decode(image, os.fspath(image), formats, max_pixels)
         except FileNotFoundError:
             raise FileNotFoundError(f"{os.fspath(image)}: no such image file") from None
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{os.fspath(image)}: not a readable image ({e})") from None
     a = backend.to_numpy(image) if not isinstance(image, np.ndarray) else image
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)) or 0 in a.shape:
         raise ValueError(
@@ -76,6 +79,32 @@ def read_photo(image) -> np.ndarray:
             f"got {a.dtype} {tuple(a.shape)}"
         )
     return a
+
+
+def _decode(source, where, formats, max_pixels) -> np.ndarray:
+    """Pixels of the image file ``source`` (a path or a binary file object) named ``where``."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with Image.open(source, formats=formats) as im:  # reads the header only
+            if limit and im.width * im.height > limit:
+                too_many = f"{im.width} x {im.height} pixels"
+            else:
+                too_many = None
+                im = ImageOps.exif_transpose(im)
+                im = im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB")  # decodes
+                return np.asarray(im, np.uint8).copy()
+    except Image.DecompressionBombError as e:  # Pillow's own limit (twice MAX_IMAGE_PIXELS)
+        raise ValueError(f"{where}: refused, too many pixels ({e})") from None
+    except UnidentifiedImageError:
+        kinds = " or ".join(formats) if formats else "an image format Pillow reads"
+        raise ValueError(f"{where}: not a readable image (not {kinds})") from None
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged (PNG chunks raise SyntaxError)
+        raise ValueError(f"{where}: not a readable image ({e})") from None
+    raise ValueError(
+        f"{where}: refused, too many pixels ({too_many}, more than {limit:,}: a decompression bomb?)"
+    )
 
 
 def _pil(pixels: np.ndarray) -> Image.Image:
@@ -180,8 +209,13 @@ def detect_emotions(image, model=None) -> list:
     pixels = read_photo(image)
     boxes = find_faces(pixels)
     probs = classify_faces(face_crops(pixels, boxes, meta["image_shape"]), model, meta)
+    return emotions_list(boxes, probs)
+
+
+def emotions_list(boxes, probs) -> list:
+    """``detect_emotions``'s answer from face ``boxes`` and their (N, 7) ``probs``."""
     return [
-        {"box": list(b), "emotions": {n: float(p) for n, p in zip(FER_EMOTIONS, row)}}
+        {"box": [int(v) for v in b], "emotions": {n: float(p) for n, p in zip(FER_EMOTIONS, row)}}
         for b, row in zip(boxes, probs)
     ]
 
