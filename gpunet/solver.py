@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from . import backend, threads
 from . import extensions as ext
 from .checkpoint import read_checkpoint, save_checkpoint
+from .ops import philox
 from .train_step import make_train_step
 from .data import ArrayLoader
 from .data.plan import CHECK_STREAM, DROPOUT_STREAM, TRAIN_EVAL_STREAM
@@ -368,6 +369,7 @@ class Solver:
             e.before_epoch(self, epoch)
         self.train_loader.set_epoch(epoch)
         self._rng = self.model.rng = _epoch_rng(self._rng, [self.seed, epoch, DROPOUT_STREAM])
+        philox.follow(self.model.rng, force=True)  # GPU dropout: the epoch's key, offset 0, on the device
         self.epoch_losses = losses = []
         for it, (X, y) in enumerate(self.train_loader):
             losses.append(self._train_step(X, y, self.lr))

@@ -13,19 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, cuda_sources, multi_tensor
+from . import philox
 from .numpy_ops import NumpyOps
 
-# ReLU (and dropout) backward from the output a; inverted dropout of an activation in place
+# ReLU (and dropout) backward from the output a (dropout itself: philox.py, a counter-based stream)
 _RELU_BWD = cuda_sources.elementwise(
     "relu_bwd", "T a, T scale", "T d", "d = a > (T)0 ? d * scale : (T)0", module=__name__, scalars=("scale",)
-)
-_DROPOUT = cuda_sources.elementwise(
-    "dropout",
-    "float32 u, float32 p, T scale",
-    "T h",
-    "h = u < p ? (T)0 : h * scale",
-    module=__name__,
-    scalars=("p", "scale"),
 )
 # the bias add: h = h + b, and h = relu(h + b) (NaN propagates as in np.maximum)
 _BIAS_ADD = cuda_sources.elementwise("bias_add", "T b", "T h", "h = h + b", module=__name__)
@@ -130,21 +123,16 @@ class CupyOps(NumpyOps):
         _RELU_BWD(a, d.dtype.type(scale), d)
         return d
 
-    _uniform_bufs = {}  # (device id, shape) -> float32 buffer of the dropout's uniforms, reused
-
-    def _uniforms(self, rng, X):
-        """Fresh float32 uniforms shaped like X, written into one buffer per device and shape; the kernel
-        consumes it in stream order before the next call overwrites it."""
-        key = (getattr(getattr(X, "device", None), "id", None), tuple(X.shape))
-        buf = self._uniform_bufs.get(key)
-        if buf is None:
-            buf = self._uniform_bufs[key] = self.xp.empty(X.shape, dtype=np.float32)
-        return rng.random(X.shape, dtype=np.float32, out=buf)
-
     def dropout_(self, h, p, rng, keep_mask):
-        if h.dtype.kind != "f":
+        """Philox counter-based masks (``philox.py``): the key and offset live on the device, so a
+        CUDA graph replay draws a new mask. ``rng`` keys the stream when it changes (``philox.follow``)."""
+        if (
+            h.dtype.name not in philox.DROPOUT
+            or not h.flags.c_contiguous
+            or isinstance(rng, np.random.Generator)
+        ):
             return super().dropout_(h, p, rng, keep_mask)
-        _DROPOUT(self._uniforms(rng, h), np.float32(p), h.dtype.type(1.0 / (1.0 - p)), h)
+        philox.stream(self.xp).follow(rng).dropout_(h, p)
         return h
 
     # ------------------------------------------------------------------ loss

@@ -70,27 +70,6 @@ def case_relu_bwd(dt, rng):
         assert not d[0].any()
 
 
-class _FixedUniforms:
-    """A stand-in generator whose ``random`` returns given float32 uniforms (the kernel's ``u``)."""
-
-    def __init__(self, u):
-        self.u = u
-
-    def random(self, shape, dtype=np.float32):
-        return self.u.reshape(shape).astype(dtype)
-
-
-def case_dropout(dt, rng):
-    X = rng.standard_normal((16, 12)).astype(dt)
-    u = rng.random(X.shape, dtype=np.float32)
-    u[0, :4] = (0.0, 0.25, 0.5, np.nextafter(np.float32(0.5), 0))  # uniforms at the threshold
-    for p in (0.0, 0.25, 0.5):
-        h = X.copy()
-        _run("dropout", dt, h.size, u=u, p=np.float32(p), scale=dt(1 / (1 - p)), h=h)
-        want = X if p == 0 else activations.dropout_forward(X, p, rng=_FixedUniforms(u))[0]
-        close(h, want, dt)
-
-
 def case_softmax_xent(dt, rng, label_dtype=np.int64):
     N, C = 12, 5
     x = rng.standard_normal((N, C)).astype(dt) * 3
@@ -188,7 +167,6 @@ CASES = {
     "bias_add": lambda dt, rng: case_bias("bias_add", False, dt, rng),
     "bias_relu": lambda dt, rng: case_bias("bias_relu", True, dt, rng),
     "relu_bwd": case_relu_bwd,
-    "dropout": case_dropout,
     "softmax_xent": case_softmax_xent,
     "softmax_xent/int32": lambda dt, rng: case_softmax_xent(dt, rng, np.int32),
     "sgd": case_sgd,
@@ -203,6 +181,9 @@ try:  # the multi-tensor update (its cases live beside it)
     CASES.update(MULTI_CASES)
 except ImportError:
     pass
+from kernel_cpu_philox import PHILOX_CASES  # the Philox dropout stream (gpunet/ops/philox.py)
+
+CASES.update(PHILOX_CASES)
 
 
 def _case_params():

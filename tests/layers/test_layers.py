@@ -184,37 +184,7 @@ def test_kernels_keep_dtype_and_kind(xp, rng, dtype):
         assert type(o) is type(X) and o.dtype == dtype
 
 
-class _RecordingRng:
-    """Stands in for a CuPy generator: fills ``out`` and remembers which buffers it was handed."""
-
-    def __init__(self):
-        self.outs, self.g = [], np.random.default_rng(0)
-
-    def random(self, shape, dtype=np.float32, out=None):
-        assert out is not None, "the GPU dropout must generate into a reused buffer"
-        self.outs.append(out)
-        out[...] = self.g.random(shape, dtype=dtype)
-        return out
-
-
-@pytest.mark.skipif(emulated.available() is not None, reason=str(emulated.available()))
-def test_gpu_dropout_reuses_its_uniform_buffer(monkeypatch):
-    """On the (emulated) GPU the dropout kernel's uniforms go into one buffer per shape."""
-    from gpunet.layers import activations
-    from gpunet.ops import CupyOps
-
-    monkeypatch.setattr(CupyOps, "_uniform_bufs", {})
-    rng = _RecordingRng()
-    with backend.using("emulated") as xp:
-        for _ in range(3):
-            x = xp.ones((6, 4), np.float32)
-            activations.dropout_forward(x, 0.5, rng=rng, out=x)  # the fast path is in place only
-            kept = backend.to_numpy(x) != 0
-            assert np.array_equal(kept, backend.to_numpy(rng.outs[-1]) >= 0.5)
-        x = xp.ones((2, 4), np.float32)
-        activations.dropout_forward(x, 0.5, rng=rng, out=x)
-    assert all(u is rng.outs[0] for u in rng.outs[:3]) and rng.outs[3] is not rng.outs[0]
-    assert len(CupyOps._uniform_bufs) == 2
+# the GPU dropout's own kernel and stream (Philox, keyed on the device): tests/kernels/test_philox.py
 
 
 @pytest.mark.gpu
