@@ -46,6 +46,7 @@ class TrainConfig:
     augment: bool = True  # random horizontal flips of training images
     crop_pad: int = 0  # random crops after padding by this many pixels (0 = off)
     graph: bool = True  # CuPy: replay each training step from a CUDA graph (--no-graph: eager)
+    data_on_device: str = "auto"  # auto | yes | no: keep the HDF5 splits on the device or stream them
     recipe: str = "default"  # which recipe of (dataset, arch) the defaults came from (VARIANTS)
 
     @classmethod
@@ -92,6 +93,7 @@ class TrainConfig:
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
             ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"0..epochs ({self.epochs})"),
             ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2**32)"),
+            ("data_on_device", self.data_on_device in ("auto", "yes", "no"), "one of auto, yes, no"),
         ]
         for key, ok, expected in checks:
             if not ok:
@@ -123,6 +125,7 @@ RESUMABLE = (
     "momentum",
     "weight_decay",
     "graph",
+    "data_on_device",  # the same batches either way: only the speed changes
 )
 
 

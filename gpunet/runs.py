@@ -111,8 +111,11 @@ def build_loaders(cfg: TrainConfig, meta, arrays=None) -> dict:
     on_host = lambda X, y, **kw: ArrayLoader(X, y, mean=mean, std=std, **kw)  # noqa: E731
     if arrays is None:
         X_sub, y_sub = load_split(cfg.data, "train", TRAIN_EVAL_SAMPLES, cfg.seed)
-        train = H5Loader(cfg.data, "train", batch_size=cfg.batch_size, seed=cfg.seed, augment=augment)
-        val = H5Loader(cfg.data, "val", batch_size=1000, shuffle=False)
+        place = cfg.data_on_device  # auto | yes | no: both paths serve the same batches
+        train = H5Loader(
+            cfg.data, "train", batch_size=cfg.batch_size, seed=cfg.seed, augment=augment, preload=place
+        )
+        val = H5Loader(cfg.data, "val", batch_size=1000, shuffle=False, preload=place)
     else:
         (X, y), (X_val, y_val) = arrays["train"], arrays["val"]
         pick = np.sort(
@@ -122,6 +125,16 @@ def build_loaders(cfg: TrainConfig, meta, arrays=None) -> dict:
         train = on_host(X, y, batch_size=cfg.batch_size, seed=cfg.seed, augment=augment)
         val = on_host(X_val, y_val, batch_size=1000, shuffle=False)
     return {"train": train, "val": val, "train_eval": on_host(X_sub, y_sub, batch_size=1000, shuffle=False)}
+
+
+def describe_placement(loaders: dict) -> str:
+    """One log line: where each HDF5 split of ``loaders`` lives (on the device, or streamed) and why."""
+    parts = [
+        f"{name}: {'on the device' if ld.preloaded else 'streamed from HDF5'} ({ld.placement})"
+        for name, ld in loaders.items()
+        if isinstance(ld, H5Loader)
+    ]
+    return "data: " + "; ".join(parts) if parts else ""
 
 
 def check_crop_pad(cfg: TrainConfig, meta):
@@ -209,6 +222,8 @@ def _train_owned(
         say(f"{ckpt}: no checkpoint yet (interrupted in the first epoch); starting from epoch 1")
     model = build_model(cfg, meta)
     data = build_loaders(cfg, meta)
+    if verbose and (placement := describe_placement(data)):
+        say(placement)  # once per run: where the data lives decides the speed, never the batches
     t0 = time.perf_counter()
     try:
         solver = Solver(

@@ -42,6 +42,7 @@ CONFIG_FLAGS = (
     "augment",
     "crop_pad",
     "graph",
+    "data_on_device",
     "recipe",
 )
 
@@ -103,6 +104,13 @@ def add_model_args(p: argparse.ArgumentParser):
         default=None,
         help="CuPy: capture the training step once and replay it as a CUDA graph (default: on; "
         "--no-graph steps eagerly)",
+    )
+    g.add_argument(
+        "--data-on-device",
+        choices=("auto", "yes", "no"),
+        help="keep the HDF5 splits on the device (GPU memory; host RAM on NumPy) as uint8 and shuffle, "
+        "normalise and augment there (yes), stream them from the file (no), or keep them when they fit "
+        "25%% of free memory (auto, the default); the batches are the same either way",
     )
     g.add_argument("--config", metavar="FILE.json", help="load settings from a JSON (or YAML) file")
 

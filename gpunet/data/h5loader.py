@@ -1,10 +1,14 @@
-"""Streaming a split of a gpunet HDF5 file to the device: ``H5Loader``.
+"""A split of a gpunet HDF5 file on the device: ``H5Loader``, kept there whole or streamed.
 
-The file (layout in ``gpunet.data.h5file``) is read in whole chunks by a background
-thread (``gpunet.data.prefetch``) into a small ring of host buffers (pinned on CuPy),
-copied to the device as uint8 and normalised there (``gpunet.data.norm``). A streamed
-epoch follows ``epoch_plan`` (chunks in a random order, mixed inside a window); a
-preloaded split is permuted as a whole. Both are pure functions of ``(seed, epoch)``.
+Kept on the device (``preload``; chosen by ``data_on_device``: the split fits
+``DEVICE_DATA_SHARE`` of free device memory): the split is copied once as uint8; each
+epoch's order goes up once, and every batch is gathered, normalised (``gpunet.data.norm``)
+and augmented (``gpunet.data.augment``) by array ops on the device, with no host round trip.
+Streamed (data that does not fit): a background thread (``gpunet.data.prefetch``) reads
+whole chunks into a small ring of host buffers (pinned on CuPy), copied to the device as
+uint8 and normalised there. Both paths follow the same ``epoch_plan`` (its window from
+``default_window``, a property of the file) and draw augmentation from the same generator,
+so they serve the same batches for the same ``(seed, epoch)``.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from .. import backend
 from .augment import augment_images, check_augment
 from .h5file import check_split, file_meta, open_file
 from .norm import norm_stats, normalize
-from .plan import augment_seed, epoch_permutation, epoch_plan
+from .plan import augment_seed, epoch_plan
 from .prefetch import Prefetcher, blocking_event
 
 DEFAULT_CHUNK = 256  # rows per read when a dataset is stored contiguously
 _WINDOW_BYTES = 64 << 20  # shuffle-buffer budget: at most this many bytes of chunks, ...
 _MAX_WINDOW_CHUNKS = 16  # ... and at most this many chunks
+DEVICE_DATA_SHARE = 0.25  # a split is kept on the device when it takes at most this share of free memory
+HOST_DATA_CAP = 2 << 30  # on NumPy ("device" memory is host RAM): never more than this, whatever is free
+WHOLE_SHUFFLE_BYTES = 1 << 30  # a split up to this size is shuffled as one window (a whole permutation)
+DATA_ON_DEVICE = ("auto", "yes", "no")  # --data-on-device: choose by size, force the device, force streaming
 
 
 def _available_ram() -> int:
@@ -38,15 +46,54 @@ def _available_ram() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def preload_budget() -> int:
-    """Bytes a split may take to be preloaded by ``preload='auto'``.
-
-    25% of free GPU memory on CuPy; min(2 GB, 25% of available RAM) on NumPy.
-    """
-    cp = backend.cupy_module() if backend.name() == "cupy" else None
+def free_device_memory() -> int:
+    """Bytes free for new arrays: the GPU's free memory on CuPy, available RAM on NumPy (and emulated)."""
+    cp = backend.cupy_module() if backend.name() == "cupy" and not backend.emulated() else None
     if cp is not None:
-        return int(cp.cuda.runtime.memGetInfo()[0]) // 4
-    return min(2 << 30, _available_ram() // 4)
+        return int(cp.cuda.runtime.memGetInfo()[0])
+    return _available_ram()
+
+
+def preload_budget(free: int | None = None) -> int:
+    """Bytes a split may take to be kept on the device by ``preload='auto'``.
+
+    free: free device memory in bytes (default: ``free_device_memory()``; tests inject a figure).
+    ``DEVICE_DATA_SHARE`` of it on CuPy; on NumPy also at most ``HOST_DATA_CAP``.
+    """
+    free = free_device_memory() if free is None else int(free)
+    budget = int(free * DEVICE_DATA_SHARE)
+    return budget if backend.name() == "cupy" else min(HOST_DATA_CAP, budget)
+
+
+def data_on_device(nbytes: int, mode="auto", free: int | None = None) -> tuple[bool, str]:
+    """``(keep on the device?, why)`` for a split of ``nbytes`` (uint8 images plus int64 labels).
+
+    mode: ``"auto"`` (``True`` / ``"yes"``, ``False`` / ``"no"`` force a path); free: as for
+    ``preload_budget``. The reason is one phrase for the log.
+    """
+    mode = {True: "yes", False: "no"}.get(mode, mode)
+    if mode not in DATA_ON_DEVICE:
+        raise ValueError(f"data_on_device: expected one of {list(DATA_ON_DEVICE)}, got {mode!r}")
+    if mode != "auto":
+        return mode == "yes", f"asked for ({mode})"
+    budget = preload_budget(free)
+    where = "free GPU memory" if backend.name() == "cupy" else "available RAM"
+    fits = nbytes <= budget
+    return fits, (
+        f"auto: {nbytes / 1e6:,.0f} MB {'fits' if fits else 'exceeds'} the budget of "
+        f"{budget / 1e6:,.0f} MB ({DEVICE_DATA_SHARE:.0%} of {where})"
+    )
+
+
+def default_window(n: int, chunk: int, sample_bytes: int) -> int:
+    """Chunks per shuffle window: the whole split when it is at most ``WHOLE_SHUFFLE_BYTES``
+    (one window: the epoch order is a whole permutation, fair even to a class-sorted file),
+    else up to ``_MAX_WINDOW_CHUNKS`` chunks within ``_WINDOW_BYTES``. Depends on the file
+    only, never on where the split is kept, so both paths serve the same batches."""
+    n_chunks = max(1, -(-n // chunk))
+    if n * sample_bytes <= WHOLE_SHUFFLE_BYTES:
+        return n_chunks
+    return max(1, min(_MAX_WINDOW_CHUNKS, _WINDOW_BYTES // (chunk * sample_bytes)))
 
 
 class H5Loader:
@@ -55,10 +102,12 @@ class H5Loader:
     path, split: the file and the group (``/<split>/x`` uint8 (N, C, H, W), ``/<split>/y`` (N,)).
     batch_size, shuffle, seed, drop_last: as for ``ArrayLoader``; the order of an epoch is
         ``epoch_plan(N, chunk, window, seed, epoch, shuffle)``: chunks in a random order,
-        samples mixed inside windows of ``buffer_chunks`` chunks (default: up to 16 chunks,
-        64 MB). It depends on the file's chunk layout only, never on ``preload``.
-    preload: True keeps the whole split on the device (uint8); False streams it;
-        ``'auto'`` preloads when its size is below ``preload_budget()``.
+        samples mixed inside windows of ``buffer_chunks`` chunks (default ``default_window``:
+        the whole split up to 1 GiB, else up to 16 chunks, 64 MB). It depends on the file
+        only, never on ``preload``: both paths serve the same batches.
+    preload: True (``'yes'``) keeps the whole split on the device (uint8); False (``'no'``)
+        streams it; ``'auto'`` keeps it when it fits ``preload_budget()`` (``data_on_device``).
+        ``loader.preloaded`` says which, ``loader.placement`` why (a phrase for the log).
     prefetch: batches read ahead by the background thread.
     augment: None, or ``{'flip': bool, 'crop_pad': int}`` (see ``augment_images``), drawn
         from ``(seed, epoch)``.
@@ -85,8 +134,8 @@ class H5Loader:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if int(prefetch) < 1:
             raise ValueError(f"prefetch: expected a positive integer, got {prefetch}")
-        if preload not in (True, False, "auto"):
-            raise ValueError(f"preload: expected True, False or 'auto', got {preload!r}")
+        if preload not in (True, False, "auto", "yes", "no"):
+            raise ValueError(f"preload: expected True, False, 'auto', 'yes' or 'no', got {preload!r}")
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ValueError(f"dtype: expected a floating dtype, got {self.dtype}")
@@ -111,7 +160,7 @@ class H5Loader:
         c, d = self.sample_shape[0], int(np.prod(self.sample_shape))
         self.chunk = int(self._x.chunks[0]) if self._x.chunks else DEFAULT_CHUNK
         if buffer_chunks is None:
-            buffer_chunks = max(1, min(_MAX_WINDOW_CHUNKS, _WINDOW_BYTES // (self.chunk * d)))
+            buffer_chunks = default_window(self.num_samples, self.chunk, d)
         if int(buffer_chunks) < 1:
             raise ValueError(f"buffer_chunks: expected a positive integer, got {buffer_chunks}")
         self.buffer_chunks = int(buffer_chunks)
@@ -124,8 +173,8 @@ class H5Loader:
                     f"to normalise split {self.split!r}, found mean={mean}, std={std}"
                 )
             self._mean, self._inv_std = norm_stats(mean, std, self.dtype, shape=self.sample_shape)
-        nbytes = self.num_samples * (d + 8)
-        self.preloaded = bool(preload) if preload != "auto" else nbytes <= preload_budget()
+        self.nbytes = self.num_samples * (d + 8)  # uint8 images and int64 labels
+        self.preloaded, self.placement = data_on_device(self.nbytes, preload)
         if self.preloaded:
             self._load_all()
         else:
@@ -168,12 +217,11 @@ class H5Loader:
     def order(self, epoch=None) -> np.ndarray:
         """(N,) int64 sample indices in the order ``epoch`` (default: the next) serves them.
 
-        A preloaded split is shuffled as a whole (``epoch_permutation``): every batch is a
-        fair sample even when the file is sorted by class; a streamed one follows ``epoch_plan``.
+        The same whether the split is kept on the device or streamed: ``epoch_plan`` over the
+        file's chunks with ``buffer_chunks`` per window (by default one window, a whole
+        permutation, for a split up to ``WHOLE_SHUFFLE_BYTES``: see ``default_window``).
         """
         epoch = self._epoch if epoch is None else epoch
-        if self.preloaded and self.shuffle:
-            return epoch_permutation(self.num_samples, self.seed, epoch)
         plan = self._plan(epoch)
         return np.concatenate([o for _, o in plan]) if plan else np.empty(0, np.int64)
 

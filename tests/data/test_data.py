@@ -77,35 +77,7 @@ def test_shuffle_false_is_file_order(xb, h5file):
     np.testing.assert_allclose(np.concatenate([x for x, _ in batches]), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shuffle,drop_last", [(True, False), (True, True), (False, True)])
-def test_preload_and_streaming_serve_the_same_samples(xb, h5file, shuffle, drop_last):
-    """Streaming follows the chunk plan, preloading a whole permutation: same samples, each epoch's own
-    order."""
-    path, _ = h5file
-    kw = dict(batch_size=48, shuffle=shuffle, drop_last=drop_last, seed=7)
-    with H5Loader(path, preload=True, **kw) as p, H5Loader(path, preload=False, prefetch=1, **kw) as s:
-        for e in (0, 1):
-            bp, bs = epoch(p, e), epoch(s, e)
-            assert len(bp) == len(bs) == len(p)
-            yp, ys = np.concatenate([y for _, y in bp]), np.concatenate([y for _, y in bs])
-            xp_, xs = np.concatenate([x for x, _ in bp]), np.concatenate([x for x, _ in bs])
-            assert np.array_equal(yp, ys) == (not shuffle)
-            if not drop_last:  # the same multiset of samples
-                np.testing.assert_array_equal(np.sort(yp), np.sort(ys))
-                np.testing.assert_allclose(
-                    np.sort(xp_.reshape(len(xp_), -1), axis=0), np.sort(xs.reshape(len(xs), -1), axis=0)
-                )
-            np.testing.assert_array_equal(yp, np.concatenate([y for _, y in epoch(p, e)]))  # reproducible
-
-
-def test_preloaded_epochs_are_whole_permutations(h5file, numpy_backend):
-    """A class-sorted file still gives mixed batches when preloaded: the order is one full permutation."""
-    path, _ = h5file
-    from gpunet.data import epoch_permutation
-
-    with H5Loader(path, preload=True, batch_size=48, seed=3) as ld:
-        n = ld.num_samples
-        np.testing.assert_array_equal(ld.order(2), epoch_permutation(n, 3, 2))
+# test_device_data.py: both paths serve the same batches; the default window is a whole permutation
 
 
 def test_drop_last_both_ways(h5file, numpy_backend):
