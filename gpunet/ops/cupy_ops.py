@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import backend, cuda_sources, multi_tensor
 from . import philox
+from .cudnn import CudnnConvOps
 from .numpy_ops import NumpyOps
 
 # ReLU (and dropout) backward from the output a (dropout itself: philox.py, a counter-based stream)
@@ -93,8 +94,8 @@ def _one_type(*arrays) -> bool:
     return len({a.dtype for a in arrays}) == 1 and arrays[0].dtype.kind == "f"
 
 
-class CupyOps(NumpyOps):
-    """The primitives on CuPy (see the module docstring)."""
+class CupyOps(CudnnConvOps, NumpyOps):
+    """The primitives on CuPy (see the module docstring); convolutions through cuDNN (``cudnn.py``)."""
 
     name = "cupy"
     on_device = True
