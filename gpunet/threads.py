@@ -3,6 +3,10 @@
 NumPy's ufuncs and BLAS calls release the GIL, so plain threads use every core. The team runs
 
 - ``parallel(fn, n)``: a memory-bound pass (the optimizer updates) over CHUNK-aligned ranges;
+- ``split(fn, n, work)``: a pass over ``n`` independent items (channels, samples) in one range per
+  thread, e.g. batch norm and pooling over channel blocks;
+- ``blocked(n, item_bytes)``: the ranges of items a thread works through so each block's arrays
+  stay in the core's L2 cache (``l2_bytes``, read from the machine);
 - ``concurrently(f, g, ...)``: independent products side by side, one per thread, each a
   single-threaded BLAS call (a hidden layer's input and weight gradients; the parts of a large
   forward product split by ``cuts``/``ways`` over the rows of W each core updates); whether that
@@ -90,6 +94,49 @@ def parallel(fn, n: int):
         return
     c = cuts(n, t)
     _run([lambda lo=lo, hi=hi: fn(lo, hi) for lo, hi in zip(c[:-1], c[1:])])
+
+
+def split(fn, n: int, work: int):
+    """Run ``fn(lo, hi)`` over [0, n) items cut into one contiguous range per thread of the team;
+    ``work``: elements the whole pass touches (one thread below ``PAR_MIN`` per thread)."""
+    t = min(num_threads(), n, work // PAR_MIN)
+    if t <= 1 or _in_team():
+        fn(0, n)
+        return
+    c = [n * k // t for k in range(t + 1)]
+    _run([lambda lo=lo, hi=hi: fn(lo, hi) for lo, hi in zip(c[:-1], c[1:])])
+
+
+_l2 = None
+
+
+def l2_bytes() -> int:
+    """One core's L2 cache in bytes, as the machine reports it (Linux sysfs; 1 MiB where unknown); read
+    once per process."""
+    global _l2
+    if _l2 is None:
+        _l2 = 1 << 20
+        try:
+            base = "/sys/devices/system/cpu/cpu0/cache"
+            for index in sorted(os.listdir(base)):
+                with open(f"{base}/{index}/level") as f:
+                    if f.read().strip() != "2":
+                        continue
+                with open(f"{base}/{index}/size") as f:
+                    size = f.read().strip().upper()
+                mult = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                _l2 = int(size.rstrip("KM")) * mult
+                break
+        except (OSError, ValueError):
+            pass
+    return _l2
+
+
+def blocked(lo: int, hi: int, item_bytes: int, share: float = 0.5):
+    """Ranges ``(a, b)`` covering [lo, hi), each of as many items as fit ``share`` of the L2 cache
+    (at least one item), so a block's passes after the first read it from the cache."""
+    step = max(1, int(l2_bytes() * share) // max(1, item_bytes))
+    return [(a, min(hi, a + step)) for a in range(lo, hi, step)]
 
 
 def cuts(n: int, t: int) -> list:

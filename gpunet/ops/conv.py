@@ -5,11 +5,20 @@ strided copy per kernel offset (KH*KW copies, never a loop over pixels or sample
 so the forward, the weight gradient and the input gradient are each a single large
 matrix product: ``W (F, CKK) @ cols``, ``dout (F, NHoWo) @ cols.T`` and
 ``W.T @ dout``. On CuPy the same code runs as cuBLAS GEMMs plus strided copies.
+
+On NumPy (``_cpu_forward``/``_cpu_backward``) the copies are shared among the thread team and the
+products stay single GEMMs on BLAS's own threads, except the input gradient's: its patch
+gradients are computed and summed back in blocks of samples of about two L2 caches
+(``threads.blocked``, the cache size read from the machine), one block per thread at a time with
+one BLAS thread each, so the (C*KH*KW, N*Ho*Wo) array is never written out whole. The values are
+the single product's up to float rounding (BLAS blocks its sums differently).
 """
 
 from __future__ import annotations
 
-from .. import backend
+import numpy as np
+
+from .. import backend, threads
 
 
 def _out_size(size, k, stride, padding, what):
@@ -89,6 +98,9 @@ class ConvOps:
         """The NumPy form of ``gpunet.layers.conv2d_forward`` (shapes and arguments there)."""
         N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding, layout)
         xp = backend.get_array_module(X)
+        if xp is np and not self.on_device:
+            out = _cpu_forward(_as_cnhw(X, layout), W, b, stride, padding, (KH, KW, Ho, Wo), cache)
+            return out if layout == "CNHW" else np.ascontiguousarray(out.transpose(1, 0, 2, 3))
         # patches plus a row of ones: [W | b] @ [cols; 1] adds the bias inside the product
         cols1 = self.im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(
             C * KH * KW + 1, N * Ho * Wo
@@ -106,6 +118,22 @@ class ConvOps:
         if tuple(dout.shape) != want:
             raise ValueError(f"conv2d_backward: expected dout of shape {want}, got {tuple(dout.shape)}")
         xp = backend.get_array_module(dout)
+        if xp is np and not self.on_device:
+            cols1 = cache.get("cols1") if cache else None
+            Xt = _as_cnhw(X, layout)
+            if cols1 is None:
+                c = {}
+                _cpu_forward(Xt, W, b, stride, padding, (KH, KW, Ho, Wo), c)
+                cols1 = c["cols1"]
+            shape_padded = (C, N, Xt.shape[2] + 2 * padding, Xt.shape[3] + 2 * padding)
+            d = np.ascontiguousarray(_as_cnhw(dout, layout))
+            dXp, dWb = _cpu_backward(cols1, d, W, shape_padded, stride, need_dx)
+            dW, db = np.ascontiguousarray(dWb[:, :-1]).reshape(W.shape), np.ascontiguousarray(dWb[:, -1])
+            if dXp is None:
+                return None, dW, db
+            H, Wd = Xt.shape[2:]
+            dXt = dXp[:, :, padding : padding + H, padding : padding + Wd] if padding else dXp
+            return (dXt if layout == "CNHW" else np.ascontiguousarray(dXt.transpose(1, 0, 2, 3))), dW, db
         cols1 = cache.get("cols1") if cache else None
         if cols1 is None:
             cols1 = self.im2col(_as_cnhw(X, layout), KH, KW, stride, padding, ones=True).reshape(
@@ -121,3 +149,95 @@ class ConvOps:
             dXt = self.col2im(dcols, (C, N) + tuple(_as_cnhw(X, layout).shape[2:]), stride, padding)
             dX = dXt if layout == "CNHW" else xp.ascontiguousarray(dXt.transpose(1, 0, 2, 3))
         return dX, dW, db
+
+
+# ---------------------------------------------------------------------- the CPU's blocked form
+def _padded(Xt, padding):
+    """Xt (C, N, H, W) with ``padding`` zeros around H and W, a new C-contiguous array (one pass)."""
+    if not padding:
+        return np.ascontiguousarray(Xt)
+    C, N, H, W = Xt.shape
+    p = padding
+    Xp = np.empty((C, N, H + 2 * p, W + 2 * p), Xt.dtype)
+    Xp[:, :, :p], Xp[:, :, p + H :], Xp[:, :, p : p + H, :p], Xp[:, :, p : p + H, p + W :] = 0, 0, 0, 0
+    Xp[:, :, p : p + H, p : p + W] = Xt
+    return Xp
+
+
+def _gather(c6, Xp, n0, n1, stride):
+    """Patches of samples [n0, n1) of the padded Xp into c6 (C, KH, KW, n1 - n0, Ho, Wo)."""
+    _, KH, KW, _, Ho, Wo = c6.shape
+    hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
+    for i in range(KH):
+        for j in range(KW):
+            c6[:, i, j, : n1 - n0] = Xp[:, n0:n1, i : i + hs : stride, j : j + ws : stride]
+
+
+def _scatter(dXp, dc6, n0, n1, stride):
+    """The adjoint of ``_gather``: add the patch gradients dc6 of samples [n0, n1) into dXp."""
+    _, KH, KW, _, Ho, Wo = dc6.shape
+    hs, ws = stride * (Ho - 1) + 1, stride * (Wo - 1) + 1
+    dXp[:, n0:n1] = 0
+    for i in range(KH):
+        for j in range(KW):
+            dXp[:, n0:n1, i : i + hs : stride, j : j + ws : stride] += dc6[:, i, j, : n1 - n0]
+
+
+def _team_ranges(N, work):
+    """Contiguous sample ranges, one per thread that ``threads.concurrently`` will run side by side."""
+    t = max(1, min(threads.ways(work), N))
+    return [(N * k // t, N * (k + 1) // t) for k in range(t)]
+
+
+def _cols_buffer(C, KH, KW, nb, Ho, Wo, dtype, ones):
+    """A (C*KH*KW [+1], nb*Ho*Wo) patch buffer (its last row ones when ``ones``) and its 6-D view."""
+    K = C * KH * KW
+    cols = np.empty((K + (1 if ones else 0), nb * Ho * Wo), dtype)
+    if ones:
+        cols[K] = 1
+    return cols, cols[:K].reshape(C, KH, KW, nb, Ho, Wo)
+
+
+def _cpu_forward(Xt, W, b, stride, padding, geo, cache):
+    """conv of Xt (C, N, H, W) -> (F, N, Ho, Wo): the patches gathered by the thread team (sample
+    ranges), then one product on BLAS's own threads (module docstring)."""
+    KH, KW, Ho, Wo = geo
+    C, N = Xt.shape[:2]
+    F = W.shape[0]
+    Xp = _padded(Xt, padding)
+    dtype = np.result_type(Xt, W)
+    cols, c6 = _cols_buffer(C, KH, KW, N, Ho, Wo, dtype, True)
+    threads.split(lambda lo, hi: _gather(c6[:, :, :, lo:hi], Xp, lo, hi, stride), N, cols.size)
+    if cache is not None:
+        cache["cols1"] = cols
+    Wb = np.concatenate([W.reshape(F, -1), b.reshape(F, 1)], axis=1).astype(dtype, copy=False)
+    return np.matmul(Wb, cols).reshape(F, N, Ho, Wo)
+
+
+def _cpu_backward(cols, d, W, shape_padded, stride, need_dx):
+    """``(dXp, [dW | db])`` of the blocked forward: ``cols`` its kept patches (K1, N*Ho*Wo), d: dout
+    (F, N, Ho, Wo) C-contiguous; dXp: the padded input's gradient (None without ``need_dx``),
+    its blocks' patch gradients summed back while in the cache."""
+    F, C, KH, KW = W.shape
+    N = shape_padded[1]
+    Ho, Wo = d.shape[2:]
+    dtype = np.result_type(d, W)
+    d2 = d.reshape(F, -1)
+    dWb = np.matmul(d2, cols.T)  # one product, BLAS's own threads
+    if not need_dx:
+        return None, dWb
+    WT = np.ascontiguousarray(W.reshape(F, -1).T, dtype=dtype)
+    dXp = np.empty(shape_padded, dtype)
+    P = Ho * Wo
+
+    def run(lo, hi):
+        blocks = threads.blocked(lo, hi, (C * KH * KW) * P * dtype.itemsize, share=2.0)
+        dcols, dc6 = _cols_buffer(C, KH, KW, blocks[0][1] - blocks[0][0], Ho, Wo, dtype, False)
+        for n0, n1 in blocks:
+            m = (n1 - n0) * P
+            np.matmul(WT, d2[:, n0 * P : n1 * P], out=dcols[:, :m])
+            _scatter(dXp, dc6, n0, n1, stride)
+
+    work = F * C * KH * KW * N * P
+    threads.concurrently(*[lambda r=r: run(*r) for r in _team_ranges(N, work)], work=work)
+    return dXp, dWb

@@ -1,0 +1,69 @@
+"""The CPU's own forms of conv, pooling and batch norm (``gpunet.ops``: blocked, shared among the
+thread team) against the plain NumPy reference they replace on the CPU: the same code path a GPU
+backend runs (``on_device``), here on NumPy arrays; non-contiguous inputs and several team sizes."""
+
+import numpy as np
+import pytest
+
+from gpunet import threads
+from gpunet.ops.numpy_ops import NumpyOps
+
+
+class Reference(NumpyOps):
+    """NumpyOps through its device form (one im2col and one GEMM per product, per-offset pooling)."""
+
+    on_device = True
+
+
+CPU, REF = NumpyOps(), Reference()
+
+
+@pytest.fixture(params=[1, 2, 3])
+def team(request, monkeypatch):
+    """A team of 1-3 threads that splits even these small arrays."""
+    monkeypatch.setattr(threads, "CONCURRENT_MIN", 0)
+    monkeypatch.setattr(threads, "PAR_MIN", 1)
+    threads.set_num_threads(request.param)
+    yield request.param
+    threads.set_num_threads(None)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (1, 0), (2, 2)])
+def test_conv_matches_reference(team, stride, padding):
+    rng = np.random.default_rng(stride * 10 + padding)
+    X = rng.standard_normal((7, 3, 11, 9))[:, :, :, ::-1]  # non-contiguous NCHW
+    W, b = rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
+    outs = []
+    for ops in (CPU, REF):
+        cache = {}
+        out = ops.conv2d_forward(X, W, b, stride, padding, cache=cache)
+        dout = np.cos(np.arange(out.size)).reshape(out.shape)
+        outs.append((out,) + ops.conv2d_backward(dout, X, W, b, stride, padding, cache=cache))
+    for a, r in zip(*outs):
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_cnhw_without_cache_and_dx():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, 6, 8, 8)).astype(np.float32)  # (C, N, H, W)
+    W, b = rng.standard_normal((4, 3, 3, 3)).astype(np.float32), np.zeros(4, np.float32)
+    dout = rng.standard_normal((4, 6, 8, 8)).astype(np.float32)
+    got = CPU.conv2d_backward(dout, X, W, b, 1, 1, need_dx=False, layout="CNHW")
+    want = REF.conv2d_backward(dout, X, W, b, 1, 1, need_dx=False, layout="CNHW")
+    assert got[0] is None and want[0] is None
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_and_split_cover_every_item():
+    assert threads.l2_bytes() >= 1 << 14
+    for lo, hi, item in [(0, 10, 1), (3, 17, threads.l2_bytes()), (0, 1, 10**12), (5, 5, 8)]:
+        got = [i for a, b in threads.blocked(lo, hi, item) for i in range(a, b)]
+        assert got == list(range(lo, hi))
+    threads.set_num_threads(3)
+    try:
+        seen = []
+        threads.split(lambda lo, hi: seen.append((lo, hi)), 10, work=10**9)
+        assert sorted(i for a, b in seen for i in range(a, b)) == list(range(10)) and len(seen) == 3
+    finally:
+        threads.set_num_threads(None)
