@@ -67,3 +67,26 @@ def test_blocked_and_split_cover_every_item():
         assert sorted(i for a, b in seen for i in range(a, b)) == list(range(10)) and len(seen) == 3
     finally:
         threads.set_num_threads(None)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("ties", [False, True])
+def test_pool_matches_reference(team, size, ties):
+    rng = np.random.default_rng(size)
+    X = rng.standard_normal((4, 5, 2 * size * 3, size * 4)).astype(np.float32)
+    if ties:  # some windows hold their maximum twice, in a few blocks only
+        X[1:3] = np.round(X[1:3])
+    for relu in (False, True):
+        got, want = [], []
+        for ops, res in ((CPU, got), (REF, want)):
+            cache = {}
+            fwd = ops.max_pool2d_relu_forward if relu else ops.max_pool2d_forward
+            out = fwd(X, size, cache=cache)
+            dout = np.sin(np.arange(out.size, dtype=np.float32)).reshape(out.shape)
+            if relu:
+                dX = ops.max_pool2d_relu_backward(dout, X, out, size, cache=cache)
+            else:
+                dX = ops.max_pool2d_backward(dout, X, size, cache=cache)
+            res += [out, dX]
+        for a, r in zip(got, want):
+            np.testing.assert_array_equal(a, r)
