@@ -245,6 +245,9 @@ def _steps_table(results) -> str:
                 f"(first two steps, not in the throughput)"
             )
     for r in results:
+        for form, why in r.get("torch_skipped", {}).items():
+            out.append(f"{r['net']} batch {r['batch']}: torch form {form} not timed: {why}")
+    for r in results:
         if "device_memory" in r:
             m = r["device_memory"]
             out.append(
