@@ -9,8 +9,10 @@ vector, so one launch walks all parameters as one flat index range.
   pointer of each array of the rule in signature order: gradient, weights, state...].
   A thread finds its row by binary search over the first column.
 - ``hp``: float64 [1 - lr * weight_decay, then the rule's scalars in signature order].
-  ``write_scalars`` fills it on the stream before each step, outside any CUDA
-  graph, so a captured launch reads each step's values (lr is never baked in).
+  The one-thread kernel ``scalars_<rule>`` (``declare_scalars``) fills it on the device from
+  ``lr`` and Adam's step count ``t``, both device memory (it adds 1 to ``t``): a CUDA graph that
+  captured it reads each replay's values, and a changed lr is one host write, outside the graph.
+  ``write_scalars`` (the host fill) stays for callers that compute them on the host.
 
 A raw pointer carries no strides: ``refusal`` says when the outputs cannot be updated this
 way (the optimizer then updates parameter by parameter), ``safe_gradients`` copies a gradient
@@ -45,6 +47,45 @@ extern "C" __global__ void {fn}(const long long* __restrict__ tab, const int n_p
 }}
 """
 CTYPES = {"float32": "float", "float64": "double"}
+
+# the step's scalars from device lr, t and the config vector c = [weight_decay, mu, r, eps, b1, b2]
+SCALAR_EXPR = {
+    "lr": "L",
+    "mu": "c[1]",
+    "r": "c[2]",
+    "eps": "c[3]",
+    "b1": "c[4]",
+    "b2": "c[5]",
+    "lr_t": "L / (1.0 - pow(c[4], s))",  # Adam's bias corrections at step s (as optim.adam)
+    "inv_sqrt_bc2": "1.0 / sqrt(1.0 - pow(c[5], s))",
+}
+_SCALARS = """extern "C" __global__ void {fn}(double* __restrict__ hp, double* __restrict__ t,
+                                const double* __restrict__ lr, const double* __restrict__ c) {{
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  const double L = lr[0];
+  const double s = t[0] + 1.0;
+  t[0] = s;
+  hp[0] = 1.0 - L * c[0];
+{sets}
+}}
+"""
+
+
+def config_vector(cfg) -> np.ndarray:
+    """float64 ``c`` of the scalars kernel: [weight_decay, momentum, decay_rate, epsilon, beta1, beta2]."""
+    return np.array(
+        [cfg.weight_decay, cfg.momentum, cfg.decay_rate, cfg.epsilon, cfg.beta1, cfg.beta2], np.float64
+    )
+
+
+def declare_scalars(src, module: str):
+    """Register ``scalars_<rule>``: one thread writes ``hp`` for elementwise rule ``src`` from device
+    ``lr`` and ``t`` (t += 1 first; rules without a step count ignore it)."""
+    sets = "\n".join(f"  hp[{1 + k}] = {SCALAR_EXPR[n]};" for k, n in enumerate(src.scalars))
+    fn = f"gpunet_scalars_{src.name}"
+    return cuda_sources.raw(f"scalars_{src.name}", _SCALARS.format(fn=fn, sets=sets), fn, module=module)
+
+
 BLOCK = 256
 MAX_GRID = 4096  # grid-stride loop beyond this many blocks
 _KEEP = 16  # eager tables kept (gradients move between a few memory-pool blocks)

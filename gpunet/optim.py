@@ -13,6 +13,8 @@ import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from . import backend, multi_tensor
 from .ops import get_ops
 from .ops.cupy_ops import ADAM, MOMENTUM, NESTEROV, RMSPROP, SGD
@@ -305,8 +307,21 @@ MULTI_KERNELS = {
 }
 
 
+SCALAR_KERNELS = {
+    k.source.name: multi_tensor.declare_scalars(k.source, __name__)
+    for k in (SGD, MOMENTUM, NESTEROV, RMSPROP, ADAM)
+}
+
+
 class _Multi:
-    """Glue between an ``Optimizer`` and ``multi_tensor.MultiTensor``: state arrays and the step's scalars."""
+    """Glue between an ``Optimizer`` and ``multi_tensor.MultiTensor``: state arrays and the step's scalars.
+
+    The scalars are computed on the device (``multi_tensor.declare_scalars``) from ``lr_dev`` and
+    ``t_dev`` (Adam's step count), so the part of a step a CUDA graph captures (``device`` then
+    ``apply``) reads them from memory; ``host`` runs before it, outside any graph: it writes lr only
+    when it changed, and t only when the Python count (``state[k]["t"]``, kept for checkpoints and
+    the NumPy path) is not what the device holds (a loaded checkpoint), then advances that count.
+    """
 
     def __init__(self, opt: Optimizer):
         name = "sgd_momentum" if opt.rule is sgd_momentum else opt.rule.__name__
@@ -314,14 +329,64 @@ class _Multi:
         if name == "sgd_momentum" and opt.config.nesterov:
             k = NESTEROV
         self.launcher = multi_tensor.MultiTensor(k.source)
+        self.scalar_kernel = SCALAR_KERNELS[k.source.name]
+        self.counts = self.state_names == ("m", "v")  # Adam: a step count
+        self.lr_dev = self.t_dev = self.c_dev = None
+        self.lr_host = self.t_host = self.c_host = None  # what the device holds (after queued work)
 
     def prepare(self, params, lr):
+        self.host(params, lr)
+        self.device()
+
+    def host(self, params, lr):
+        """Create missing state; queue writes of lr, t and the config where the device's copy is stale;
+        advance the Python step count. Outside any CUDA graph."""
         xp = backend.get_array_module(*params.values())
-        self.launcher.write_scalars(xp, *self.scalars(xp, params, lr))
+        st = self.opt.state
+        for k, w in params.items():
+            s = st.setdefault(k, {})
+            for n in self.state_names:
+                if n not in s:
+                    s[n] = xp.zeros_like(w)
+        if self.lr_dev is None:
+            self.lr_dev, self.t_dev = xp.zeros(1, np.float64), xp.zeros(1, np.float64)
+            self.c_dev = xp.zeros(6, np.float64)
+            self.launcher.hp = xp.zeros(1 + len(self.launcher.src.scalars), np.float64)
+        c = multi_tensor.config_vector(self.opt.config)
+        if self.c_host is None or not np.array_equal(c, self.c_host):
+            self.c_dev[...] = xp.asarray(c)
+            self.c_host = c
+        if lr != self.lr_host:
+            self.lr_dev[...] = xp.asarray(np.array([lr], np.float64))
+            self.lr_host = lr
+        if self.counts:
+            t = st[next(iter(params))].get("t", 0)
+            if t != self.t_host:
+                self.t_dev[...] = xp.asarray(np.array([t], np.float64))
+            self.t_host = t + 1  # the scalars kernel adds 1
+            for k in params:
+                st[k]["t"] = t + 1
+
+    def device(self):
+        """The scalars kernel: ``hp`` from lr and t + 1 (t advances on the device). Capturable."""
+        self.scalar_kernel((1,), (1,), (self.launcher.hp, self.t_dev, self.lr_dev, self.c_dev))
+
+    def snapshot(self):
+        """Device copies and host mirrors of the scalars' state (``restore`` puts them back)."""
+        st = self.opt.state
+        ts = {k: s.get("t") for k, s in st.items()}
+        return (self.lr_dev.copy(), self.t_dev.copy(), self.lr_host, self.t_host, ts)
+
+    def restore(self, snap):
+        lr, t, self.lr_host, self.t_host, ts = snap
+        self.lr_dev[...], self.t_dev[...] = lr, t
+        for k, v in ts.items():
+            if v is not None:
+                self.opt.state[k]["t"] = v
 
     def scalars(self, xp, params, lr):
-        """Create missing state, advance Adam's step count; return (1 - lr * weight_decay, {scalar:
-        value})."""
+        """The host twin of the scalars kernel: create missing state, advance Adam's step count; return
+        (1 - lr * weight_decay, {scalar: value})."""
         cfg, st = self.opt.config, self.opt.state
         for k, w in params.items():
             s = st.setdefault(k, {})

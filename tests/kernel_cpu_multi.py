@@ -56,3 +56,27 @@ def _case(rule):
 
 # multi_<rule>_<dtype>: test_kernel_cpu.py runs each with its own dtype only
 MULTI_CASES = {f"multi_{r}_{d}": _case(r) for r in RULES for d in ("float32", "float64")}
+
+
+def _scalars_case(rule):
+    """``scalars_<rule>``: hp from device lr, t (advanced by 1) and the config equals the host twin
+    ``_Multi.scalars`` (the same libm on both sides: bit for bit), step after step."""
+
+    def case(dt, rng):
+        opt = optim.Optimizer(RULES[rule], {"weight_decay": 0.01, "momentum": 0.8})
+        multi = optim._Multi(opt)
+        params = {"p": np.zeros(3)}
+        src = SOURCES[f"scalars_{multi.launcher.src.name}"]
+        t, c = np.zeros(1), multi_tensor.config_vector(opt.config)
+        for step in range(4):
+            lr = np.array([0.05 / (step + 1)])
+            hp = np.zeros(1 + len(multi.launcher.src.scalars))
+            H.run_raw(src, ["double*", "double*", "const double*", "const double*"], 1, 1, hp, t, lr, c)
+            want = multi_tensor.scalar_vector(multi.launcher.src, *multi.scalars(np, params, float(lr[0])))
+            np.testing.assert_array_equal(hp, want, err_msg=f"{rule} step {step + 1}")
+            assert t[0] == step + 1
+
+    return case
+
+
+MULTI_CASES.update({f"scalars_{r}": _scalars_case(r) for r in RULES})

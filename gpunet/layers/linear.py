@@ -42,6 +42,8 @@ def linear_backward(dout, X, W, b, need_dx=True, out=None):
     X2 = X.reshape(X.shape[0], -1)
     o_dx, o_dw, o_db = out if out is not None else (None, None, None)
     if not need_dx:
-        return None, xp.matmul(X2.T, dout, out=o_dw), dout.sum(axis=0, out=o_db)
+        ops = get_ops(dout)
+        dW = ops.affine(X2.T, dout, o_dw) if ops.on_device else xp.matmul(X2.T, dout, out=o_dw)
+        return None, dW, dout.sum(axis=0, out=o_db)
     dX, dW = get_ops(dout).affine_backward(X2, dout, W, o_dx, o_dw)
     return dX.reshape(X.shape), dW, dout.sum(axis=0, out=o_db)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, cuda_sources, multi_tensor
-from . import philox
+from . import gemm, philox
 from .cudnn import CudnnConvOps
 from .numpy_ops import NumpyOps
 
@@ -106,10 +106,12 @@ class CupyOps(CudnnConvOps, NumpyOps):
 
     # ------------------------------------------------------------------ affine (cuBLAS)
     def affine(self, X2, W, out=None):
-        return self.xp.matmul(X2, W, out=out)
+        """``gemm.matmul``: CuPy's product, or one direct cuBLAS call while a CUDA graph's stream is bound
+        (capturable) or a reduced precision is set."""
+        return gemm.matmul(self.xp, X2, W, out)
 
     def affine_backward(self, X2, dout, W, o_dx=None, o_dw=None):
-        return self.xp.matmul(dout, W.T, out=o_dx), self.xp.matmul(X2.T, dout, out=o_dw)
+        return gemm.matmul(self.xp, dout, W.T, o_dx), gemm.matmul(self.xp, X2.T, dout, o_dw)
 
     def bias_(self, h, b, relu):
         if not _one_type(h, b):
