@@ -90,3 +90,19 @@ def test_pool_matches_reference(team, size, ties):
             res += [out, dX]
         for a, r in zip(got, want):
             np.testing.assert_array_equal(a, r)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_matches_reference(team, dtype):
+    rng = np.random.default_rng(3)
+    X = (rng.standard_normal((6, 5, 4, 3)) * 3 + 1).astype(dtype)  # (C, N, H, W), axis 0
+    gamma, beta = rng.standard_normal(6).astype(dtype), rng.standard_normal(6).astype(dtype)
+    res = []
+    for ops in (CPU, REF):
+        rm, rv = np.zeros(6, dtype), np.ones(6, dtype)
+        out, cache = ops.batchnorm_forward(X, gamma, beta, rm, rv, train=True, axis=0)
+        dout = np.cos(np.arange(X.size)).reshape(X.shape).astype(dtype)
+        res.append((out, rm, rv) + tuple(ops.batchnorm_backward(dout, cache)))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, r in zip(*res):
+        np.testing.assert_allclose(a, r, rtol=tol, atol=tol)
