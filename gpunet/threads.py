@@ -259,6 +259,34 @@ def _find_openblas():
     return None
 
 
+def blas_core() -> dict:
+    """What NumPy's OpenBLAS says of itself: ``{"core": kernel it chose for this CPU (e.g. Haswell,
+    SkylakeX), "config": its build line}``; empty where it cannot be asked."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split(None, 5)[5].strip() for line in f if "openblas" in line.lower()})
+    except (OSError, IndexError):
+        return {}
+    info = {}
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+        except (OSError, AttributeError):
+            continue
+        for key, names in (
+            ("core", ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename")),
+            ("config", ("scipy_openblas_get_config64_", "openblas_get_config64_", "openblas_get_config")),
+        ):
+            for name in names:
+                if key not in info and hasattr(lib, name):
+                    fn = getattr(lib, name)
+                    fn.argtypes, fn.restype = [], ctypes.c_char_p
+                    info[key] = fn().decode(errors="replace").strip()
+        if info:
+            return info
+    return info
+
+
 def blas_control():
     """``(get_num_threads, set_num_threads)`` of NumPy's OpenBLAS, or None where it cannot be driven."""
     global _blas

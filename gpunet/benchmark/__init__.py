@@ -26,6 +26,7 @@ from .cnn import bench_cnn
 from .epoch import EPOCH_TRAIN, bench_epoch
 from .fc import NETS, bench_case
 from .machine import loadavg, machine_info
+from .profile import format_profile, profile_case
 
 FC_BATCHES, CNN_BATCHES, EPOCH_BATCH = [256, 1024], [128], 256
 VIEWS = ("steps", "epoch", "both")
@@ -46,6 +47,7 @@ class BenchConfig:
     compile: bool = False  # also time PyTorch's step under torch.compile
     epoch_samples: int = EPOCH_TRAIN  # training samples per epoch in the epoch view
     levers: bool = False  # epoch view: also time gpunet with each speed lever off
+    profile: bool = False  # per-pass, per-layer times of one step instead (profile.py)
     settle: float | None = None  # untimed sleep before each timed call; None: 0.2 s on the CPU, 0 on a GPU
     json_path: str | None = None  # also write the results here, after every case
     command: str = ""  # recorded in the JSON
@@ -100,7 +102,10 @@ def run(cfg: BenchConfig, say=None) -> dict:
     info = machine_info()
     info.update(threads=cfg.threads, tf32=bool(cfg.tf32), settle_s=cfg.settle, loadavg_start=loadavg())
     doc = {"command": cfg.command, "machine": info, "results": []}
-    if cfg.cnn:
+    if cfg.profile:
+        nets = ["cnn"] if cfg.cnn else cfg.nets
+        cases = [(profile_case, net, b) for net in nets for b in cfg.batch_sizes]
+    elif cfg.cnn:
         cases = [(bench_cnn, "cnn", b) for b in cfg.batch_sizes]
     else:
         cases = (
@@ -108,7 +113,7 @@ def run(cfg: BenchConfig, say=None) -> dict:
         )
         cases += [(bench_epoch, net, EPOCH_BATCH) for net in cfg.nets] if cfg.view != "steps" else []
     for fn, net, batch in cases:
-        r = fn(batch, cfg) if net == "cnn" else fn(net, batch, cfg)
+        r = fn(batch, cfg) if fn is bench_cnn else fn(net, batch, cfg)
         doc["results"].append(r)
         if cfg.json_path:
             write_json(cfg.json_path, doc)
@@ -122,6 +127,12 @@ def run(cfg: BenchConfig, say=None) -> dict:
 
 def progress_line(r: dict) -> str:
     """One line per finished case."""
+    if r.get("view") == "profile":
+        g = sum(r["totals"]["gpunet"].values())
+        t = sum(r["totals"].get("torch", {}).values())
+        return f"{r['net']} profile, batch {r['batch']}: gpunet {g:.1f} ms/step" + (
+            f", torch {t:.1f} ms/step" if t else ""
+        )
     if r.get("view") == "epoch":
         return f"{r['net']} epoch, batch {r['batch']}: gpunet {r['gpunet_epoch']:,.0f}/s" + (
             f", torch ({r['torch_optimizer']}) {r['torch_epoch']:,.0f}/s ({r['epoch_ratio']:.2f}x)"
@@ -137,19 +148,25 @@ def progress_line(r: dict) -> str:
 
 def machine_line(info: dict) -> str:
     return (
-        f"machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads, backend {info['backend']}"
+        f"machine: {info['cpu']}, {info['cores']} cores ({info.get('cores_usable')} usable), "
+        f"SIMD {' '.join(info.get('simd') or []) or '-'}, L2 {info.get('l2_bytes', 0) >> 10} KiB, "
+        f"{info['threads']} threads, backend {info['backend']}"
         + (f" ({info.get('gpu')})" if "gpu" in info else "")
-        + f", numpy {info['numpy']} ({info['blas']}), torch {info['torch']}, tf32 {info['tf32']}, "
+        + f", numpy {info['numpy']} ({info['blas']}, kernel {info.get('blas_core') or 'unknown'}), "
+        f"torch {info['torch']}, tf32 {info['tf32']}, "
         f"load average {info['loadavg_start']} -> {info['loadavg_end']}"
     )
 
 
 def format_table(results) -> str:
     """The results as Markdown tables (samples/s): steps, then epochs; the device-memory lines on CuPy."""
-    steps = [r for r in results if r.get("view") != "epoch"]
+    steps = [r for r in results if r.get("view") not in ("epoch", "profile")]
     epochs = [r for r in results if r.get("view") == "epoch"]
+    profiles = [format_profile(r) for r in results if r.get("view") == "profile"]
     return "\n\n".join(
-        t for t in (_steps_table(steps) if steps else "", _epoch_table(epochs) if epochs else "") if t
+        t
+        for t in (_steps_table(steps) if steps else "", _epoch_table(epochs) if epochs else "", *profiles)
+        if t
     )
 
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from .. import backend
+from .. import backend, threads
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _PINNED = "GPUNET_BENCH_THREADS"  # set in the re-executed process: pinning is done
@@ -31,8 +31,24 @@ def pin_threads(n: int, module: str, argv):
     os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
+SIMD = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_flags() -> list:
+    """The SIMD extensions among ``SIMD`` that the CPU reports (Linux /proc/cpuinfo; [] elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [s for s in SIMD if s in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict:
-    """CPU model, cores, library versions and BLAS, for the record."""
+    """CPU model, cores, SIMD flags, library versions, BLAS and its kernel, load, for the record."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -42,9 +58,20 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    core = threads.blas_core()
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cores_usable": usable,
+        "simd": cpu_flags(),
+        "l2_bytes": threads.l2_bytes(),
+        "blas_core": core.get("core"),
+        "blas_config": core.get("config"),
+        "loadavg_1_5_15": loadavg3(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas": blas_name(),
@@ -63,6 +90,14 @@ def machine_info() -> dict:
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         info["cupy"] = cp.__version__
     return info
+
+
+def loadavg3():
+    """The 1-, 5- and 15-minute load averages (None where the system does not say)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def loadavg():

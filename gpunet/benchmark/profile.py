@@ -1,6 +1,7 @@
 """Per-pass profile of one training step: gpunet beside PyTorch, layer by layer.
 
-For the FER CNN (``cnn.py``) and the FC nets A and B (``fc.py``), one repeat times, in turn,
+For the FER CNN (``cnn.py``) and the FC nets A and B (``fc.py``; here as a ``Sequential`` of the
+same layers, so each layer has its own row), one repeat times, in turn,
 gpunet's step and PyTorch's step split into the same passes:
 
 - ``data``: one batch gathered from in-memory training arrays (gpunet: ``ArrayLoader``, uint8

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pass; batch prefetch on; every product on BLAS's own threads; threads not pinned)",
     )
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="per-pass profile instead: data, each layer's forward and backward, loss, update, in ms, "
+        "gpunet beside PyTorch (the FC nets at batch 256, or --cnn)",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="also time PyTorch's training step under torch.compile (compile time reported apart)",
@@ -107,6 +113,7 @@ def _body(args) -> int:
         epoch_samples=args.epoch_samples,
         settle=args.settle,
         levers=args.levers,
+        profile=args.profile,
         json_path=args.json,
         command="gpunet-bench " + " ".join(sys.argv[1:]),
     )
@@ -124,6 +131,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads is None:
         args.threads = os.cpu_count() or 1
+    if args.profile and args.batch_sizes is None and not args.cnn:
+        args.batch_sizes = [256]
     if args.threads < 1:
         print(f"error: --threads: expected >= 1, got {args.threads}", file=sys.stderr)
         return EXIT_USAGE
