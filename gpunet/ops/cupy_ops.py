@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, cuda_sources, multi_tensor
-from . import gemm, philox
+from . import epilogue, gemm, philox
 from .cudnn import CudnnConvOps
 from .numpy_ops import NumpyOps
 
@@ -112,6 +112,12 @@ class CupyOps(CudnnConvOps, NumpyOps):
 
     def affine_backward(self, X2, dout, W, o_dx=None, o_dw=None):
         return gemm.matmul(self.xp, dout, W.T, o_dx), gemm.matmul(self.xp, X2.T, dout, o_dw)
+
+    def affine_bias(self, X2, W, b, relu, out=None):
+        """``relu(X2 @ W + b)``: one cuBLASLt call with a fused epilogue where ``epilogue.refusal`` allows,
+        else the product then ``bias_`` (the plain path, and the epilogue's oracle)."""
+        h = epilogue.affine_bias(self.xp, X2, W, b, relu, out)
+        return h if h is not None else self.bias_(self.affine(X2, W, out), b, relu)
 
     def bias_(self, h, b, relu):
         if not _one_type(h, b):

@@ -160,6 +160,11 @@ def bound(stream):
         _bound = before
 
 
+def bound_here(xp) -> bool:
+    """True while the current stream is the bound one (a CUDA graph's step: warm-up, capture, check)."""
+    return _bound is not None and xp.cuda.get_current_stream().ptr == _bound[1]
+
+
 def _operand(a):
     """(op, ld) of row-major 2-d ``a`` read by column-major cuBLAS as ``a``'s transpose; None if ``a`` is
     neither C- nor F-contiguous."""
@@ -195,7 +200,7 @@ def matmul(xp, A, B, out=None):
     """``A @ B`` (2-d device arrays) on the bound stream as one cuBLAS call with the process's
     precision; otherwise ``xp.matmul`` (fp32), or the direct call on the current stream where a
     reduced precision asks for it."""
-    on_bound = _bound is not None and xp.cuda.get_current_stream().ptr == _bound[1]
+    on_bound = bound_here(xp)
     if not on_bound and (_precision == "fp32" or A.dtype != np.float32):
         return xp.matmul(A, B, out=out)
     why = direct_refusal(A, B, out)
