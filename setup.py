@@ -20,9 +20,20 @@ setup(
         "optuna>=4.0",  # gpunet-tune: samplers, pruning, resumable storage (journal files: 4.0)
     ],
     extras_require={
-        # cuDNN convolutions (gpunet/ops/cudnn.py): the cuDNN frontend for Python and the matching library
-        "cuda12x": ["cupy-cuda12x>=13", "nvidia-cudnn-cu12>=9.0", "nvidia-cudnn-frontend>=1.12"],
-        "cuda13x": ["cupy-cuda13x>=13", "nvidia-cudnn-cu13>=9.13", "nvidia-cudnn-frontend>=1.12"],
+        # cuDNN convolutions (gpunet/ops/cudnn.py): the cuDNN frontend for Python and the matching library;
+        # nvmath-python: cuBLASLt products with fused epilogues (gpunet/ops/epilogue.py, optional at run time)
+        "cuda12x": [
+            "cupy-cuda12x>=13",
+            "nvidia-cudnn-cu12>=9.0",
+            "nvidia-cudnn-frontend>=1.12",
+            "nvmath-python>=0.2",
+        ],
+        "cuda13x": [
+            "cupy-cuda13x>=13",
+            "nvidia-cudnn-cu13>=9.13",
+            "nvidia-cudnn-frontend>=1.12",
+            "nvmath-python>=0.2",
+        ],
         # NVRTC compile tests without a GPU (gpunet/nvrtc.py is pinned to this CuPy; .ci/run installs the
         # same)
         "nvrtc": ["cupy-cuda13x==14.2.0", "nvidia-cuda-nvrtc==13.0.88"],
