@@ -9,7 +9,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gpunet", "gpunet.*", "data_prep", "data_prep.*"]),
-    package_data={"gpunet.pretrained": ["*.npz"]},  # the packaged FER2013 model
+    package_data={
+        "gpunet.pretrained": ["*.npz"],  # the packaged FER2013 model
+        "gpunet.serve": ["static/*.html", "static/*.js", "static/*.css"],  # gpunet-serve's page
+    },
     python_requires=">=3.9",
     install_requires=[
         "numpy>=1.22",
@@ -46,9 +49,18 @@ setup(
             "onnx>=1.12",
             "onnxruntime>=1.12",  # so CI runs those tests
             "psycopg[binary]>=3.1",
-            "pgserver>=0.1.4",
-        ],  # distributed tuning on a real PostgreSQL
+            "pgserver>=0.1.4",  # distributed tuning on a real PostgreSQL
+            # gpunet-serve: its API on a real uvicorn (httpx) and its page in Debian's Chromium (playwright,
+            # which downloads no browser here)
+            "starlette>=0.40",
+            "uvicorn>=0.30",
+            "python-multipart>=0.0.18",
+            "httpx>=0.27",
+            "playwright>=1.40",
+        ],
         "faces": ["scikit-image>=0.19"],  # gpunet.detect_emotions: its bundled face cascade
+        # gpunet-serve: the page and JSON API (ASGI app, server, multipart forms); with "faces"
+        "serve": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.18", "scikit-image>=0.19"],
         "onnx": ["onnx>=1.12", "onnxruntime>=1.12"],  # gpunet-export (onnxruntime: to run the export)
         "bench": ["torch"],
         # gpunet-tune --storage postgresql://... (SQLAlchemy 2 maps postgresql:// to psycopg v3)
@@ -66,6 +78,7 @@ setup(
             "gpunet-bench=gpunet.cli.bench:main",
             "gpunet-export=gpunet.cli.export:main",
             "gpunet-compare=gpunet.cli.compare:main",
+            "gpunet-serve=gpunet.cli.serve:main",
         ],
     },
 )

@@ -1,0 +1,131 @@
+"""gpunet-serve: a web page that shows each face in a photo and its emotions.
+
+    gpunet-serve                      # the packaged FER2013 model, http://127.0.0.1:8000/
+    gpunet-serve MODEL.npz --port 8080 --max-upload 20MB
+
+Open the address it prints: drop or choose a photo (JPEG or PNG), or take a webcam snapshot,
+and each face found gets a box, its top emotion and a bar chart of all seven. The same
+answers come as JSON from POST /api/emotions (curl -F photo=@face.jpg URL/api/emotions);
+GET /api/health names the model and the backend. It listens on 127.0.0.1 (this computer
+only) unless --host says otherwise. Needs the extra: pip install 'gpunet[serve]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+from .common import UserError, add_common_args, run, setup
+
+
+def _size(text):
+    from ..serve.service import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _port(text):
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number 0 to 65535 (0: any free port)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpunet-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        default=None,
+        help="FER2013 model file (default: the packaged one)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer)"
+    )
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--max-upload",
+        type=_size,
+        default="10MB",
+        metavar="SIZE",
+        help="largest request body, e.g. 10MB (the default), 512KiB or bytes",
+    )
+    add_common_args(p)
+    return p
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``; UserError naming the address when that fails."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise UserError(f"--host {host}: not an address to listen on ({e.strerror or e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"{host}:{port}: cannot listen there ({e.strerror or e})") from None
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _body(args) -> int:
+    backend_name = setup(args)
+    try:
+        import uvicorn
+
+        from ..faces import _cascade
+        from ..serve.app import create_app
+
+        _cascade()  # scikit-image's face detector: when missing, say so now, not at the first photo
+    except ImportError as e:
+        name = getattr(e, "name", None) or str(e)
+        raise UserError(f"gpunet-serve needs the extra: pip install 'gpunet[serve]' ({name})") from None
+    app = create_app(args.model, max_upload=args.max_upload)
+    sock = listen(args.host, args.port)
+    service = app.state.service
+    print(
+        f"gpunet-serve: listening on {url(sock)} (model {service.name}, backend {backend_name}, "
+        f"uploads up to {args.max_upload:,} bytes); Ctrl-C stops it",
+        flush=True,
+    )
+    if not _is_loopback(args.host):
+        print(f"note: --host {args.host}: other computers can reach this page", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(_body, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
