@@ -7,9 +7,14 @@
 #                  fixed batch of 128, 50 Adam and 50 SGD-momentum steps, float32 and float64, on NumPy
 #                  and CuPy; loss curves and final parameters within 1e-3 (tests/training/test_backend_parity.py);
 #   nvrtc_cpu      the NVRTC compile and CPU-execution tests of every CUDA source (needs the pinned CuPy);
-#   bench_fc, bench_cnn  gpunet-bench on CuPy beside PyTorch eager, TF32 off;
+#   cudnn_parity   cuDNN (gpunet/ops/cudnn.py, the [cuda13x] extra) against the NumPy im2col path, forward and
+#                  backward, float32/float16, both layouts; first says whether cuDNN is usable at all;
+#   bench_fc, bench_cnn  gpunet-bench on CuPy beside PyTorch, TF32 off (the CNN bench: every PyTorch form,
+#                  eager with cudnn.benchmark, one CUDA graph, torch.compile; the fastest is named);
 #   train_cifar10  gpunet-train cifar10 --epochs 3 on a SYNTHETIC CIFAR-10 tarball (it runs, nothing more);
 #   train_fer_cnn  gpunet-train fer2013 --arch cnn, 2 epochs on a SYNTHETIC FER2013-sized file (time per epoch);
+#   fer_cnn_device the FER CNN recipe, all 36 epochs (FER_EPOCHS), data on the device, on that SYNTHETIC
+#                  file: the training time against the 25 s target (accuracy means nothing on random pixels);
 #   real_fer       the acceptance run: `gpunet-train fer2013 --arch cnn --backend cupy` (the default 36-epoch
 #                  recipe) on the REAL FER2013 image tarball named by FER_SOURCE (skipped without it);
 #                  PublicTest accuracy must reach 0.63, as on the CPU.
@@ -30,12 +35,13 @@ status=0
 summary=()
 
 BACKEND="${GPU_CHECK_BACKEND:-cupy}"
-STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager parity nvrtc_cpu bench_fc bench_cnn train_cifar10 make_data make_fer train_fer_cnn real_fer} "
+STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager parity nvrtc_cpu cudnn_parity bench_fc bench_cnn train_cifar10 make_data make_fer train_fer_cnn fer_cnn_device real_fer} "
 # a step is run when named, or when a step that needs it is (its data, its accuracy check)
 wanted() {
     local need=$1
-    case $1 in make_data) need=train_cifar10 ;; make_fer) need=train_fer_cnn ;; real_fer_acc) need=real_fer ;; esac
-    [[ "$STEPS" == *" $1 "* || "$STEPS" == *" $need "* ]]
+    case $1 in make_data) need=train_cifar10 ;; make_fer) need=train_fer_cnn ;; real_fer_acc) need=real_fer ;;
+        fer_cnn_time) need=fer_cnn_device ;; esac
+    [[ "$STEPS" == *" $1 "* || "$STEPS" == *" $need "* ]] || { [ "$1" = make_fer ] && [[ "$STEPS" == *" fer_cnn_device "* ]]; }
 }
 
 # step NAME LIMIT_S CMD...: run CMD with a time limit, output to $OUT/NAME.txt, one summary line
@@ -80,10 +86,16 @@ step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/training/tes
 # 2. every CUDA source through NVRTC and on the CPU
 step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/kernels/test_nvrtc.py \
     tests/kernels/test_kernel_cpu.py
+# 2b. cuDNN: usable here? then its parity with the im2col path (the "gpu" cases skip on the emulated GPU)
+step cudnn_parity 120 bash -c "GPUNET_BACKEND='$BACKEND' '$PY' -c \"
+from gpunet import backend; backend.use()
+from gpunet.ops.cudnn import CUDNN
+print('cuDNN:', CUDNN.unavailable() or 'usable, version %s' % CUDNN.executor.version)\" &&
+    '$PY' -m pytest -q -rs -p no:cacheprovider tests/kernels/test_cudnn.py"
 # 3. the benchmarks (TF32 off is the bench's default)
 step bench_fc 150 "$PY" scripts/bench.py --backend "$BACKEND" --steps 50 --repeats 5 --warmup 10 --json "$OUT/bench_fc.json"
 if "$PY" scripts/bench.py --help 2>/dev/null | grep -q -- "--cnn"; then
-    step bench_cnn 100 "$PY" scripts/bench.py --backend "$BACKEND" --cnn --steps 20 --repeats 3 --warmup 5 \
+    step bench_cnn 360 "$PY" scripts/bench.py --backend "$BACKEND" --cnn --steps 20 --repeats 3 --warmup 5 \
         --json "$OUT/bench_cnn.json"
 else
     summary+=("$(printf '%-16s %-13s %4ss  %s' bench_cnn SKIP 0 'this checkout has no gpunet-bench --cnn')")
@@ -120,6 +132,14 @@ print('SYNTHETIC FER2013 file: $OUT/fer/fer2013.h5')
 "
 step train_fer_cnn 150 "$PY" scripts/train.py fer2013 --arch cnn --backend "$BACKEND" --epochs 2 \
     --data-dir "$OUT/fer" --no-download --out "$OUT/run_fer_cnn" --no-plots
+# 5a. the whole FER CNN recipe (36 epochs) with the data kept on the device, on the same synthetic file
+rm -rf "$OUT/run_fer_device"
+step fer_cnn_device 300 "$PY" scripts/train.py fer2013 --arch cnn --backend "$BACKEND" --data-on-device yes \
+    --data-dir "$OUT/fer" --no-download --out "$OUT/run_fer_device" --no-plots ${FER_EPOCHS:+--epochs "$FER_EPOCHS"}
+step fer_cnn_time 10 "$PY" -c "
+import json
+m = json.load(open('$OUT/run_fer_device/metrics.json'))
+print(f'FER CNN recipe, data on the device: {m[\"train_time_s\"]:.1f} s of training (target <= 25 s for 36 epochs)')"
 # 5b. the acceptance run on the REAL FER2013 tarball (the default CNN recipe), converted by the train command
 if wanted real_fer && [ -z "${FER_SOURCE:-}" ]; then
     summary+=("$(printf '%-16s %-13s %4ss  %s' real_fer SKIP 0 'FER_SOURCE (the real fer2013-images.tar.gz) not given')")
