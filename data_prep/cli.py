@@ -3,7 +3,7 @@
     gpunet-prep cifar10 SRC -o OUT.h5 [--val-size N] [--seed S] [--force] ...
     gpunet-prep cifar10 --download -o OUT.h5 [--cache-dir DIR]
     gpunet-prep fer2013 SRC -o OUT.h5 [--val-size N] [--resize] ...
-    gpunet-prep info OUT.h5 [--json]
+    gpunet-prep info OUT.h5 [--json] [--verify]
 
 Bad input prints ``error: <file>: <entry>: <problem>`` and exits with status 2,
 as bad usage does; an unexpected error exits 1; Ctrl-C 130, SIGTERM 143 and SIGHUP
@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", parents=[common], help="describe a converted file")
     s.add_argument("path", help="a .h5 file written by gpunet-prep")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every chunk of the images (the whole file: slow for large ones); by default "
+        "every label is read, and the images of a split up to 256 MiB, of a larger one a sample "
+        "of chunks (the first, the last and some between)",
+    )
     return p
 
 
@@ -85,7 +92,7 @@ def main(argv=None) -> int:
 def _body(args, argv):
     try:
         if args.command == "info":
-            info = read_info(args.path, strict=False)
+            info = read_info(args.path, strict=False, verify=args.verify)
             print(json.dumps(info, indent=2) if args.json else format_info(info))
             problems = info["problems"]
             if problems:

@@ -5,12 +5,17 @@ datasets, labels outside the classes, a ``format_version`` of "one", data stored
 other files) is described as far as it can be, and every problem becomes one line
 naming the file in ``info["problems"]``. Labels are counted in blocks, so a long split
 needs little memory; labels outside ``[0, classes)`` are reported, never dropped silently.
-Data stored outside the file is never read.
+Data stored outside the file is never read, nor is a dataset that declares more than the
+file stores for it (``gpunet.data.h5check.size_problem``: ten billion labels in 9 KB).
+The images are read whole (a split up to 256 MiB, or any with ``verify``) or in a sample
+of chunks (the first, the last and some between), so a corrupt compressed chunk is a
+problem line naming the dataset and rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from gpunet.data import h5check
 from gpunet.data import h5file as fmt
 
 from .splits import SPLIT_ORDER
@@ -67,8 +72,9 @@ def _stats(name, path):
     return lambda v: [float(x) for x in fmt.channel_attr(v, name, path)]
 
 
-def describe(f, path) -> dict:
-    """The summary ``read_info`` returns, of an open file (opened without checks)."""
+def describe(f, path, verify: bool = False) -> dict:
+    """The summary ``read_info`` returns, of an open file (opened without checks); ``verify``
+    reads every chunk of the images (else a sample of them)."""
     r = _Reader(f, path)
     try:
         version = fmt.check_version(f, path)
@@ -132,7 +138,7 @@ def describe(f, path) -> dict:
                 f"group /{s} (found {sorted(present)})"
             )
             continue
-        d = _split(f, s, names, shape, r)
+        d = _split(f, s, names, shape, r, verify)
         if d is not None:
             info["splits"][s] = d
     if not info["splits"] and not any("split" in p for p in r.problems):
@@ -141,9 +147,10 @@ def describe(f, path) -> dict:
     return info
 
 
-def _split(f, s, names, shape, r):
+def _split(f, s, names, shape, r, verify=False):
     """One split's entry, or None (with a problem) when its datasets cannot be described."""
     g = f[s]
+    file_bytes = int(f.id.get_filesize())
     for k in ("x", "y"):
         why = fmt.storage_problem(f, f"{s}/{k}") if k in g else None
         if why:
@@ -175,6 +182,14 @@ def _split(f, s, names, shape, r):
         return d
     if x.ndim and x.shape[0] != y.shape[0]:
         r.problem(f"expected as many labels in /{s}/y as images in /{s}/x ({x.shape[0]}), found {y.shape[0]}")
+    sizes = [why for why in (h5check.size_problem(ds, file_bytes) for ds in (x, y)) if why]
+    for why in sizes:  # reading would take for ever (fill values) or more memory than there is
+        r.problem(f"{why}; not read")
+    if sizes:
+        return d
+    damage = h5check.unreadable_chunks(x, every=verify) if x.ndim else None
+    if damage:
+        r.problem(damage)
     counts, bad, first = np.zeros(len(names), np.int64), 0, None
     for a in range(0, y.shape[0], LABEL_BLOCK):
         try:

@@ -90,11 +90,12 @@ def write(
             fmt.write_split(f, name, split.x, split.y, k, compression=compress, usage=split.usage)
 
 
-def read_info(path, strict: bool = True) -> dict:
+def read_info(path, strict: bool = True, verify: bool = False) -> dict:
     """A summary of a prepared file: root attributes plus, per split, count, shapes, dtypes,
     chunks, usage and ``class_counts`` (class name -> samples), and ``problems``: one line
     per thing that is wrong (see ``data_prep.h5describe``). strict: raise PrepError with
-    the first problem instead of returning them. PrepError when it cannot be opened at all."""
+    the first problem instead of returning them. verify: read every chunk of the images (else
+    a sample: the first, the last and some between). PrepError when it cannot be opened at all."""
     try:
         f = fmt.open_file(path, check=False)
     except FileNotFoundError as e:
@@ -103,7 +104,7 @@ def read_info(path, strict: bool = True) -> dict:
         raise PrepError(f"{path}: cannot open as a gpunet HDF5 file ({e})") from None
     with f:
         try:
-            info = describe(f, path)
+            info = describe(f, path, verify)
         except (OSError, RuntimeError, KeyError) as e:  # the HDF5 library on a damaged file
             raise PrepError(f"{path}: damaged HDF5 file ({type(e).__name__}: {e})") from None
     if strict and info["problems"]:

@@ -4,7 +4,7 @@ A source given as a folder, a ``.zip`` or a ``.tar``/``.tar.gz``/``.tgz`` is
 opened as a :class:`SourceTree`. Archives are read in place and never
 extracted: a tar is streamed once (``mode="r:*"``) and its regular files kept
 in memory, a zip is read member by member. Member names that are absolute or
-contain ``..``, and links or device entries, are rejected. Junk that
+contain ``..``, links or device entries, and a member present twice are rejected. Junk that
 operating systems leave in archives (``__MACOSX/``, dot files, ``Thumbs.db``)
 is skipped. Sizes are checked before anything is read (the tar or zip header's size, a
 file's ``stat``): a member over ``MAX_MEMBER_BYTES`` or members adding up to more than
@@ -79,6 +79,16 @@ def safe_member_name(label: str, name: str) -> str:
             "(absolute or containing '..'); refusing to read this archive"
         )
     return "/".join(p for p in parts if p not in ("", "."))
+
+
+def _once(label: str, name: str, rel: str, seen) -> None:
+    """PrepError when an archive holds member ``rel`` twice: a reader would silently take one of
+    the copies (tar: the last), so which data is converted would be a guess."""
+    if rel in seen:
+        raise PrepError(
+            f"{label}: {name}: the archive holds this member more than once; refusing to guess "
+            "which copy is the data"
+        )
 
 
 class SourceTree:
@@ -199,6 +209,7 @@ class TarTree(SourceTree):
                             "(device, fifo); refusing to read this archive"
                         )
                     if not is_junk(rel):
+                        _once(self.label, m.name, rel, self._files)
                         budget.take(m.name, m.size)  # the header's size, before reading
                         self._files[rel] = tf.extractfile(m).read()
                     bar.update(raw.tell() - bar.n)
@@ -256,6 +267,7 @@ class ZipTree(SourceTree):
                     "allowed; refusing to read this archive"
                 )
             if not info.is_dir() and rel and not is_junk(rel):
+                _once(self.label, info.filename, rel, self._members)
                 budget.take(info.filename, info.file_size)  # zipfile reads no more than this
                 self._members[rel] = info
 

@@ -54,6 +54,18 @@ def model_meta(model: FullyConnectedNet, where: str = "model", required: bool = 
     return meta
 
 
+def image_channels(meta, where: str = "model") -> int:
+    """The channels of ``meta["image_shape"]`` when image files can be read for it (1 grey, 3 RGB);
+    ValueError naming ``where`` (the model file) otherwise."""
+    c = int(meta["image_shape"][0])
+    if c not in (1, 3):
+        raise ValueError(
+            f"{where}: meta image_shape {list(meta['image_shape'])}: expected 1 (grey) or 3 (RGB) "
+            f"channels to read image files for it, found {c}"
+        )
+    return c
+
+
 def _model_xp(model):
     return backend.get_array_module(next(iter(model.params.values())))
 
@@ -94,6 +106,7 @@ def evaluate(model, data, split: str = "test", batch_size: int = 1024):
     ``(X (B, D), y (B,))`` batches (then ``split`` is ignored).
     """
     from .data import H5Loader
+    from .data.h5file import check_labels
 
     model, where = resolve_model(model)
     xp = _model_xp(model)
@@ -122,4 +135,7 @@ def evaluate(model, data, split: str = "test", batch_size: int = 1024):
             loader.close()
     if not ys:
         raise ValueError(f"{os.fspath(data) if own else 'data'}: split {split!r} holds no samples")
-    return xp.concatenate(ys), xp.concatenate(ps)
+    y_true = xp.concatenate(ys)
+    if own:  # a file without class_names was not checked against the model's classes (issue 24 #14)
+        check_labels(backend.to_numpy(y_true), model.num_classes, f"{os.fspath(data)}: /{split}/y")
+    return y_true, xp.concatenate(ps)

@@ -165,7 +165,7 @@ def fer_model(model=None):
     """``(model, meta, where)`` for a FER2013 model: ``model`` None (the packaged one, see
     ``gpunet.pretrained``), a model file path or a loaded model. ValueError naming the
     model when its classes are not FER2013's seven."""
-    from .predict import model_meta, resolve_model
+    from .predict import image_channels, model_meta, resolve_model
 
     if model is None:
         from . import pretrained
@@ -176,6 +176,7 @@ def fer_model(model=None):
     else:
         where = getattr(model, "source", None) or "model"
     meta = model_meta(model, where)
+    image_channels(meta, where)  # photos are read for it: grey or RGB
     names = [str(n).lower() for n in meta.get("class_names") or []]
     if model.num_classes != len(FER_EMOTIONS) or (names and names != list(FER_EMOTIONS)):
         raise ValueError(

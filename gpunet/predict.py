@@ -25,7 +25,15 @@ import sys
 import numpy as np
 
 from . import backend
-from .evaluation import _model_xp, _on, check_data_fits, evaluate, model_meta, resolve_model  # noqa: F401
+from .evaluation import (  # noqa: F401
+    _model_xp,
+    _on,
+    check_data_fits,
+    evaluate,
+    image_channels,
+    model_meta,
+    resolve_model,
+)
 from .io import atomic_open
 from .layers import softmax  # noqa: F401 (gpunet.predict.softmax: the one softmax, re-exported)
 from .preprocess import meta_stats, normalize
@@ -87,6 +95,7 @@ def predict_folder(img_folder, model, batch_size: int = 256):
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
     model, where = resolve_model(model)
     meta = model_meta(model, where)
+    image_channels(meta, where)  # before any image is read, naming the model file
     paths = list_image_files(img_folder)
     xp = _model_xp(model)
     rows = meta_stats(meta, model.dtype, xp)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import interrupts
 from ..io import atomic_path, regular_file
+from .h5check import CheckedDataset, check_sizes, declared_bytes, need_memory
 from .plan import limit_seed
 
 FORMAT_VERSION = 1
@@ -209,6 +210,7 @@ def open_file(path, check: bool = True):
         if check:
             check_version(f, path)
             check_storage(f, path)
+            check_sizes(f, path, layout_names(f))  # 10**10 labels declared in a 9 KB file (issue 24 #6)
             file_meta(f, path)  # refuses a non-finite mean or std
     except BaseException:
         f.close()
@@ -266,15 +268,21 @@ def storage_problem(f, name: str):
     return None
 
 
-def check_storage(f, path) -> None:
-    """ValueError naming the file when a group or dataset of the layout (root and one level
-    below) stores its bytes outside the file, which readers refuse to follow."""
+def layout_names(f) -> list:
+    """The paths of the layout's objects in an open file: the root's members and, for a group
+    linked in the file itself, its members."""
     names = []
     for k in f.keys():
         names.append(k)
         if isinstance(f.get(k, getlink=True), h5py.HardLink) and isinstance(f.get(k), h5py.Group):
             names += [f"{k}/{c}" for c in f[k].keys()]
-    for name in names:
+    return names
+
+
+def check_storage(f, path) -> None:
+    """ValueError naming the file when a group or dataset of the layout (root and one level
+    below) stores its bytes outside the file, which readers refuse to follow."""
+    for name in layout_names(f):
         problem = storage_problem(f, name)
         if problem:
             raise ValueError(f"{os.fspath(path)}: {problem}; refusing to read data stored outside the file")
@@ -388,8 +396,9 @@ def check_split(f, path, split):
     names = f.attrs.get("class_names")
     if names is not None and y.shape[0]:
         # small (8 bytes a sample); checked once here, never in the training step
-        check_labels(y[...], len(names), f"{where}: /{split}/y")
-    return x, y
+        need_memory(int(y.shape[0]) * 8, path, f"reading the labels /{split}/y")
+        check_labels(CheckedDataset(y, path)[...], len(names), f"{where}: /{split}/y")
+    return CheckedDataset(x, path), CheckedDataset(y, path)  # a failed read names the file and dataset
 
 
 def load_split(path, split, limit=None, seed=0):
@@ -400,9 +409,11 @@ def load_split(path, split, limit=None, seed=0):
     with open_file(path) as f:
         x, y = check_split(f, path, split)
         n = int(x.shape[0])
+        rows = n if limit is None or limit > 1000 else min(int(limit), n)  # a few rows: fancy indexing
+        need_memory(declared_bytes(x) // max(n, 1) * rows + 8 * n, path, f"reading split {split!r}")
+        labels = y[...].astype(np.int64)
         if limit is None or limit >= n:
-            return x[...], y[...].astype(np.int64)
+            return x[...], labels
         idx = np.sort(np.random.default_rng(limit_seed(seed)).choice(n, int(limit), replace=False))
-        if limit <= 1000:  # a few rows: h5py's fancy indexing; many: read all, then index (faster)
-            return x[idx], y[idx].astype(np.int64)
-        return x[...][idx], y[...][idx].astype(np.int64)
+        # a few rows: h5py's fancy indexing; many: read all, then index (faster)
+        return (x[idx] if limit <= 1000 else x[...][idx]), labels[idx]
