@@ -42,6 +42,7 @@ class BenchConfig:
     threads: int = 1  # CPU threads for torch (numpy's are pinned by the caller)
     torch: bool = True  # time PyTorch beside gpunet
     tf32: bool = False  # allow TF32 matmuls on the GPU (both libraries)
+    precision: str = "fp32"  # fp32 | tf32 | bf16 on both sides (gpunet: gemm.use_precision; torch: autocast)
     cnn: bool = False  # the FER CNN instead of the FC nets
     view: str = "both"  # FC nets: "steps", "epoch" (Solver.train() epochs) or "both"
     compile: bool = False  # also time PyTorch's step under torch.compile
@@ -100,7 +101,13 @@ def run(cfg: BenchConfig, say=None) -> dict:
     if cfg.settle is None:
         cfg.settle = 0.0 if backend.name() == "cupy" else 0.2
     info = machine_info()
-    info.update(threads=cfg.threads, tf32=bool(cfg.tf32), settle_s=cfg.settle, loadavg_start=loadavg())
+    info.update(
+        threads=cfg.threads,
+        tf32=bool(cfg.tf32),
+        precision=cfg.precision,
+        settle_s=cfg.settle,
+        loadavg_start=loadavg(),
+    )
     doc = {"command": cfg.command, "machine": info, "results": []}
     if cfg.profile:
         nets = ["cnn"] if cfg.cnn else cfg.nets
@@ -153,7 +160,7 @@ def machine_line(info: dict) -> str:
         f"{info['threads']} threads, backend {info['backend']}"
         + (f" ({info.get('gpu')})" if "gpu" in info else "")
         + f", numpy {info['numpy']} ({info['blas']}, kernel {info.get('blas_core') or 'unknown'}), "
-        f"torch {info['torch']}, tf32 {info['tf32']}, "
+        f"torch {info['torch']}, tf32 {info['tf32']}, precision {info.get('precision', 'fp32')}, "
         f"load average {info['loadavg_start']} -> {info['loadavg_end']}"
     )
 

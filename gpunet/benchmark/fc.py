@@ -5,6 +5,12 @@ Nets (CIFAR-shaped input, float32, SGD momentum 0.9):
 The GEMM-only bound is the time of just the matrix products of one training step
 (forward, weight-gradient, and input-gradient products except the first layer's)
 with the backend's matmul, so each figure reads as a fraction of what the hardware allows.
+
+The gpunet step is the Solver's (``train_step.make_train_step``: one CUDA graph per step on a
+GPU); PyTorch's is every form of ``torch_forms.FORMS`` that runs (eager with each optimizer
+implementation, the step in one ``torch.cuda.graph`` on CUDA, ``torch.compile`` time-boxed, mode
+``max-autotune`` on CUDA), all in the run's precision: ``bf16`` is ``torch.autocast`` to bfloat16
+around every PyTorch step (and its capture or compilation) beside gpunet's bf16 products.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 from .. import backend, threads
 from ..model import FullyConnectedNet
 from ..optim import Optimizer
+from ..train_step import make_train_step
 from .machine import free_pool, pool_bytes
 from .timing import TORCH_KINDS, best_of, interleaved, rates, torch_optimizer
 
@@ -27,11 +34,8 @@ NETS = {
 INPUT_DIM, NUM_CLASSES = 3072, 10
 LR, MOMENTUM = 1e-3, 0.9
 N_BATCHES = 4  # distinct synthetic batches cycled through (all on the device)
-ORDER = (
-    ["gpunet_train"]
-    + [f"torch_train_{k}" for k in TORCH_KINDS + ("compile",)]
-    + ["gpunet_infer", "torch_infer", "gemm_bound"]
-)
+FORMS = ("default", "foreach", "fused", "forloop", "cudagraph", "compile")  # = torch_forms.FORMS
+ORDER = ["gpunet_train"] + [f"torch_train_{k}" for k in FORMS] + ["gpunet_infer", "torch_infer", "gemm_bound"]
 
 
 def synthetic_batches(shape, num_classes, seed=0, n=N_BATCHES):
@@ -52,6 +56,7 @@ class GpunetCase:
         self.y = [backend.to_device(t) for t in y]
         self.i = 0
         self.loss = None
+        self.step = make_train_step(model, optimizer)  # the Solver's step (a CUDA graph on a GPU)
 
     def _pinned(self):
         """As ``Solver.train`` runs its steps on the CPU: with the threads pinned (``threads.pinned``)."""
@@ -60,8 +65,7 @@ class GpunetCase:
     def train_step(self):
         i = self.i = (self.i + 1) % len(self.X)
         with self._pinned():
-            loss, grads = self.model.loss(self.X[i], self.y[i])
-            self.opt.step(self.model.params, grads, self.lr)
+            loss = self.step(self.X[i], self.y[i], self.lr)
         self.loss = loss  # stays on the device: no host synchronisation per step
 
     def infer_step(self):
@@ -86,6 +90,8 @@ class TorchCase:
     """The same recipe in PyTorch eager mode (or ``torch.compile``-d): ``net`` (a torch module) and
     ``opt`` (its optimizer, in one of ``timing.TORCH_KINDS``)."""
 
+    COMPILE_MODE = "max-autotune"  # torch.compile's mode on CUDA (the CPU: the default mode)
+
     def __init__(self, torch, net, opt, X, y, device: str, compile: bool = False):
         self.torch, self.device = torch, device
         self.net, self.opt = net, opt
@@ -93,7 +99,8 @@ class TorchCase:
         self.y = [torch.from_numpy(t).to(device) for t in y]
         self.i = 0
         self.loss = None
-        self.step_fn = torch.compile(self._step) if compile else self._step
+        mode = self.COMPILE_MODE if device == "cuda" else None  # max-autotune: GPU kernels only
+        self.step_fn = torch.compile(self._step, mode=mode) if compile else self._step
         self.compile_s = None
 
     def sync(self):
@@ -138,6 +145,24 @@ def torch_cases(torch, make_net, opt_cls, opt_kw, X, y, device, compile=False) -
     if "compile" in cases:
         cases["compile"].compile_now()
     return cases
+
+
+def torch_precision(torch, precision: str, device: str):
+    """The context every PyTorch step of a ``precision`` run is built and run in: ``torch.autocast`` to
+    bfloat16 for ``bf16`` (the loss and the weights stay float32); TF32 is ``prepare_torch``'s switch."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def under(ctx_factory, fn):
+    """``fn`` run inside a fresh ``ctx_factory()`` on every call."""
+
+    def call():
+        with ctx_factory():
+            return fn()
+
+    return call
 
 
 def add_torch_fns(fns: dict, cases: dict):
@@ -246,21 +271,27 @@ def bench_case(net_name: str, batch: int, cfg) -> dict:
     )
     g = GpunetCase(model, Optimizer("sgd_momentum", {"learning_rate": LR, "momentum": MOMENTUM}), X, y, LR)
     memory = measure_memory(g)
-    cases = {}
+    cases, skipped, ctx = {}, {}, contextlib.nullcontext
     if cfg.torch:
         import torch
 
+        from .torch_forms import COMPILE_TIMEOUT_S, torch_forms
+
         torch.set_num_threads(cfg.threads)
-        cases = torch_cases(
-            torch,
-            lambda: torch_fc(torch, net),
-            torch.optim.SGD,
-            {"lr": LR, "momentum": MOMENTUM},
-            X,
-            y,
-            "cuda" if backend.name() == "cupy" else "cpu",
-            compile=cfg.compile,
-        )
+        device = "cuda" if backend.name() == "cupy" else "cpu"
+        ctx = lambda: torch_precision(torch, getattr(cfg, "precision", "fp32"), device)  # noqa: E731
+        with ctx():
+            cases, skipped = torch_forms(
+                torch,
+                lambda: torch_fc(torch, net),
+                torch.optim.SGD,
+                {"lr": LR, "momentum": MOMENTUM},
+                X,
+                y,
+                device,
+                compile=cfg.compile or device == "cuda",
+                compile_timeout=COMPILE_TIMEOUT_S,
+            )
     gemm = GemmBound(net, batch)
     fns = {
         "gpunet_train": (g.train_step, backend.synchronize),
@@ -268,10 +299,15 @@ def bench_case(net_name: str, batch: int, cfg) -> dict:
         "gemm_bound": (gemm.step, backend.synchronize),
     }
     add_torch_fns(fns, cases)
+    for k in [k for k in fns if k.startswith("torch_")]:
+        fns[k] = (under(ctx, fns[k][0]), fns[k][1])
     times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup, cfg.settle)
     res = {"net": net_name, "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}
+    res["precision"] = getattr(cfg, "precision", "fp32")
     res.update(rates({k: times[k] for k in fns}, batch, cfg.steps))
     summarise_torch(res, cases)
+    if skipped:
+        res["torch_skipped"] = skipped
     res["train_frac_of_gemm_bound"] = res["gpunet_train"] / res["gemm_bound"]
     res["final_loss"] = g.last_loss()
     if memory is not None:

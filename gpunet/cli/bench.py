@@ -20,9 +20,10 @@ import argparse
 import os
 import sys
 
+from .. import threads
 from ..benchmark import NETS, BenchConfig, format_table, machine_line, progress_line, run, set_tf32_env
 from ..benchmark.machine import pin_threads
-from .common import EXIT_USAGE, add_common_args, run as run_command, setup
+from .common import EXIT_USAGE, add_common_args, add_precision_arg, run as run_command, setup
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for numpy's BLAS and torch (default: all cores)",
+        help="CPU threads for numpy's BLAS and torch (default: the CPUs this process may use)",
     )
     p.add_argument(
         "--view",
@@ -94,11 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     add_common_args(p)
+    add_precision_arg(p)
     return p
 
 
 def _body(args) -> int:
+    if args.precision == "tf32":
+        args.tf32 = True  # TF32 on both sides
     cfg = BenchConfig(
+        precision=args.precision or ("tf32" if args.tf32 else "fp32"),
         nets=args.nets,
         batch_sizes=args.batch_sizes,
         steps=args.steps,
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.threads is None:
-        args.threads = os.cpu_count() or 1
+        args.threads = threads.usable_cpus()
     if args.profile and args.batch_sizes is None and not args.cnn:
         args.batch_sizes = [256]
     if args.threads < 1:

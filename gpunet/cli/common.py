@@ -27,6 +27,7 @@ import sys
 import traceback
 
 from .. import backend
+from ..ops import gemm
 from .. import interrupts
 from ..redact import guard_logging, mask
 
@@ -64,21 +65,57 @@ def add_common_args(parser: argparse.ArgumentParser):
     parser.add_argument("--quiet", "-q", action="store_true", help="only print errors and the final report")
 
 
+def add_precision_arg(parser: argparse.ArgumentParser):
+    """``--precision fp32|tf32|bf16`` (gpunet-train, -tune, -bench): the compute type of the products."""
+    parser.add_argument(
+        "--precision",
+        choices=gemm.PRECISIONS,
+        default=None,
+        help="matrix products in fp32 (default), tf32 or bf16 (tensor cores; weights, optimizer state "
+        "and loss stay float32); tf32/bf16 need the GPU, or the emulated GPU to check them",
+    )
+
+
+def setup_precision(precision, backend_name: str):
+    """Check ``precision`` against the backend, then set it for this process and for the processes it
+    spawns (``GPUNET_PRECISION``); ``run`` restores both when the command ends."""
+    precision = precision or "fp32"
+    why = gemm.precision_refusal(precision, {"cpu": "numpy"}.get(backend_name, backend_name))
+    if why is not None:
+        raise UserError(f"--precision {precision}: {why}")
+    gemm.use_precision(precision)
+    os.environ[gemm.ENV] = precision
+    return precision
+
+
 def setup(args) -> str:
-    """Configure logging and the backend from parsed args; return the backend's name."""
+    """Configure logging and the backend from parsed args; return the backend's name. With a
+    ``precision`` argument, that too (``setup_precision``)."""
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
     guard_logging("gpunet", "optuna")  # no credential in any log line
-    return backend.use(args.backend, args.device)
+    name = backend.use(args.backend, args.device)
+    if hasattr(args, "precision"):
+        setup_precision(args.precision, backend.selected())
+    return name
 
 
 def run(body, args) -> int:
-    """Run ``body(args)``; map user errors to a one-line message and a non-zero exit code."""
-    with interrupts.stop_signals():  # SIGTERM and SIGHUP stop as cleanly as Ctrl-C
-        return _run(body, args)
+    """Run ``body(args)``; map user errors to a one-line message and a non-zero exit code. The product
+    precision a command sets ends with it."""
+    before, env = gemm.precision(), os.environ.get(gemm.ENV)
+    try:
+        with interrupts.stop_signals():  # SIGTERM and SIGHUP stop as cleanly as Ctrl-C
+            return _run(body, args)
+    finally:
+        gemm.use_precision(before)
+        if env is None:
+            os.environ.pop(gemm.ENV, None)
+        else:
+            os.environ[gemm.ENV] = env
 
 
 def _run(body, args) -> int:

@@ -17,7 +17,7 @@ import time
 
 from .. import runfolder, runs
 from ..solver import TrainingDiverged
-from .common import UserError, add_common_args, run, setup
+from .common import UserError, add_common_args, add_precision_arg, run, setup
 
 # Flags that map one-to-one onto TrainConfig fields (dest -> field).
 CONFIG_FLAGS = (
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_model_args(p)
     add_common_args(p)
+    add_precision_arg(p)
     return p
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .. import runs, tuning, tuning_storage, tuning_workers
-from .common import UserError, add_common_args, run, setup
+from .common import UserError, add_common_args, add_precision_arg, run, setup, setup_precision
 from .train import add_data_args, add_model_args, overrides
 
 TUNE_EPOCHS = 8  # per trial, unless --epochs says otherwise
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_model_args(p)
     add_common_args(p)
+    add_precision_arg(p)
     return p
 
 
@@ -138,9 +139,12 @@ def _body(args):
     workers = args.workers or (len(devices) if devices else 1)
     if workers == 1 and devices:
         args.device = devices[0]
-    setup(
-        args if workers == 1 else argparse.Namespace(**{**vars(args), "backend": "numpy"})
-    )  # workers pick their own
+    if workers == 1:
+        setup(args)
+    else:  # workers pick their own backend; the precision travels to them in the environment
+        rest = {k: v for k, v in vars(args).items() if k != "precision"}
+        setup(argparse.Namespace(**{**rest, "backend": "numpy"}))
+        setup_precision(args.precision, args.backend or "auto")
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     settings = overrides(args)
     if settings["epochs"] is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 
 import numpy as np
 
@@ -43,7 +44,8 @@ OP_N, OP_T = 0, 1
 GEMM_DEFAULT = -1
 WORKSPACE = 32 << 20  # bytes handed to cuBLAS while bound (NVIDIA's advice for Hopper: 32 MiB)
 
-_precision = "fp32"
+ENV = "GPUNET_PRECISION"  # the precision a process starts with (spawned tuning workers inherit it)
+_precision = os.environ.get(ENV, "fp32") if os.environ.get(ENV) in PRECISIONS else "fp32"
 _bound = None  # (handle, stream pointer, workspace) while a stream is bound
 _said = set()
 

@@ -1,0 +1,136 @@
+"""``--precision fp32|tf32|bf16`` (``gpunet.ops.gemm``): the rounding of the emulated products against
+PyTorch's bfloat16 conversion (an independent implementation), the products of the emulated GPU in
+each precision, the CLI refusal on NumPy, and a bf16 training run reaching the fp32 run's accuracy.
+The real compute types (cuBLAS tensor cores) are checked on a GPU only (scripts/gpu_check.sh)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gpunet import backend
+from gpunet.ops import gemm
+from gpunet.testing import emulated
+
+emulated_only = pytest.mark.skipif(emulated.available() is not None, reason=str(emulated.available()))
+
+
+def _values():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(4000).astype(np.float32) * np.float32(1e3)
+    ties = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 2**-130, 65504.0, np.inf, -np.inf, 0.0, -0.0])
+    return np.concatenate([a, ties.astype(np.float32)])
+
+
+def test_bf16_rounding_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    a = _values()
+    want = torch.from_numpy(a).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(gemm.round_to(a, "bf16"), want)
+    assert np.isnan(gemm.round_to(np.array([np.nan], np.float32), "bf16")).all()
+
+
+def test_tf32_rounding_keeps_ten_mantissa_bits():
+    a = _values()[:4000]
+    r = gemm.round_to(a, "tf32")
+    assert not (r.view(np.uint32) & 0x1FFF).any()  # the low 13 bits are gone
+    np.testing.assert_allclose(r, a, rtol=2**-11)
+    assert gemm.round_to(a, "fp32") is a and gemm.round_to(a.astype(np.float64), "bf16").dtype == np.float64
+
+
+@emulated_only
+@pytest.mark.parametrize("name", gemm.PRECISIONS)
+def test_emulated_products_compute_in_the_precision(name):
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((16, 40)).astype(np.float32), rng.standard_normal((40, 8)).astype(np.float32)
+    want = gemm.round_to(A, name) @ gemm.round_to(B, name)
+    with backend.using("emulated") as xp, gemm.using_precision(name):
+        got = backend.to_numpy(gemm.matmul(xp, xp.asarray(A), xp.asarray(B).T.copy().T))  # B as an F view
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    if name != "fp32":
+        assert np.abs(got - A @ B).max() > 1e-4  # the rounding shows: the test can fail
+
+
+def test_reduced_precision_is_refused_on_numpy_in_one_line(tmp_path, capsys):
+    from gpunet.cli import train
+
+    out = tmp_path / "run"
+    rc = train.main(["cifar10", "--backend", "numpy", "--precision", "bf16", "--out", str(out), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --precision bf16:") and "NumPy" in err[0]
+    assert not out.exists() and gemm.precision() == "fp32"
+    assert (
+        gemm.precision_refusal("bf16", "emulated") is None and gemm.precision_refusal("fp32", "numpy") is None
+    )
+
+
+@emulated_only
+def test_bf16_training_reaches_the_fp32_accuracy():
+    """The same FC net and data trained in fp32 and in bf16 products (emulated GPU, Solver, CUDA-graph
+    step): the bf16 run's validation accuracy is within 0.5 point of the fp32 run's."""
+    from gpunet.model import FullyConnectedNet
+    from gpunet.solver import Solver
+
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((4, 20)).astype(np.float32) * 1.5
+    y = rng.integers(0, 4, 1200)
+    X = (centers[y] + rng.standard_normal((1200, 20)).astype(np.float32)).astype(np.float32)
+    acc = {}
+    for name in ("fp32", "bf16"):
+        with backend.using("emulated"), gemm.using_precision(name):
+            model = FullyConnectedNet([64, 32], input_dim=20, num_classes=4, dropout=0.1, seed=0)
+            data = {"X_train": X[:1000], "y_train": y[:1000], "X_val": X[1000:], "y_val": y[1000:]}
+            s = Solver(
+                model,
+                data,
+                update_rule="adam",
+                optim_config={"learning_rate": 3e-3},
+                num_epochs=4,
+                batch_size=100,
+                verbose=False,
+                seed=0,
+            )
+            s.train()
+            acc[name] = float(s.val_acc_history[-1])
+    assert acc["fp32"] > 0.8, acc
+    assert abs(acc["bf16"] - acc["fp32"]) <= 0.005, acc
+
+
+def test_fc_bench_times_every_torch_form_on_the_cpu(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from gpunet.cli import bench
+
+    monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
+    out = tmp_path / "fc.json"
+    args = ["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1"]
+    args += ["--repeats", "1", "--warmup", "0", "--view", "steps", "--json", str(out), "-q"]
+    previous = backend.selected()
+    try:
+        assert bench.main(args + ["--backend", "numpy", "--precision", "fp32"]) == 0
+    finally:
+        backend.use(previous)
+    doc = json.loads(out.read_text())
+    r = doc["results"][0]
+    assert doc["machine"]["precision"] == "fp32" and r["precision"] == "fp32"
+    assert {"default", "foreach", "forloop"} <= set(r["torch_train_variants"])
+    assert r["torch_skipped"]["cudagraph"].startswith("not on CPU")
+    assert r["torch_skipped"]["compile"].startswith("not asked for")
+    assert r["train_ratio"] == pytest.approx(r["gpunet_train"] / r["torch_train"])
+    assert np.isfinite(r["final_loss"])
+
+
+def test_torch_side_of_a_bf16_bench_runs_under_autocast():
+    """Every timed PyTorch step of a bf16 run (and its capture or compilation) runs in bfloat16
+    autocast: the products come out bf16, the loss and the weights stay float32."""
+    torch = pytest.importorskip("torch")
+    from gpunet.benchmark import fc
+
+    net = torch.nn.Linear(6, 3)
+    seen = []
+    step = fc.under(
+        lambda: fc.torch_precision(torch, "bf16", "cpu"), lambda: seen.append(net(torch.ones(2, 6)))
+    )
+    step()
+    assert seen[0].dtype == torch.bfloat16 and net.weight.dtype == torch.float32
+    with fc.torch_precision(torch, "fp32", "cpu"):
+        assert net(torch.ones(2, 6)).dtype == torch.float32
