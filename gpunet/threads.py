@@ -41,7 +41,8 @@ _held, _held_before, _held_lock = 0, None, threading.Lock()  # callers inside ``
 
 
 def set_num_threads(n: int | None):
-    """Threads of the team (None: $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS, $MKL_NUM_THREADS or all cores)."""
+    """Threads of the team (None: $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS, $MKL_NUM_THREADS or the CPUs
+    this process may use, ``usable_cpus``)."""
     global _threads, _pool, _pool_size
     _threads = None if n is None else max(1, int(n))
     with _pool_lock:
@@ -59,7 +60,15 @@ def num_threads() -> int:
             return max(1, int(os.environ[var]))
         except (KeyError, ValueError):
             continue
-    return os.cpu_count() or 1
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: ``taskset``, a container's cpuset), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _in_team() -> bool:

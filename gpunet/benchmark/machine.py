@@ -58,10 +58,7 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
+    usable = threads.usable_cpus()
     core = threads.blas_core()
     info = {
         "cpu": cpu,

@@ -17,7 +17,6 @@ OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set (torch gets ``set_num_threads(N)``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .. import threads

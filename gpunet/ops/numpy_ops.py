@@ -159,8 +159,18 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
 
     def adam_(self, w, dw, m, v, b1, b2, lr_t, inv_sqrt_bc2, eps):
         """Moments, then ``w -= lr_t * m / (sqrt(v) * inv_sqrt_bc2 + eps)`` (lr_t = lr / (1 - b1^t) and
-        inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) carry the bias corrections)."""
+        inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) carry the bias corrections).
+
+        On the CPU the same operations run block by block on the thread team (as ``momentum_``): each
+        array is read from memory once per step, the temporaries stay in the cache, the values are
+        the same bit for bit.
+        """
         t = w.dtype.type
+        arrays = (w, dw, m, v)
+        if not self.on_device and all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
+            return _adam_blocked(
+                w, dw, m, v, t(b1), t(1 - b1), t(b2), t(1 - b2), t(lr_t), t(inv_sqrt_bc2), t(eps)
+            )
         m *= t(b1)
         m += t(1 - b1) * dw
         v *= t(b2)
@@ -174,3 +184,32 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
         """Why [[dw, w, state...] per parameter] cannot be updated in one launch (None when it can):
         on NumPy never, the rule runs parameter by parameter."""
         return "NumPy updates parameter by parameter"
+
+
+def _adam_blocked(w, dw, m, v, b1, c1, b2, c2, lr_t, inv, eps):
+    """``NumpyOps.adam_``'s operations, in the same order, on CHUNK-sized blocks shared by the team."""
+    wf, gf, mf, vf = w.reshape(-1), dw.reshape(-1), m.reshape(-1), v.reshape(-1)
+    chunk = threads.CHUNK
+
+    def blocks(lo, hi):
+        tmp = np.empty((2, min(hi - lo, chunk)), w.dtype)
+        for i in range(lo, hi, chunk):
+            j = min(i + chunk, hi)
+            wb, gb, mb, vb = wf[i:j], gf[i:j], mf[i:j], vf[i:j]
+            a, d = tmp[0, : j - i], tmp[1, : j - i]
+            mb *= b1
+            np.multiply(gb, c1, out=a)
+            mb += a
+            vb *= b2
+            np.multiply(gb, c2, out=a)
+            a *= gb
+            vb += a
+            np.sqrt(vb, out=d)
+            d *= inv
+            d += eps
+            np.multiply(mb, lr_t, out=a)
+            a /= d
+            wb -= a
+
+    threads.parallel(blocks, w.size)
+    return w

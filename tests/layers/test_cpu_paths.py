@@ -106,3 +106,18 @@ def test_batchnorm_matches_reference(team, dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for a, r in zip(*res):
         np.testing.assert_allclose(a, r, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_blocked_is_bit_identical(team, dtype):
+    rng = np.random.default_rng(4)
+    n = 3 * threads.CHUNK + 17  # several blocks and a short last one
+    w, dw, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    v = np.abs(rng.standard_normal(n)).astype(dtype)
+    got, want = [a.copy() for a in (w, dw, m, v)], [a.copy() for a in (w, dw, m, v)]
+    args = (0.9, 0.999, 1e-3 / (1 - 0.9**3), 1 / np.sqrt(1 - 0.999**3), 1e-8)
+    CPU.adam_(*got, *args)
+    REF.adam_(*want, *args)
+    for a, r in zip(got, want):
+        np.testing.assert_array_equal(a, r)
+    CPU.adam_(w[::2], dw[::2], m[::2], v[::2], *args)  # strided: the reference form, no error
