@@ -258,7 +258,10 @@ class Frontend:
             if best is None or ms < best[0]:
                 best = (ms, i)
         if best is not None:
-            g.select_plan(best[1])
+            try:
+                g.select_plan(best[1])
+            except Exception:  # noqa: BLE001 - the heuristics' first choice stays selected
+                pass
 
     def run(self, plan, arrays):
         """Execute ``plan`` on ``arrays`` (name -> CuPy array; the output written in place)."""
@@ -314,6 +317,8 @@ class Cudnn:
             plan = self.cache.get(key, lambda: self.executor.build(key, arrays))
             self.executor.run(plan, arrays)
         except Exception as e:  # noqa: BLE001 - an unsupported graph, or a frontend error: im2col
+            if _capturing():  # inside a CUDA-graph capture: im2col this time, the key is not judged
+                return False
             self._disable(key, f"{type(e).__name__}: {e}".replace("\n", " ")[:300], logging.INFO)
             return False
         if key not in self.cache.checked:

@@ -255,3 +255,24 @@ def _gpu_parity(xp, dtype, tol, layout, shape):
         assert cudnn.disagreement(got, want) < tol
     assert not CUDNN.cache.disabled, CUDNN.cache.disabled  # every plan passed its first-use check
     assert len(CUDNN.cache.checked) >= before  # (cached keys from an earlier case count too)
+
+
+@pytest.mark.emulated
+def test_inside_a_graph_capture_nothing_is_built_checked_or_disabled(standin, monkeypatch):
+    ex = standin("NCHW")
+    x, W, b = _arrays()
+    xp = backend.xp()
+    args = (xp.asarray(x), xp.asarray(W), xp.asarray(b), 1, 1)
+    monkeypatch.setattr(cudnn, "_capturing", lambda: True)
+    CUPY.conv2d_forward(*args)  # a new key while capturing: im2col, no plan built
+    assert ex.builds == [] and not CUDNN.cache.disabled
+    monkeypatch.setattr(cudnn, "_capturing", lambda: False)
+    CUPY.conv2d_forward(*args)  # eager: built and checked
+    assert len(ex.builds) == 1 and len(CUDNN.cache.checked) == 1
+    monkeypatch.setattr(cudnn, "_capturing", lambda: True)
+    monkeypatch.setattr(ex, "run", lambda plan, arrays: 1 / 0)
+    out = CUPY.conv2d_forward(*args)  # a failure inside the capture: im2col, the key stays on
+    assert not CUDNN.cache.disabled
+    np.testing.assert_allclose(
+        backend.to_numpy(out), NUMPY.conv2d_forward(x, W, b, 1, 1), rtol=1e-5, atol=1e-5
+    )
