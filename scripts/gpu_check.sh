@@ -3,14 +3,23 @@
 #   pytest_gpu     the CuPy test cases (mark "gpu": gradient checks, fused vs plain kernels, optimizer and
 #                  dropout kernels, steady memory pool), the backend-parity cases left to `parity`;
 #   graph_vs_eager the graph-versus-eager training-step test on its own;
+#   graph_dropout  issue 22: the whole step in one CUDA graph on CuPy with dropout on (replays = eager steps,
+#                  new masks per replay, a changed lr without re-capture, first-replay check), the Philox
+#                  stream and the one-launch scalars kernel (tests/training/test_train_step.py, test_philox.py);
+#   epilogue       issue 22: Linear+bias(+ReLU) as one cuBLASLt call with a fused epilogue (nvmath-python)
+#                  against the plain path (tests/kernels/test_epilogue.py; says whether nvmath imports);
+#   bf16_accuracy  issue 22: bf16/tf32 products on cuBLAS against the rounding model, and the same FC
+#                  training in fp32 and bf16 within 0.5 point (tests/training/test_precision.py);
 #   parity         backend parity (issue 19): the FC and CNN recipes, dropout 0, identical weights, one
 #                  fixed batch of 128, 50 Adam and 50 SGD-momentum steps, float32 and float64, on NumPy
 #                  and CuPy; loss curves and final parameters within 1e-3 (tests/training/test_backend_parity.py);
 #   nvrtc_cpu      the NVRTC compile and CPU-execution tests of every CUDA source (needs the pinned CuPy);
 #   cudnn_parity   cuDNN (gpunet/ops/cudnn.py, the [cuda13x] extra) against the NumPy im2col path, forward and
 #                  backward, float32/float16, both layouts; first says whether cuDNN is usable at all;
-#   bench_fc, bench_cnn  gpunet-bench on CuPy beside PyTorch, TF32 off (the CNN bench: every PyTorch form,
-#                  eager with cudnn.benchmark, one CUDA graph, torch.compile; the fastest is named);
+#   bench_fc, bench_cnn  gpunet-bench on CuPy beside PyTorch, TF32 off (every PyTorch form: eager per
+#                  optimizer, one CUDA graph, torch.compile; the fastest is named; the CNN with cudnn.benchmark);
+#   bench_fc_tf32, bench_fc_bf16  issue 22: the FC bench with --precision tf32 / bf16 on both sides
+#                  (PyTorch: TF32 switch / autocast bf16);
 #   train_cifar10  gpunet-train cifar10 --epochs 3 on a SYNTHETIC CIFAR-10 tarball (it runs, nothing more);
 #   train_fer_cnn  gpunet-train fer2013 --arch cnn, 2 epochs on a SYNTHETIC FER2013-sized file (time per epoch);
 #   fer_cnn_device the FER CNN recipe, all 36 epochs (FER_EPOCHS), data on the device, on that SYNTHETIC
@@ -35,7 +44,7 @@ status=0
 summary=()
 
 BACKEND="${GPU_CHECK_BACKEND:-cupy}"
-STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager parity nvrtc_cpu cudnn_parity bench_fc bench_cnn train_cifar10 make_data make_fer train_fer_cnn fer_cnn_device real_fer} "
+STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager graph_dropout epilogue bf16_accuracy parity nvrtc_cpu cudnn_parity bench_fc bench_fc_tf32 bench_fc_bf16 bench_cnn train_cifar10 make_data make_fer train_fer_cnn fer_cnn_device real_fer} "
 # a step is run when named, or when a step that needs it is (its data, its accuracy check)
 wanted() {
     local need=$1
@@ -82,6 +91,14 @@ fi
 step pytest_gpu 120 env GPUNET_BACKEND=cupy "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ \
     --deselect tests/training/test_backend_parity.py
 step graph_vs_eager 45 "$PY" -m pytest -q -p no:cacheprovider tests/training/test_train_step.py -k cupy
+# 1b. issue 22: the CUDA-graph step with dropout, the fused epilogue, the reduced precisions
+step graph_dropout 90 "$PY" -m pytest -q -rs -p no:cacheprovider \
+    tests/training/test_train_step.py tests/kernels/test_philox.py
+step epilogue 60 bash -c "'$PY' -c \"
+from gpunet.ops import epilogue; m = epilogue.nvmath_module()
+print('nvmath-python:', m.__version__ if m else 'not importable: the plain path runs')\" &&
+    '$PY' -m pytest -q -rs -p no:cacheprovider tests/kernels/test_epilogue.py"
+step bf16_accuracy 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/training/test_precision.py
 step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/training/test_backend_parity.py -k test_gpu_trains_as_numpy
 # 2. every CUDA source through NVRTC and on the CPU
 step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/kernels/test_nvrtc.py \
@@ -94,6 +111,10 @@ print('cuDNN:', CUDNN.unavailable() or 'usable, version %s' % CUDNN.executor.ver
     '$PY' -m pytest -q -rs -p no:cacheprovider tests/kernels/test_cudnn.py"
 # 3. the benchmarks (TF32 off is the bench's default)
 step bench_fc 150 "$PY" scripts/bench.py --backend "$BACKEND" --steps 50 --repeats 5 --warmup 10 --json "$OUT/bench_fc.json"
+for p in tf32 bf16; do
+    step "bench_fc_$p" 150 "$PY" scripts/bench.py --backend "$BACKEND" --precision "$p" --view steps --steps 50 \
+        --repeats 5 --warmup 10 --json "$OUT/bench_fc_$p.json"
+done
 if "$PY" scripts/bench.py --help 2>/dev/null | grep -q -- "--cnn"; then
     step bench_cnn 360 "$PY" scripts/bench.py --backend "$BACKEND" --cnn --steps 20 --repeats 3 --warmup 5 \
         --json "$OUT/bench_cnn.json"
@@ -164,7 +185,7 @@ fi
     grep -E '^(numpy|torch)' "$OUT/env.txt"
     printf '%-16s %-13s %5s  %s\n' step result time "last line of $OUT/<step>.txt"
     printf '%s\n' "${summary[@]}"
-    for j in "$OUT"/bench_fc.json "$OUT"/bench_cnn.json; do
+    for j in "$OUT"/bench_fc.json "$OUT"/bench_fc_tf32.json "$OUT"/bench_fc_bf16.json "$OUT"/bench_cnn.json; do
         [ -f "$j" ] && "$PY" -c "
 import json, sys
 d = json.load(open(sys.argv[1]))
