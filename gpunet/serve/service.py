@@ -46,7 +46,9 @@ def model_name(model, where) -> str:
     """The name the page shows: the packaged model's, or the model file's own."""
     if model is None:
         return "fer2013.npz (packaged with gpunet)"
-    return os.path.basename(os.fspath(where)) if isinstance(model, (str, os.PathLike)) else str(where)
+    if isinstance(model, (str, os.PathLike)) or getattr(model, "source", None):
+        return os.path.basename(os.fspath(where))  # the file it was loaded from
+    return str(where)
 
 
 class EmotionService:

@@ -27,6 +27,7 @@ function formatBytes(n) {
 function showError(text) {
   $("error").textContent = text;
   $("error").hidden = false;
+  $("result").hidden = true; // the last photo's faces are not this file's
   $("status").textContent = "";
 }
 
@@ -175,10 +176,12 @@ function setupWebcam() {
       showError(`The webcam cannot be used: ${e.name === "NotAllowedError" ? "permission was refused" : e.message}.`);
       return;
     }
+    $("snap").disabled = true; // until the first frame arrives
     $("video").srcObject = stream;
     $("webcam").hidden = false;
     $("webcam-start").hidden = true;
   });
+  $("video").addEventListener("loadeddata", () => ($("snap").disabled = false));
   $("webcam-stop").addEventListener("click", stopWebcam);
   $("snap").addEventListener("click", () => {
     const video = $("video");
