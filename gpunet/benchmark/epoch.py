@@ -16,7 +16,7 @@ import numpy as np
 from .. import backend, threads
 from ..model import FullyConnectedNet
 from ..solver import Solver
-from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc, torch_step
+from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc, torch_precision, torch_step, under
 from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
 
 EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
@@ -171,11 +171,13 @@ def bench_epoch(net_name: str, batch: int, cfg) -> dict:
             )
             if opt is not None:
                 t = TorchEpoch(torch, tnet, opt, data, batch, kind == "compile", device)
-                fns[f"torch_epoch_{kind}"] = (t.epoch, t.sync)
+                ctx = lambda: torch_precision(torch, getattr(cfg, "precision", "fp32"), device)  # noqa: E731
+                fns[f"torch_epoch_{kind}"] = (under(ctx, t.epoch), t.sync)  # bf16: autocast, as gpunet
                 kinds.append(kind)
     n = len(data["y_train"])
     times = interleaved(fns, ORDER, 1, cfg.repeats, 1, cfg.settle)
     res = {"net": net_name, "batch": batch, "view": "epoch", "samples": n, "repeats": cfg.repeats}
+    res["precision"] = getattr(cfg, "precision", "fp32")
     for k, ts in times.items():
         med = float(np.median(ts))
         res[k] = n / med
