@@ -176,8 +176,8 @@ class GraphStep:
         st = philox._STREAMS.get(id(self.cp))
         if st is not None:
             arrays.append(st.state)
-        for layer in getattr(self.model, "layers", ()):
-            arrays += [getattr(layer, n) for n in ("running_mean", "running_var") if hasattr(layer, n)]
+        for layer in getattr(self.model, "layers", ()):  # (gpunet.nn layers keep them in ``buffers``)
+            arrays += [b for b in (getattr(layer, "buffers", None) or {}).values() if hasattr(b, "shape")]
         return [a for a in arrays if a is not None]
 
     def _capture_and_check(self, lr):

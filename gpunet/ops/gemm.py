@@ -105,6 +105,7 @@ def round_to(a, name: str):
 
 
 _lib = None
+_workspaces: dict = {}  # device id -> the workspace handed to cuBLAS (kept: captured graphs point into it)
 
 
 def _libcublas():
@@ -113,16 +114,36 @@ def _libcublas():
     if _lib is None:
         _lib = False
         try:
-            backend.cupy_module().cuda.device.get_cublas_handle()  # loads libcublas (call outside a capture)
+            backend.cupy_module().cuda.device.get_cublas_handle()  # creates the handle: libcublas is loaded
             with open("/proc/self/maps") as f:
-                paths = {line.split()[-1] for line in f if "libcublas.so" in line and "Lt" not in line}
+                paths = {line.split()[-1] for line in f if "/libcublas.so" in line}
             if paths:
                 lib = ctypes.CDLL(sorted(paths)[0])
-                lib.cublasGemmEx.restype = lib.cublasSetWorkspace_v2.restype = ctypes.c_int
+                vp, i = ctypes.c_void_p, ctypes.c_int
+                lib.cublasGemmEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
+                lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
+                lib.cublasSetStream_v2.argtypes = [vp, vp]
+                lib.cublasSetPointerMode_v2.argtypes = [vp, i]
+                for f in (lib.cublasGemmEx, lib.cublasSetWorkspace_v2, lib.cublasSetStream_v2):
+                    f.restype = ctypes.c_int
+                lib.cublasSetPointerMode_v2.restype = ctypes.c_int
                 _lib = lib
         except (OSError, AttributeError):
             _lib = False
     return _lib or None
+
+
+def _check(status, what):
+    if status:
+        raise RuntimeError(f"{what} failed (cuBLAS status {status})")
+
+
+def _bind(handle, stream_ptr):
+    """Point CuPy's handle at ``stream_ptr`` (host pointer mode): CuPy's own wrappers do this on each
+    call, refusing during a capture; ours runs before the call, outside any capture."""
+    lib = _libcublas()
+    _check(lib.cublasSetStream_v2(handle, stream_ptr), "cublasSetStream_v2")
+    _check(lib.cublasSetPointerMode_v2(handle, 0), "cublasSetPointerMode_v2")
 
 
 def capture_refusal() -> str | None:
@@ -147,14 +168,14 @@ def bound(stream):
         _bound = ("emulated", stream.ptr, None)
     else:
         cp = backend.cupy_module()
-        with stream:
-            handle = cp.cuda.device.get_cublas_handle()  # CuPy's setStream: the handle now on `stream`
-        ws = before[2] if before and before[2] is not None else cp.empty(WORKSPACE, np.uint8)
-        st = _libcublas().cublasSetWorkspace_v2(
-            ctypes.c_void_p(handle), ctypes.c_void_p(ws.data.ptr), WORKSPACE
-        )
-        if st:
-            raise RuntimeError(f"cublasSetWorkspace_v2 failed (status {st})")
+        handle = cp.cuda.device.get_cublas_handle()
+        _bind(handle, stream.ptr)
+        dev = cp.cuda.get_device_id()
+        ws = _workspaces.get(dev)
+        if ws is None:
+            ws = _workspaces[dev] = cp.empty(WORKSPACE, np.uint8)
+        # after setStream, which resets it: cuBLAS then allocates nothing while a graph is captured
+        _check(_libcublas().cublasSetWorkspace_v2(handle, ws.data.ptr, WORKSPACE), "cublasSetWorkspace_v2")
         _bound = (handle, stream.ptr, ws)
     try:
         yield
@@ -215,7 +236,14 @@ def matmul(xp, A, B, out=None):
         p = _precision if A.dtype == np.float32 else "fp32"
         np.matmul(round_to(A.view(np.ndarray), p), round_to(B.view(np.ndarray), p), out=out.view(np.ndarray))
         return out
-    handle = _bound[0] if on_bound else xp.cuda.device.get_cublas_handle()  # (binds the current stream)
+    if on_bound:
+        handle = _bound[0]
+    else:  # a reduced precision outside a graph's step: the current stream (not a capturing one)
+        if _libcublas() is None:
+            _say_once("matrix product in fp32: libcublas is not loaded in this process")
+            return xp.matmul(A, B, out=out)
+        handle = xp.cuda.device.get_cublas_handle()
+        _bind(handle, xp.cuda.get_current_stream().ptr)
     return _gemm(handle, A, B, out)
 
 
@@ -235,26 +263,25 @@ def _gemm(handle, A, B, out):
         out.fill(0)
         return out
     st = _libcublas().cublasGemmEx(
-        ctypes.c_void_p(handle),
+        handle,
         opb,
         opa,
         n,
         m,
         k,
-        ctypes.byref(one),
-        ctypes.c_void_p(B.data.ptr),
+        ctypes.addressof(one),
+        B.data.ptr,
         dt,
         ldb,
-        ctypes.c_void_p(A.data.ptr),
+        A.data.ptr,
         dt,
         lda,
-        ctypes.byref(zero),
-        ctypes.c_void_p(out.data.ptr),
+        ctypes.addressof(zero),
+        out.data.ptr,
         dt,
         max(1, n),
         compute,
         GEMM_DEFAULT,
     )
-    if st:
-        raise RuntimeError(f"cublasGemmEx failed (status {st}) for {A.shape} @ {B.shape} {A.dtype}")
+    _check(st, f"cublasGemmEx of {tuple(A.shape)} @ {tuple(B.shape)} {A.dtype}")
     return out
