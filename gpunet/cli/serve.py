@@ -13,10 +13,14 @@ only) unless --host says otherwise. Needs the extra: pip install 'gpunet[serve]'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
+import logging
+import signal
 import socket
 import sys
 
+from .. import interrupts
 from .common import UserError, add_common_args, run, setup
 
 
@@ -115,11 +119,40 @@ def _body(args) -> int:
     if not _is_loopback(args.host):
         print(f"note: --host {args.host}: other computers can reach this page", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = _server_class(uvicorn)(config)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         sock.close()
+    if server.stopped_by is not None:  # raised here, once the event loop is closed
+        raise interrupts.Interrupted(server.stopped_by)
     return 0
+
+
+def _server_class(uvicorn):
+    class Server(uvicorn.Server):
+        """uvicorn's server; a stop signal (Ctrl-C, SIGTERM, SIGHUP) ends it gracefully (a second Ctrl-C:
+        at once) and is remembered in ``stopped_by``, for gpunet's exit code once the loop is closed
+        (uvicorn itself raises it again inside the loop)."""
+
+        stopped_by = None
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            def stop(signum, frame):
+                if self.stopped_by is not None:  # the second: requests in progress are cut off, quietly
+                    logging.getLogger("uvicorn.error").disabled = True
+                self.stopped_by = self.stopped_by or signum
+                self.handle_exit(signum, frame)
+
+            before = {s: signal.signal(s, stop) for s in interrupts.STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for s, h in before.items():
+                    signal.signal(s, h)
+
+    return Server
 
 
 def main(argv=None) -> int:
