@@ -357,27 +357,36 @@ CUDNN = Cudnn()
 
 
 class CudnnConvOps:
-    """The cuDNN overrides of ``conv2d_forward``/``conv2d_backward`` (a mixin before ``NumpyOps``)."""
+    """The cuDNN overrides of ``conv2d_forward``/``conv2d_backward`` (a mixin before ``NumpyOps``).
+
+    Each call tries the arrays as they are (their strides in the plan key), then, when cuDNN
+    refused a (C, N, H, W) memory order, NCHW-packed copies (``_candidates``); the first that
+    runs and passes its check wins, else the im2col path of ``super()``.
+    """
 
     def conv2d_forward(self, X, W, b, stride=1, padding=0, cache=None, layout="NCHW"):
         why = refusal(X, W, stride, padding, layout)
         if why:
             CUDNN.say_fallback(why)
             return super().conv2d_forward(X, W, b, stride, padding, cache, layout)
-        N, C, F, KH, KW, Ho, Wo = _geometry(X, W, stride, padding, layout)
-        xp = backend.get_array_module(X)
-        out = xp.empty((F, N, Ho, Wo) if layout == "CNHW" else (N, F, Ho, Wo), X.dtype)
-        key = plan_key("fprop", X, W, out, stride, padding, layout)
-        ref = []
+        xp, ref = backend.get_array_module(X), []
 
         def reference():
-            ref.append(super(CudnnConvOps, self).conv2d_forward(X, W, b, stride, padding, cache, layout))
+            if not ref:
+                ref.append(super(CudnnConvOps, self).conv2d_forward(X, W, b, stride, padding, cache, layout))
             return ref[0] - _bias(b, layout)
 
-        if not CUDNN.attempt(key, {"X": X, "W": W, "Y": out}, reference):
-            return ref[0] if ref else super().conv2d_forward(X, W, b, stride, padding, cache, layout)
-        out += _bias(b, layout)
-        return out
+        for (x,), lay in _candidates(layout, X):
+            out = xp.empty(_out_shape(x, W, stride, padding, lay), X.dtype)
+            check = reference if lay == layout else (lambda: _swap(reference()))
+            if CUDNN.attempt(
+                plan_key("fprop", x, W, out, stride, padding, lay), {"X": x, "W": W, "Y": out}, check
+            ):
+                out += _bias(b, lay)
+                return out if lay == layout else xp.ascontiguousarray(_swap(out))
+            if ref:  # its first-use check failed: the im2col result is at hand
+                return ref[0]
+        return super().conv2d_forward(X, W, b, stride, padding, cache, layout)
 
     def conv2d_backward(self, dout, X, W, b, stride=1, padding=0, cache=None, need_dx=True, layout="NCHW"):
         why = refusal(X, W, stride, padding, layout, dout)
@@ -385,39 +394,50 @@ class CudnnConvOps:
             if why:
                 CUDNN.say_fallback(why)
             return super().conv2d_backward(dout, X, W, b, stride, padding, cache, need_dx, layout)
-        xp = backend.get_array_module(dout)
-        ref = []
+        xp, ref = backend.get_array_module(dout), []
 
-        def reference(i):
-            if not ref:
-                ref.append(
-                    super(CudnnConvOps, self).conv2d_backward(
-                        dout, X, W, b, stride, padding, cache, True, layout
+        def reference(i, swap=False):
+            def get():
+                if not ref:
+                    ref.append(
+                        super(CudnnConvOps, self).conv2d_backward(
+                            dout, X, W, b, stride, padding, cache, True, layout
+                        )
                     )
-                )
-            return lambda: ref[0][i]
+                return _swap(ref[0][i]) if swap else ref[0][i]
 
-        dW = xp.empty(W.shape, W.dtype)
-        if not CUDNN.attempt(
-            plan_key("wgrad", X, W, dout, stride, padding, layout), {"X": X, "Y": dout, "W": dW}, reference(1)
-        ):
-            return (
-                ref[0]
-                if ref
-                else super().conv2d_backward(dout, X, W, b, stride, padding, cache, need_dx, layout)
-            )
-        dX = None
-        if need_dx:
-            dX = xp.empty(X.shape, X.dtype)  # the layout of X's own axes, packed
-            key = plan_key("dgrad", dX, W, dout, stride, padding, layout)
-            if not CUDNN.attempt(key, {"X": dX, "W": W, "Y": dout}, reference(0)):
-                dX = (
-                    ref[0][0]
-                    if ref
-                    else super().conv2d_backward(dout, X, W, b, stride, padding, cache, True, layout)[0]
-                )
-        db = dout.sum(axis=(1, 2, 3) if layout == "CNHW" else (0, 2, 3))
-        return dX, dW, xp.ascontiguousarray(db.astype(W.dtype, copy=False))
+            return get
+
+        for (x, dy), lay in _candidates(layout, X, dout):
+            dW = xp.empty(W.shape, W.dtype)
+            key = plan_key("wgrad", x, W, dy, stride, padding, lay)
+            if not CUDNN.attempt(key, {"X": x, "Y": dy, "W": dW}, reference(1)):
+                if ref:
+                    return ref[0]
+                continue
+            dX = None
+            if need_dx:
+                dx = xp.empty(x.shape, x.dtype)  # packed, in the axis order of this candidate
+                key = plan_key("dgrad", dx, W, dy, stride, padding, lay)
+                if CUDNN.attempt(key, {"X": dx, "W": W, "Y": dy}, reference(0, swap=lay != layout)):
+                    dX = dx if lay == layout else xp.ascontiguousarray(_swap(dx))
+                else:
+                    dX = reference(0)()  # im2col's dX (computed by the check, or now)
+            db = dout.sum(axis=(1, 2, 3) if layout == "CNHW" else (0, 2, 3))
+            return dX, dW, xp.ascontiguousarray(db.astype(W.dtype, copy=False))
+        return super().conv2d_backward(dout, X, W, b, stride, padding, cache, need_dx, layout)
+
+
+def _candidates(layout, *arrays):
+    """``(arrays, layout)`` to try: as given; then, if any is packed (C, N, H, W), NCHW-packed copies."""
+    yield arrays, layout
+    if layout == "CNHW" and any(dense_layout(*nchw(a, layout)) == "CNHW" for a in arrays):
+        xp = backend.get_array_module(arrays[0])
+        yield tuple(xp.ascontiguousarray(_swap(a)) for a in arrays), "NCHW"
+
+
+def _swap(a):
+    return a.transpose(1, 0, 2, 3)
 
 
 def _bias(b, layout):

@@ -27,14 +27,15 @@ def _arrays(n=3, c=2, h=7, w=6, f=4, k=3, dtype=np.float32):
 
 class StandIn:
     """An executor computing what cuDNN would, by the NumPy reference; ``wrong`` scales its output,
-    ``fail`` makes every build raise (an unsupported graph)."""
+    ``fail`` makes every build raise (an unsupported graph), ``refuse_cnhw`` those of (C, N, H, W) memory."""
 
-    def __init__(self, layout, wrong=1.0, fail=False):
-        self.layout, self.wrong, self.fail = layout, wrong, fail
+    def __init__(self, wrong=1.0, fail=False, refuse_cnhw=False):
+        self.wrong, self.fail, self.refuse_cnhw = wrong, fail, refuse_cnhw
         self.builds, self.runs = [], 0
 
     def build(self, key, arrays):
-        if self.fail:
+        cnhw = any(dense_layout(key[i], key[i + 1]) == "CNHW" for i in (1, 5))
+        if self.fail or (self.refuse_cnhw and cnhw):
             raise RuntimeError("cudnnGraphNotSupportedError: no engine")
         self.builds.append(key)
         return {"key": key}
@@ -42,7 +43,8 @@ class StandIn:
     def run(self, plan, arrays):
         key, self.runs = plan["key"], self.runs + 1
         a = {k: backend.to_numpy(v) for k, v in arrays.items()}
-        lay, s, p = self.layout, key.stride, key.padding
+        lay = "NCHW" if tuple(arrays["X"].shape) == key.x_dims else "CNHW"  # the call's axis order
+        s, p = key.stride, key.padding
         if key.op == "fprop":
             zero = np.zeros(a["W"].shape[0], a["W"].dtype)
             arrays["Y"][...] = NUMPY.conv2d_forward(a["X"], a["W"], zero, s, p, None, lay) * self.wrong
@@ -150,7 +152,7 @@ def test_without_cudnn_the_fallback_is_said_once(monkeypatch, caplog):
 @pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0)])
 def test_cudnn_path_matches_numpy_and_builds_each_plan_once(standin, layout, stride, padding):
-    ex = standin(layout)
+    ex = standin()
     x, W, b = _arrays()
     ref_out = NUMPY.conv2d_forward(x, W, b, stride, padding)
     dout = RNG.standard_normal(ref_out.shape).astype(np.float32)
@@ -173,7 +175,7 @@ def test_cudnn_path_matches_numpy_and_builds_each_plan_once(standin, layout, str
 
 @pytest.mark.emulated
 def test_a_plan_that_disagrees_on_first_use_is_disabled_and_said(standin, caplog):
-    ex = standin("NCHW", wrong=1.01)  # 1% off: beyond the float32 tolerance
+    ex = standin(wrong=1.01)  # 1% off: beyond the float32 tolerance
     x, W, b = _arrays()
     xp = backend.xp()
     with caplog.at_level(logging.INFO, "gpunet"):
@@ -190,7 +192,7 @@ def test_a_plan_that_disagrees_on_first_use_is_disabled_and_said(standin, caplog
 
 @pytest.mark.emulated
 def test_an_unsupported_graph_falls_back_once(standin, caplog):
-    standin("NCHW", fail=True)
+    standin(fail=True)
     x, W, b = _arrays()
     xp = backend.xp()
     dout = RNG.standard_normal((3, 4, 7, 6)).astype(np.float32)
@@ -259,7 +261,7 @@ def _gpu_parity(xp, dtype, tol, layout, shape):
 
 @pytest.mark.emulated
 def test_inside_a_graph_capture_nothing_is_built_checked_or_disabled(standin, monkeypatch):
-    ex = standin("NCHW")
+    ex = standin()
     x, W, b = _arrays()
     xp = backend.xp()
     args = (xp.asarray(x), xp.asarray(W), xp.asarray(b), 1, 1)
@@ -276,3 +278,29 @@ def test_inside_a_graph_capture_nothing_is_built_checked_or_disabled(standin, mo
     np.testing.assert_allclose(
         backend.to_numpy(out), NUMPY.conv2d_forward(x, W, b, 1, 1), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.emulated
+def test_a_refused_cnhw_layout_runs_on_nchw_copies(standin, caplog):
+    """cuDNN refusing (C, N, H, W) memory: the same call runs on NCHW-packed copies, results unchanged."""
+    ex = standin(refuse_cnhw=True)
+    x, W, b = _arrays()
+    xp = backend.xp()
+    Xc = xp.ascontiguousarray(xp.asarray(x).transpose(1, 0, 2, 3))  # (C, N, H, W) packed, as between convs
+    ref = NUMPY.conv2d_forward(x, W, b, 1, 1)
+    dout = RNG.standard_normal(ref.shape).astype(np.float32)
+    rdx, rdw, rdb = NUMPY.conv2d_backward(dout, x, W, b, 1, 1)
+    dc = xp.ascontiguousarray(xp.asarray(dout).transpose(1, 0, 2, 3))
+    with caplog.at_level(logging.INFO, "gpunet"):
+        for _ in range(2):
+            out = CUPY.conv2d_forward(Xc, xp.asarray(W), xp.asarray(b), 1, 1, None, "CNHW")
+            dx, dw, db = CUPY.conv2d_backward(dc, Xc, xp.asarray(W), xp.asarray(b), 1, 1, None, True, "CNHW")
+    assert out.shape == (4, 3, 7, 6) and out.flags.c_contiguous and dx.flags.c_contiguous
+    np.testing.assert_allclose(backend.to_numpy(out).transpose(1, 0, 2, 3), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(backend.to_numpy(dx).transpose(1, 0, 2, 3), rdx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(backend.to_numpy(dw), rdw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(backend.to_numpy(db), rdb, rtol=1e-5, atol=1e-5)
+    assert sorted(k.op for k in ex.builds) == ["dgrad", "fprop", "wgrad"]
+    assert all(dense_layout(k.x_dims, k.x_strides) == "NCHW" for k in ex.builds)
+    assert len(CUDNN.cache.disabled) == 2  # the CNHW fprop and wgrad keys, each said once
+    assert len([r for r in caplog.records if "cuDNN off" in r.message]) == 2
