@@ -202,20 +202,20 @@ class Frontend:
             dilation=[1, 1],
             compute_data_type=c.data_type.FLOAT,
         )
-        W = tensor("W", key.w_dims, key.w_strides)
-        X = tensor("X", key.x_dims, key.x_strides)
-        Y = tensor("Y", key.y_dims, key.y_strides)
+        X = lambda: tensor("X", key.x_dims, key.x_strides)  # noqa: E731 - only the graph's inputs are declared
+        W = lambda: tensor("W", key.w_dims, key.w_strides)  # noqa: E731
+        Y = lambda: tensor("Y", key.y_dims, key.y_strides)  # noqa: E731
         if key.op == "fprop":
-            t = {"X": X, "W": W}
-            t["Y"] = out = g.conv_fprop(image=X, weight=W, **conv)
+            t = {"X": X(), "W": W()}
+            t["Y"] = out = g.conv_fprop(image=t["X"], weight=t["W"], **conv)
             dims, strides = key.y_dims, key.y_strides
         elif key.op == "dgrad":
-            t = {"Y": Y, "W": W}
-            t["X"] = out = g.conv_dgrad(loss=Y, filter=W, **conv)
+            t = {"Y": Y(), "W": W()}
+            t["X"] = out = g.conv_dgrad(loss=t["Y"], filter=t["W"], **conv)
             dims, strides = key.x_dims, key.x_strides
         else:
-            t = {"X": X, "Y": Y}
-            t["W"] = out = g.conv_wgrad(image=X, loss=Y, **conv)
+            t = {"X": X(), "Y": Y()}
+            t["W"] = out = g.conv_wgrad(image=t["X"], loss=t["Y"], **conv)
             dims, strides = key.w_dims, key.w_strides
         out.set_output(True).set_data_type(dt).set_dim(list(dims)).set_stride(list(strides))
         g.validate()
