@@ -4,6 +4,7 @@ each precision, the CLI refusal on NumPy, and a bf16 training run reaching the f
 The real compute types (cuBLAS tensor cores) are checked on a GPU only (scripts/gpu_check.sh)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -140,3 +141,20 @@ def test_torch_side_of_a_bf16_bench_runs_under_autocast():
     assert seen[0].dtype == torch.bfloat16 and net.weight.dtype == torch.float32
     with fc.torch_precision(torch, "fp32", "cpu"):
         assert net(torch.ones(2, 6)).dtype == torch.float32
+
+
+def test_a_commands_precision_reaches_spawned_workers_and_ends_with_it(monkeypatch):
+    from gpunet.cli import common
+
+    monkeypatch.delenv(gemm.ENV, raising=False)
+    seen = {}
+
+    def body(args):
+        common.setup_precision("bf16", "auto")  # gpunet-tune --workers N: the workers choose the backend
+        seen["env"], seen["precision"] = os.environ.get(gemm.ENV), gemm.precision()
+
+    assert common.run(body, None) == 0
+    assert seen == {"env": "bf16", "precision": "bf16"}
+    assert gemm.ENV not in os.environ and gemm.precision() == "fp32"
+    with pytest.raises(common.UserError, match="--precision tf32: .*NumPy"):
+        common.setup_precision("tf32", "cpu")
