@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .data import read_meta
-from .io import sweep_temporaries
+from .io import removed_on_failure, sweep_temporaries
 
 # Source files looked for (in this order) in the data home.
 SOURCE_NAMES = {"cifar10": ("cifar-10-python.tar.gz",), "fer2013": ("fer2013-images.tar.gz", "fer2013.csv")}
@@ -78,6 +78,11 @@ def find_data(dataset, data_dir=None, source=None, download=True, say=print) -> 
         from data_prep.errors import PrepError
     except ImportError as e:
         raise ValueError(f"converting {src or 'the download'} needs the data_prep package ({e})") from None
+    with removed_on_failure(data_dir, *data_dir.absolute().parents):  # the folders it makes, deepest first
+        return _convert_locked(dataset, src, data_dir, out, say, data_prep, PrepError)
+
+
+def _convert_locked(dataset, src, data_dir, out, say, data_prep, PrepError) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     with conversion_lock(out, say):
         if out.is_file():  # another process converted it while we waited
@@ -102,22 +107,45 @@ def find_data(dataset, data_dir=None, source=None, download=True, say=print) -> 
 @contextmanager
 def conversion_lock(out: Path, say=print):
     """Hold an exclusive ``flock`` on ``.<out name>.lock`` beside ``out`` (waiting, with a
-    message, while another process holds it). Without ``fcntl`` (Windows): no lock."""
+    message, while another process holds it), and remove the file when done, success or not
+    (issue 24 #9: nothing left behind). A waiter that wakes on a removed file takes the lock
+    again on the current one, so removing it never lets two conversions run at once. Without
+    ``fcntl`` (Windows): no lock."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(out.with_name(f".{out.name}.lock"), "a") as fh:
+    lock = out.with_name(f".{out.name}.lock")
+    waited = False
+    while True:
+        fh = open(lock, "a")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for another process that is converting into {out} ...")
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    say(f"waiting for another process that is converting into {out} ...")
+                waited = True
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock).st_ino
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            fh.close()
+            raise
+        if current == os.fstat(fh.fileno()).st_ino:
+            break
+        fh.close()  # the holder removed this file as it finished: lock the one there now
+    try:
+        yield
+    finally:
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            lock.unlink()  # still holding it: a waiter wakes on the removed file and starts over
+        except OSError:
+            pass
+        fh.close()
 
 
 def check_data(path) -> dict:

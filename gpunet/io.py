@@ -7,6 +7,8 @@ renamed over it only when complete, so an interrupted write never leaves half a 
 - an error, Ctrl-C, SIGTERM or SIGHUP (``gpunet.interrupts``) deletes the temporary file
   (and the folders the write created) and goes on as ``Interrupted`` (exit 130/143/129);
 - a full disk or quota is one ``WriteError`` naming the target file;
+- a command that fails before producing anything useful removes the files and folders it
+  created (``removed_on_failure``), never anything that was there before;
 - a process killed outright (SIGKILL, power loss) leaves its temporary file, which
   ``sweep_temporaries`` removes at the next start once that process id is gone.
 
@@ -112,6 +114,27 @@ def atomic_path(path, overwrite: bool = True):
             if isinstance(e, OSError) and e.errno in NO_SPACE and not isinstance(e, WriteError):
                 raise WriteError(e.errno, os.strerror(e.errno), str(path)) from None
             raise
+
+
+@contextmanager
+def removed_on_failure(*paths, useful=lambda: False):
+    """All or nothing for a command's outputs: when the block raises (an interrupt included) and
+    ``useful()`` is false, remove each of ``paths`` that did not exist when the block began, so
+    a failed command leaves nothing behind. Files are unlinked; folders are removed only when
+    empty (never their contents: whatever else is there stays). List paths deepest first. A
+    path that existed before (the user's file, an earlier run's) is never touched."""
+    fresh = [Path(p) for p in paths if not os.path.lexists(p)]
+    try:
+        yield
+    except BaseException:
+        if not useful():
+            with deferred():
+                for p in fresh:
+                    try:
+                        p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+                    except OSError:  # not there, or a folder that holds something now
+                        pass
+        raise
 
 
 def sweep_temporaries(folder, name=None) -> list:

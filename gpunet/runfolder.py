@@ -9,6 +9,9 @@
 - ``check_new_run(run_dir, force)``: a folder that already holds a run needs
   ``--resume`` or ``--force``; ``clear_run`` removes the old run's files, which a
   forced run does only once it is about to write its own.
+- ``all_or_nothing(run_dir, resume)``: a new run that fails before it wrote a checkpoint or
+  a model (a full disk, bad data found late) removes the run files it wrote; ``owned``
+  removes the lock file it made (and the folder it made) when nothing else is left.
 - ``naming(path)``: an ``OSError`` raised while writing ``path`` (a full disk gives
   ``[Errno 28]`` and no file name) is re-raised with ``path`` as its file name.
 """
@@ -39,6 +42,10 @@ RUN_FILES = (
     "curves.png",
     "confusion.png",
 )
+
+
+# a failed run that wrote one of these is worth keeping: --resume continues it, or it holds the best model
+USEFUL_FILES = ("solver.ckpt.npz", "model.npz")
 
 
 class RunFolderError(ValueError):
@@ -114,6 +121,7 @@ def owned(run_dir):
         raise RunFolderError(f"{run_dir}: expected a run folder, found a file")
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_created = not (run_dir / LOCK_NAME).exists()
     fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if fcntl is not None:
@@ -130,12 +138,47 @@ def owned(run_dir):
         sweep_temporaries(run_dir)
         yield run_dir
     except BaseException:
-        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:  # refused before writing: no trace
-            (run_dir / LOCK_NAME).unlink()
-            run_dir.rmdir()
+        if lock_created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:  # nothing written: no trace
+            (
+                run_dir / LOCK_NAME
+            ).unlink()  # under the lock; a second trainer fails at once, never waits on it
+            if created:
+                run_dir.rmdir()
         raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _identity(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@contextmanager
+def all_or_nothing(run_dir, resume: bool = False, keep_on=()):
+    """Around a run in ``run_dir``: when a new run (not ``resume``) fails with an error before any of
+    ``USEFUL_FILES`` exists, remove the run files it wrote or replaced (config.json, history.json,
+    ...), so the folder is left as the run found it (less the old run that ``--force`` cleared). An
+    interrupt keeps them (``--resume`` restarts an interrupted first epoch from config.json), and so
+    do a resumed run and the exceptions ``keep_on`` (a divergence, whose message advises ``--resume``
+    with a lower learning rate)."""
+    run_dir = Path(run_dir)
+    before = {n: _identity(run_dir / n) for n in RUN_FILES}
+    try:
+        yield
+    except Exception as e:
+        if (
+            not resume
+            and not isinstance(e, keep_on)
+            and not any((run_dir / n).exists() for n in USEFUL_FILES)
+        ):
+            for n in RUN_FILES:
+                if _identity(run_dir / n) not in (None, before[n]):
+                    (run_dir / n).unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -179,20 +179,22 @@ def train_run(
     with runfolder.owned(run_dir) as run_dir:
         if not resume:
             runfolder.check_new_run(run_dir, force)
-        return _train_owned(
-            cfg,
-            meta,
-            run_dir,
-            resume,
-            force,
-            changes or {},
-            on_epoch_end,
-            verbose,
-            progress,
-            plots,
-            say,
-            force_data,
-        )
+        # a failed new run leaves no config.json behind; a diverged one may be resumed (its message says how)
+        with runfolder.all_or_nothing(run_dir, resume, keep_on=(TrainingDiverged,)):
+            return _train_owned(
+                cfg,
+                meta,
+                run_dir,
+                resume,
+                force,
+                changes or {},
+                on_epoch_end,
+                verbose,
+                progress,
+                plots,
+                say,
+                force_data,
+            )
 
 
 def _sha256(path) -> str:

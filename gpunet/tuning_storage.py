@@ -9,7 +9,9 @@ processes on one machine). Without ``--storage`` a search folder keeps its study
 Every problem with a storage is a ``StorageError`` (a ``ValueError``) of one line naming
 ``--storage`` and the file or URL (password hidden). ``check`` runs before anything is created.
 Workers started together race to create the schema and the study; ``open_storage`` and
-``open_study`` retry those races with backoff instead of dying.
+``open_study`` retry those races with backoff instead of dying. ``outputs`` lists what a
+search creates, so a search that fails while starting removes it (``gpunet.io.removed_on_failure``),
+and ``naming`` names the journal file in an error of its writes (``[Errno 28]`` from a full disk).
 """
 
 from __future__ import annotations
@@ -111,6 +113,29 @@ def resolve(storage: str | None, run_dir) -> Storage:
         raise StorageError(f"--storage {storage}: not a database URL ({_first_line(e)})") from None
     shown = mask(text)  # as typed, every credential hidden
     return Storage("rdb", _with_installed_mysql_driver(url), shown)
+
+
+def outputs(st: Storage, run_dir) -> list:
+    """What a search in ``run_dir`` on storage ``st`` creates, deepest first: the storage file (a
+    journal and its lock files, or a SQLite file), then tune_config.json, trials/ and the run folder
+    with the parents it makes. Given to ``removed_on_failure``, which keeps whatever existed before."""
+    run_dir = Path(run_dir).absolute()
+    files = []
+    if st.kind == "journal":
+        files = [Path(st.target + suffix) for suffix in (".lock", ".flock", "")]
+    elif st.target.startswith("sqlite:///") and st.target[10:] not in ("", ":memory:"):
+        files = [Path(st.target[10:].split("?")[0]).absolute()]
+    return files + [run_dir / "tune_config.json", run_dir / "trials", run_dir, *run_dir.parents]
+
+
+def naming(st: Storage):
+    """A context that re-raises an ``OSError`` without a file name, raised while the journal file
+    ``st`` is written (a full disk: ``[Errno 28]``), naming the file."""
+    from contextlib import nullcontext
+
+    from .runfolder import naming as naming_path
+
+    return naming_path(st.target) if st.kind == "journal" else nullcontext()
 
 
 def _with_installed_mysql_driver(url) -> str:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from .. import runs, tuning, tuning_storage, tuning_workers
+from ..io import removed_on_failure
 from .common import UserError, add_common_args, add_precision_arg, run, setup, setup_precision
 from .train import add_data_args, add_model_args, overrides
 
@@ -162,35 +163,39 @@ def _body(args):
             f"workers; use a PostgreSQL or MySQL --storage, a FILE.journal, or a new --out"
         )
     runs.check_data(base.data)
-    (Path(run_dir) / "trials").mkdir(parents=True, exist_ok=True)
-    runs.save_json(
-        Path(run_dir) / "tune_config.json",
-        {
-            "base": base.to_dict(),
-            "space": space,
-            "sampler": args.sampler,
-            "pruner": args.pruner,
-            "subset": args.subset,
-            "study_name": args.study_name,
-            "storage": storage.shown,
-        },
-    )
-    tuning_workers.quiet_optuna()
-    search = tuning_workers.Search(
-        base,
-        space,
-        str(run_dir),
-        storage,
-        args.study_name,
-        args.sampler,
-        args.pruner,
-        args.subset,
-        args.heartbeat,
-        args.backend,
-        shared=args.storage is not None or workers > 1,
-        quiet=args.quiet,
-    )
-    study = tuning_workers.open_study(search)
+    with (  # a search that fails while starting leaves nothing behind (issue 24 #9)
+        removed_on_failure(*tuning_storage.outputs(storage, run_dir)),
+        tuning_storage.naming(storage),
+    ):
+        (Path(run_dir) / "trials").mkdir(parents=True, exist_ok=True)
+        runs.save_json(
+            Path(run_dir) / "tune_config.json",
+            {
+                "base": base.to_dict(),
+                "space": space,
+                "sampler": args.sampler,
+                "pruner": args.pruner,
+                "subset": args.subset,
+                "study_name": args.study_name,
+                "storage": storage.shown,
+            },
+        )
+        tuning_workers.quiet_optuna()
+        search = tuning_workers.Search(
+            base,
+            space,
+            str(run_dir),
+            storage,
+            args.study_name,
+            args.sampler,
+            args.pruner,
+            args.subset,
+            args.heartbeat,
+            args.backend,
+            shared=args.storage is not None or workers > 1,
+            quiet=args.quiet,
+        )
+        study = tuning_workers.open_study(search)
     retried = tuning_storage.reap_dead_workers(study)  # trials left RUNNING by killed workers of this machine
     before = len(study.trials)
     say(
@@ -203,7 +208,7 @@ def _body(args):
     logging.getLogger("gpunet").setLevel(logging.WARNING)  # one line per trial is enough
     rc = 0
     try:
-        with tuning_workers.sigterm_as_interrupt():
+        with tuning_workers.sigterm_as_interrupt(), tuning_storage.naming(storage):
             if workers == 1:
                 device = devices[0] if devices else args.device
                 objective = tuning_workers.make_objective(search, device, say)
