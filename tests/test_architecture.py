@@ -128,15 +128,17 @@ def test_one_module_talks_to_the_blas_library():
         for name, p in modules().items()
         if re.search(r"^\s*import ctypes|^\s*from ctypes", p.read_text(), re.M)
     )
-    assert [u for u in users if not u.startswith("gpunet.testing.")] == ["gpunet.threads"]
+    # gpunet.ops.gemm: cuBLAS called directly on CuPy's handle, so a CUDA graph can capture it (issue 22)
+    assert [u for u in users if not u.startswith("gpunet.testing.")] == ["gpunet.ops.gemm", "gpunet.threads"]
 
 
 def test_gpu_kernels_live_in_the_cupy_ops():
     """What runs only on a GPU is visible in one place: every elementwise CUDA kernel is declared in
-    gpunet/ops/cupy_ops.py (the one-launch update's raw kernels are generated in multi_tensor)."""
+    gpunet/ops/cupy_ops.py (the one-launch update's raw kernels are generated in multi_tensor; the Philox
+    dropout stream's CUDA text sits beside its NumPy twin in gpunet/ops/philox.py)."""
     declaring = sorted(
         name
         for name, p in modules().items()
         if re.search(r"cuda_sources\.(elementwise|raw)\(", p.read_text())
     )
-    assert declaring == ["gpunet.multi_tensor", "gpunet.ops.cupy_ops"]
+    assert declaring == ["gpunet.multi_tensor", "gpunet.ops.cupy_ops", "gpunet.ops.philox"]

@@ -24,7 +24,8 @@ from .. import backend
 from ..io import write_json
 from .cnn import bench_cnn
 from .epoch import EPOCH_TRAIN, bench_epoch
-from .fc import NETS, bench_case
+from .fc import NETS
+from .fc_bench import bench_case
 from .machine import loadavg, machine_info
 from .profile import format_profile, profile_case
 

@@ -6,11 +6,12 @@ The GEMM-only bound is the time of just the matrix products of one training step
 (forward, weight-gradient, and input-gradient products except the first layer's)
 with the backend's matmul, so each figure reads as a fraction of what the hardware allows.
 
-The gpunet step is the Solver's (``train_step.make_train_step``: one CUDA graph per step on a
-GPU); PyTorch's is every form of ``torch_forms.FORMS`` that runs (eager with each optimizer
-implementation, the step in one ``torch.cuda.graph`` on CUDA, ``torch.compile`` time-boxed, mode
-``max-autotune`` on CUDA), all in the run's precision: ``bf16`` is ``torch.autocast`` to bfloat16
-around every PyTorch step (and its capture or compilation) beside gpunet's bf16 products.
+``fc_bench.bench_case`` times one case. The gpunet step is the Solver's
+(``train_step.make_train_step``: one CUDA graph per step on a GPU); PyTorch's is every form of
+``torch_forms.FORMS`` that runs (eager with each optimizer implementation, the step in one
+``torch.cuda.graph`` on CUDA, ``torch.compile`` time-boxed, mode ``max-autotune`` on CUDA), all in
+the run's precision: ``bf16`` is ``torch.autocast`` to bfloat16 around every PyTorch step (and its
+capture or compilation) beside gpunet's bf16 products.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ import time
 import numpy as np
 
 from .. import backend, threads
-from ..model import FullyConnectedNet
-from ..optim import Optimizer
 from ..train_step import make_train_step
-from .machine import free_pool, pool_bytes
-from .timing import TORCH_KINDS, best_of, interleaved, rates, torch_optimizer
+from .machine import pool_bytes
+from .timing import TORCH_KINDS, best_of, torch_optimizer
 
 NETS = {
     "A": {"hidden": [512, 256], "dropout": 0.0, "desc": "3072-512-256-10 ReLU"},
@@ -34,8 +33,6 @@ NETS = {
 INPUT_DIM, NUM_CLASSES = 3072, 10
 LR, MOMENTUM = 1e-3, 0.9
 N_BATCHES = 4  # distinct synthetic batches cycled through (all on the device)
-FORMS = ("default", "foreach", "fused", "forloop", "cudagraph", "compile")  # = torch_forms.FORMS
-ORDER = ["gpunet_train"] + [f"torch_train_{k}" for k in FORMS] + ["gpunet_infer", "torch_infer", "gemm_bound"]
 
 
 def synthetic_batches(shape, num_classes, seed=0, n=N_BATCHES):
@@ -251,65 +248,3 @@ def measure_memory(case: GpunetCase):
         "after_6_steps": later,
         "pool_steady": later["total_bytes"] == first["total_bytes"],
     }
-
-
-def bench_case(net_name: str, batch: int, cfg) -> dict:
-    """Time one (net, batch size): gpunet and torch interleaved, plus the GEMM bound.
-
-    cfg: a ``BenchConfig`` (steps, repeats, warmup, torch, threads). Rates are samples/s.
-    """
-    net = NETS[net_name]
-    X, y = synthetic_batches((batch, INPUT_DIM), NUM_CLASSES)
-    free_pool()
-    model = FullyConnectedNet(
-        net["hidden"],
-        input_dim=INPUT_DIM,
-        num_classes=NUM_CLASSES,
-        dropout=net["dropout"],
-        dtype=np.float32,
-        seed=0,
-    )
-    g = GpunetCase(model, Optimizer("sgd_momentum", {"learning_rate": LR, "momentum": MOMENTUM}), X, y, LR)
-    memory = measure_memory(g)
-    cases, skipped, ctx = {}, {}, contextlib.nullcontext
-    if cfg.torch:
-        import torch
-
-        from .torch_forms import COMPILE_TIMEOUT_S, torch_forms
-
-        torch.set_num_threads(cfg.threads)
-        device = "cuda" if backend.name() == "cupy" else "cpu"
-        ctx = lambda: torch_precision(torch, getattr(cfg, "precision", "fp32"), device)  # noqa: E731
-        with ctx():
-            cases, skipped = torch_forms(
-                torch,
-                lambda: torch_fc(torch, net),
-                torch.optim.SGD,
-                {"lr": LR, "momentum": MOMENTUM},
-                X,
-                y,
-                device,
-                compile=cfg.compile or device == "cuda",
-                compile_timeout=COMPILE_TIMEOUT_S,
-            )
-    gemm = GemmBound(net, batch)
-    fns = {
-        "gpunet_train": (g.train_step, backend.synchronize),
-        "gpunet_infer": (g.infer_step, backend.synchronize),
-        "gemm_bound": (gemm.step, backend.synchronize),
-    }
-    add_torch_fns(fns, cases)
-    for k in [k for k in fns if k.startswith("torch_")]:
-        fns[k] = (under(ctx, fns[k][0]), fns[k][1])
-    times = interleaved(fns, ORDER, cfg.steps, cfg.repeats, cfg.warmup, cfg.settle)
-    res = {"net": net_name, "batch": batch, "steps": cfg.steps, "repeats": cfg.repeats}
-    res["precision"] = getattr(cfg, "precision", "fp32")
-    res.update(rates({k: times[k] for k in fns}, batch, cfg.steps))
-    summarise_torch(res, cases)
-    if skipped:
-        res["torch_skipped"] = skipped
-    res["train_frac_of_gemm_bound"] = res["gpunet_train"] / res["gemm_bound"]
-    res["final_loss"] = g.last_loss()
-    if memory is not None:
-        res["device_memory"] = memory
-    return res

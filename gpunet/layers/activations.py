@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..ops import get_ops
+from ..ops import get_ops, philox
 
 _default_rngs = {}  # one unseeded generator per backend, created once, never reseeded
 
@@ -53,11 +53,15 @@ def keep_mask(rng, shape, p):
     """Random boolean keep-mask of ``shape`` (NumPy or CuPy, like ``rng``) with drop probability exactly
     ``p``.
 
-    On the CPU random generation dominates dropout's cost, so the mask is built
+    On a GPU (a device generator) the mask comes from the Philox counter stream keyed by ``rng``
+    (``ops/philox.py``), as the in-place dropout's does. On the CPU random generation dominates
+    dropout's cost, so the mask is built
     from raw generator bits: one bit per unit when p = 1/2, a byte when 256 p is
     an integer, 16 bits when 65536 p is; otherwise float32 uniforms (u >= p).
     Every branch keeps a unit with probability exactly 1 - p.
     """
+    if not isinstance(rng, np.random.Generator) and backend.name() == "cupy" and hasattr(rng, "random"):
+        return philox.device_keep_mask(rng, shape, p)  # the GPU: the same counter stream as dropout_
     n = int(np.prod(shape))
     if isinstance(rng, np.random.Generator):
         raw = rng.bit_generator.random_raw  # 64 uniform bits per call

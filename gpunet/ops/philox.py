@@ -182,6 +182,14 @@ def stream(xp) -> DeviceStream:
     return s
 
 
+def device_keep_mask(rng, shape, p: float):
+    """(shape) bool device array of the units kept with drop probability ``p``, from the active device
+    backend's stream keyed by ``rng`` (the masks ``CupyOps.dropout_`` draws for the same state)."""
+    s = stream(backend.cupy_module()).follow(rng)
+    n = int(np.prod(shape))
+    return (s.words(n) >= threshold(p)).reshape(shape)
+
+
 def follow(rng, force: bool = False):
     """Key the active device backend's dropout stream from ``rng`` (see ``DeviceStream.follow``); does
     nothing on NumPy. The Solver calls it (``force``) when it reseeds the model's generator."""

@@ -81,7 +81,8 @@ def test_dropout_backward_gradcheck_with_fixed_mask(xp, rng):
     f = lambda: dropout_forward(X, p, True, backend.default_rng(seed))[0]  # same mask every call
     _, mask = dropout_forward(X, p, True, backend.default_rng(seed))
     dX = dropout_backward(dout, mask, p, True)
-    assert rel_error(dX, numerical_gradient_array(f, X, dout)) < 1e-8
+    # a wrong mask errs by O(1); the central difference's rounding on a small kept dout reaches ~1e-8
+    assert rel_error(dX, numerical_gradient_array(f, X, dout)) < 1e-7
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.75])
