@@ -158,3 +158,57 @@ def test_a_commands_precision_reaches_spawned_workers_and_ends_with_it(monkeypat
     assert gemm.ENV not in os.environ and gemm.precision() == "fp32"
     with pytest.raises(common.UserError, match="--precision tf32: .*NumPy"):
         common.setup_precision("tf32", "cpu")
+
+
+class _ColumnMajorBlas:
+    """``cublasGemmEx`` as the cuBLAS documentation defines it (column-major, op(A) m x k, op(B) k x n,
+    C m x n with leading dimensions), on host memory: checks gemm's row-major mapping without a GPU."""
+
+    calls = 0
+
+    @staticmethod
+    def _read(ptr, ld, rows, cols, dtype):
+        buf = np.ctypeslib.as_array((ctypes_type(dtype) * (ld * (cols - 1) + rows)).from_address(ptr))
+        return np.lib.stride_tricks.as_strided(buf, (rows, cols), (buf.itemsize, ld * buf.itemsize)).copy()
+
+    def cublasGemmEx(self, h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, comp, algo):
+        type(self).calls += 1
+        dt = np.float32 if at == 0 else np.float64
+        a = self._read(A, lda, *((m, k) if ta == 0 else (k, m)), dt)
+        b = self._read(B, ldb, *((k, n) if tb == 0 else (n, k)), dt)
+        c = (a if ta == 0 else a.T) @ (b if tb == 0 else b.T)
+        out = np.ctypeslib.as_array((ctypes_type(dt) * (ldc * (n - 1) + m)).from_address(C))
+        for j in range(n):
+            out[j * ldc : j * ldc + m] = c[:, j]
+        return 0
+
+
+def ctypes_type(dtype):
+    import ctypes
+
+    return ctypes.c_float if np.dtype(dtype) == np.float32 else ctypes.c_double
+
+
+@emulated_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_cublas_call_maps_row_major_products(monkeypatch, dtype):
+    """The (op, ld) of every operand layout the layers use (C-contiguous, a transposed C-contiguous
+    array, a row slice) through the documented column-major GEMM gives A @ B."""
+    monkeypatch.setattr(gemm, "_libcublas", lambda: _ColumnMajorBlas())
+    rng = np.random.default_rng(0)
+    with backend.using("emulated") as xp:
+        base = {s: xp.asarray(rng.standard_normal(s).astype(dtype)) for s in [(7, 5), (5, 3), (3, 5), (9, 5)]}
+        cases = [
+            (base[(7, 5)], base[(5, 3)]),  # X @ W
+            (base[(7, 5)], base[(3, 5)].T),  # dout @ W.T
+            (base[(9, 5)].T, base[(9, 5)][:, :3].copy()),  # X.T @ dout
+            (base[(9, 5)][2:6], base[(5, 3)]),  # a row slice: C-contiguous with an offset
+        ]
+        for A, B in cases:
+            out = xp.empty((A.shape[0], B.shape[1]), dtype)
+            gemm._gemm(0, A, B, out)
+            np.testing.assert_allclose(
+                backend.to_numpy(out), backend.to_numpy(A) @ backend.to_numpy(B), rtol=1e-6
+            )
+    assert _ColumnMajorBlas.calls >= 4
+    assert gemm.direct_refusal(base[(7, 5)][:, ::2], base[(3, 5)].T[:3], None) is not None  # strided: refused
