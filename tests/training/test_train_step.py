@@ -3,8 +3,11 @@
 On CuPy (mark ``gpu``; skipped without a usable GPU) a model trained by replaying a
 captured step, with a last partial batch and a changing learning rate, must end
 with the same parameters as a twin trained step by step. On NumPy the factory
-returns the eager step, checked against the written-out loop. The order of warm-up,
-capture, replay and eager fallback is checked without a GPU through stand-ins.
+returns the eager step, checked against the written-out loop. On the emulated GPU (CI) and on a
+real one: with dropout on, replays equal eager steps (the same masks from the device counter), two
+replays draw different masks, a changed lr takes effect without re-capture; on the emulated GPU
+also: a first replay that differs turns the graph off, and a product outside the bound cuBLAS path
+is refused in capture and the step goes on eagerly.
 """
 
 import numpy as np
