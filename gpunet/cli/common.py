@@ -85,6 +85,8 @@ def setup_precision(precision, backend_name: str):
         raise UserError(f"--precision {precision}: {why}")
     gemm.use_precision(precision)
     os.environ[gemm.ENV] = precision
+    if precision == "tf32":  # CuPy's own float32 products (the im2col convolutions) too: read at its first
+        os.environ["CUPY_TF32"] = "1"
     return precision
 
 
