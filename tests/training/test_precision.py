@@ -3,7 +3,6 @@ PyTorch's bfloat16 conversion (an independent implementation), the products of t
 each precision, the CLI refusal on NumPy, and a bf16 training run reaching the fp32 run's accuracy.
 The real compute types (cuBLAS tensor cores) are checked on a GPU only (scripts/gpu_check.sh)."""
 
-import json
 import os
 
 import numpy as np
@@ -103,27 +102,7 @@ def test_bf16_training_reaches_the_fp32_accuracy(dev):
     assert abs(acc["bf16"] - acc["fp32"]) <= 0.005, acc
 
 
-def test_fc_bench_times_every_torch_form_on_the_cpu(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
-    from gpunet.cli import bench
-
-    monkeypatch.setenv("GPUNET_BENCH_THREADS", "1")
-    out = tmp_path / "fc.json"
-    args = ["--settle", "0", "--threads", "1", "--nets", "A", "--batch-sizes", "4", "--steps", "1"]
-    args += ["--repeats", "1", "--warmup", "0", "--view", "steps", "--json", str(out), "-q"]
-    previous = backend.selected()
-    try:
-        assert bench.main(args + ["--backend", "numpy", "--precision", "fp32"]) == 0
-    finally:
-        backend.use(previous)
-    doc = json.loads(out.read_text())
-    r = doc["results"][0]
-    assert doc["machine"]["precision"] == "fp32" and r["precision"] == "fp32"
-    assert {"default", "foreach", "forloop"} <= set(r["torch_train_variants"])
-    assert r["torch_skipped"]["cudagraph"].startswith("not on CPU")
-    assert r["torch_skipped"]["compile"].startswith("not asked for")
-    assert r["train_ratio"] == pytest.approx(r["gpunet_train"] / r["torch_train"])
-    assert np.isfinite(r["final_loss"])
+# the FC bench's forms on the CPU: tests/training/test_fast.py::test_bench_compares_with_torch
 
 
 def test_torch_side_of_a_bf16_bench_runs_under_autocast():
