@@ -50,10 +50,19 @@ def channel_stats(x: np.ndarray) -> tuple:
 
 
 def write(
-    path, data: SourceData, *, dataset: str, source: str, command: str, compress=None, overwrite: bool = True
+    path,
+    data: SourceData,
+    *,
+    dataset: str,
+    source: str,
+    command: str,
+    compress=None,
+    overwrite: bool = True,
+    where: str | None = None,
 ) -> None:
     """Write ``data`` to ``path`` in the layout above, atomically (``gpunet.data.h5file.create``;
-    overwrite: False refuses a ``path`` that appears meanwhile). The train split must be present."""
+    overwrite: False refuses a ``path`` that appears meanwhile). The train split must be present.
+    source: the name recorded in the file; where: how errors name the source (default ``source``)."""
     if compress not in COMPRESSIONS:
         raise PrepError(f"--compress: expected one of gzip, lzf, found {compress!r}")
     if "train" not in data.splits or len(data.splits["train"].y) == 0:
@@ -64,7 +73,7 @@ def write(
     if (std <= 0).any():  # checked before the file exists (issue 24 #7): it could not be trained on
         flat = [int(c) for c in np.flatnonzero(std <= 0)]
         raise PrepError(
-            f"{source}: the training images have no variation in channel(s) {flat} (every pixel "
+            f"{where or source}: the training images have no variation in channel(s) {flat} (every pixel "
             f"{[round(float(mean[c]), 1) for c in flat]}): nothing to learn from; no output written"
         )
     extra = {"source": source, "source_sha256": data.fingerprint["sha256"]}

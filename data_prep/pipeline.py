@@ -102,6 +102,13 @@ def convert(
     name = src.resolve().name
     with refusing_existing(out):
         h5format.write(
-            out, data, dataset=dataset, source=name, command=command, compress=compress, overwrite=force
+            out,
+            data,
+            dataset=dataset,
+            source=name,
+            command=command,
+            compress=compress,
+            overwrite=force,
+            where=str(src),
         )
     return out

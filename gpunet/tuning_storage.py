@@ -185,6 +185,13 @@ def _check_journal(st: Storage) -> None:
     return [note] if note else []
 
 
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def repair_journal(st: Storage) -> str | None:
     """Check every record of a journal file; drop a torn last record; return what was done (or None).
 
@@ -196,6 +203,7 @@ def repair_journal(st: Storage) -> str | None:
     """
     path = Path(st.target)
     lock = JournalLock(str(path))
+    flock_made = not os.path.lexists(str(path) + ".flock")
     lock.acquire()
     try:
         try:
@@ -220,6 +228,10 @@ def repair_journal(st: Storage) -> str | None:
             f.truncate(cut)
             f.flush()
             os.fsync(f.fileno())
+    except StorageError:
+        if flock_made:  # refused: no lock file of ours stays beside the damaged journal (issue 24 #9)
+            _unlink_quietly(str(path) + ".flock")
+        raise
     finally:
         lock.release()
     return (
