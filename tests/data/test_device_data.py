@@ -126,3 +126,20 @@ def test_bad_preload_is_refused(h5file, numpy_backend, bad):
     path, _ = h5file
     with pytest.raises(ValueError, match="preload: expected"):
         H5Loader(path, preload=bad)
+
+
+@pytest.mark.emulated
+def test_device_path_moves_one_order_per_epoch_and_nothing_per_batch(h5file, monkeypatch):
+    """On the emulated GPU: after the one copy of the split, an epoch uploads its order once; every
+    batch is gathered, normalised and augmented from the device copy (the file is closed)."""
+    from gpunet import backend
+
+    path, _ = h5file
+    with backend.using("emulated"):
+        with H5Loader(path, batch_size=64, preload=True, augment={"flip": True, "crop_pad": 1}) as ld:
+            moved = []
+            real = backend.to_device
+            monkeypatch.setattr(backend, "to_device", lambda a, *k: moved.append(a.shape) or real(a, *k))
+            batches = list(ld)
+            assert len(batches) == len(ld) and moved == [(N,)]  # the epoch's order, once
+            assert all(backend.is_device_array(x) and backend.is_device_array(y) for x, y in batches)
