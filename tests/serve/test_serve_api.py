@@ -35,7 +35,7 @@ def refusal(r, status, *words):
 def still_serving(live, photos):
     assert live.client.get("/api/health").status_code == 200
     r = live.client.post(
-        "/api/emotions", content=photos["astronaut.jpg"], headers={"content-type": "image/jpeg"}
+        "/api/emotions", content=photos["astronaut-192.png"], headers={"content-type": "image/png"}
     )
     assert r.status_code == 200 and len(r.json()["faces"]) == 1
 
