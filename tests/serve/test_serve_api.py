@@ -121,6 +121,21 @@ def test_bad_requests_are_one_line_of_json(live, photos):
     still_serving(live, photos)
 
 
+def test_a_bug_is_a_500_in_one_line_and_the_server_goes_on(live, photos, caplog):
+    service = live.app.state.service
+
+    def broken(*a, **kw):
+        raise RuntimeError("a bug in the forward pass")
+
+    service.model.loss = broken
+    try:
+        r = live.client.post("/api/emotions", files={"photo": ("a.png", photos["astronaut-192.png"])})
+    finally:
+        del service.model.loss
+    refusal(r, 500, "internal error (RuntimeError: a bug in the forward pass)", "server's log")
+    still_serving(live, photos)
+
+
 def test_an_upload_over_the_limit_is_413_before_the_body_is_read(start_server, photos):
     small = start_server(max_upload=100_000)  # the astronaut PNG is 4x that; its JPEG fits
     c = small.client

@@ -179,3 +179,23 @@ def test_without_a_camera_the_webcam_error_is_shown_in_words(page):
     page.click("#webcam-start")  # Chromium without a (fake) camera device
     page.locator("#error").wait_for(state="visible")
     assert page.locator("#error").inner_text().startswith("The webcam cannot be used:")
+
+
+def test_where_the_browser_forbids_the_webcam_the_page_says_so(playwright, live):
+    """http:// on a name other than localhost is not a secure context: no getUserMedia."""
+    port = live.url.rsplit(":", 1)[1]
+    b = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=ARGS + ["--host-resolver-rules=MAP faces.test 127.0.0.1"],
+        timeout=60_000,
+    )
+    try:
+        pg = b.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(f"http://faces.test:{port}/")
+        pg.locator("#about:text-matches('Model:')").wait_for()
+        assert pg.locator("#webcam-start").is_hidden()
+        assert pg.locator("#webcam-note").inner_text().startswith("Webcam: not available here")
+        assert pg.locator("#drop").is_visible()  # photos still work
+    finally:
+        b.close()
