@@ -19,7 +19,7 @@ from PIL import Image
 import gpunet
 from gpunet import backend, pretrained
 from gpunet.cli.predict import main as predict_main
-from gpunet.faces import FER_EMOTIONS, detect_emotions
+from gpunet.faces import FER_EMOTIONS, detect_emotions, read_photo
 from gpunet.model import FullyConnectedNet
 from gpunet.predict import test_fer_model
 
@@ -124,6 +124,50 @@ def test_bad_inputs_name_what_was_expected(tmp_path):
         detect_emotions(tmp_path / "bad.png", model)
     with pytest.raises(ValueError, match="expected a FER2013 model"):
         detect_emotions(skdata.astronaut(), fer_model(names=("a", "b", "c")))
+
+
+def _png_declaring(width, height) -> bytes:
+    """A grey PNG whose header declares width x height pixels (its data: four rows of zeros)."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_read_photo_takes_the_bytes_of_a_file_as_it_takes_the_file(tmp_path):
+    photo = skdata.astronaut()
+    for fmt, name in [("PNG", "a.png"), ("JPEG", "a.jpg")]:
+        buf = io.BytesIO()
+        Image.fromarray(photo).save(buf, format=fmt)
+        (tmp_path / name).write_bytes(buf.getvalue())
+        from_bytes = read_photo(buf.getvalue())
+        assert np.array_equal(from_bytes, read_photo(tmp_path / name))
+        if fmt == "PNG":
+            assert np.array_equal(from_bytes, photo)  # lossless: the very pixels
+    with pytest.raises(ValueError, match=r"^up\.txt: not a readable image \(not JPEG or PNG\)$"):
+        read_photo(b"some text", name="up.txt", formats=("JPEG", "PNG"))
+    with pytest.raises(ValueError, match=r"^photo: not a readable image \(.*truncated"):
+        read_photo(buf.getvalue()[: len(buf.getvalue()) // 2])  # the JPEG, cut in half
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """Over Pillow's MAX_IMAGE_PIXELS (where Pillow only warns) and over twice it (where Pillow raises
+    its own DecompressionBombError): one ValueError either way, as for any unreadable photo."""
+    for side in (10_000, 20_000):
+        path = tmp_path / f"bomb{side}.png"
+        path.write_bytes(_png_declaring(side, side))
+        with pytest.raises(ValueError, match=rf"bomb{side}\.png: refused, too many pixels"):
+            detect_emotions(path, fer_model())
+    with pytest.raises(ValueError, match=r"512 x 512 pixels, more than 100,000"):
+        read_photo(_png_declaring(512, 512), max_pixels=100_000)  # a limit of one's own
 
 
 def test_missing_extra_is_one_clear_line(monkeypatch):
