@@ -109,6 +109,9 @@ def _body(args) -> int:
         name = getattr(e, "name", None) or str(e)
         raise UserError(f"gpunet-serve needs the extra: pip install 'gpunet[serve]' ({name})") from None
     app = create_app(args.model, max_upload=args.max_upload)
+    logging.getLogger("python_multipart").setLevel(
+        logging.ERROR
+    )  # a bad form is the client's 400, not a log line
     sock = listen(args.host, args.port)
     service = app.state.service
     print(

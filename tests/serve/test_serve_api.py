@@ -110,6 +110,12 @@ def test_bad_requests_are_one_line_of_json(live, photos):
     body = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b--\r\n'
     r = c.post("/api/emotions", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
     refusal(r, 400, "no file", "photo")
+    for kind, body in [("multipart/form-data", b"xx"), ("multipart/form-data; boundary=zz", b"garbage")]:
+        refusal(
+            c.post("/api/emotions", content=body, headers={"content-type": kind}), 400, "not a readable form"
+        )
+    two = {"a": ("a.jpg", photos["astronaut.jpg"]), "b": ("b.jpg", photos["astronaut.jpg"])}
+    refusal(c.post("/api/emotions", files=two), 400, "not a readable form", "files")
     for kind in ("text/plain", "application/json", "image/gif", None):
         headers = {"content-type": kind} if kind else {}
         req = c.build_request("POST", "/api/emotions", content=photos["astronaut.jpg"], headers=headers)
