@@ -751,7 +751,7 @@ def main(argv=None) -> int:
     rc = 1 if failed else 0
     if args.all:
         for script in ("fuzz_prep.py", "fuzz_models.py"):
-            print(f"\n== scripts/{script}")
+            print(f"\n== scripts/{script}", flush=True)
             r = subprocess.run(
                 [sys.executable, str(ROOT / "scripts" / script)], env=dict(os.environ, PYTHONPATH=str(ROOT))
             )

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), *(str(ROOT / "tests" / d) for d in ("", "reliability", "cli"))]
 os.environ.setdefault("GPUNET_BACKEND", "numpy")
 
 import numpy as np  # noqa: E402

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-import h5py
 import numpy as np
 
 MAX_COMPRESSION = 1100  # deflate's limit is 1032:1; lzf's is lower
@@ -86,18 +85,6 @@ def size_problem(ds, file_bytes: int) -> str | None:
     return None
 
 
-def check_sizes(f, path, names) -> None:
-    """ValueError naming the file and dataset when a dataset among ``names`` (paths in the open
-    file ``f``) declares more data than the file stores for it (``size_problem``)."""
-    file_bytes = int(f.id.get_filesize())
-    for name in names:
-        ds = f.get(name)
-        if _is_dataset(ds):
-            why = size_problem(ds, file_bytes)
-            if why:
-                raise ValueError(f"{os.fspath(path)}: {why}")
-
-
 def need_memory(nbytes: int, path, what: str) -> None:
     """ValueError naming the file when reading ``what`` (``nbytes`` bytes) needs more memory
     than is available."""
@@ -125,29 +112,11 @@ def reading(path, ds):
         ) from None
 
 
-class CheckedDataset(h5py.Dataset):
-    """The same HDF5 dataset, whose reads (indexing, ``read_direct``) raise a ValueError naming
-    the file and the dataset when the library fails (``reading``); ``check_split`` returns these,
-    so every loader's read of a damaged chunk is one line naming both."""
-
-    def __init__(self, ds, path):
-        super().__init__(ds.id)
-        self.path = os.fspath(path)
-
-    def __getitem__(self, args, new_dtype=None):
-        with reading(self.path, self):
-            return super().__getitem__(args, new_dtype)
-
-    def read_direct(self, dest, source_sel=None, dest_sel=None):
-        with reading(self.path, self):
-            return super().read_direct(dest, source_sel, dest_sel)
-
-
 def unreadable_chunks(ds, every: bool = False) -> str | None:
     """Read ``ds`` along its first axis in whole chunks: all of them when ``every`` or when it
     holds at most ``READ_ALL_BYTES``, else the first, the last and some between (``SAMPLE_CHUNKS``
-    in all); return why a read failed (None when all were read). Decompression and a fletcher32 checksum catch corrupt chunks; damage to an
-    uncompressed dataset without checksums cannot be seen."""
+    in all); return why a read failed (None when all were read). Decompression and a fletcher32
+    checksum catch corrupt chunks; damage to an uncompressed dataset without checksums cannot be seen."""
     n = int(ds.shape[0]) if ds.shape else 0
     if not n:
         return None
@@ -167,7 +136,3 @@ def unreadable_chunks(ds, every: bool = False) -> str | None:
             why = " ".join(str(e).split())
             return f"{ds.name}: rows {a}..{b - 1} cannot be read ({why}); the file is damaged"
     return None
-
-
-def _is_dataset(obj) -> bool:
-    return isinstance(obj, h5py.Dataset)

@@ -14,7 +14,10 @@ may add more (``data_prep`` adds ``source``, ``source_sha256``, ``command``, ``c
 ``splits``, ``notes``). Readers refuse, in one line naming the file: a missing,
 non-integer or newer ``format_version``; a non-finite ``mean`` or ``std`` (or a std <= 0);
 datasets whose bytes live outside the file (external storage, virtual datasets, external
-links), which would make a reader take some other file's bytes as pixels.
+links), which would make a reader take some other file's bytes as pixels; a dataset that
+declares more than the file stores for it (``gpunet.data.h5check``: 10**10 labels in 22 KB).
+A read that fails in the HDF5 library (a corrupt gzip chunk) names the file and dataset
+(``CheckedDataset``, what ``check_split`` returns).
 
 Files are written whole or not at all (``gpunet.io.atomic_path``), uncompressed unless
 asked, so batches stream fast. HDF5 writes through a Python file object
@@ -35,7 +38,7 @@ import numpy as np
 
 from .. import interrupts
 from ..io import atomic_path, regular_file
-from .h5check import CheckedDataset, check_sizes, declared_bytes, need_memory
+from .h5check import declared_bytes, need_memory, reading, size_problem
 from .plan import limit_seed
 
 FORMAT_VERSION = 1
@@ -286,6 +289,39 @@ def check_storage(f, path) -> None:
         problem = storage_problem(f, name)
         if problem:
             raise ValueError(f"{os.fspath(path)}: {problem}; refusing to read data stored outside the file")
+
+
+def check_sizes(f, path, names) -> None:
+    """ValueError naming the file and dataset when a dataset among ``names`` (paths in the open
+    file ``f``) declares more data than the file stores for it (``size_problem``)."""
+    file_bytes = int(f.id.get_filesize())
+    for name in names:
+        try:
+            ds = f.get(name)
+        except (KeyError, OSError, RuntimeError):  # a dangling soft link: nothing stored
+            continue
+        if isinstance(ds, h5py.Dataset):
+            why = size_problem(ds, file_bytes)
+            if why:
+                raise ValueError(f"{os.fspath(path)}: {why}")
+
+
+class CheckedDataset(h5py.Dataset):
+    """The same HDF5 dataset, whose reads (indexing, ``read_direct``) raise a ValueError naming
+    the file and the dataset when the library fails (``reading``); ``check_split`` returns these,
+    so every loader's read of a damaged chunk is one line naming both."""
+
+    def __init__(self, ds, path):
+        super().__init__(ds.id)
+        self.path = os.fspath(path)
+
+    def __getitem__(self, args, new_dtype=None):
+        with reading(self.path, self):
+            return super().__getitem__(args, new_dtype)
+
+    def read_direct(self, dest, source_sel=None, dest_sel=None):
+        with reading(self.path, self):
+            return super().read_direct(dest, source_sel, dest_sel)
 
 
 def is_group(obj) -> bool:
