@@ -63,7 +63,25 @@ def test_emulated_gpu_trains_as_numpy_sgd_momentum(kind):
 @emulated_only
 @pytest.mark.parametrize("kind", parity.KINDS)
 def test_emulated_gpu_one_step_as_numpy_float32(kind):
-    _check(kind, "adam", 1, np.float32, "emulated", 2e-3, params=True)
+    """float32, one SGD-momentum step: the update is linear in the gradient, so the parameters agree
+    to float32 rounding of two summation orders (about 1e-6 measured)."""
+    _check(kind, "sgd_momentum", 1, np.float32, "emulated", 1e-4, params=True)
+
+
+@emulated_only
+@pytest.mark.parametrize("kind", parity.KINDS)
+def test_emulated_gpu_one_adam_step_as_numpy_float32(kind):
+    """float32, one Adam step. Adam's first step is lr * g / (|g| + eps), about lr * sign(g): a weight
+    whose gradient is rounding-sized can step either way when the two backends sum in different orders
+    (measured: 1 of 18,432 in the CNN's second conv). So count the weights that moved differently by
+    more than lr / 2: at most 1 in 1,000 per weight matrix. The strided-gradient defect of issue 19
+    moved most of them differently."""
+    lr = parity.RULES["adam"]["learning_rate"]
+    ref = parity.curve(kind, "numpy", "adam", 1, np.float32, 64)[1]
+    got = parity.curve(kind, "emulated", "adam", 1, np.float32, 64)[1]
+    moved = {k: float(np.mean(np.abs(ref[k] - got[k]) > lr / 2)) for k in ref if k.endswith(".W")}
+    print("ADAM float32 weights moved differently:", moved)
+    assert max(moved.values()) <= 1e-3, moved
 
 
 @emulated_only
