@@ -79,7 +79,7 @@ def test_emulated_gpu_one_adam_step_as_numpy_float32(kind):
     lr = parity.RULES["adam"]["learning_rate"]
     ref = parity.curve(kind, "numpy", "adam", 1, np.float32, 64)[1]
     got = parity.curve(kind, "emulated", "adam", 1, np.float32, 64)[1]
-    moved = {k: float(np.mean(np.abs(ref[k] - got[k]) > lr / 2)) for k in ref if k.endswith(".W")}
+    moved = {k: float(np.mean(np.abs(ref[k] - got[k]) > lr / 2)) for k in ref if "W" in k}
     print("ADAM float32 weights moved differently:", moved)
     assert max(moved.values()) <= 1e-3, moved
 
