@@ -14,15 +14,12 @@ import zlib
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("multipart")
-httpx = pytest.importorskip("httpx")
-skdata = pytest.importorskip("skimage.data")
+from PIL import Image
 
-from PIL import Image  # noqa: E402
+from gpunet import backend, pretrained
 
-from gpunet import backend, pretrained  # noqa: E402
+# No module-level importorskip here (a skip while loading a conftest is an error): the test
+# modules skip themselves when the [serve] extra is missing, the fixtures when scikit-image is.
 
 
 def encode(pixels, fmt="PNG", **kw) -> bytes:
@@ -47,12 +44,17 @@ def png_header_only(width, height) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def astronaut():
+def skdata():
+    return pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="session")
+def astronaut(skdata):
     return skdata.astronaut()  # (512, 512, 3) uint8: one face (Eileen Collins)
 
 
 @pytest.fixture(scope="session")
-def photos(astronaut):
+def photos(astronaut, skdata):
     jpeg = encode(astronaut, "JPEG", quality=90)
     small = np.asarray(Image.fromarray(astronaut).resize((192, 192), Image.Resampling.BILINEAR))
     return {
@@ -81,6 +83,7 @@ class Live:
     def __init__(self, app):
         import socket
 
+        import httpx
         import uvicorn
 
         self.app = app

@@ -14,6 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
+# the [serve] extra (in [dev]); without it these tests skip
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("multipart")
+pytest.importorskip("httpx")
 from PIL import Image
 
 from gpunet.faces import FER_EMOTIONS, detect_emotions

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--no-sandbox",
@@ -28,6 +29,11 @@ ANSWERED = "#status:text-matches('found'), #error:visible"
 
 
 def _missing():
+    for module in ("starlette", "uvicorn", "multipart", "httpx", "skimage"):  # the server's, in [dev]
+        try:
+            __import__(module)
+        except ImportError as e:
+            return f"{module} does not import ({e}); pip install -e '.[dev]'"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as e:

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+
 from gpunet import backend
 from gpunet.faces import detect_emotions
 from gpunet.serve import EmotionService
