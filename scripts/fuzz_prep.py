@@ -51,6 +51,8 @@ from prep_fixtures import (
     write_image_tree,
 )
 
+from fault_files import duplicate_member_tar, gzip_corrupt_h5, huge_n_h5  # noqa: E402
+
 from data_prep import cli  # noqa: E402
 from gpunet.data import h5file as fmt  # noqa: E402
 
@@ -343,6 +345,7 @@ CONVERT = {  # name -> (dataset, build(dir) -> src)
             make_tar(_cifar(d), d / "c.tar.gz")
         ),
     ),
+    "tar.gz with data_batch_1 twice": ("cifar10", lambda d: duplicate_member_tar(d / "c.tar.gz")),
     "tar.gz random bytes": (
         "cifar10",
         lambda d: (lambda p: (p.write_bytes(os.urandom(4000)), p)[1])(d / "x.tar.gz"),
@@ -490,6 +493,11 @@ INFO = {
     ),
     "missing file": lambda d: d / "nope.h5",
     "a folder": lambda d: d,
+    # issue 24: sizes the file does not store, and a corrupt gzip chunk
+    "10**10 labels declared (gzip, never written)": lambda d: huge_n_h5(d / "huge_n.h5"),
+    "10**10 labels declared (plain chunks)": lambda d: huge_n_h5(d / "huge_n.h5", kind="plain"),
+    "resized to 10**10 rows": lambda d: huge_n_h5(d / "huge_n.h5", kind="resizable"),
+    "gzip-corrupt chunk": lambda d: gzip_corrupt_h5(d / "gz.h5"),
 }
 VALID_INFO = {"unchunked x", "missing splits attribute"}
 
