@@ -18,7 +18,7 @@ import pytest
 # the [serve] extra (in [dev]); without it these tests skip
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-pytest.importorskip("multipart")
+pytest.importorskip("python_multipart")
 pytest.importorskip("httpx")
 from PIL import Image
 

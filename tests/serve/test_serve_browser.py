@@ -29,7 +29,7 @@ ANSWERED = "#status:text-matches('found'), #error:visible"
 
 
 def _missing():
-    for module in ("starlette", "uvicorn", "multipart", "httpx", "skimage"):  # the server's, in [dev]
+    for module in ("starlette", "uvicorn", "python_multipart", "httpx", "skimage"):  # the server's, in [dev]
         try:
             __import__(module)
         except ImportError as e:

@@ -17,7 +17,7 @@ import pytest
 # the [serve] extra (in [dev]); without it these tests skip
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-pytest.importorskip("multipart")
+pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
 
 from common import REPO
