@@ -78,6 +78,12 @@ def _limited(request: Request, limit: int) -> Request:
 async def _photo(request: Request, limit: int):
     """``(bytes, name)`` of the photo in ``request``, or an error response."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data" and kind not in RAW_TYPES:
+        return error(
+            415,
+            f"content type {kind or '(none)'}: send the photo as multipart/form-data (curl -F photo=@FILE) "
+            f"or as a raw {', '.join(RAW_TYPES)} body",
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         return error(413, f"upload of {int(declared):,} bytes: the limit is {limit:,} bytes (--max-upload)")
@@ -91,20 +97,14 @@ async def _photo(request: Request, limit: int):
                 if upload is None:
                     return error(400, "the form holds no file: send the photo as the file field 'photo'")
                 return await upload.read(), upload.filename or "photo"
-        if kind in RAW_TYPES:
-            data = bytearray()
-            async for chunk in body.stream():
-                data += chunk
-            return bytes(data), "photo"
+        data = bytearray()
+        async for chunk in body.stream():
+            data += chunk
+        return bytes(data), "photo"
     except TooLarge:
         return error(413, f"upload over the limit of {limit:,} bytes (--max-upload)")
     except HTTPException as e:  # Starlette's multipart parser: a malformed form
         return error(400, f"not a readable form: {e.detail}")
-    return error(
-        415,
-        f"content type {kind or '(none)'}: send the photo as multipart/form-data (curl -F photo=@FILE) "
-        f"or as a raw {', '.join(RAW_TYPES)} body",
-    )
 
 
 def create_app(model=None, max_upload: int = DEFAULT_MAX_UPLOAD, workers=None, max_pixels=None) -> Starlette:

@@ -160,6 +160,8 @@ def test_an_upload_over_the_limit_is_413_before_the_body_is_read(start_server, p
         "/api/emotions", content=iter([photos["astronaut.png"]]), headers={"content-type": "image/png"}
     )
     refusal(r, 413, "over the limit of 100,000 bytes")
+    r = c.post("/api/emotions", content=photos["astronaut.png"], headers={"content-type": "text/plain"})
+    refusal(r, 415, "text/plain")  # the type is said first: no point in sending less of it
     assert c.post("/api/emotions", files={"photo": ("a.jpg", photos["astronaut.jpg"])}).status_code == 200
 
 
