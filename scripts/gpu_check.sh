@@ -31,6 +31,8 @@
 # Usage: [OUT=dir] [PYTHON=python] [GPU_CHECK_STEPS="parity real_fer"] [FER_SOURCE=fer2013-images.tar.gz] \
 #        scripts/gpu_check.sh
 # Exit status 0 only if every step run passed (2: no usable GPU, nothing run).
+# On a machine without PyPI, carry the cuDNN frontend and nvmath-python as wheels (scripts/gpu_wheels.sh
+# fetches them, about 17 MB) and install them first, or cudnn_parity/epilogue find the im2col/plain paths.
 # A dry run without a GPU: GPU_CHECK_BACKEND=emulated runs the training steps on the emulated GPU
 # (the CuPy code paths on the CPU; FER_EPOCHS=1 keeps real_fer short), so the script itself is
 # checked before device time is spent; the "gpu"-marked tests then skip.
