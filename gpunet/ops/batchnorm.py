@@ -31,10 +31,10 @@ def _axes(X, axis):
 
 
 def _channel_dot(a, b, axis, axes):
-    """Per-channel ``sum(a * b)``; one pass (a matrix-vector product) when channels lead a contiguous
-    array."""
+    """Per-channel ``sum(a * b)``; on NumPy one pass (a matrix-vector product) when channels lead a
+    contiguous array. (On CuPy ``einsum`` is a cuBLAS call, which a CUDA graph's capture refuses.)"""
     xp = backend.get_array_module(a)
-    if axis == 0 and a.flags.c_contiguous and b.flags.c_contiguous:
+    if xp is np and axis == 0 and a.flags.c_contiguous and b.flags.c_contiguous:
         return xp.einsum("ij,ij->i", a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
     return (a * b).sum(axis=axes)
 

@@ -4,7 +4,8 @@ The patches are gathered channel-major, ``cols: (C*KH*KW, N*Ho*Wo)``, with one
 strided copy per kernel offset (KH*KW copies, never a loop over pixels or samples),
 so the forward, the weight gradient and the input gradient are each a single large
 matrix product: ``W (F, CKK) @ cols``, ``dout (F, NHoWo) @ cols.T`` and
-``W.T @ dout``. On CuPy the same code runs as cuBLAS GEMMs plus strided copies.
+``W.T @ dout``. On CuPy the same code runs as cuBLAS GEMMs plus strided copies, the products
+through ``self.affine`` (``gemm.matmul``: a direct cuBLAS call a CUDA graph can capture).
 
 On NumPy (``_cpu_forward``/``_cpu_backward``) the copies are shared among the thread team and the
 products stay single GEMMs on BLAS's own threads, except the input gradient's: its patch
@@ -108,7 +109,7 @@ class ConvOps:
         if cache is not None:
             cache["cols1"] = cols1
         Wb = xp.concatenate([W.reshape(F, -1), b.reshape(F, 1)], axis=1)  # (F, C*KH*KW + 1)
-        out = xp.matmul(Wb, cols1).reshape(F, N, Ho, Wo)
+        out = self.affine(Wb, cols1).reshape(F, N, Ho, Wo)  # on CuPy: gemm.matmul (capturable)
         return out if layout == "CNHW" else xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
     def conv2d_backward(self, dout, X, W, b, stride=1, padding=0, cache=None, need_dx=True, layout="NCHW"):
@@ -140,12 +141,12 @@ class ConvOps:
                 C * KH * KW + 1, N * Ho * Wo
             )
         d2 = xp.ascontiguousarray(_as_cnhw(dout, layout)).reshape(F, N * Ho * Wo)
-        dWb = xp.matmul(d2, cols1.T)  # [dW | db]: the ones row sums dout
+        dWb = self.affine(d2, cols1.T)  # [dW | db]: the ones row sums dout
         # both columns of [dW | db] are strided views: copy them out, so a gradient is always a plain array
         dW, db = xp.ascontiguousarray(dWb[:, :-1]).reshape(W.shape), xp.ascontiguousarray(dWb[:, -1])
         dX = None
         if need_dx:
-            dcols = xp.matmul(W.reshape(F, -1).T, d2).reshape(C, KH, KW, N, Ho, Wo)
+            dcols = self.affine(W.reshape(F, -1).T, d2).reshape(C, KH, KW, N, Ho, Wo)
             dXt = self.col2im(dcols, (C, N) + tuple(_as_cnhw(X, layout).shape[2:]), stride, padding)
             dX = dXt if layout == "CNHW" else xp.ascontiguousarray(dXt.transpose(1, 0, 2, 3))
         return dX, dW, db
