@@ -16,6 +16,11 @@ CuPy arrays pass as ``a.data.ptr`` and the handle follows CuPy's current stream.
 - First use of a key is checked: the cuDNN result is compared with the im2col path on the
   same batch, and a key that disagrees beyond ``TOLERANCE`` is disabled (said as a warning),
   so a GPU never trains on a plan nobody has seen give the right numbers.
+- Inside a CUDA-graph capture (``gpunet.train_step``) only keys already built and checked run
+  (the graph step's eager warm-up builds and checks them); any other key, or an execute that
+  raises there, takes the im2col path, whose products are capturable (``gemm.matmul``), and the
+  key is not judged. Whether the frontend's execute is itself capturable is the first-replay
+  check's to see on a GPU: a graph that differs from the eager step turns the graph off.
 - Plans are built with every engine cuDNN proposes and the fastest on the first batch is
   kept (``Frontend.autotune``); float32 plans exclude tensor-core (TF32) engines.
 
@@ -184,7 +189,7 @@ class Frontend:
 
     def build(self, key: PlanKey, arrays: dict):
         """A built graph for ``key``, autotuned on ``arrays`` (name -> CuPy array)."""
-        c, cp = self.cudnn, backend.cupy_module()
+        c = self.cudnn
         dt = {"float32": c.data_type.FLOAT, "float16": c.data_type.HALF}[key.dtype]
         g = c.pygraph(
             io_data_type=dt,
@@ -192,6 +197,9 @@ class Frontend:
             compute_data_type=c.data_type.FLOAT,
             handle=self.handle(),
         )
+
+        if hasattr(key, "declare"):  # another op family's key (cudnn_norm.NormKey) declares its graph
+            return self._finish(key, g, key.declare(c, g, dt), arrays)
 
         def tensor(name, dims, strides):
             return g.tensor(name=name, dim=list(dims), stride=list(strides), data_type=dt)
@@ -218,10 +226,15 @@ class Frontend:
             t["W"] = out = g.conv_wgrad(image=t["X"], loss=t["Y"], **conv)
             dims, strides = key.w_dims, key.w_strides
         out.set_output(True).set_data_type(dt).set_dim(list(dims)).set_stride(list(strides))
+        return self._finish(key, g, t, arrays)
+
+    def _finish(self, key, g, t, arrays):
+        """Validate graph ``g`` (tensors ``t`` by name), build its plans, autotune them on ``arrays``."""
+        c, cp = self.cudnn, backend.cupy_module()
         g.validate()
         g.build_operation_graph()
         g.create_execution_plans([c.heur_mode.A, c.heur_mode.FALLBACK])
-        if key.dtype == "float32":  # fp32 as PyTorch runs it with TF32 off: no tensor-core engines
+        if isinstance(key, PlanKey) and key.dtype == "float32":  # fp32 as PyTorch runs it, TF32 off
             g.deselect_numeric_notes([c.numerical_note.TENSOR_CORE])
         g.check_support()
         g.build_plans(c.build_plan_policy.ALL)
@@ -296,23 +309,25 @@ class Cudnn:
                 self._why_not = f"cuDNN frontend unusable ({type(e).__name__}: {e})".replace("\n", " ")
         return self._why_not
 
-    def say_fallback(self, why):
-        """Log once per distinct reason that convolutions take the im2col path."""
-        if why not in self._said:
-            self._said.add(why)
-            log.info("conv2d: im2col + cuBLAS path: %s", why)
+    def say_fallback(self, why, path="conv2d: im2col + cuBLAS path"):
+        """Log once per distinct reason that an op family (``path``) takes its hand-written kernels."""
+        if (path, why) not in self._said:
+            self._said.add((path, why))
+            log.info("%s: %s", path, why)
 
     def attempt(self, key, arrays, reference):
         """Run ``key`` on ``arrays`` through cuDNN (outputs written in place); True when it ran.
 
-        reference: ``() -> output`` by im2col, for the first-use check; on disagreement the key
-        is disabled and False returned (the caller then takes the im2col result).
+        reference: ``() -> output`` by im2col (or ``{name: output}`` for a key with several), for the
+        first-use check; on disagreement the key is disabled and False returned (the caller then
+        takes the reference's result).
         """
         if key in self.cache.disabled:
             return False
-        first = key not in self.cache
-        if first and _capturing():
-            return False  # never build or check a plan inside a CUDA-graph capture
+        if _capturing() and key not in self.cache.checked:
+            # inside a CUDA-graph capture only plans built and checked before it (the graph step's
+            # warm-up) run: nothing is built, autotuned (a host sync) or checked there
+            return False
         try:
             plan = self.cache.get(key, lambda: self.executor.build(key, arrays))
             self.executor.run(plan, arrays)
@@ -322,11 +337,14 @@ class Cudnn:
             self._disable(key, f"{type(e).__name__}: {e}".replace("\n", " ")[:300], logging.INFO)
             return False
         if key not in self.cache.checked:
-            name = {"fprop": "Y", "dgrad": "X", "wgrad": "W"}[key.op]
-            err = disagreement(arrays[name], reference())
+            want = reference()
+            if not isinstance(want, dict):
+                want = {{"fprop": "Y", "dgrad": "X", "wgrad": "W"}[key.op]: want}
+            err = max(disagreement(arrays[name], ref) for name, ref in want.items())
             if not err <= TOLERANCE[key.dtype]:
+                what = getattr(key, "reference_name", "im2col")
                 self._disable(
-                    key, f"first-use check: differs from im2col by {err:.2g} (relative)", logging.WARNING
+                    key, f"first-use check: differs from {what} by {err:.2g} (relative)", logging.WARNING
                 )
                 return False
             self.cache.checked.add(key)
@@ -334,6 +352,9 @@ class Cudnn:
 
     def _disable(self, key, why, level):
         if self.cache.disable(key, why):
+            if hasattr(key, "describe"):
+                log.log(level, "%s: cuDNN off for %s: %s; reference kernels instead", key.log_name, key.describe(), why)
+                return
             log.log(
                 level,
                 "conv2d: cuDNN off for %s %s (x %s, w %s): %s; im2col instead",

@@ -261,6 +261,7 @@ def _gpu_parity(xp, dtype, tol, layout, shape):
 
 @pytest.mark.emulated
 def test_inside_a_graph_capture_nothing_is_built_checked_or_disabled(standin, monkeypatch):
+    """In a capture only keys built and checked before it run; nothing is built, checked or disabled there."""
     ex = standin()
     x, W, b = _arrays()
     xp = backend.xp()
@@ -272,6 +273,16 @@ def test_inside_a_graph_capture_nothing_is_built_checked_or_disabled(standin, mo
     CUPY.conv2d_forward(*args)  # eager: built and checked
     assert len(ex.builds) == 1 and len(CUDNN.cache.checked) == 1
     monkeypatch.setattr(cudnn, "_capturing", lambda: True)
+    CUDNN.cache.checked.clear()  # built but not checked (as after an error in its check): not run in capture
+    runs = ex.runs
+    CUPY.conv2d_forward(*args)
+    assert ex.runs == runs and len(ex.builds) == 1
+    monkeypatch.setattr(cudnn, "_capturing", lambda: False)
+    CUPY.conv2d_forward(*args)  # eager: checked now
+    assert ex.runs == runs + 1 and len(CUDNN.cache.checked) == 1
+    monkeypatch.setattr(cudnn, "_capturing", lambda: True)
+    CUPY.conv2d_forward(*args)  # checked: runs inside the capture
+    assert ex.runs == runs + 2
     monkeypatch.setattr(ex, "run", lambda plan, arrays: 1 / 0)
     out = CUPY.conv2d_forward(*args)  # a failure inside the capture: im2col, the key stays on
     assert not CUDNN.cache.disabled

@@ -180,6 +180,96 @@ def test_a_changed_lr_takes_effect_without_recapture(device):
     _same(backend.to_numpy(a.params["W1"]), backend.to_numpy(b.params["W1"]), device)
 
 
+def _cnn(seed=3):
+    """Convolutions (one padded, one strided), batch norm, the pool's ReLU, dropout: every CNN op."""
+    from gpunet import nn
+
+    return nn.Sequential(
+        [
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6 * 2 * 2, 8),
+            nn.ReLU(),
+            nn.Dropout(0.3),
+            nn.Linear(8, C),
+        ],
+        reg=1e-3,
+        seed=seed,
+        input_shape=(3, 8, 8),
+    )
+
+
+def _images(xp, n_batches=4, partial=5):
+    rng = np.random.default_rng(11)
+    sizes = [16] * n_batches + [partial]
+    return [
+        (xp.asarray(rng.standard_normal((n, 3, 8, 8)).astype(np.float32)), xp.asarray(rng.integers(0, C, n)))
+        for n in sizes
+    ]
+
+
+def _cnn_replay_equals_eager(device, rule="adam"):
+    with backend.using(device) as xp:
+        batches = _images(xp)
+        batches = batches[:4] * 2 + batches[4:]
+        lrs = [1e-2 / (1 + 0.3 * k) for k in range(len(batches))]
+        a, b = _cnn(), _cnn()
+        replay = train_step.make_train_step(a, optim.Optimizer(rule, {}))
+        assert isinstance(replay, train_step.GraphStep)
+        got, got_losses = _run(replay, a, batches, lrs)
+        want, want_losses = _run(train_step.eager_step(b, optim.Optimizer(rule, {})), b, batches, lrs)
+        buffers = [(backend.to_numpy(a.buffers[k]), backend.to_numpy(b.buffers[k])) for k in a.buffers]
+    assert replay.failed is None and replay.graph is not None and replay.replays == 7, replay.failed
+    _same(np.array(got_losses), np.array(want_losses), device)
+    for k in want:
+        _same(got[k], want[k], device, err_msg=k)
+    for g, w in buffers:  # batch norm's running statistics
+        _same(g, w, device)
+    return replay
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd_momentum"])
+def test_the_cnn_step_is_captured_and_replays_equal_eager_steps(device, rule):
+    """The CNN's step in one graph: the convolutions' products go through the bound cuBLAS handle
+    (``gemm.matmul``), batch norm and pooling are kernels; replays (dropout on, lr changing, the last
+    partial batch eager) equal the eager steps. On a GPU cuDNN plans built and checked in the warm-up
+    run inside the capture."""
+    replay = _cnn_replay_equals_eager(device, rule)
+    assert replay.check_diff == 0.0 if device == "emulated" else replay.check_diff < 1e-4
+
+
+@emulated_only
+def test_inside_the_cnn_graph_only_cudnn_plans_checked_in_the_warm_up_run(monkeypatch):
+    """With a stand-in cuDNN executor (tests/kernels/test_cudnn.py): every plan is built and checked in the
+    eager warm-up, none inside the capture, the captured step runs the checked plans, replays equal
+    eager steps."""
+    from tests.kernels.test_cudnn import StandIn
+
+    from gpunet.ops import cudnn
+
+    monkeypatch.setattr(cudnn.CUDNN, "cache", cudnn.PlanCache())
+    monkeypatch.setattr(cudnn.CUDNN, "enabled", True)
+    ex = StandIn()
+    monkeypatch.setattr(cudnn.CUDNN, "executor", ex)
+    built_in_capture, runs_in_capture = [], []
+    build, run = ex.build, ex.run
+    monkeypatch.setattr(
+        ex, "build", lambda key, arrays: (built_in_capture.append(cudnn._capturing()), build(key, arrays))[1]
+    )
+    monkeypatch.setattr(
+        ex, "run", lambda plan, arrays: (runs_in_capture.append(cudnn._capturing()), run(plan, arrays))[1]
+    )
+    _cnn_replay_equals_eager("emulated")
+    assert ex.builds and not any(built_in_capture)  # fprop, wgrad and dgrad keys, all outside the capture
+    assert any(runs_in_capture) and not cudnn.CUDNN.cache.disabled
+    assert {k for k in ex.builds} <= cudnn.CUDNN.cache.checked
+
+
 @emulated_only
 def test_a_first_replay_that_differs_turns_the_graph_off(monkeypatch, caplog):
     """The first-replay check: a graph that forgets the update is caught, said once, and training goes on
