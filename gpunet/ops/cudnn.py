@@ -353,7 +353,13 @@ class Cudnn:
     def _disable(self, key, why, level):
         if self.cache.disable(key, why):
             if hasattr(key, "describe"):
-                log.log(level, "%s: cuDNN off for %s: %s; reference kernels instead", key.log_name, key.describe(), why)
+                log.log(
+                    level,
+                    "%s: cuDNN off for %s: %s; reference kernels instead",
+                    key.log_name,
+                    key.describe(),
+                    why,
+                )
                 return
             log.log(
                 level,
