@@ -12,11 +12,12 @@ arrays' backend (``gpunet.ops``): ``NumpyOps`` holds the NumPy form, ``CupyOps``
 - ``conv``: ``conv2d_forward``, ``conv2d_backward``
 - ``pool``: ``max_pool2d_forward``, ``max_pool2d_backward``; fused with the ReLU before it:
   ``max_pool2d_relu_forward``, ``max_pool2d_relu_backward``
-- ``batchnorm``: ``batchnorm_forward``, ``batchnorm_backward``
+- ``batchnorm``: ``batchnorm_forward``, ``batchnorm_backward``; fused with the ReLU after it:
+  ``batchnorm_relu_forward``, ``batchnorm_relu_backward``
 """
 
 from .activations import dropout_backward, dropout_forward, keep_mask, relu_backward, relu_forward
-from .batchnorm import batchnorm_backward, batchnorm_forward
+from .batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_relu_backward, batchnorm_relu_forward
 from .conv import conv2d_backward, conv2d_forward
 from .linear import linear_backward, linear_forward
 from .pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_relu_backward, max_pool2d_relu_forward
@@ -40,4 +41,6 @@ __all__ = [
     "max_pool2d_relu_backward",
     "batchnorm_forward",
     "batchnorm_backward",
+    "batchnorm_relu_forward",
+    "batchnorm_relu_backward",
 ]

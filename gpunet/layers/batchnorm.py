@@ -28,3 +28,20 @@ def batchnorm_backward(dout, cache):
     with ``dxhat = dout * gamma`` and M the values per feature. Test mode: ``dX = dout * gamma * inv_std``.
     """
     return get_ops(dout).batchnorm_backward(dout, cache)
+
+
+def batchnorm_relu_forward(
+    X, gamma, beta, running_mean, running_var, train=True, momentum=0.9, eps=1e-5, axis=1
+):
+    """The fused op ``relu(batchnorm_forward(X, ...))`` (arguments and shapes there): ``(out, cache)``.
+
+    Its NumPy form is the composition; on the GPU it is one cuDNN graph where cuDNN allows.
+    """
+    return get_ops(X).batchnorm_relu_forward(
+        X, gamma, beta, running_mean, running_var, train, momentum, eps, axis
+    )
+
+
+def batchnorm_relu_backward(dout, cache):
+    """Gradients of ``batchnorm_relu_forward``: ``(dX, dgamma, dbeta)``; dout is not written."""
+    return get_ops(dout).batchnorm_relu_backward(dout, cache)

@@ -16,6 +16,8 @@ from .. import backend, seeding
 from ..layers import (
     batchnorm_backward,
     batchnorm_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
     conv2d_backward,
     conv2d_forward,
     dropout_backward,
@@ -251,11 +253,14 @@ class MaxPool2d(Layer):
 
 class BatchNorm1d(Layer):
     """Batch norm of (N, D) features: ``gamma``, ``beta`` and running statistics of shape (D,).
-    axis (per call): the feature axis, 1; 0 for (C, N, H, W) activations."""
+    axis (per call): the feature axis, 1; 0 for (C, N, H, W) activations.
+    relu (per call): apply the ReLU that follows too, the named fused op ``batchnorm_relu_forward``
+    (one cuDNN graph on the GPU)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9):
         super().__init__()
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.relu = False
         self.init(None, np.float32)
 
     def init(self, rng, dtype):
@@ -263,12 +268,13 @@ class BatchNorm1d(Layer):
         self.params = {"gamma": np.ones(D, dtype=dtype), "beta": np.zeros(D, dtype=dtype)}
         self.buffers = {"running_mean": np.zeros(D, dtype=dtype), "running_var": np.ones(D, dtype=dtype)}
 
-    def forward(self, x, train=True, axis=1):
+    def forward(self, x, train=True, axis=1, relu=False):
         if axis not in (0, 1):
             raise ValueError(
                 f"{type(self).__name__}: axis: expected 1 (N, C, ...) or 0 (C, N, H, W), got {axis!r}"
             )
-        out, self.cache = batchnorm_forward(
+        self.relu = bool(relu)
+        out, self.cache = (batchnorm_relu_forward if self.relu else batchnorm_forward)(
             x,
             self.params["gamma"],
             self.params["beta"],
@@ -282,10 +288,13 @@ class BatchNorm1d(Layer):
         return out
 
     def saved(self):
-        return [v for v in (self.cache or {}).values() if hasattr(v, "flags")]
+        kept = list((self.cache or {}).values())
+        kept += [v for d in kept if isinstance(d, dict) for v in d.values()]  # the fused op's inner cache
+        return [v for v in kept if hasattr(v, "flags")]
 
     def backward(self, dout):
-        dx, self.grads["gamma"], self.grads["beta"] = batchnorm_backward(dout, self.cache)
+        bwd = batchnorm_relu_backward if self.relu else batchnorm_backward
+        dx, self.grads["gamma"], self.grads["beta"] = bwd(dout, self.cache)
         self.cache = None
         return dx
 

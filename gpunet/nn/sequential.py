@@ -8,7 +8,9 @@ It never sets attributes on the layers it is given. What it decides, it decides 
 ``plan`` and passes as call arguments: the layout between layers (a stack of convolutions hands
 over (C, N, H, W)), ``need_dx=False`` to the first layer, ``inplace`` to a ReLU whose input no
 layer keeps, and a ReLU right before a ``MaxPool2d`` applied by the pool (``relu=True``, 4x fewer
-values; the ReLU's own calls are skipped).
+values; the ReLU's own calls are skipped); otherwise a ReLU right after a ``BatchNorm2d`` applied
+by the batch norm (``relu=True``: the fused op ``batchnorm_relu_forward``, one cuDNN graph on the
+GPU; the ReLU's calls skipped too).
 
 With ``CHECK_SAVED`` (environment ``GPUNET_CHECK_SAVED=1``; the test suite sets it) every array
 a layer keeps for its backward is made read-only on NumPy from the end of its forward until the
@@ -48,7 +50,8 @@ def plan(layers) -> list:
     for i, layer in enumerate(layers):
         fwd, bwd = {}, {}
         prev, nxt = layers[i - 1] if i else None, layers[i + 1] if i + 1 < len(layers) else None
-        skipped = isinstance(layer, ReLU) and i > 0 and isinstance(nxt, MaxPool2d)
+        pooled = isinstance(layer, ReLU) and i > 0 and isinstance(nxt, MaxPool2d)  # the pool applies it
+        skipped = pooled or (isinstance(layer, ReLU) and isinstance(prev, BatchNorm2d))
         if isinstance(layer, (Linear, Conv2d)):
             bwd["need_dx"] = i > 0  # nothing consumes the first layer's input gradient
         if isinstance(layer, ReLU):
@@ -60,6 +63,9 @@ def plan(layers) -> list:
             layout = "CNHW"
         elif isinstance(layer, BatchNorm2d):
             fwd["axis"] = 0 if layout == "CNHW" else 1
+            after = layers[i + 2] if i + 2 < len(layers) else None
+            if isinstance(nxt, ReLU) and not isinstance(after, MaxPool2d):  # else the pool takes the ReLU
+                fwd["relu"] = True
         elif isinstance(layer, Flatten):
             fwd["layout"] = "CNHW" if layout == "CNHW" else "NCHW"
             layout = "flat"

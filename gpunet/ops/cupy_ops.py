@@ -15,6 +15,7 @@ import numpy as np
 from .. import backend, cuda_sources, multi_tensor
 from . import epilogue, gemm, philox
 from .cudnn import CudnnConvOps
+from .cudnn_norm import CudnnNormOps
 from .numpy_ops import NumpyOps
 
 # ReLU (and dropout) backward from the output a (dropout itself: philox.py, a counter-based stream)
@@ -94,8 +95,9 @@ def _one_type(*arrays) -> bool:
     return len({a.dtype for a in arrays}) == 1 and arrays[0].dtype.kind == "f"
 
 
-class CupyOps(CudnnConvOps, NumpyOps):
-    """The primitives on CuPy (see the module docstring); convolutions through cuDNN (``cudnn.py``)."""
+class CupyOps(CudnnConvOps, CudnnNormOps, NumpyOps):
+    """The primitives on CuPy (see the module docstring); convolutions through cuDNN (``cudnn.py``),
+    batch norm and batch norm + ReLU through cuDNN (``cudnn_norm.py``)."""
 
     name = "cupy"
     on_device = True

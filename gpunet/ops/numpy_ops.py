@@ -89,6 +89,23 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
         h *= h.dtype.type(1.0 / (1.0 - p))
         return h
 
+    # ------------------------------------------------------------------ batch norm + ReLU (fused op)
+    def batchnorm_relu_forward(
+        self, X, gamma, beta, running_mean, running_var, train=True, momentum=0.9, eps=1e-5, axis=1
+    ):
+        """``relu(batchnorm_forward(X, ...))``: ``(out, cache)``; the reference of the fused op is the
+        composition (a GPU backend runs it as one graph)."""
+        out, bn = self.batchnorm_forward(
+            X, gamma, beta, running_mean, running_var, train, momentum, eps, axis
+        )
+        self.xp.maximum(out, 0, out=out)  # out is the batch norm's own new array
+        return out, {"bn": bn, "out": out}
+
+    def batchnorm_relu_backward(self, dout, cache):
+        """``(dX, dgamma, dbeta)`` of ``batchnorm_relu_forward``: the ReLU's mask from its output, then
+        ``batchnorm_backward``. dout is not written."""
+        return self.batchnorm_backward(self.xp.multiply(dout, cache["out"] > 0), cache["bn"])
+
     # ------------------------------------------------------------------ loss
     def softmax_xent(self, logits, y):
         """Mean softmax cross-entropy of (N, C) ``logits`` with labels ``y`` (N,), and its gradient
