@@ -64,6 +64,20 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
         )
         return dX, dW
 
+    def affine_bias(self, X2, W, b, relu, out=None, saved=None):
+        """``relu(X2 @ W + b)`` (``affine`` then ``bias_``; without ``relu`` no ReLU). saved: a dict where a
+        backend keeps what ``affine_relu_backward`` can use (the GPU: the ReLU bitmask); nothing here."""
+        return self.bias_(self.affine(X2, W, out), b, relu)
+
+    def affine_relu_backward(self, X2, dout, W, scale=1.0, saved=None, o_dx=None, o_dw=None):
+        """Backward of ``X2 @ W`` where X2 (N, D) is a ReLU's output (then dropout in place: ``scale`` =
+        1/(1-p)): ``(dZ, dW, db_prev)`` with dZ = (dout @ W.T) * (X2 > 0) * scale (N, D), the gradient at
+        the ReLU's input; dW = X2.T @ dout (D, M); db_prev = dZ.sum(0) (D,), the bias gradient of the layer
+        that produced X2. saved: what that layer's ``affine_bias`` kept. o_dx, o_dw: optional buffers."""
+        dZ, dW = self.affine_backward(X2, dout, W, o_dx, o_dw)
+        self.relu_backward_(dZ, X2, scale)
+        return dZ, dW, dZ.sum(axis=0)
+
     def bias_(self, h, b, relu):
         """``h += b``, then ReLU when ``relu``, in place. h: (N, M); b: (M,)."""
         h += b
@@ -94,9 +108,10 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
         self, X, gamma, beta, running_mean, running_var, train=True, momentum=0.9, eps=1e-5, axis=1
     ):
         """``relu(batchnorm_forward(X, ...))``: ``(out, cache)``; the reference of the fused op is the
-        composition (a GPU backend runs it as one graph)."""
-        out, bn = self.batchnorm_forward(
-            X, gamma, beta, running_mean, running_var, train, momentum, eps, axis
+        composition of the reference ops (``NormOps``' by name: a backend's own batch norm is not the
+        reference of its fused op; a GPU backend runs the fused op as one graph)."""
+        out, bn = NormOps.batchnorm_forward(
+            self, X, gamma, beta, running_mean, running_var, train, momentum, eps, axis
         )
         self.xp.maximum(out, 0, out=out)  # out is the batch norm's own new array
         return out, {"bn": bn, "out": out}
@@ -104,7 +119,7 @@ class NumpyOps(ConvOps, PoolOps, NormOps):
     def batchnorm_relu_backward(self, dout, cache):
         """``(dX, dgamma, dbeta)`` of ``batchnorm_relu_forward``: the ReLU's mask from its output, then
         ``batchnorm_backward``. dout is not written."""
-        return self.batchnorm_backward(self.xp.multiply(dout, cache["out"] > 0), cache["bn"])
+        return NormOps.batchnorm_backward(self, self.xp.multiply(dout, cache["out"] > 0), cache["bn"])
 
     # ------------------------------------------------------------------ loss
     def softmax_xent(self, logits, y):
