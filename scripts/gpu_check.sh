@@ -15,7 +15,8 @@
 #                  and CuPy; loss curves and final parameters within 1e-3 (tests/training/test_backend_parity.py);
 #   nvrtc_cpu      the NVRTC compile and CPU-execution tests of every CUDA source (needs the pinned CuPy);
 #   cudnn_parity   cuDNN (gpunet/ops/cudnn.py, the [cuda13x] extra) against the NumPy im2col path, forward and
-#                  backward, float32/float16, both layouts; first says whether cuDNN is usable at all;
+#                  backward, float32/float16, both layouts; batch norm and batch norm + ReLU (cudnn_norm.py)
+#                  against NumPy float64, training/inference/backward; first says whether cuDNN is usable at all;
 #   bench_fc, bench_cnn  gpunet-bench on CuPy beside PyTorch, TF32 off (every PyTorch form: eager per
 #                  optimizer, one CUDA graph, torch.compile; the fastest is named; the CNN with cudnn.benchmark);
 #   bench_fc_tf32, bench_fc_bf16  issue 22: the FC bench with --precision tf32 / bf16 on both sides
@@ -105,12 +106,13 @@ step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/training/tes
 # 2. every CUDA source through NVRTC and on the CPU
 step nvrtc_cpu 45 "$PY" -m pytest -q -p no:cacheprovider -m "nvrtc or kernel_cpu" tests/kernels/test_nvrtc.py \
     tests/kernels/test_kernel_cpu.py
-# 2b. cuDNN: usable here? then its parity with the im2col path (the "gpu" cases skip on the emulated GPU)
-step cudnn_parity 120 bash -c "GPUNET_BACKEND='$BACKEND' '$PY' -c \"
+# 2b. cuDNN: usable here? then its parity with the im2col path and the batch-norm reference (the "gpu" cases
+#     skip on the emulated GPU)
+step cudnn_parity 180 bash -c "GPUNET_BACKEND='$BACKEND' '$PY' -c \"
 from gpunet import backend; backend.use()
 from gpunet.ops.cudnn import CUDNN
 print('cuDNN:', CUDNN.unavailable() or 'usable, version %s' % CUDNN.executor.version)\" &&
-    '$PY' -m pytest -q -rs -p no:cacheprovider tests/kernels/test_cudnn.py"
+    '$PY' -m pytest -q -rs -p no:cacheprovider tests/kernels/test_cudnn.py tests/kernels/test_cudnn_norm.py"
 # 3. the benchmarks (TF32 off is the bench's default)
 step bench_fc 150 "$PY" scripts/bench.py --backend "$BACKEND" --steps 50 --repeats 5 --warmup 10 --json "$OUT/bench_fc.json"
 for p in tf32 bf16; do
