@@ -52,15 +52,16 @@ setup(
             "pgserver>=0.1.4",  # distributed tuning on a real PostgreSQL
             # gpunet-serve: its API on a real uvicorn (httpx) and its page in Debian's Chromium (playwright,
             # which downloads no browser here)
-            "starlette>=0.40",
+            "starlette>=1.7",  # 1.7: its TrustedHostMiddleware reads an IPv6 Host ([::1]:8000)
             "uvicorn>=0.30",
             "python-multipart>=0.0.18",
             "httpx>=0.27",
             "playwright>=1.40",
         ],
         "faces": ["scikit-image>=0.19"],  # gpunet.detect_emotions: its bundled face cascade
-        # gpunet-serve: the page and JSON API (ASGI app, server, multipart forms); with "faces"
-        "serve": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.18", "scikit-image>=0.19"],
+        # gpunet-serve: the page and JSON API (ASGI app, server, multipart forms); with "faces".
+        # Starlette 1.7: its TrustedHostMiddleware reads an IPv6 Host header ([::1]:8000)
+        "serve": ["starlette>=1.7", "uvicorn>=0.30", "python-multipart>=0.0.18", "scikit-image>=0.19"],
         "onnx": ["onnx>=1.12", "onnxruntime>=1.12"],  # gpunet-export (onnxruntime: to run the export)
         "bench": ["torch"],
         # gpunet-tune --storage postgresql://... (SQLAlchemy 2 maps postgresql:// to psycopg v3)

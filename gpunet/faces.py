@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import threading
+import warnings
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
@@ -61,7 +63,8 @@ def read_photo(image, *, name=None, formats=None, max_pixels=None) -> np.ndarray
     name: what error messages call bytes (default ``photo``); a path names itself.
     formats: Pillow format names to accept, e.g. ``("JPEG", "PNG")`` (None: any Pillow reads).
     max_pixels: a photo of more pixels (width x height) is refused before it is decoded, as a
-    decompression bomb (None: Pillow's ``Image.MAX_IMAGE_PIXELS``).
+    decompression bomb, without Pillow's warning (None: Pillow's ``Image.MAX_IMAGE_PIXELS``;
+    Pillow itself refuses more than twice its ``MAX_IMAGE_PIXELS``, whatever ``max_pixels`` says).
     ValueError naming what was wrong: not an image, truncated, too many pixels.
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -85,7 +88,7 @@ def _decode(source, where, formats, max_pixels) -> np.ndarray:
     """Pixels of the image file ``source`` (a path or a binary file object) named ``where``."""
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(source, formats=formats) as im:  # reads the header only
+        with _open_quietly(source, formats) as im:  # reads the header only
             if limit and im.width * im.height > limit:
                 too_many = f"{im.width} x {im.height} pixels"
             else:
@@ -105,6 +108,18 @@ def _decode(source, where, formats, max_pixels) -> np.ndarray:
     raise ValueError(
         f"{where}: refused, too many pixels ({too_many}, more than {limit:,}: a decompression bomb?)"
     )
+
+
+_OPEN_LOCK = threading.Lock()  # catch_warnings swaps the process's filter list: one thread at a time
+
+
+def _open_quietly(source, formats) -> Image.Image:
+    """``Image.open`` without Pillow's ``DecompressionBombWarning``: the size is judged right after
+    (``max_pixels``), so a photo over the limit is refused and the warning is only noise on stderr.
+    Only the header is read under the lock; decoding runs outside it, in parallel."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source, formats=formats)
 
 
 def _pil(pixels: np.ndarray) -> Image.Image:

@@ -559,37 +559,99 @@ def model_file_cases() -> list:
 
 def serve_cases() -> list:
     """gpunet-serve: requests a client may send, answered by the application in-process (the
-    Starlette test client), each a check that exits 0 when the answer is a 4xx with one line of
-    JSON naming the upload. More cases belong here as the server grows."""
+    Starlette test client, addressed as 127.0.0.1), each a check that exits 0 when the answer is
+    a 4xx with one line of JSON naming the upload (or the Host, the limit, the content type).
+    Pillow's DecompressionBombWarning is an error in the check: the refusal must come without
+    that noise on the server's stderr. More cases belong here as the server grows."""
     try:
         import httpx  # noqa: F401
         import starlette  # noqa: F401
     except ImportError:
         return []
     check = (
-        "import json, sys\nfrom starlette.testclient import TestClient\nfrom gpunet.serve import create_app\n"
-        "c = TestClient(create_app(max_upload=100_000))\n"
-        "r = c.post('/api/emotions', files={{'photo': ({name!r}, {body}, 'application/octet-stream')}})\n"
+        "import json, sys, warnings\nfrom PIL import Image\nfrom starlette.testclient import TestClient\n"
+        "from gpunet.serve import create_app\n"
+        "warnings.filterwarnings('error', category=Image.DecompressionBombWarning)\n"
+        "c = TestClient(create_app(max_upload=100_000), base_url='http://127.0.0.1')\n"
+        "r = {request}\n"
         "err = r.json().get('error', '')\n"
         "ok = r.status_code == {status} and {needle!r} in err and '\\n' not in err\n"
         "print(r.status_code, err, file=sys.stderr)\nsys.exit(0 if ok else 3)\n"
     )
 
-    def post(name, body, status, needle=None):
-        text = check.format(name=name, body=body, status=status, needle=needle or name)
-        return lambda d: Run("python", [text], bad=False)
+    def ask(request, status, needle, write=None):
+        def build(d: Path) -> Run:
+            if write:
+                write(d)
+            return Run("python", [check.format(request=request, status=status, needle=needle)], bad=False)
 
+        return build
+
+    def post(name, body, status, needle=None, write=None):
+        files = f"{{'photo': ({name!r}, {body}, 'application/octet-stream')}}"
+        return ask(f"c.post('/api/emotions', files={files})", status, needle or name, write)
+
+    def cut_jpeg(d: Path):  # a photo cut short in its image data
+        from PIL import Image
+
+        pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(d / "full.jpg", quality=90)
+        data = (d / "full.jpg").read_bytes()
+        (d / "cut.jpg").write_bytes(data[: len(data) // 2])
+
+    def bomb(d: Path):  # a PNG declaring 10,000 x 10,000 pixels (over Pillow's limit) in 200 bytes
+        import struct
+        import zlib
+
+        def chunk(kind, payload):
+            return (
+                struct.pack(">I", len(payload))
+                + kind
+                + payload
+                + struct.pack(">I", zlib.crc32(kind + payload))
+            )
+
+        header = struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0)
+        rows = chunk(b"IDAT", zlib.compress(b"\0" * 10_001 * 4))
+        (d / "bomb.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + rows + chunk(b"IEND", b"")
+        )
+
+    serve = "gpunet-serve"
     return [  # the error names the upload, or (refused before its multipart header is read) the limit
+        Case(serve, "upload: not an image", post("notes.txt", "b'not a photo\\n' * 20", 400), fast=True),
         Case(
-            "gpunet-serve",
-            "upload: not an image",
-            post("notes.txt", "b'not a photo\\n' * 20", 400),
+            serve,
+            "upload: 1 MB over a 100 kB limit",
+            post("big.png", "b'\\x89PNG' * 250_000", 413, "the limit is 100,000 bytes"),
+        ),
+        Case(
+            serve,
+            "request: a foreign Host header (DNS rebinding)",
+            ask("c.get('/api/health', headers={'host': 'evil.example'})", 400, "Host 'evil.example'"),
             fast=True,
         ),
         Case(
-            "gpunet-serve",
-            "upload: 1 MB over a 100 kB limit",
-            post("big.png", "b'\\x89PNG' * 250_000", 413, "the limit is 100,000 bytes"),
+            serve,
+            "upload: a truncated JPEG",
+            post("cut.jpg", "open('cut.jpg', 'rb').read()", 400, write=cut_jpeg),
+        ),
+        Case(
+            serve,
+            "upload: a decompression bomb (10,000 x 10,000 pixels declared), no Pillow warning",
+            post(
+                "bomb.png", "open('bomb.png', 'rb').read()", 400, "bomb.png: refused, too many pixels", bomb
+            ),
+            fast=True,
+        ),
+        Case(
+            serve,
+            "upload: a wrong content type",
+            ask(
+                "c.post('/api/emotions', content=b'GIF89a', headers={'content-type': 'text/plain'})",
+                415,
+                "content type text/plain",
+            ),
         ),
     ]
 

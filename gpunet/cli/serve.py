@@ -2,12 +2,18 @@
 
     gpunet-serve                      # the packaged FER2013 model, http://127.0.0.1:8000/
     gpunet-serve MODEL.npz --port 8080 --max-upload 20MB
+    gpunet-serve --host 0.0.0.0 --allowed-host faces.lan --allowed-host 192.168.1.20
 
 Open the address it prints: drop or choose a photo (JPEG or PNG), or take a webcam snapshot,
 and each face found gets a box, its top emotion and a bar chart of all seven. The same
 answers come as JSON from POST /api/emotions (curl -F photo=@face.jpg URL/api/emotions);
 GET /api/health names the model and the backend. It listens on 127.0.0.1 (this computer
-only) unless --host says otherwise. Needs the extra: pip install 'gpunet[serve]'.
+only) unless --host says otherwise. It answers only requests addressed to the names it is
+reached by (the Host header: a guard against DNS rebinding, where a web page elsewhere makes
+your browser call this server under its own name): the --host address, and localhost,
+127.0.0.1 and [::1] when that is this computer or every address (0.0.0.0); others reaching it
+from another computer use a name or address that --allowed-host must list. Needs the extra:
+pip install 'gpunet[serve]'.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import contextlib
 import ipaddress
 import logging
+import re
 import signal
 import socket
 import sys
@@ -39,6 +46,26 @@ def _port(text):
     return int(text)
 
 
+def _pixels(text):
+    n = int(text.replace(",", "").replace("_", "")) if re.fullmatch(r"[\d,_]+", text) else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of pixels, e.g. 40000000")
+    return n
+
+
+def _host_name(text):
+    """An --allowed-host value as Starlette compares it: lower case, IPv6 in brackets, no port."""
+    name = text.strip().lower()
+    with contextlib.suppress(ValueError):
+        return f"[{ipaddress.IPv6Address(name.strip('[]'))}]"
+    if name == "*" or re.fullmatch(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", name):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected a host name or address without the port (faces.lan, 192.168.1.20, "
+        f"[fe80::1]), a pattern *.example.org, or * for any"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpunet-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="10MB",
         metavar="SIZE",
         help="largest request body, e.g. 10MB (the default), 512KiB or bytes",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_pixels,
+        default=None,
+        metavar="N",
+        help="largest photo, in pixels (width x height), decoded; a larger one is refused as a "
+        "decompression bomb (default: Pillow's limit, about 89 million; each decoded pixel takes 3 bytes)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        type=_host_name,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to NAME (the Host header; repeatable): the name or "
+        "address other computers use with --host 0.0.0.0; * answers any name (no DNS rebinding guard)",
     )
     add_common_args(p)
     return p
@@ -96,10 +140,26 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def allowed_hosts(host: str, extra=()) -> list:
+    """The Host names a server bound to ``host`` answers: ``host`` itself, the loopback names when
+    it is this computer or every address (0.0.0.0, ::), and ``extra`` (``--allowed-host``)."""
+    from ..serve.app import LOOPBACK_HOSTS
+
+    try:
+        names = [_host_name(host)] if host not in ("0.0.0.0", "::", "") else []
+    except argparse.ArgumentTypeError:  # not a name: listen() refuses it in one line
+        names = [host]
+    if _is_loopback(host) or not names:
+        names += LOOPBACK_HOSTS
+    return list(dict.fromkeys([*names, *extra]))  # in order, once each
+
+
 def _body(args) -> int:
     backend_name = setup(args)
     try:
         import uvicorn
+
+        from PIL import Image
 
         from ..faces import _cascade
         from ..serve.app import create_app
@@ -108,7 +168,10 @@ def _body(args) -> int:
     except ImportError as e:
         name = getattr(e, "name", None) or str(e)
         raise UserError(f"gpunet-serve needs the extra: pip install 'gpunet[serve]' ({name})") from None
-    app = create_app(args.model, max_upload=args.max_upload)
+    if args.max_pixels and args.max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = args.max_pixels  # this process's Pillow refuses what the command allows
+    hosts = allowed_hosts(args.host, args.allowed_host)
+    app = create_app(args.model, max_upload=args.max_upload, max_pixels=args.max_pixels, allowed_hosts=hosts)
     logging.getLogger("python_multipart").setLevel(
         logging.ERROR
     )  # a bad form is the client's 400, not a log line
@@ -119,8 +182,17 @@ def _body(args) -> int:
         f"uploads up to {args.max_upload:,} bytes); Ctrl-C stops it",
         flush=True,
     )
+    if "*" in hosts:
+        print(
+            "note: --allowed-host *: requests addressed to any name are answered", file=sys.stderr, flush=True
+        )
     if not _is_loopback(args.host):
-        print(f"note: --host {args.host}: other computers can reach this page", file=sys.stderr, flush=True)
+        print(
+            f"note: --host {args.host}: other computers can reach this page; it answers to "
+            f"{', '.join(hosts)} (add the name or address they use with --allowed-host)",
+            file=sys.stderr,
+            flush=True,
+        )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = _server_class(uvicorn)(config)
     try:

@@ -9,13 +9,19 @@ Routes:
   ``application/octet-stream``). Answers ``{"faces": [{"box": [x, y, w, h], "emotions":
   {...}}], "model": name, "ms": compute time, "size": [width, height]}``, the faces exactly as
   ``gpunet.detect_emotions`` finds them.
-- ``GET /api/health``: the model, the backend, the emotions and the upload limit.
+- ``GET /api/health``: the model's name (not its path: no client needs the server's folders),
+  the backend, the emotions and the upload and pixel limits.
 
 Every refusal under ``/api/`` is one line of JSON, ``{"error": "..."}``: 400 a photo that
 cannot be read (not JPEG or PNG, truncated, a decompression bomb), 413 a body over
 ``max_upload`` (counted while it arrives, refused before the rest is read), 415 another
 content type, 404/405 a wrong path or method. Photos are analysed in worker threads
 (``EmotionService``), so the event loop keeps serving while they run.
+
+DNS rebinding: a web page elsewhere can make a browser send requests to 127.0.0.1 under its own
+host name. Starlette's ``TrustedHostMiddleware`` answers only requests whose ``Host`` header is
+one of ``allowed_hosts`` (default ``LOOPBACK_HOSTS``); any other gets a 400 of one line of JSON,
+on every path.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
@@ -38,6 +46,7 @@ from .service import DEFAULT_MAX_UPLOAD, EmotionService
 
 STATIC = Path(__file__).resolve().parent / "static"
 RAW_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # the names of this computer a browser sends
 # The page needs nothing from elsewhere; say so to the browser too.
 SECURITY_HEADERS = [
     (
@@ -107,11 +116,15 @@ async def _photo(request: Request, limit: int):
         return error(400, f"not a readable form: {e.detail}")
 
 
-def create_app(model=None, max_upload: int = DEFAULT_MAX_UPLOAD, workers=None, max_pixels=None) -> Starlette:
+def create_app(
+    model=None, max_upload: int = DEFAULT_MAX_UPLOAD, workers=None, max_pixels=None, allowed_hosts=None
+) -> Starlette:
     """The web application around one ``EmotionService`` (the model is loaded here, once).
 
     model: None (the packaged FER2013 model), a model file or a loaded model.
     max_upload: bytes one request body may hold; workers, max_pixels: see ``EmotionService``.
+    allowed_hosts: the ``Host`` names answered (without the port; IPv6 in brackets, ``*.example.org``
+        patterns as Starlette's); None: ``LOOPBACK_HOSTS``; ``["*"]``: any.
     """
     service = EmotionService(model, workers=workers, max_pixels=max_pixels)
 
@@ -136,10 +149,10 @@ def create_app(model=None, max_upload: int = DEFAULT_MAX_UPLOAD, workers=None, m
             {
                 "status": "ok",
                 "model": service.name,
-                "model_path": service.path,
                 "backend": backend.name(),
                 "emotions": list(FER_EMOTIONS),
                 "max_upload": max_upload,
+                "max_pixels": service.max_pixels or Image.MAX_IMAGE_PIXELS,
             }
         )
 
@@ -161,7 +174,8 @@ def create_app(model=None, max_upload: int = DEFAULT_MAX_UPLOAD, workers=None, m
         exception_handlers={HTTPException: http_error},
         lifespan=_lifespan(service),
     )
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(_TrustedHosts, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS))
+    app.add_middleware(_SecurityHeaders)  # outermost: on the refusals of a foreign Host too
     app.state.service = service
     return app
 
@@ -175,6 +189,40 @@ def _lifespan(service):
         service.close()
 
     return lifespan
+
+
+class _TrustedHosts:
+    """Starlette's ``TrustedHostMiddleware``, its refusal (plain text) turned into one line of JSON
+    that names the Host and says how to allow one (not which are allowed: the operator sees those
+    when the command starts)."""
+
+    def __init__(self, app, allowed_hosts):
+        self.app, self.allowed_hosts = app, allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        passed = False
+
+        async def trusted(scope, receive, send):
+            nonlocal passed
+            passed = True
+            await self.app(scope, receive, send)
+
+        async def refused(message):
+            if passed:
+                return await send(message)
+            if message["type"] == "http.response.start":  # the middleware's own 400; its body is dropped
+                host = Headers(scope=scope).get("host")
+                shown = "no Host header" if host is None else f"Host {host[:100]!r}"
+                await error(
+                    message["status"],
+                    f"{shown}: not a name this server answers to (DNS rebinding guard); "
+                    f"its operator can allow a name with gpunet-serve --allowed-host NAME",
+                )(scope, receive, send)
+
+        check = TrustedHostMiddleware(trusted, allowed_hosts=self.allowed_hosts, www_redirect=False)
+        await check(scope, receive, refused)
 
 
 class _SecurityHeaders:

@@ -157,10 +157,11 @@ def test_read_photo_takes_the_bytes_of_a_file_as_it_takes_the_file(tmp_path):
         read_photo(buf.getvalue()[: len(buf.getvalue()) // 2])  # the JPEG, cut in half
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # Pillow's warning stays in
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
     """Over Pillow's MAX_IMAGE_PIXELS (where Pillow only warns) and over twice it (where Pillow raises
-    its own DecompressionBombError): one ValueError either way, as for any unreadable photo."""
+    its own DecompressionBombError): one ValueError either way, as for any unreadable photo, and no
+    warning (a refusal says it all; gpunet-serve's stderr would fill with them)."""
     for side in (10_000, 20_000):
         path = tmp_path / f"bomb{side}.png"
         path.write_bytes(_png_declaring(side, side))
@@ -168,6 +169,25 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
             detect_emotions(path, fer_model())
     with pytest.raises(ValueError, match=r"512 x 512 pixels, more than 100,000"):
         read_photo(_png_declaring(512, 512), max_pixels=100_000)  # a limit of one's own
+
+
+def test_bombs_refused_from_many_threads_leave_the_warning_filters_as_they_were():
+    """The warning is silenced for the decode only: after refusals from 8 threads at once (as
+    gpunet-serve decodes) the process's filter list is as it was (a plain ``filterwarnings`` would
+    leave an entry behind, and unlocked ``catch_warnings`` blocks may, when their exits cross)."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    bomb, before = _png_declaring(10_000, 10_000), list(warnings.filters)
+
+    def refuse(i):
+        with pytest.raises(ValueError, match="too many pixels") as e:
+            read_photo(bomb, name=f"bomb{i}.png")
+        return str(e.value)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        said = list(pool.map(refuse, range(200)))
+    assert said[7].startswith("bomb7.png: refused") and warnings.filters == before
 
 
 def test_missing_extra_is_one_clear_line(monkeypatch):

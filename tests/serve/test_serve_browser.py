@@ -187,9 +187,12 @@ def test_without_a_camera_the_webcam_error_is_shown_in_words(page):
     assert page.locator("#error").inner_text().startswith("The webcam cannot be used:")
 
 
-def test_where_the_browser_forbids_the_webcam_the_page_says_so(playwright, live):
-    """http:// on a name other than localhost is not a secure context: no getUserMedia."""
-    port = live.url.rsplit(":", 1)[1]
+def test_where_the_browser_forbids_the_webcam_the_page_says_so(playwright, start_server):
+    """http:// on a name other than localhost is not a secure context: no getUserMedia. The name is
+    one the server was told to answer (gpunet-serve --allowed-host faces.test)."""
+    from gpunet.serve.app import LOOPBACK_HOSTS
+
+    port = start_server(allowed_hosts=[*LOOPBACK_HOSTS, "faces.test"]).url.rsplit(":", 1)[1]
     b = playwright.chromium.launch(
         executable_path=CHROMIUM,
         args=ARGS + ["--host-resolver-rules=MAP faces.test 127.0.0.1"],
@@ -203,5 +206,29 @@ def test_where_the_browser_forbids_the_webcam_the_page_says_so(playwright, live)
         assert pg.locator("#webcam-start").is_hidden()
         assert pg.locator("#webcam-note").inner_text().startswith("Webcam: not available here")
         assert pg.locator("#drop").is_visible()  # photos still work
+    finally:
+        b.close()
+
+
+def test_a_page_reached_under_a_foreign_name_gets_nothing(playwright, live):
+    """DNS rebinding: rebind.test resolves to 127.0.0.1 (as an attacker's name would, after its first
+    answer); the browser sends Host: rebind.test, and the server answers one line of JSON, not the
+    page, nor its script or API."""
+    port = live.url.rsplit(":", 1)[1]
+    b = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=ARGS + ["--host-resolver-rules=MAP rebind.test 127.0.0.1"],
+        timeout=60_000,
+    )
+    try:
+        pg = b.new_page()
+        pg.set_default_timeout(30_000)
+        for path in ("/", "/static/app.js", "/api/health"):
+            r = pg.goto(f"http://rebind.test:{port}{path}")
+            assert r.status == 400 and r.headers["content-type"] == "application/json", (path, r.status)
+            assert r.json()["error"].startswith(
+                f"Host 'rebind.test:{port}': not a name this server answers to"
+            )
+        assert pg.locator("#drop").count() == 0  # no page was served
     finally:
         b.close()

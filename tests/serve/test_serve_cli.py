@@ -100,10 +100,69 @@ def test_max_upload_and_host_are_used(tmp_path):
         p.communicate(timeout=30)
 
 
+def first_answer(c, *request, **kw):
+    """``c.request(*request, **kw)``'s answer, once the server that printed its address serves."""
+    deadline = time.monotonic() + 30
+    while True:  # uvicorn starts serving a moment after the line
+        try:
+            return c.request(*request, **kw)
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, "gpunet-serve did not answer in 30 s"
+            time.sleep(0.1)
+
+
+def test_max_pixels_and_allowed_hosts_are_used_and_a_bomb_leaves_stderr_quiet(photos):
+    p = start("--port", "0", "--max-pixels", "100,000", "--allowed-host", "Faces.Test", "-q")
+    try:
+        url = p.stdout.readline().split()[3]
+        with httpx.Client(base_url=url, timeout=30) as c:
+            assert first_answer(c, "GET", "/api/health").json()["max_pixels"] == 100_000
+            r = c.post("/api/emotions", files={"photo": ("a.png", photos["astronaut.png"])})
+            assert r.status_code == 400 and "512 x 512 pixels, more than 100,000" in r.json()["error"]
+            assert c.get("/api/health", headers={"host": "faces.test:80"}).status_code == 200
+            r = c.get("/api/health", headers={"host": "evil.example"})
+            assert r.status_code == 400 and r.json()["error"].startswith("Host 'evil.example': not a name")
+            for name in ("bomb-warn.png", "bomb.png"):  # over Pillow's limit, and over twice it
+                r = c.post("/api/emotions", files={"photo": (name, photos[name])})
+                assert r.status_code == 400 and "too many pixels" in r.json()["error"]
+            assert c.post("/api/emotions", files={"photo": ("s.png", photos["astronaut-192.png"])}).is_success
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    assert err.strip() == "interrupted by SIGINT", err  # was: Pillow's DecompressionBombWarning too
+
+
+def test_on_every_address_it_says_which_names_it_answers():
+    p = start("--port", "0", "--host", "0.0.0.0", "--allowed-host", "faces.lan", "--allowed-host", "10.1.2.3")
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("gpunet-serve: listening on http://0.0.0.0:"), line
+        port = line.split()[3].rsplit(":", 1)[1].rstrip("/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            for host, status in (
+                ("localhost", 200),
+                ("faces.lan", 200),
+                ("10.1.2.3", 200),
+                ("10.1.2.4", 400),
+            ):
+                assert first_answer(c, "GET", "/api/health", headers={"host": host}).status_code == status
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    assert (
+        "note: --host 0.0.0.0: other computers can reach this page; it answers to "
+        "127.0.0.1, localhost, [::1], faces.lan, 10.1.2.3 (add the name or address they use with "
+        "--allowed-host)"
+    ) in err, err
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
         (["--max-upload", "10XB"], ["--max-upload", "'10XB'", "expected a size"]),
+        (["--max-pixels", "0"], ["--max-pixels", "'0'", "expected a positive number of pixels"]),
+        (["--allowed-host", "faces.lan:8000"], ["--allowed-host", "'faces.lan:8000'", "without the port"]),
+        (["--allowed-host", "a*b"], ["--allowed-host", "'a*b'", "*.example.org"]),
         (["--port", "70000"], ["--port", "0 to 65535"]),
         (["/no/such/model.npz"], ["error: /no/such/model.npz", "no such model file"]),
         (["setup.py"], ["error: setup.py", "not a gpunet model file"]),
