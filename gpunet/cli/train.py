@@ -109,8 +109,9 @@ def add_model_args(p: argparse.ArgumentParser):
         "--data-on-device",
         choices=("auto", "yes", "no"),
         help="keep the HDF5 splits on the device (GPU memory; host RAM on NumPy) as uint8 and shuffle, "
-        "normalise and augment there (yes), stream them from the file (no), or keep them when they fit "
-        "25%% of free memory (auto, the default); the batches are the same either way",
+        "normalise and augment there (yes; refused for a split larger than the free memory), stream them "
+        "from the file (no), or keep them when they fit 25%% of free memory (auto, the default); the "
+        "batches are the same either way",
     )
     g.add_argument("--config", metavar="FILE.json", help="load settings from a JSON (or YAML) file")
 

@@ -65,19 +65,32 @@ def preload_budget(free: int | None = None) -> int:
     return budget if backend.name() == "cupy" else min(HOST_DATA_CAP, budget)
 
 
-def data_on_device(nbytes: int, mode="auto", free: int | None = None) -> tuple[bool, str]:
+def _size(n: int) -> str:
+    return f"{n:,} bytes" + (f" ({n / 1e6:,.0f} MB)" if n >= 10**6 else "")
+
+
+def data_on_device(nbytes: int, mode="auto", free: int | None = None, name="the data") -> tuple[bool, str]:
     """``(keep on the device?, why)`` for a split of ``nbytes`` (uint8 images plus int64 labels).
 
     mode: ``"auto"`` (``True`` / ``"yes"``, ``False`` / ``"no"`` force a path); free: as for
-    ``preload_budget``. The reason is one phrase for the log.
+    ``preload_budget``. The reason is one phrase for the log. ``"yes"`` for more than ``free`` is a
+    ValueError naming ``name`` and both sizes, before anything is allocated (``"auto"`` keeps at
+    most ``DEVICE_DATA_SHARE`` of it).
     """
     mode = {True: "yes", False: "no"}.get(mode, mode)
     if mode not in DATA_ON_DEVICE:
         raise ValueError(f"data_on_device: expected one of {list(DATA_ON_DEVICE)}, got {mode!r}")
+    where = "free GPU memory" if backend.name() == "cupy" else "available RAM"
+    if mode == "yes":
+        free = free_device_memory() if free is None else int(free)
+        if nbytes > free:
+            raise ValueError(
+                f"{name}: data_on_device yes needs {_size(nbytes)} on the device, more than the "
+                f"{_size(free)} of {where}; use auto or no (streamed from the file)"
+            )
     if mode != "auto":
         return mode == "yes", f"asked for ({mode})"
     budget = preload_budget(free)
-    where = "free GPU memory" if backend.name() == "cupy" else "available RAM"
     fits = nbytes <= budget
     return fits, (
         f"auto: {nbytes / 1e6:,.0f} MB {'fits' if fits else 'exceeds'} the budget of "
@@ -174,7 +187,9 @@ class H5Loader:
                 )
             self._mean, self._inv_std = norm_stats(mean, std, self.dtype, shape=self.sample_shape)
         self.nbytes = self.num_samples * (d + 8)  # uint8 images and int64 labels
-        self.preloaded, self.placement = data_on_device(self.nbytes, preload)
+        self.preloaded, self.placement = data_on_device(
+            self.nbytes, preload, name=f"{self.path}: split {self.split!r}"
+        )
         if self.preloaded:
             self._load_all()
         else:

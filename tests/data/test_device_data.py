@@ -90,11 +90,72 @@ def test_data_on_device_choice_with_an_injected_free_memory(numpy_backend):
     assert keep and "fits" in why and "available RAM" in why
     keep, why = data_on_device(size, "auto", free=int(size / DEVICE_DATA_SHARE) - 8)
     assert not keep and "exceeds" in why
-    assert data_on_device(size, "yes", free=0) == (True, "asked for (yes)")
+    assert data_on_device(size, "yes", free=size) == (True, "asked for (yes)")  # all of it, if asked
     assert data_on_device(size, False, free=10**15) == (False, "asked for (no)")
     assert not data_on_device(HOST_DATA_CAP + 1, "auto", free=10**15)[0]  # NumPy: RAM cap
     with pytest.raises(ValueError, match="data_on_device: expected one of"):
         data_on_device(size, "maybe")
+
+
+def test_yes_for_more_than_the_free_memory_is_refused_and_auto_never_chooses_it(numpy_backend, monkeypatch):
+    with pytest.raises(ValueError) as e:
+        data_on_device(100 * MB, "yes", free=100 * MB - 1, name="d.h5: split 'train'")
+    assert str(e.value) == (
+        "d.h5: split 'train': data_on_device yes needs 104,857,600 bytes (105 MB) on the device, more "
+        "than the 104,857,599 bytes (105 MB) of available RAM; use auto or no (streamed from the file)"
+    )
+    with pytest.raises(ValueError, match=r"^the data: .* needs 5,000 bytes .* than the 4,999 bytes of"):
+        data_on_device(5000, True, free=4999)
+    monkeypatch.setattr(h5loader, "free_device_memory", lambda: 4999)  # measured when not given
+    with pytest.raises(ValueError, match="4,999 bytes"):
+        data_on_device(5000, "yes")
+    for free in (0, 1000, 10**6, 10**9, 10**12):  # auto keeps a share of what is free, never all of it
+        for nbytes in (1, free // 4, free // 4 + 1, free // 2, free, free + 1):
+            keep, _ = data_on_device(nbytes, "auto", free=free)
+            assert not keep or nbytes <= DEVICE_DATA_SHARE * free < free or nbytes == free == 0, (
+                nbytes,
+                free,
+            )
+
+
+def test_a_split_that_does_not_fit_is_refused_before_it_is_loaded(h5file, numpy_backend, monkeypatch):
+    """H5Loader(preload='yes') names the file, the split and both sizes; nothing is allocated."""
+    path, _ = h5file
+    need = N * (3 * 4 * 5 + 8)  # 68,000 bytes
+    monkeypatch.setattr(h5loader, "free_device_memory", lambda: need - 1)
+    monkeypatch.setattr(H5Loader, "_load_all", lambda self: pytest.fail("loaded a split that does not fit"))
+    with pytest.raises(ValueError) as e:
+        H5Loader(path, "test", preload="yes")
+    assert str(e.value) == (
+        f"{path}: split 'test': data_on_device yes needs 68,000 bytes on the device, more than the "
+        f"67,999 bytes of available RAM; use auto or no (streamed from the file)"
+    )
+    with H5Loader(path, "test") as ld:  # auto streams it
+        assert not ld.preloaded
+
+
+def test_gpunet_train_refuses_data_on_device_yes_that_does_not_fit(
+    tmp_path, numpy_backend, monkeypatch, capsys
+):
+    """One error line naming the file and the split, exit 2, and no run folder: it is checked before
+    training starts (a 2 KB free-memory figure, injected)."""
+    from common import write_h5 as write_cifar
+    from gpunet.cli import train
+
+    home = tmp_path / "home"
+    home.mkdir()
+    write_cifar(home / "cifar10.h5")
+    monkeypatch.setattr(h5loader, "free_device_memory", lambda: 2000)
+    out = tmp_path / "run"
+    argv = ["cifar10", "--data-dir", str(home), "--out", str(out), "--data-on-device", "yes"]
+    assert (
+        train.main([*argv, "--hidden", "8", "--epochs", "1", "--backend", "numpy", "--no-plots", "-q"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {home / 'cifar10.h5'}: split 'train': data_on_device yes needs "), err
+    assert "more than the 2,000 bytes of available RAM" in err[0]
+    assert not out.exists()
 
 
 def test_auto_follows_the_free_memory(h5file, numpy_backend, monkeypatch):
