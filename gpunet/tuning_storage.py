@@ -11,7 +11,7 @@ Every problem with a storage is a ``StorageError`` (a ``ValueError``) of one lin
 Workers started together race to create the schema and the study; ``open_storage`` and
 ``open_study`` retry those races with backoff instead of dying. ``outputs`` lists what a
 search creates, so a search that fails while starting removes it (``gpunet.io.removed_on_failure``),
-and ``naming`` names the journal file in an error of its writes (``[Errno 28]`` from a full disk).
+and ``naming`` names the journal or SQLite file in an error of its writes (a full disk).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import random
 import socket
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,19 +124,54 @@ def outputs(st: Storage, run_dir) -> list:
     files = []
     if st.kind == "journal":
         files = [Path(st.target + suffix) for suffix in (".lock", ".flock", "")]
-    elif st.target.startswith("sqlite:///") and st.target[10:] not in ("", ":memory:"):
-        files = [Path(st.target[10:].split("?")[0]).absolute()]
+    elif sqlite_file(st):
+        files = [sqlite_file(st)]
     return files + [run_dir / "tune_config.json", run_dir / "trials", run_dir, *run_dir.parents]
 
 
 def naming(st: Storage):
-    """A context that re-raises an ``OSError`` without a file name, raised while the journal file
-    ``st`` is written (a full disk: ``[Errno 28]``), naming the file."""
-    from contextlib import nullcontext
-
+    """A context that names the storage in an error of its writes: a journal file's ``OSError``
+    without a file name (a full disk: ``[Errno 28]``) gets the file's; a database's operational
+    error (SQLite's "database or disk is full", a lost server), which Optuna wraps in a
+    ``StorageInternalError`` about "invalid data in the commit", becomes a ``StorageError`` naming
+    ``--storage`` and, for SQLite, the file, with the driver's own first line."""
     from .runfolder import naming as naming_path
 
-    return naming_path(st.target) if st.kind == "journal" else nullcontext()
+    return naming_path(st.target) if st.kind == "journal" else _naming_database(st)
+
+
+@contextmanager
+def _naming_database(st: Storage):
+    try:
+        yield
+    except Exception as e:
+        cause = _operational_error(e)
+        if cause is None:
+            raise
+        path = sqlite_file(st)
+        where = f"{path}: " if path and str(path) not in st.shown else ""
+        raise StorageError(f"--storage {st.shown}: {where}{_db_message(cause)}") from None
+
+
+def _operational_error(e: BaseException):
+    """The SQLAlchemy ``OperationalError`` (a failure of the database, not of the query) behind
+    ``e``, looking through the causes Optuna chains on, or None."""
+    from sqlalchemy.exc import OperationalError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OperationalError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def sqlite_file(st: Storage) -> Path | None:
+    """The absolute path of ``st``'s SQLite file, or None (a journal, a database server)."""
+    if st.kind == "rdb" and st.target.startswith("sqlite:///") and st.target[10:] not in ("", ":memory:"):
+        return Path(st.target[10:].split("?")[0]).absolute()
+    return None
 
 
 def _with_installed_mysql_driver(url) -> str:

@@ -230,6 +230,24 @@ def tune_run(d: Path, home: Path, *extra, out=None) -> list:
     return ["cifar10", "--data-dir", str(home), "--out", str(out), *fast, *extra]
 
 
+SQLITE_FILLS_UP = (  # once the study is open, SQLite may not add a page to the file: SQLITE_FULL
+    "import sqlite3\nfrom sqlalchemy import event\nfrom sqlalchemy.pool import Pool\n"
+    "from gpunet import tuning_storage\n_armed, _reap = [], tuning_storage.reap_dead_workers\n"
+    "def _no_new_pages(conn, record, proxy):\n"
+    "    if _armed and isinstance(conn, sqlite3.Connection):\n"
+    "        conn.execute('PRAGMA max_page_count = %d' % conn.execute('PRAGMA page_count').fetchone()[0])\n"
+    "event.listen(Pool, 'checkout', _no_new_pages)\n"
+    "tuning_storage.reap_dead_workers = lambda *a, **k: _armed.append(1) or _reap(*a, **k)\n"
+)
+
+
+def tune_sqlite_full(d: Path) -> Run:
+    """Earlier trials stay in the study (not watched); the error must name the SQLite file."""
+    db = d / "s.db"
+    argv = tune_run(d, _home(d), "--storage", f"sqlite:///{db}", "--trials", "60", "--sampler", "random")
+    return Run("gpunet-tune", argv, [str(db)], prelude=SQLITE_FILLS_UP)
+
+
 def data_cases() -> list:
     from fault_files import duplicate_member_tar, two_channel_model
 
@@ -320,6 +338,7 @@ def data_cases() -> list:
             fast=True,
         ),  # noqa: E501
         Case("#14 messages", "predict: a 2-channel model", predict_2ch, fast=True),
+        Case("#14 messages", "tune: a SQLite --storage fills the disk mid-study", tune_sqlite_full),
     ]
 
 

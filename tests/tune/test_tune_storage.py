@@ -280,3 +280,66 @@ def test_a_garbage_journal_line_is_refused_naming_file_and_line(capsys, data_dir
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(journal) in err[0] and "line 2 is not a journal record" in err[0], err
     assert sha(journal) == before  # refused, not touched
+
+
+@pytest.fixture
+def sqlite_fills_up(monkeypatch):
+    """From the moment the study is open, every SQLite connection may not grow its file by a page:
+    SQLite itself answers "database or disk is full" (SQLITE_FULL) once the free room in the file's
+    last pages is used, as on a full disk."""
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    armed = []
+
+    def no_new_pages(dbapi_conn, record, proxy):
+        if armed and isinstance(dbapi_conn, sqlite3.Connection):
+            pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    real = tuning_storage.reap_dead_workers  # called right after the study is opened
+    monkeypatch.setattr(tuning_storage, "reap_dead_workers", lambda *a, **k: armed.append(1) or real(*a, **k))
+    event.listen(Pool, "checkout", no_new_pages)
+    yield
+    event.remove(Pool, "checkout", no_new_pages)
+
+
+def test_a_full_disk_under_a_sqlite_study_names_the_file(capsys, data_dir, tmp_path, sqlite_fills_up):
+    """Issue 24 #14: was "error: StorageInternalError: An exception is raised during the commit. This
+    typically happens due to invalid data in the commit, e.g. exceeding max length." (exit 1, no file)."""
+    db = tmp_path / "s.db"
+    argv = [
+        "cifar10",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "run"),
+        "--storage",
+        f"sqlite:///{db}",
+    ]
+    fast = [*FAST]
+    fast[fast.index("--trials") + 1] = "60"  # enough to outgrow the file's last pages (about 6 do)
+    assert tune.main([*argv, *fast]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: --storage sqlite:///{db}: database or disk is full", err
+    assert sum(line.startswith("error:") for line in err) == 1 and "Traceback" not in "\n".join(err)
+
+
+def test_a_relative_sqlite_path_is_named_in_full_and_other_errors_pass(tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.chdir(tmp_path)
+    st = tuning_storage.resolve("sqlite:///s.db", tmp_path / "run")
+    full = OperationalError("INSERT ...", {}, sqlite3.OperationalError("database or disk is full"))
+    with pytest.raises(tuning_storage.StorageError) as e:
+        with tuning_storage.naming(st):
+            try:
+                raise full
+            except OperationalError as cause:  # as Optuna wraps it
+                raise optuna.exceptions.StorageInternalError(
+                    "An exception is raised during the commit."
+                ) from cause
+    assert str(e.value) == f"--storage sqlite:///s.db: {tmp_path / 's.db'}: database or disk is full"
+    with pytest.raises(KeyError):  # not the database's failure: left as it is
+        with tuning_storage.naming(st):
+            raise KeyError("x")
