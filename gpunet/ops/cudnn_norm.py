@@ -177,15 +177,15 @@ class CudnnNormOps:
         return super().batchnorm_relu_forward if relu else super().batchnorm_forward
 
     def _bn_forward(self, X, gamma, beta, running_mean, running_var, train, momentum, eps, axis, relu):
-        """``(out, cache)`` through cuDNN, or None (the caller then runs the reference)."""
+        """``(out, cache)`` through cuDNN, or None (the caller then runs the reference). X is tried as it
+        is, then, when cuDNN refused that memory order, as an NHWC-packed copy (``_candidates``)."""
         why = norm_refusal(X, gamma, beta, axis)
         if why:
             CUDNN.say_fallback(why, PATH)
             return None
         xp, t = backend.get_array_module(X), X.dtype.type
-        axes, bshape = _channels(X, axis)
+        axes, _ = _channels(X, axis)
         C = X.shape[axis]
-        out = xp.empty(X.shape, X.dtype)
         ref = []
 
         def reference():  # on copies of the running statistics: the real ones are updated once, below
@@ -193,71 +193,126 @@ class CudnnNormOps:
                 rm, rv = running_mean.copy(), running_var.copy()
                 o, c = self._reference_forward(relu)(X, gamma, beta, rm, rv, train, momentum, eps, axis)
                 ref.append((o, c, rm, rv))
-            o, c = ref[0][0], ref[0][1]
-            if not train:
-                return {"Y": o}
-            inv_std = (c["bn"] if relu else c)["inv_std"]
-            return {"Y": o, "mean": X.mean(axis=axes), "inv_var": inv_std}
+            return ref[0][0], (ref[0][1]["bn"] if relu else ref[0][1])["inv_std"]
 
         if train:
             mean, inv_var = xp.empty(C, X.dtype), xp.empty(C, X.dtype)
-            arrays = {"X": X, "scale": gamma, "bias": beta, "Y": out, "mean": mean, "inv_var": inv_var}
         else:
             mean = running_mean.astype(X.dtype, copy=True)
             inv_var = 1 / xp.sqrt(running_var.astype(X.dtype) + t(eps))
-            arrays = {"X": X, "scale": gamma, "bias": beta, "mean": mean, "inv_var": inv_var, "Y": out}
-        key = norm_key("bn_train" if train else "bn_infer", X, axis, eps, relu)
-        if not CUDNN.attempt(key, arrays, reference):
-            if not ref:
-                return None
-            o, c, rm, rv = ref[0]  # its first-use check failed: the reference's result stands
-            running_mean[...], running_var[...] = rm, rv
-            return o, c
+        for x, ax, seen in _candidates(X, axis):
+            out = _empty_as(x)
+            arrays = {"X": x, "scale": gamma, "bias": beta, "Y": out, "mean": mean, "inv_var": inv_var}
+
+            def check(seen=seen):
+                o, inv_std = reference()
+                return (
+                    {"Y": seen(o), "mean": X.mean(axis=axes), "inv_var": inv_std} if train else {"Y": seen(o)}
+                )
+
+            key = norm_key("bn_train" if train else "bn_infer", x, ax, eps, relu)
+            if CUDNN.attempt(key, arrays, check):
+                break
+            if ref:  # its first-use check failed: the reference's result stands
+                o, c, rm, rv = ref[0]
+                running_mean[...], running_var[...] = rm, rv
+                return o, c
+        else:
+            return None
         if train:  # the reference's update, from the batch statistics cuDNN returns
             var = inv_var**-2 - t(eps)
             running_mean *= t(momentum)
             running_mean += t(1 - momentum) * mean
             running_var *= t(momentum)
             running_var += t(1 - momentum) * var
+        y = out if x is X else _packed_as(out, axis)
         cache = {"X": X, "mean": mean, "inv_std": inv_var, "gamma": gamma, "train": train, "axis": axis}
-        cache.update(cudnn=True, relu=relu, out=out if relu else None)
-        return out, cache
+        cache.update(cudnn=True, relu=relu, out=y if relu else None, run=(x, ax, out if relu else None))
+        return y, cache
 
     def _bn_backward(self, dout, cache):
-        """``(dX, dgamma, dbeta)`` of a cuDNN forward's cache: through cuDNN in training mode, else by
-        the reference on the cache it would have kept."""
+        """``(dX, dgamma, dbeta)`` of a cuDNN forward's cache: through cuDNN in training mode (on the
+        memory the forward ran on), else by the reference on the cache it would have kept."""
         X, gamma, axis, relu = cache["X"], cache["gamma"], cache["axis"], cache["relu"]
+        x, ax, y = cache["run"]  # what the forward's graph read and wrote
         xp = backend.get_array_module(dout)
-        axes, bshape = _channels(X, axis)
-        ref_cache = lambda: {  # noqa: E731 - the reference's cache, rebuilt
-            "xc": X - cache["mean"].reshape(bshape),
-            "inv_std": cache["inv_std"],
-            "gamma": gamma,
-            "train": cache["train"],
-            "axis": axis,
-        }
+        _, bshape = _channels(X, axis)
 
         def reference():
             d = dout * (cache["out"] > 0) if relu else dout
-            return super(CudnnNormOps, self).batchnorm_backward(d, ref_cache())
+            ref_cache = {"xc": X - cache["mean"].reshape(bshape), "inv_std": cache["inv_std"], "gamma": gamma}
+            ref_cache.update(train=cache["train"], axis=axis)
+            return super(CudnnNormOps, self).batchnorm_backward(d, ref_cache)
 
         why = norm_refusal(X, gamma, gamma, axis, dout) or (None if cache["train"] else "inference mode")
         if why:
             CUDNN.say_fallback(why, PATH)
             return reference()
+        copied = x is not X
+        dy = _nhwc(dout, axis) if copied else dout
         C = X.shape[axis]
-        dX, dgamma, dbeta = xp.empty(X.shape, X.dtype), xp.empty(C, X.dtype), xp.empty(C, X.dtype)
-        arrays = {"dY": dout, "X": X, "scale": gamma, "mean": cache["mean"], "inv_var": cache["inv_std"]}
+        dX, dgamma, dbeta = _empty_as(x), xp.empty(C, X.dtype), xp.empty(C, X.dtype)
+        arrays = {"dY": dy, "X": x, "scale": gamma, "mean": cache["mean"], "inv_var": cache["inv_std"]}
         arrays.update(DX=dX, DScale=dgamma, DBias=dbeta)
         if relu:
-            arrays["Y"] = cache["out"]
+            arrays["Y"] = y
         ref = []
 
         def check():
             if not ref:
                 ref.append(reference())
-            return dict(zip(("DX", "DScale", "DBias"), ref[0]))
+            return {
+                "DX": _seen(ref[0][0], axis) if copied else ref[0][0],
+                "DScale": ref[0][1],
+                "DBias": ref[0][2],
+            }
 
-        if CUDNN.attempt(norm_key("bn_bwd", X, axis, 0.0, relu), arrays, check):
-            return dX, dgamma, dbeta
+        if CUDNN.attempt(norm_key("bn_bwd", x, ax, 0.0, relu), arrays, check):
+            return (_packed_as(dX, axis) if copied else dX), dgamma, dbeta
         return ref[0] if ref else reference()
+
+
+def _seen(a, axis):
+    """The caller's (C, N, H, W) or (N, C, H, W) array in (N, C, H, W) axis order (a view)."""
+    return a.transpose(1, 0, 2, 3) if axis == 0 else a
+
+
+def _nhwc(a, axis):
+    """An NHWC-packed copy of ``a`` (channel axis ``axis``), seen in (N, C, H, W) axis order."""
+    xp = backend.get_array_module(a)
+    return xp.ascontiguousarray(_seen(a, axis).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _packed_as(v, axis):
+    """A (N, C, H, W)-ordered view ``v`` copied into the caller's packed layout (channel axis ``axis``)."""
+    return backend.get_array_module(v).ascontiguousarray(_seen(v, axis))
+
+
+def _empty_as(x):
+    """An uninitialised array with the shape and the memory order of ``x`` (packed NCHW, CNHW or NHWC)."""
+    xp = backend.get_array_module(x)
+    if x.flags.c_contiguous:
+        return xp.empty(x.shape, x.dtype)
+    return xp.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), x.dtype).transpose(0, 3, 1, 2)
+
+
+def _candidates(X, axis):
+    """``(x, axis, seen)`` to run cuDNN on: X as it is; then, if cuDNN took that key off (engines that
+    take only channels-last memory), an NHWC-packed copy in (N, C, H, W) axis order. ``seen`` maps the
+    reference's output to the candidate's axis order."""
+    yield X, axis, (lambda a: a)
+    if _refused(X, axis):
+        yield _nhwc(X, axis), 1, (lambda a: _seen(a, axis))
+
+
+def _refused(X, axis):
+    """True when cuDNN could not build or run a batch-norm key on X's memory order (a key disabled by
+    its first-use check does not count: a copy would not make its engine right)."""
+    dims, strides = nchw(X, _layout(axis))
+    return any(
+        isinstance(k, NormKey)
+        and k.x_dims == dims
+        and k.x_strides == strides
+        and not why.startswith("first-use")
+        for k, why in CUDNN.cache.disabled.items()
+    )

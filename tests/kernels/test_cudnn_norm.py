@@ -219,12 +219,13 @@ class NormStandIn:
     given mean and inv_var; the backward from X, mean, inv_var) in NumPy float64. ``wrong`` scales its
     main output, ``fail`` makes every build raise."""
 
-    def __init__(self, wrong=1.0, fail=False):
-        self.wrong, self.fail = wrong, fail
+    def __init__(self, wrong=1.0, fail=False, nhwc_only=False):
+        self.wrong, self.fail, self.nhwc_only = wrong, fail, nhwc_only
         self.builds, self.runs = [], 0
 
     def build(self, key, arrays):
-        if self.fail:
+        n, c, h, w = key.x_dims
+        if self.fail or (self.nhwc_only and key.x_strides != (h * w * c, 1, w * c, c)):
             raise RuntimeError("cudnnGraphNotSupportedError: no engine for this norm")
         g = FakeGraph()
         t = key.declare(FakeCudnn, g, FakeCudnn.data_type.FLOAT)
@@ -390,8 +391,36 @@ def test_unsupported_graphs_and_refused_inputs_fall_back_once(standin, caplog):
             np.testing.assert_allclose(backend.to_numpy(RV), rrv, rtol=1e-6)
             assert "cudnn" not in cache
     said = [r.message for r in caplog.records]
-    assert len([m for m in said if "cuDNN off" in m and "no engine" in m]) == 1
+    assert len([m for m in said if "cuDNN off" in m and "no engine" in m]) == 2  # as given, then NHWC
     assert said.count("batchnorm: reference kernels: X is not contiguous") == 1
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("axis", [0, 1])
+def test_engines_that_take_only_channels_last_run_on_nhwc_copies(standin, axis, caplog):
+    """cuDNN refusing (C, N, H, W) and (N, C, H, W) memory: the same calls run on NHWC-packed copies,
+    the forward's copy kept for the backward, results in the caller's layout."""
+    ex = standin(nhwc_only=True)
+    x, g, b, rm, rv = _bn_arrays(axis=axis)
+    dout = RNG.standard_normal(x.shape).astype(np.float32)
+    with caplog.at_level(logging.INFO, "gpunet"):
+        got, want, cache, rcache = _run_both(
+            CUPY.batchnorm_relu_forward, NUMPY.batchnorm_relu_forward, x, g, b, rm, rv, True, axis
+        )
+        dx, dg, db = CUPY.batchnorm_relu_backward(backend.xp().asarray(dout), cache)
+    for (o, m, v), (ro, rm_, rv_) in zip(got, want):
+        assert o.shape == x.shape and o.flags.c_contiguous
+        np.testing.assert_allclose(backend.to_numpy(o), ro, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(backend.to_numpy(v), rv_, rtol=1e-5, atol=1e-6)
+    rdx, rdg, rdb = NUMPY.batchnorm_relu_backward(dout, rcache)
+    assert dx.shape == x.shape and dx.flags.c_contiguous
+    for got_, want_ in ((dx, rdx), (dg, rdg), (db, rdb)):
+        np.testing.assert_allclose(backend.to_numpy(got_), want_, rtol=1e-4, atol=1e-5)
+    assert cache["cudnn"] and [k.op for k in ex.builds] == ["bn_train", "bn_bwd"]
+    assert all(k.x_strides[1] == 1 for k in ex.builds)  # channels innermost
+    assert (
+        len(CUDNN.cache.disabled) == 1 and len([r for r in caplog.records if "cuDNN off" in r.message]) == 1
+    )
 
 
 @pytest.mark.emulated
