@@ -237,6 +237,8 @@ class CudnnNormOps:
         x, ax, y = cache["run"]  # what the forward's graph read and wrote
         xp = backend.get_array_module(dout)
         _, bshape = _channels(X, axis)
+        if cache["train"] and dout.shape == X.shape and not dout.flags.c_contiguous:
+            dout = xp.ascontiguousarray(dout)  # e.g. im2col's input gradient: one copy, not the reference
 
         def reference():
             d = dout * (cache["out"] > 0) if relu else dout

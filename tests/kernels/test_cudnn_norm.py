@@ -521,3 +521,39 @@ def test_cudnn_batch_norm_matches_numpy_on_the_gpu(relu, axis, shape):
             assert disagreement(got, want) < 1e-4, i
         assert cache.get("cudnn"), "the training forward did not take cuDNN"
         assert not CUDNN.cache.disabled, CUDNN.cache.disabled
+
+
+@pytest.mark.emulated
+def test_a_model_step_through_cudnn_batch_norm_equals_numpy(standin):
+    """Sequential's batch norm layers (the fused op, and plain batch norm before a pool) reach the cuDNN
+    path on the emulated GPU (the stand-in builds no convolution: those take im2col); the loss, every
+    gradient and the running statistics equal NumPy's."""
+    import gpunet.nn as nn
+
+    ex = standin()
+
+    def build():
+        return nn.Sequential(
+            [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)]
+            + [nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)],
+            seed=3,
+        )
+
+    cpu, gpu = build().to("numpy"), build()  # built on the emulated GPU (the fixture)
+    X = RNG.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    y = RNG.integers(0, 3, 6)
+    xp = backend.xp()
+    for _ in range(2):
+        (lc, gc), (lg, gg) = cpu.loss(X, y), gpu.loss(xp.asarray(X), xp.asarray(y))
+        assert float(lg) == pytest.approx(float(lc), rel=1e-5)
+        for k in gc:
+            np.testing.assert_allclose(backend.to_numpy(gg[k]), gc[k], rtol=1e-3, atol=1e-5, err_msg=k)
+    for k in cpu.buffers:
+        np.testing.assert_allclose(backend.to_numpy(gpu.buffers[k]), cpu.buffers[k], rtol=1e-5, atol=1e-6)
+    assert sorted((k.op, k.relu) for k in ex.builds) == [
+        ("bn_bwd", False),
+        ("bn_bwd", True),
+        ("bn_train", False),
+        ("bn_train", True),
+    ]
+    assert all(not isinstance(k, NormKey) for k in CUDNN.cache.disabled)  # only the convolutions' keys
