@@ -63,9 +63,25 @@ def test_emulated_gpu_trains_as_numpy_sgd_momentum(kind):
 @emulated_only
 @pytest.mark.parametrize("kind", parity.KINDS)
 def test_emulated_gpu_one_step_as_numpy_float32(kind):
-    """float32, one SGD-momentum step: the update is linear in the gradient, so the parameters agree
-    to float32 rounding of two summation orders (about 1e-6 measured)."""
-    _check(kind, "sgd_momentum", 1, np.float32, "emulated", 1e-4, params=True)
+    """float32, one SGD-momentum step (linear in the gradient), judged against the float64 run as the
+    oracle: every emulated-GPU parameter within 4x NumPy float32's own distance from float64, plus
+    1e-5 (relative, max-norm). Where a gradient is a sum with heavy cancellation (a batch-norm beta:
+    NumPy float32 sits 1.3e-3 from float64) both backends are as far off; elsewhere both sit near
+    1e-7. The strided-gradient defect of issue 19 put the conv weights 1e-2 off."""
+    rule = "sgd_momentum"
+    truth = parity.curve(kind, "numpy", rule, 1, np.float64, 64)[1]
+    ref = parity.curve(kind, "numpy", rule, 1, np.float32, 64)[1]
+    got = parity.curve(kind, "emulated", rule, 1, np.float32, 64)[1]
+
+    def off(p, k):
+        return float(np.max(np.abs(p[k] - truth[k])) / max(float(np.max(np.abs(truth[k]))), 1e-30))
+
+    far = {k: (off(got, k), off(ref, k)) for k in truth if off(got, k) > 4 * off(ref, k) + 1e-5}
+    print(
+        "SGD float32, distance from float64 (emulated, numpy):",
+        {k: (off(got, k), off(ref, k)) for k in truth},
+    )
+    assert not far, far
 
 
 @emulated_only
