@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, threads
+from . import gemm
 
 
 def _axes(X, axis):
@@ -31,11 +32,12 @@ def _axes(X, axis):
 
 
 def _channel_dot(a, b, axis, axes):
-    """Per-channel ``sum(a * b)``; on NumPy one pass (a matrix-vector product) when channels lead a
-    contiguous array. (On CuPy ``einsum`` is a cuBLAS call, which a CUDA graph's capture refuses.)"""
+    """Per-channel ``sum(a * b)``; one pass (per-row dot products) when channels lead a contiguous array
+    (on the GPU ``gemm.rowdot``: CuPy's einsum is a cuBLAS call, which a CUDA graph's capture refuses)."""
     xp = backend.get_array_module(a)
-    if xp is np and axis == 0 and a.flags.c_contiguous and b.flags.c_contiguous:
-        return xp.einsum("ij,ij->i", a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
+    if axis == 0 and a.flags.c_contiguous and b.flags.c_contiguous:
+        a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        return xp.einsum("ij,ij->i", a2, b2) if xp is np else gemm.rowdot(xp, a2, b2)
     return (a * b).sum(axis=axes)
 
 

@@ -121,6 +121,25 @@ def _libcublas():
                 lib = ctypes.CDLL(sorted(paths)[0])
                 vp, i = ctypes.c_void_p, ctypes.c_int
                 lib.cublasGemmEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
+                ll = ctypes.c_longlong
+                abc = [vp, i, i, ll]  # pointer, type, leading dimension, stride of an operand
+                lib.cublasGemmStridedBatchedEx.argtypes = [
+                    vp,
+                    i,
+                    i,
+                    i,
+                    i,
+                    i,
+                    vp,
+                    *abc,
+                    *abc,
+                    vp,
+                    *abc,
+                    i,
+                    i,
+                    i,
+                ]
+                lib.cublasGemmStridedBatchedEx.restype = ctypes.c_int
                 lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
                 lib.cublasSetStream_v2.argtypes = [vp, vp]
                 lib.cublasSetPointerMode_v2.argtypes = [vp, i]
@@ -284,4 +303,68 @@ def _gemm(handle, A, B, out):
         GEMM_DEFAULT,
     )
     _check(st, f"cublasGemmEx of {tuple(A.shape)} @ {tuple(B.shape)} {A.dtype}")
+    return out
+
+
+def rowdot(xp, a, b):
+    """Per-row dot products of 2-d ``a``, ``b`` (R, J) -> (R,), always at full precision:
+    ``einsum("ij,ij->i")`` (on CuPy a batched cuBLAS product); on the bound stream one direct
+    strided-batched GEMM call, R products (1, J) @ (J, 1), capturable (where ``direct_refusal``'s
+    conditions fail, the elementwise ``(a * b).sum(1)``). The emulated GPU computes the direct call
+    as ``np.einsum``."""
+    if not bound_here(xp):
+        return xp.einsum("ij,ij->i", a, b)
+    if (
+        a.shape != b.shape
+        or direct_refusal(a, b.T, None) is not None
+        or not (a.flags.c_contiguous and b.flags.c_contiguous)
+    ):
+        return (a * b).sum(axis=1)
+    out = xp.empty(a.shape[0], a.dtype)
+    if backend.emulated():
+        np.einsum("ij,ij->i", a.view(np.ndarray), b.view(np.ndarray), out=out.view(np.ndarray))
+        return out
+    return _rowdot(_bound[0], a, b, out)
+
+
+def _rowdot(handle, a, b, out):
+    """out[r] = a[r] . b[r] (C-contiguous (R, J)) as one cublasGemmStridedBatchedEx: R column-major
+    products A_r (1, J) (lda 1) @ B_r (J, 1) (ldb J), both at row r (stride J), into C_r (1, 1)."""
+    R, J = a.shape
+    if R == 0:
+        return out
+    if J == 0:
+        out.fill(0)
+        return out
+    if a.dtype == np.float64:
+        one, zero, compute = ctypes.c_double(1.0), ctypes.c_double(0.0), COMPUTE_64F
+    else:
+        one, zero, compute = ctypes.c_float(1.0), ctypes.c_float(0.0), COMPUTE["fp32"]
+    dt = DATA[a.dtype.name]
+    st = _libcublas().cublasGemmStridedBatchedEx(
+        handle,
+        OP_N,
+        OP_N,
+        1,
+        1,
+        J,
+        ctypes.addressof(one),
+        a.data.ptr,
+        dt,
+        1,
+        J,
+        b.data.ptr,
+        dt,
+        J,
+        J,
+        ctypes.addressof(zero),
+        out.data.ptr,
+        dt,
+        1,
+        1,
+        R,
+        compute,
+        GEMM_DEFAULT,
+    )
+    _check(st, f"cublasGemmStridedBatchedEx (row dots of {tuple(a.shape)} {a.dtype})")
     return out

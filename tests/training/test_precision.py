@@ -161,6 +161,17 @@ class _ColumnMajorBlas:
             out[j * ldc : j * ldc + m] = c[:, j]
         return 0
 
+    def cublasGemmStridedBatchedEx(
+        self, h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb, beta, C, *rest
+    ):
+        """``cublasGemmEx`` on each of ``count`` operand triples, ``stride`` elements apart."""
+        ct, ldc, sc, count, comp, algo = rest
+        size = 4 if at == 0 else 8
+        for r in range(count):
+            args = (A + r * sa * size, at, lda, B + r * sb * size, bt, ldb, beta, C + r * sc * size, ct, ldc)
+            self.cublasGemmEx(h, ta, tb, m, n, k, alpha, *args, comp, algo)
+        return 0
+
 
 def ctypes_type(dtype):
     import ctypes
@@ -191,3 +202,25 @@ def test_direct_cublas_call_maps_row_major_products(monkeypatch, dtype):
             )
     assert _ColumnMajorBlas.calls >= 4
     assert gemm.direct_refusal(base[(7, 5)][:, ::2], base[(3, 5)].T[:3], None) is not None  # strided: refused
+
+
+@emulated_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_row_dots_map_to_one_strided_batched_call(monkeypatch, dtype):
+    """Batch norm's per-channel sums of products in a CUDA graph's step (``gemm.rowdot``): the strided
+    batched call as cuBLAS documents it gives einsum's row dots, and on the emulated GPU the bound path
+    equals the eager einsum bit for bit."""
+    monkeypatch.setattr(gemm, "_libcublas", lambda: _ColumnMajorBlas())
+    rng = np.random.default_rng(1)
+    with backend.using("emulated") as xp:
+        a, b = (xp.asarray(rng.standard_normal((6, 11)).astype(dtype)) for _ in range(2))
+        out = xp.empty(6, dtype)
+        gemm._rowdot(0, a, b, out)
+        want = np.einsum("ij,ij->i", backend.to_numpy(a), backend.to_numpy(b))
+        np.testing.assert_allclose(backend.to_numpy(out), want, rtol=1e-6)
+        s = xp.cuda.Stream()
+        with s, gemm.bound(s):
+            np.testing.assert_array_equal(backend.to_numpy(gemm.rowdot(xp, a, b)), want)
+            strided = gemm.rowdot(xp, a[:, ::2], b[:, ::2])  # not contiguous: the elementwise form
+        sa, sb = backend.to_numpy(a[:, ::2]), backend.to_numpy(b[:, ::2])
+        np.testing.assert_allclose(backend.to_numpy(strided), (sa * sb).sum(1), rtol=1e-6)
