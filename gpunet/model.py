@@ -23,7 +23,8 @@ from .modelfile import (
 )
 from .preprocess import check_meta
 from .nn import Sequential
-from .layers import dropout_forward, linear_backward, linear_forward, relu_backward, softmax_loss
+from .layers import dropout_forward, linear_backward, linear_forward, softmax_loss
+from .ops import get_ops
 
 
 class FullyConnectedNet:
@@ -116,11 +117,15 @@ class FullyConnectedNet:
             X = X.astype(self.dtype)
         p, L = self.params, self.num_layers
         drop = self.dropout if train else 0.0
+        ops = get_ops(X)
         acts = [X]  # acts[i]: input of layer i + 1, (N, dims[i])
+        # saved[i]: what layer i's Linear+ReLU kept for the backward (a GPU's ReLU bitmask; ops/epilogue.py),
+        # asked for in training without dropout (a dropout after the ReLU changes the mask)
+        saved = [None] + [{} if train and not drop else None for _ in range(1, L)]
         h = X
         for i in range(1, L):
             W = p[f"W{i}"]
-            h = linear_forward(h, W, p[f"b{i}"], out=self._buf(f"a{i}", (N, W.shape[1])), relu=True)
+            h = ops.affine_bias(h, W, p[f"b{i}"], True, self._buf(f"a{i}", (N, W.shape[1])), saved[i])
             if drop:
                 dropout_forward(h, drop, rng=self.rng, out=h)  # in place: the backward needs only h > 0
             acts.append(h)
@@ -136,21 +141,27 @@ class FullyConnectedNet:
             )
         scale = 1.0 / (1.0 - drop)
         grads = {}
+        db_prev = None  # layer i's bias gradient, when layer i + 1's backward computed it
         for i in range(L, 0, -1):
             W = p[f"W{i}"]
-            dx_buf = self._buf(f"d{i - 1}", acts[i - 1].shape) if i > 1 else None
-            dout, dW, db = linear_backward(
-                dout, acts[i - 1], W, p[f"b{i}"], need_dx=i > 1, out=(dx_buf, None, None)
-            )
+            if i > 1:
+                # Linear, then ReLU and dropout backward (acts[i-1] > 0 exactly where a unit passed both),
+                # and the bias gradient of layer i - 1: one DRELU_BGRAD matmul on a GPU where it can
+                db = dout.sum(axis=0) if db_prev is None else db_prev
+                dout, dW, db_prev = ops.affine_relu_backward(
+                    acts[i - 1], dout, W, scale, saved[i - 1], o_dx=self._buf(f"d{i - 1}", acts[i - 1].shape)
+                )
+            elif db_prev is None:  # a net without hidden layers
+                _, dW, db = linear_backward(dout, acts[0], W, p["b1"], need_dx=False)
+            else:  # the first layer: its weight gradient only (as linear_backward without need_dx)
+                dW = ops.affine(acts[0].T, dout) if ops.on_device else np.matmul(acts[0].T, dout)
+                db = db_prev
             if self.reg:
                 dW += self.dtype.type(self.reg) * W
             grads[f"W{i}"], grads[f"b{i}"] = dW, db
             if on_grad is not None:  # dout (the input gradient) is computed: W{i} is free
                 on_grad(f"W{i}", dW)
                 on_grad(f"b{i}", db)
-            if i > 1:
-                # ReLU and dropout backward in one pass: acts[i-1] > 0 exactly where a unit passed both
-                relu_backward(dout, acts[i - 1], out=dout, scale=scale)
         return loss, {k: grads[k] for k in p}
 
     def predict(self, X, batch_size=1024):

@@ -115,11 +115,23 @@ class CupyOps(CudnnConvOps, CudnnNormOps, NumpyOps):
     def affine_backward(self, X2, dout, W, o_dx=None, o_dw=None):
         return gemm.matmul(self.xp, dout, W.T, o_dx), gemm.matmul(self.xp, X2.T, dout, o_dw)
 
-    def affine_bias(self, X2, W, b, relu, out=None):
-        """``relu(X2 @ W + b)``: one cuBLASLt call with a fused epilogue where ``epilogue.refusal`` allows,
-        else the product then ``bias_`` (the plain path, and the epilogue's oracle)."""
-        h = epilogue.affine_bias(self.xp, X2, W, b, relu, out)
+    def affine_bias(self, X2, W, b, relu, out=None, saved=None):
+        """``relu(X2 @ W + b)``: one cuBLASLt call with a fused epilogue where ``epilogue.refusal`` allows
+        (``saved`` given: RELU_AUX_BIAS, keeping the ReLU bitmask there), else the product then ``bias_``
+        (the plain path, and the epilogue's oracle)."""
+        h = epilogue.affine_bias(self.xp, X2, W, b, relu, out, saved)
         return h if h is not None else self.bias_(self.affine(X2, W, out), b, relu)
+
+    def affine_relu_backward(self, X2, dout, W, scale=1.0, saved=None, o_dx=None, o_dw=None):
+        """(dZ, db_prev) as one cuBLASLt DRELU_BGRAD call reading the bitmask the forward kept in ``saved``
+        where ``epilogue.backward_refusal`` allows (no dropout: ``scale`` 1), then the weight product;
+        else the plain path (the oracle)."""
+        aux = saved.get("relu_aux") if saved and scale == 1.0 else None
+        got = epilogue.drelu_bgrad(self.xp, dout, W, aux, X2, o_dx)
+        if got is None:
+            return super().affine_relu_backward(X2, dout, W, scale, saved, o_dx, o_dw)
+        dZ, db = got
+        return dZ, gemm.matmul(self.xp, X2.T, dout, o_dw), db
 
     def bias_(self, h, b, relu):
         if not _one_type(h, b):

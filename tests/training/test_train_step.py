@@ -266,7 +266,9 @@ def test_inside_the_cnn_graph_only_cudnn_plans_checked_in_the_warm_up_run(monkey
     )
     _cnn_replay_equals_eager("emulated")
     assert ex.builds and not any(built_in_capture)  # fprop, wgrad and dgrad keys, all outside the capture
-    assert any(runs_in_capture) and not cudnn.CUDNN.cache.disabled
+    # (the stand-in knows convolutions only: batch norm's cuDNN keys, issue 21, fall back to the reference)
+    conv_disabled = [k for k in cudnn.CUDNN.cache.disabled if isinstance(k, cudnn.PlanKey)]
+    assert any(runs_in_capture) and not conv_disabled
     assert {k for k in ex.builds} <= cudnn.CUDNN.cache.checked
 
 
