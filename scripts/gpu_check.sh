@@ -7,7 +7,12 @@
 #                  new masks per replay, a changed lr without re-capture, first-replay check), the Philox
 #                  stream and the one-launch scalars kernel (tests/training/test_train_step.py, test_philox.py);
 #   epilogue       issue 22: Linear+bias(+ReLU) as one cuBLASLt call with a fused epilogue (nvmath-python)
-#                  against the plain path (tests/kernels/test_epilogue.py; says whether nvmath imports);
+#                  against the plain path, forward (BIAS, RELU_BIAS, RELU_AUX_BIAS) and backward (DRELU_BGRAD
+#                  reading the forward's bitmask) (tests/kernels/test_epilogue.py; says whether nvmath imports);
+#   cnn_graph      issue 22: the CNN's step in one CUDA graph (im2col products and batch norm's row dots
+#                  through the bound cuBLAS handle, cuDNN plans checked in the warm-up run in the capture):
+#                  the replay-equals-eager test on CuPy, then a small CNN's graph against eager steps (whether
+#                  captured, the first-replay difference, cuDNN calls inside the capture, ms per step);
 #   bf16_accuracy  issue 22: bf16/tf32 products on cuBLAS against the rounding model, and the same FC
 #                  training in fp32 and bf16 within 0.5 point (tests/training/test_precision.py);
 #   parity         backend parity (issue 19): the FC and CNN recipes, dropout 0, identical weights, one
@@ -47,7 +52,7 @@ status=0
 summary=()
 
 BACKEND="${GPU_CHECK_BACKEND:-cupy}"
-STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager graph_dropout epilogue bf16_accuracy parity nvrtc_cpu cudnn_parity bench_fc bench_fc_tf32 bench_fc_bf16 bench_cnn train_cifar10 make_data make_fer train_fer_cnn fer_cnn_device real_fer} "
+STEPS=" ${GPU_CHECK_STEPS:-pytest_gpu graph_vs_eager graph_dropout epilogue cnn_graph bf16_accuracy parity nvrtc_cpu cudnn_parity bench_fc bench_fc_tf32 bench_fc_bf16 bench_cnn train_cifar10 make_data make_fer train_fer_cnn fer_cnn_device real_fer} "
 # a step is run when named, or when a step that needs it is (its data, its accuracy check)
 wanted() {
     local need=$1
@@ -101,6 +106,33 @@ step epilogue 60 bash -c "'$PY' -c \"
 from gpunet.ops import epilogue; m = epilogue.nvmath_module()
 print('nvmath-python:', m.__version__ if m else 'not importable: the plain path runs')\" &&
     '$PY' -m pytest -q -rs -p no:cacheprovider tests/kernels/test_epilogue.py"
+step cnn_graph 150 bash -c "'$PY' -m pytest -q -rs -p no:cacheprovider tests/training/test_train_step.py \
+    -k 'cnn and cupy' && GPUNET_BACKEND='$BACKEND' '$PY' -c \"
+import time, numpy as np
+from gpunet import backend, optim, train_step
+from gpunet.nn import Sequential, Conv2d, BatchNorm2d, ReLU, MaxPool2d, Flatten, Linear
+from gpunet.ops import cudnn
+backend.use(); xp = backend.xp()
+inside = []
+if cudnn.CUDNN.unavailable() is None:
+    run = cudnn.CUDNN.executor.run
+    cudnn.CUDNN.executor.run = lambda p, a: (inside.append(cudnn._capturing()), run(p, a))[1]
+def net():
+    return Sequential([Conv2d(3, 32, 3, padding=1), BatchNorm2d(32), ReLU(), MaxPool2d(2), Conv2d(32, 64, 3, padding=1),
+        BatchNorm2d(64), ReLU(), MaxPool2d(2), Flatten(), Linear(64 * 8 * 8, 256), ReLU(), Linear(256, 10)],
+        seed=0, input_shape=(3, 32, 32))
+rng = np.random.default_rng(0)
+X, y = xp.asarray(rng.standard_normal((128, 3, 32, 32), dtype=np.float32)), xp.asarray(rng.integers(0, 10, 128))
+for graph in (True, False):
+    m = net(); step = train_step.make_train_step(m, optim.Optimizer('adam', {}), graph=graph)
+    for _ in range(3): step(X, y, 1e-3)
+    xp.cuda.Device().synchronize(); t = time.perf_counter()
+    for _ in range(20): step(X, y, 1e-3)
+    xp.cuda.Device().synchronize(); ms = (time.perf_counter() - t) * 50
+    print('graph' if graph else 'eager', 'ms/step %.3f' % ms,
+          'failed:', getattr(step, 'failed', None), 'check_diff:', getattr(step, 'check_diff', None))
+print('cuDNN runs inside a capture:', sum(inside), 'of', len(inside))
+\""
 step bf16_accuracy 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/training/test_precision.py
 step parity 240 "$PY" -m pytest -q -s -rA -p no:cacheprovider tests/training/test_backend_parity.py -k test_gpu_trains_as_numpy
 # 2. every CUDA source through NVRTC and on the CPU
