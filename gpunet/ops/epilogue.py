@@ -41,7 +41,7 @@ _nvmath = None  # the module, False when it does not import
 _plans: dict = {}
 _checked: set = set()
 _off = None  # why the epilogue path is off for the process
-TOLERANCE = (1e-4, 1e-5)  # rtol, atol of the first-use check (cuBLASLt may pick another algorithm)
+TOLERANCE = (1e-4, 1e-5)  # first-use check: |fused - plain| <= rtol * max|plain| + atol (summation order)
 
 
 def nvmath_module():
@@ -150,8 +150,13 @@ def _first_use(xp, key, pairs) -> bool:
         return True
     rtol, atol = TOLERANCE
     for got, want in pairs:
-        if not bool(xp.allclose(got, want, rtol=rtol, atol=atol)):
-            _say_off(f"first use for {key} differs from the plain path by {float(abs(got - want).max()):.3g}")
+        # against the largest value (max-norm), not elementwise: a bias gradient that sums to about 0
+        # carries the rounding of its large terms, whichever order cuBLASLt sums them in
+        err, scale = float(abs(got - want).max()), float(abs(want).max())
+        if not err <= rtol * scale + atol:  # (a NaN fails)
+            _say_off(
+                f"first use for {key} differs from the plain path by {err:.3g} (largest value {scale:.3g})"
+            )
             return False
     _checked.add(key)
     return True

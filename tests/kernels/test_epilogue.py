@@ -214,7 +214,6 @@ def test_backward_epilogue_equals_the_plain_path_on_a_gpu(xp):
         got = epilogue.drelu_bgrad(xp, dout, W2, saved["relu_aux"], a)
         assert got is not None, epilogue._off
         want = (dout @ W2.T) * (a > 0)
-        np.testing.assert_allclose(backend.to_numpy(got[0]), backend.to_numpy(want), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(
-            backend.to_numpy(got[1]), backend.to_numpy(want.sum(axis=0)), rtol=1e-4, atol=1e-4
-        )
+        for g, w in ((got[0], want), (got[1], want.sum(axis=0))):  # max-norm: cuBLASLt sums in its order
+            g, w = backend.to_numpy(g), backend.to_numpy(w)
+            assert np.abs(g - w).max() <= 1e-4 * np.abs(w).max() + 1e-5
