@@ -63,12 +63,20 @@ def num_threads() -> int:
     return usable_cpus()
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: ``taskset``, a container's cpuset), else all."""
+def _affinity_count() -> int:
     try:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+_USABLE = _affinity_count()  # read at import: inside ``pinned`` the calling thread's own mask is 1 CPU
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask when gpunet was imported: ``taskset``, a
+    container's cpuset), else all."""
+    return _USABLE
 
 
 def _in_team() -> bool:

@@ -121,3 +121,11 @@ def test_adam_blocked_is_bit_identical(team, dtype):
     for a, r in zip(got, want):
         np.testing.assert_array_equal(a, r)
     CPU.adam_(w[::2], dw[::2], m[::2], v[::2], *args)  # strided: the reference form, no error
+
+
+def test_team_size_is_the_same_inside_pinned():
+    """The team's default size comes from the process's CPUs, not from the pinned caller's one CPU
+    (the FC recipes' split products depend on it, so their results would change)."""
+    before = threads.num_threads()
+    with threads.pinned():
+        assert threads.num_threads() == before == threads.usable_cpus()
