@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import backend
 from .augment import augment_images, check_augment
+from .h5check import available_ram
 from .h5file import check_split, file_meta, open_file
 from .norm import norm_stats, normalize
 from .plan import augment_seed, epoch_plan
@@ -34,24 +35,12 @@ WHOLE_SHUFFLE_BYTES = 1 << 30  # a split up to this size is shuffled as one wind
 DATA_ON_DEVICE = ("auto", "yes", "no")  # --data-on-device: choose by size, force the device, force streaming
 
 
-def _available_ram() -> int:
-    """Bytes of RAM available to new allocations (MemAvailable, else free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def free_device_memory() -> int:
     """Bytes free for new arrays: the GPU's free memory on CuPy, available RAM on NumPy (and emulated)."""
     cp = backend.cupy_module() if backend.name() == "cupy" and not backend.emulated() else None
     if cp is not None:
         return int(cp.cuda.runtime.memGetInfo()[0])
-    return _available_ram()
+    return available_ram()
 
 
 def preload_budget(free: int | None = None) -> int:
