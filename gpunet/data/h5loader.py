@@ -36,10 +36,11 @@ DATA_ON_DEVICE = ("auto", "yes", "no")  # --data-on-device: choose by size, forc
 
 
 def free_device_memory() -> int:
-    """Bytes free for new arrays: the GPU's free memory on CuPy, available RAM on NumPy (and emulated)."""
+    """Bytes free for new arrays: on CuPy the GPU's free memory plus the blocks CuPy's memory pool holds
+    unused (the driver counts those as taken); available RAM on NumPy (and emulated)."""
     cp = backend.cupy_module() if backend.name() == "cupy" and not backend.emulated() else None
     if cp is not None:
-        return int(cp.cuda.runtime.memGetInfo()[0])
+        return int(cp.cuda.runtime.memGetInfo()[0]) + int(cp.get_default_memory_pool().free_bytes())
     return available_ram()
 
 
