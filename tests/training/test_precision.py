@@ -224,3 +224,25 @@ def test_direct_row_dots_map_to_one_strided_batched_call(monkeypatch, dtype):
             strided = gemm.rowdot(xp, a[:, ::2], b[:, ::2])  # not contiguous: the elementwise form
         sa, sb = backend.to_numpy(a[:, ::2]), backend.to_numpy(b[:, ::2])
         np.testing.assert_allclose(backend.to_numpy(strided), (sa * sb).sum(1), rtol=1e-6)
+
+
+def test_cublas_handle_error_means_no_direct_path(monkeypatch):
+    """CuPy's handle failing (a driver mismatch raises CUBLASError / CUDARuntimeError, RuntimeErrors, not
+    OSError) makes the direct path unavailable, said by ``capture_refusal``, instead of escaping."""
+
+    class _Device:
+        @staticmethod
+        def get_cublas_handle():
+            raise RuntimeError("CUBLAS_STATUS_NOT_INITIALIZED")
+
+    class _Cuda:
+        device = _Device
+
+    class _Cupy:
+        cuda = _Cuda
+
+    monkeypatch.setattr(gemm, "_lib", None)
+    monkeypatch.setattr(backend, "cupy_module", lambda: _Cupy)
+    monkeypatch.setattr(backend, "emulated", lambda: False)
+    assert gemm._libcublas() is None
+    assert "libcublas" in gemm.capture_refusal()
