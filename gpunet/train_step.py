@@ -195,12 +195,12 @@ class GraphStep:
             self.loss = self.cp.zeros((), self.model.params[next(iter(self.model.params))].dtype)
         try:
             self.graph, ran = self._capture()
+            if not ran:  # the first launch also instantiates the graph: an error there is a failed capture
+                self.graph.launch(self.stream)
         except Exception as e:
             restore()
             self._give_up(f"capture failed ({type(e).__name__}: {e})")
             return self.eager(self.X, self.y, lr)
-        if not ran:
-            self.graph.launch(self.stream)
         self.replays += 1
         if not self.check:
             return self.loss

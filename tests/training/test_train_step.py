@@ -298,6 +298,39 @@ def test_a_first_replay_that_differs_turns_the_graph_off(monkeypatch, caplog):
 
 
 @emulated_only
+def test_a_graph_whose_first_launch_fails_leaves_the_step_eager(monkeypatch):
+    """A captured graph whose first launch raises (CUDA instantiates it then: an error there is a failed
+    capture) is said, and training goes on eagerly with the eager twin's results, not an exception."""
+
+    class _Unlaunchable:
+        def launch(self, stream=None):
+            raise RuntimeError("cudaErrorInvalidValue: cudaGraphInstantiate")
+
+    def unlaunchable(self):
+        s = self.stream
+        s.begin_capture()
+        try:
+            s.end_capture()
+        except RuntimeError:
+            pass
+        return _Unlaunchable(), False
+
+    monkeypatch.setattr(train_step.GraphStep, "_capture", unlaunchable)
+    with backend.using("emulated") as xp:
+        a, b = _twins("adam")
+        step = train_step.make_train_step(a, optim.Optimizer("adam", {}))
+        batches = _data(xp, 3)[:3]
+        got, got_losses = _run(step, a, batches, [1e-2] * 3)
+        want, want_losses = _run(
+            train_step.eager_step(b, optim.Optimizer("adam", {})), b, batches, [1e-2] * 3
+        )
+    assert step.failed is not None and "cudaGraphInstantiate" in step.failed
+    assert got_losses == want_losses
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@emulated_only
 def test_a_product_outside_the_bound_stream_is_refused_in_capture(monkeypatch):
     """A product through CuPy's own cuBLAS call inside the capture is refused (as CuPy 14 refuses it): the
     step says why, restores what the capture changed and trains on eagerly, as its eager twin does."""
