@@ -139,6 +139,14 @@ def _execute(key, epilog, a, b, inputs, stream):
     return got if isinstance(got, tuple) else (got, {})
 
 
+def alignment(a) -> int:
+    """The bytes ``a``'s device address is aligned to, at most 256: nvmath's ``Matmul.plan`` hands cuBLASLt
+    its operands' alignments as the minimum to expect (``reset_operands`` does not check them again), so a
+    plan is only reused for operands aligned at least as well (part of the plan key)."""
+    p = int(a.data.ptr)
+    return 256 if p % 256 == 0 else p & -p
+
+
 def _capturing(xp, stream) -> bool:
     return stream.is_capturing() or gemm.bound_here(xp)
 
@@ -172,7 +180,7 @@ def affine_bias(xp, X2, W, b, relu, out=None, saved=None):
         return None
     keep = saved is not None and relu
     epilog = "RELU_AUX_BIAS" if keep else ("RELU_BIAS" if relu else "BIAS")
-    key = (epilog, tuple(X2.shape), tuple(W.shape))
+    key = (epilog, tuple(X2.shape), tuple(W.shape), alignment(X2), alignment(W), alignment(b))
     try:
         hT, aux = _execute(key, epilog, W.T, X2.T, {"bias": b.reshape(-1, 1)}, stream)  # (M, N)
     except Exception as e:  # an nvmath version without these calls, a cuBLASLt refusal
@@ -204,7 +212,7 @@ def drelu_bgrad(xp, dout, W, aux, a, out=None):
     )
     if why is not None:
         return None
-    key = ("DRELU_BGRAD", tuple(dout.shape), tuple(W.shape))
+    key = ("DRELU_BGRAD", tuple(dout.shape), tuple(W.shape), alignment(dout), alignment(W), alignment(aux))
     try:
         dZT, outs = _execute(key, "DRELU_BGRAD", W, dout.T, {"relu_aux": aux}, stream)  # (D, N)
         db = outs["drelu_bgrad"].reshape(-1)

@@ -176,6 +176,24 @@ def test_fc_backward_through_drelu_bgrad_equals_numpy(lt):
     assert s.calls == ["RELU_AUX_BIAS", "RELU_AUX_BIAS", "BIAS", "DRELU_BGRAD", "DRELU_BGRAD"]
 
 
+def test_a_plan_is_not_reused_for_a_less_aligned_operand(lt):
+    """nvmath plans for the alignment of the operands it was planned on: an operand at an address less
+    aligned (a row slice of odd width) gets its own plan and first-use check, and the right numbers."""
+    lt()
+    xp = backend.xp()
+    rng = np.random.default_rng(3)
+    big = xp.asarray(rng.standard_normal((9, 7)).astype(np.float32))
+    W = xp.asarray(rng.standard_normal((7, 5)).astype(np.float32))
+    b = xp.asarray(rng.standard_normal(5).astype(np.float32))
+    aligned, offset = big[1:].copy(), big[1:]  # the same values, the view offset by 28 bytes
+    assert epilogue.alignment(offset) < 16 <= epilogue.alignment(aligned)
+    for X2 in (aligned, offset):
+        got = epilogue.affine_bias(xp, X2, W, b, relu=True)
+        want = np.maximum(backend.to_numpy(X2) @ backend.to_numpy(W) + backend.to_numpy(b), 0)
+        np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-5, atol=1e-6)
+    assert len(epilogue._checked) == 2 and epilogue._off is None
+
+
 def test_a_backward_epilogue_that_differs_is_turned_off_once(lt, caplog):
     s = lt(wrong=True)
     want_loss, want = _numpy_grads()
