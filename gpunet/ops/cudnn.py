@@ -46,6 +46,13 @@ DTYPES = ("float32", "float16")
 TOLERANCE = {"float32": 1e-3, "float16": 2e-2}  # max |cudnn - im2col| / max |im2col| on the first batch
 MAX_ELEMENTS = 2**31 - 1  # cuDNN's tensor descriptors count elements in int32
 MAX_PLANS = 512  # built plans kept (oldest dropped); a training run needs a handful per conv layer
+ALIGNMENT = 16  # bytes: the frontend declares every tensor 16-byte aligned (its default) and never checks
+
+
+def misaligned(a) -> bool:
+    """True when ``a``'s device address breaks the alignment the frontend's graphs declare (a view)."""
+    data = a.data  # a device array's memory pointer (NumPy arrays, in tests: the buffer's address)
+    return int(data.ptr if hasattr(data, "ptr") else a.ctypes.data) % ALIGNMENT != 0
 
 
 class PlanKey(NamedTuple):
@@ -105,6 +112,9 @@ def refusal(X, W, stride, padding, layout, dout=None) -> str | None:
             return f"{name} is not packed in NCHW or CNHW order"
         if a is not None and a.size > MAX_ELEMENTS:
             return f"{name} has more than 2**31 elements"
+    for name, a in (("X", X), ("W", W), ("dout", dout)):
+        if a is not None and misaligned(a):
+            return f"{name} is not {ALIGNMENT}-byte aligned (an offset view)"
     if int(stride) < 1 or int(padding) < 0:
         return "stride < 1 or padding < 0"
     return None

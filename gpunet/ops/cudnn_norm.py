@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .. import backend
-from .cudnn import CUDNN, MAX_ELEMENTS, dense_layout, nchw
+from .cudnn import ALIGNMENT, CUDNN, MAX_ELEMENTS, dense_layout, misaligned, nchw
 
 NORM_DTYPES = ("float32",)  # float16 batch norm (float32 scale and statistics) is not wired: reference
 PATH = "batchnorm: reference kernels"
@@ -118,6 +118,9 @@ def norm_refusal(X, gamma, beta, axis, dout=None) -> str | None:
     for name, a in (("gamma", gamma), ("beta", beta)):
         if a.ndim != 1 or a.shape[0] != C or not a.flags.c_contiguous:
             return f"{name} is not a contiguous ({C},) vector"
+    for name, a in (("X", X), ("gamma", gamma), ("beta", beta), ("dout", dout)):
+        if a is not None and misaligned(a):
+            return f"{name} is not {ALIGNMENT}-byte aligned (an offset view)"
     return None
 
 

@@ -122,6 +122,10 @@ def test_refusal_names_dtype_layout_and_missing_cudnn(monkeypatch):
     assert "dout is not packed" in refusal(
         x, W, 1, 1, "NCHW", dout=np.zeros((3, 4, 14, 6), np.float32)[:, :, ::2]
     )
+    flat = np.zeros(x.size + 1, np.float32)
+    flat[1:] = x.ravel()
+    offset = flat[1:].reshape(x.shape)  # packed, at 4 bytes past an aligned address
+    assert "X is not 16-byte aligned" in refusal(offset, W, 1, 1, "NCHW")
     monkeypatch.setattr(CUDNN, "enabled", False)
     assert "GPUNET_CUDNN=0" in refusal(x, W, 1, 1, "NCHW")
     monkeypatch.setattr(CUDNN, "enabled", True)

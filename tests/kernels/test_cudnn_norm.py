@@ -137,6 +137,10 @@ def test_norm_refusal_names_dtype_shape_layout_and_missing_cudnn(monkeypatch):
     assert "beta is not" in norm_refusal(x, g, np.zeros(6, np.float32)[::2], 1)
     assert "dout is not contiguous" in norm_refusal(x, g, b, 1, dout=np.stack([x, x], -1)[..., 0])
     assert "dout is not shaped" in norm_refusal(x, g, b, 1, dout=x[:2].copy())
+    flat = np.zeros(g.size + 1, np.float32)
+    assert "gamma is not 16-byte aligned" in norm_refusal(
+        x, flat[1:], b, 1
+    )  # 4 bytes past an aligned address
     monkeypatch.setattr(CUDNN, "enabled", False)
     assert "GPUNET_CUDNN=0" in norm_refusal(x, g, b, 1)
 
