@@ -283,6 +283,9 @@ class Frontend:
         if best is not None:
             try:
                 g.select_plan(best[1])
+                # frontend 1.32: select_plan leaves the graph unbuilt (get_workspace_size and execute
+                # refuse it); pinned, build_plans builds exactly that plan
+                g.build_plans()
             except Exception:  # noqa: BLE001 - the heuristics' first choice stays selected
                 pass
 

@@ -319,3 +319,46 @@ def test_a_refused_cnhw_layout_runs_on_nchw_copies(standin, caplog):
     assert all(dense_layout(k.x_dims, k.x_strides) == "NCHW" for k in ex.builds)
     assert len(CUDNN.cache.disabled) == 2  # the CNHW fprop and wgrad keys, each said once
     assert len([r for r in caplog.records if "cuDNN off" in r.message]) == 2
+
+
+class _Frontend132Graph:
+    """The plan-selection rules of cuDNN frontend 1.32's ``pygraph``: ``select_plan`` unbuilds the graph,
+    ``get_workspace_size`` refuses an unbuilt one, ``build_plans`` builds the pinned plan."""
+
+    def __init__(self, times):
+        self.times, self.built, self.selected, self.runs = times, True, 0, []
+
+    def get_execution_plan_count(self):
+        return len(self.times)
+
+    def get_workspace_size_plan_at_index(self, i):
+        return 16 * i
+
+    def execute_plan_at_index(self, pack, ws, index, handle):
+        self.runs.append(index)
+
+    def select_plan(self, i):
+        self.selected, self.built = i, False
+
+    def build_plans(self, *policy):
+        self.built = True
+
+    def get_workspace_size(self):
+        if not self.built:
+            raise RuntimeError("Call build() first")
+        return 16 * self.selected
+
+
+@pytest.mark.emulated
+def test_autotune_leaves_the_fastest_plan_built(monkeypatch):
+    """Autotune selects the fastest engine and leaves it built, so the plan's workspace can be sized and
+    it can run (frontend 1.32 unbuilds a graph on ``select_plan``)."""
+    times = [3.0, 1.0, 2.0]
+    g = _Frontend132Graph(times)
+    fe = cudnn.Frontend.__new__(cudnn.Frontend)
+    monkeypatch.setattr(cudnn.Frontend, "handle", lambda self: None)
+    monkeypatch.setattr(cudnn.Frontend, "_pack", lambda self, plan, arrays: {})
+    with backend.using("emulated") as xp:
+        monkeypatch.setattr(xp.cuda, "get_elapsed_time", lambda a, b: times[g.runs[-1]], raising=False)
+        fe.autotune({"graph": g, "tensors": {}}, {})
+    assert g.selected == 1 and g.get_workspace_size() == 16
