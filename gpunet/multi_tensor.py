@@ -228,6 +228,10 @@ class MultiTensor:
     def _table(self, xp, rows):
         key = tuple(map(tuple, rows))
         hit = self._tables.get(key)
+        if hit is not None and not hit[2] and xp.cuda.get_current_stream().is_capturing():
+            # an eager step's table (the warm-up's gradients sit in the same pool blocks) now read by a
+            # graph: kept from here on, as one made during a capture (evicted, its memory would be reused)
+            hit = self._tables[key] = (hit[0], hit[1], True)
         if hit is None:
             host = backend.pinned_empty((len(rows), len(rows[0])), np.int64)
             host[...] = rows

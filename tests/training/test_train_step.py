@@ -357,3 +357,29 @@ def test_old_module_names_still_import():
     from gpunet.data import stream
 
     assert cudagraph is train_step and stream.H5Loader.__module__ == "gpunet.data.h5loader"
+
+
+@emulated_only
+def test_a_table_a_graph_reads_is_never_evicted():
+    """The multi-tensor launch's pointer table made by an eager step (the warm-up) and found again inside
+    the capture (the same pool blocks) is kept however many eager tables follow: evicted, its device
+    memory would be reused while every replay still reads it."""
+    from gpunet import multi_tensor
+
+    with backend.using("emulated") as xp:
+        mt = multi_tensor.MultiTensor(None)  # the table does not depend on the rule
+        rows = [[0, 1, 2]]
+        dev = mt._table(xp, rows)
+        s = xp.cuda.Stream()
+        with s:
+            s.begin_capture()
+            try:
+                assert mt._table(xp, rows) is dev
+            finally:
+                try:
+                    s.end_capture()
+                except RuntimeError:
+                    pass
+        for k in range(3 * multi_tensor._KEEP):  # later eager steps' tables
+            mt._table(xp, [[k + 10, 1, 2]])
+        assert mt._table(xp, rows) is dev
