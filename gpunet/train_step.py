@@ -204,10 +204,12 @@ class GraphStep:
         self.replays += 1
         if not self.check:
             return self.loss
-        replayed = [a.copy() for a in arrays[: len(self.model.params)]] + [self.loss.copy()]
+        # every array a step changes, not only the parameters: a graph that left the optimizer state, the
+        # dropout counter or a running statistic behind would pass a parameters-only check
+        replayed = [a.copy() for a in arrays] + [self.loss.copy()]
         restore()
         loss = self.eager(self.X, self.y, lr)
-        eager = list(self.model.params.values()) + [loss]
+        eager = list(arrays) + [loss]
         rtol, atol = self.TOLERANCE
         diffs = [
             float(abs(a.astype("float64") - b).max()) if a.size else 0.0 for a, b in zip(replayed, eager)

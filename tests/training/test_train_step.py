@@ -298,6 +298,28 @@ def test_a_first_replay_that_differs_turns_the_graph_off(monkeypatch, caplog):
 
 
 @emulated_only
+def test_a_first_replay_that_leaves_the_optimizer_state_behind_turns_the_graph_off(monkeypatch):
+    """The first-replay check looks at every array a step changes: a graph that updates the parameters but
+    not the momentum (the parameters alone agree after one step) is caught."""
+
+    def forgetful(self):
+        def body():
+            velocity = [s["velocity"].copy() for s in self.opt.state.values()]
+            self._body()
+            for s, v in zip(self.opt.state.values(), velocity):
+                s["velocity"][...] = v
+
+        return train_step._PyGraph(body), False
+
+    monkeypatch.setattr(train_step.GraphStep, "_capture", forgetful)
+    with backend.using("emulated") as xp:
+        a, _ = _twins("sgd_momentum")
+        step = train_step.make_train_step(a, optim.Optimizer("sgd_momentum", {}))
+        _run(step, a, _data(xp, 3)[:3], [0.05] * 3)
+    assert step.failed is not None and "first replay differs" in step.failed
+
+
+@emulated_only
 def test_a_graph_whose_first_launch_fails_leaves_the_step_eager(monkeypatch):
     """A captured graph whose first launch raises (CUDA instantiates it then: an error there is a failed
     capture) is said, and training goes on eagerly with the eager twin's results, not an exception."""
