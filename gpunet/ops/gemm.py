@@ -187,16 +187,21 @@ def bound(stream):
     if backend.emulated():
         _bound = ("emulated", stream.ptr, None)
     else:
-        cp = backend.cupy_module()
-        handle = cp.cuda.device.get_cublas_handle()
-        _bind(handle, stream.ptr)
-        dev = cp.cuda.get_device_id()
-        ws = _workspaces.get(dev)
-        if ws is None:
-            ws = _workspaces[dev] = cp.empty(WORKSPACE, np.uint8)
-        # after setStream, which resets it: cuBLAS then allocates nothing while a graph is captured
-        _check(_libcublas().cublasSetWorkspace_v2(handle, ws.data.ptr, WORKSPACE), "cublasSetWorkspace_v2")
-        _bound = (handle, stream.ptr, ws)
+        try:
+            cp = backend.cupy_module()
+            handle = cp.cuda.device.get_cublas_handle()
+            _bind(handle, stream.ptr)
+            dev = cp.cuda.get_device_id()
+            ws = _workspaces.get(dev)
+            if ws is None:
+                ws = _workspaces[dev] = cp.empty(WORKSPACE, np.uint8)
+            # after setStream, which resets it: cuBLAS then allocates nothing while a graph is captured
+            _check(
+                _libcublas().cublasSetWorkspace_v2(handle, ws.data.ptr, WORKSPACE), "cublasSetWorkspace_v2"
+            )
+            _bound = (handle, stream.ptr, ws)
+        except Exception as e:  # noqa: BLE001 - not bound: products through xp.matmul (a capture refuses them)
+            _say_once(f"cuBLAS not bound to the stream ({type(e).__name__}: {e}): products through xp.matmul")
     try:
         yield
     finally:

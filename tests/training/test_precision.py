@@ -246,3 +246,9 @@ def test_cublas_handle_error_means_no_direct_path(monkeypatch):
     monkeypatch.setattr(backend, "emulated", lambda: False)
     assert gemm._libcublas() is None
     assert "libcublas" in gemm.capture_refusal()
+
+    class _Stream:
+        ptr = 1234
+
+    with gemm.bound(_Stream()):  # said, not raised: nothing is bound, products take xp.matmul
+        assert gemm._bound is None
