@@ -117,8 +117,9 @@ def _libcublas():
             backend.cupy_module().cuda.device.get_cublas_handle()  # creates the handle: libcublas is loaded
             with open("/proc/self/maps") as f:
                 paths = {line.split()[-1] for line in f if "/libcublas.so" in line}
-            if paths:
-                lib = ctypes.CDLL(sorted(paths)[0])
+            path = pick_libcublas(paths, backend.cupy_module().cuda.runtime.runtimeGetVersion() // 1000)
+            if path:
+                lib = ctypes.CDLL(path)
                 vp, i = ctypes.c_void_p, ctypes.c_int
                 lib.cublasGemmEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
                 ll = ctypes.c_longlong
@@ -151,6 +152,16 @@ def _libcublas():
             # (CUBLASError / CUDARuntimeError, both RuntimeError: a driver mismatch): the xp.matmul path
             _lib = False
     return _lib or None
+
+
+def pick_libcublas(paths, cuda_major: int) -> str | None:
+    """The libcublas among the mapped ``paths`` whose handle CuPy made: the only one, or else the one of
+    CuPy's CUDA major version (another library's, e.g. PyTorch's libcublas.so.12 next to CuPy's .so.13,
+    would be handed a handle it never made); None when that is not one file."""
+    paths = sorted(set(paths))
+    if len(paths) > 1:
+        paths = [p for p in paths if os.path.basename(p).startswith(f"libcublas.so.{cuda_major}")]
+    return paths[0] if len(paths) == 1 else None
 
 
 def _check(status, what):

@@ -252,3 +252,11 @@ def test_cublas_handle_error_means_no_direct_path(monkeypatch):
 
     with gemm.bound(_Stream()):  # said, not raised: nothing is bound, products take xp.matmul
         assert gemm._bound is None
+
+
+def test_the_libcublas_of_cupys_cuda_is_the_one_called():
+    cu13, cu12 = "/v/nvidia/cu13/lib/libcublas.so.13", "/v/nvidia/cublas/lib/libcublas.so.12"
+    assert gemm.pick_libcublas([cu13], 13) == cu13
+    assert gemm.pick_libcublas([cu12, cu13], 13) == cu13  # PyTorch's loaded too: not sorted()[0]
+    assert gemm.pick_libcublas([cu12, cu13], 12) == cu12
+    assert gemm.pick_libcublas([cu12, "/other/libcublas.so.12"], 13) is None  # ambiguous: no direct path
