@@ -50,6 +50,15 @@ class Kernel:
             k = _compiled[self.source.name] = _build(self.source)
         return k(*args, **kwargs)
 
+    def compile(self):
+        """Compile and load it now, without a launch (before a CUDA graph capture that launches it first)."""
+        k = _compiled.get(self.source.name)
+        if k is None:
+            k = _compiled[self.source.name] = _build(self.source)
+        load = getattr(k, "compile", None)  # cupy.RawKernel; ElementwiseKernels compile per call
+        if load is not None:
+            load()
+
 
 def _register(src: CudaSource) -> Kernel:
     old = SOURCES.get(src.name)

@@ -194,6 +194,9 @@ class GraphStep:
         if self.loss is None:
             self.loss = self.cp.zeros((), self.model.params[next(iter(self.model.params))].dtype)
         try:
+            # the scalars kernel runs only in the graph (eager steps write the scalars from the host):
+            # compiled and loaded here, not first launched inside the capture
+            self.opt._multi.scalar_kernel.compile()
             self.graph, ran = self._capture()
             if not ran:  # the first launch also instantiates the graph: an error there is a failed capture
                 self.graph.launch(self.stream)

@@ -405,3 +405,34 @@ def test_a_table_a_graph_reads_is_never_evicted():
         for k in range(3 * multi_tensor._KEEP):  # later eager steps' tables
             mt._table(xp, [[k + 10, 1, 2]])
         assert mt._table(xp, rows) is dev
+
+
+@emulated_only
+def test_the_scalars_kernel_is_loaded_before_the_capture(monkeypatch):
+    """The scalars kernel runs only inside the graph: it is compiled and loaded before the capture begins
+    (``Kernel.compile``: ``cupy.RawKernel.compile`` on CuPy), not first launched inside it."""
+    from gpunet import cuda_sources
+
+    seen = []
+
+    class _Built:
+        def compile(self):
+            seen.append("compiled")
+
+    monkeypatch.setattr(cuda_sources, "_compiled", {"k": _Built()})
+    cuda_sources.Kernel(cuda_sources.CudaSource("k", "raw", "", function="k")).compile()
+    assert seen == ["compiled"]
+    real_capture = train_step.GraphStep._capture
+
+    def capture(self):
+        seen.append("capture")
+        return real_capture(self)
+
+    monkeypatch.setattr(cuda_sources.Kernel, "compile", lambda self: seen.append("compiled"))
+    monkeypatch.setattr(train_step.GraphStep, "_capture", capture)
+    seen.clear()
+    with backend.using("emulated") as xp:
+        a, _ = _twins("adam")
+        step = train_step.make_train_step(a, optim.Optimizer("adam", {}))
+        _run(step, a, _data(xp, 2)[:2], [1e-2] * 2)
+    assert seen == ["compiled", "capture"] and step.failed is None
