@@ -14,9 +14,19 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, threads
-from ..model import FullyConnectedNet
 from ..solver import Solver
-from .fc import INPUT_DIM, LR, MOMENTUM, NETS, NUM_CLASSES, torch_fc, torch_precision, torch_step, under
+from .fc import (
+    INPUT_DIM,
+    LR,
+    MOMENTUM,
+    NETS,
+    NUM_CLASSES,
+    gpunet_fc,
+    torch_fc,
+    torch_precision,
+    torch_step,
+    under,
+)
 from .timing import TORCH_KINDS, best_of, interleaved, torch_optimizer
 
 EPOCH_TRAIN, EPOCH_VAL, TRAIN_EVAL = 10240, 1000, 1000
@@ -50,14 +60,7 @@ class GpunetEpoch:
         prefetch: bool = False,
         pin_threads: bool = True,
     ):
-        model = FullyConnectedNet(
-            net["hidden"],
-            input_dim=INPUT_DIM,
-            num_classes=NUM_CLASSES,
-            dropout=net["dropout"],
-            dtype=np.float32,
-            seed=0,
-        )
+        model = gpunet_fc(net)
         self.solver = Solver(
             model,
             data,

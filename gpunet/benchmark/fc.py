@@ -186,6 +186,20 @@ def summarise_torch(res: dict, cases: dict):
         res["infer_ratio"] = res["gpunet_infer"] / res["torch_infer"]
 
 
+def gpunet_fc(net: dict):
+    """The FC net ``net`` as gpunet's ``FullyConnectedNet`` (float32, seeded 0): ``torch_fc``'s twin."""
+    from ..model import FullyConnectedNet
+
+    return FullyConnectedNet(
+        net["hidden"],
+        input_dim=INPUT_DIM,
+        num_classes=NUM_CLASSES,
+        dropout=net["dropout"],
+        dtype=np.float32,
+        seed=0,
+    )
+
+
 def torch_fc(torch, net: dict):
     """The FC net ``net`` as a ``torch.nn.Sequential`` (seeded 0)."""
     torch.manual_seed(0)

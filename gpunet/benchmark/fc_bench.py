@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 
 from .. import backend
-from ..model import FullyConnectedNet
 from ..optim import Optimizer
 from .fc import (
     INPUT_DIM,
@@ -20,6 +18,7 @@ from .fc import (
     GemmBound,
     GpunetCase,
     add_torch_fns,
+    gpunet_fc,
     measure_memory,
     summarise_torch,
     synthetic_batches,
@@ -42,14 +41,7 @@ def bench_case(net_name: str, batch: int, cfg) -> dict:
     net = NETS[net_name]
     X, y = synthetic_batches((batch, INPUT_DIM), NUM_CLASSES)
     free_pool()
-    model = FullyConnectedNet(
-        net["hidden"],
-        input_dim=INPUT_DIM,
-        num_classes=NUM_CLASSES,
-        dropout=net["dropout"],
-        dtype=np.float32,
-        seed=0,
-    )
+    model = gpunet_fc(net)
     g = GpunetCase(model, Optimizer("sgd_momentum", {"learning_rate": LR, "momentum": MOMENTUM}), X, y, LR)
     memory = measure_memory(g)
     cases, skipped, ctx = {}, {}, contextlib.nullcontext

@@ -186,12 +186,7 @@ def affine_bias(xp, X2, W, b, relu, out=None, saved=None):
     except Exception as e:  # an nvmath version without these calls, a cuBLASLt refusal
         _say_off(f"{type(e).__name__}: {e}")
         return None
-    h = hT.T
-    if out is not None:
-        out[...] = h
-        h = out
-    elif not h.flags.c_contiguous:
-        h = xp.ascontiguousarray(h)
+    h = _placed(xp, hT.T, out)
     if key not in _checked:
         plain = gemm.matmul(xp, X2, W) + b
         if not _first_use(xp, key, [(h, xp.maximum(plain, 0) if relu else plain)]):
@@ -199,6 +194,14 @@ def affine_bias(xp, X2, W, b, relu, out=None, saved=None):
     if keep:
         saved["relu_aux"] = aux.get("relu_aux")
     return h
+
+
+def _placed(xp, a, out):
+    """``a`` written into ``out`` when given, else ``a`` itself if C-contiguous, else a C-contiguous copy."""
+    if out is not None:
+        out[...] = a
+        return out
+    return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
 
 def drelu_bgrad(xp, dout, W, aux, a, out=None):
@@ -219,14 +222,7 @@ def drelu_bgrad(xp, dout, W, aux, a, out=None):
     except Exception as e:  # an nvmath version without these calls, a cuBLASLt refusal
         _say_off(f"{type(e).__name__}: {e}")
         return None
-    dZ = dZT.T
-    if out is not None:
-        out[...] = dZ
-        dZ = out
-    elif not dZ.flags.c_contiguous:
-        dZ = xp.ascontiguousarray(dZ)
-    if not db.flags.c_contiguous:
-        db = xp.ascontiguousarray(db)
+    dZ, db = _placed(xp, dZT.T, out), _placed(xp, db, None)
     if key not in _checked:
         plain = gemm.matmul(xp, dout, W.T) * (a > 0)
         if not _first_use(xp, key, [(dZ, plain), (db, plain.sum(axis=0))]):
